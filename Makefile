@@ -1,0 +1,57 @@
+# One entry point for the instructor, the student and CI. Every target installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+RUN    ?= runs/main
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help install test train generate tensorboard compare data bench student autograder verify notebooks clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+install: $(STAMP)  ## create .venv and install the package with its test tools
+
+test: $(STAMP)  ## run the whole test suite (graded, hidden and instructor tests)
+	$(PY) -m pytest
+
+train: $(STAMP)  ## main job: train the reference transformer on the offline default corpus (RUN=runs/main)
+	$(PY) -m assignment.train --model transformer --corpus pyref --run-dir $(RUN) $(ARGS)
+
+generate: $(STAMP)  ## sample text from a trained run (RUN=runs/main)
+	$(PY) -m assignment.generate --run-dir $(RUN) $(ARGS)
+
+tensorboard: $(STAMP)  ## serve the TensorBoard logs under runs/
+	$(VENV)/bin/tensorboard --logdir runs
+
+compare: $(STAMP)  ## train RNN, LSTM and transformer on one token budget; print a table, save a plot
+	$(PY) -m assignment.compare $(ARGS)
+
+data: $(STAMP)  ## download and verify the named corpora into data/
+	$(PY) -m assignment.corpus --download all
+
+bench: $(STAMP)  ## run the benchmarks (they print figures; nothing passes or fails)
+	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+student: $(STAMP)  ## build the student release into dist/student/ (and dist/student.zip)
+	$(PY) -m grading build-student
+
+autograder: $(STAMP)  ## build the Gradescope bundle dist/autograder.zip
+	$(PY) -m grading build-autograder
+
+verify: $(STAMP)  ## prove the tests: reference 100%, stubs 0, one part stubbed, the bug catalogue
+	$(PY) -m grading verify
+
+notebooks: $(STAMP)  ## run every notebook top to bottom against the reference solution
+	$(PY) -m grading run-notebooks
+
+clean:  ## remove build outputs (keeps .venv, runs/ and data/)
+	rm -rf dist build *.egg-info .pytest_cache
