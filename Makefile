@@ -51,7 +51,7 @@ verify: $(STAMP)  ## prove the tests: reference 100%, stubs 0, one part stubbed,
 	$(PY) -m grading verify
 
 notebooks: $(STAMP)  ## run every notebook top to bottom against the reference solution
-	$(PY) -m grading run-notebooks
+	$(PY) -m grading.run_notebooks
 
 clean:  ## remove build outputs (keeps .venv, runs/ and data/)
 	rm -rf dist build *.egg-info .pytest_cache
