@@ -1,0 +1,440 @@
+"""Part 3: how a language model's logits become the next token, and one `generate` for every model.
+
+Dimension letters: B batch, T time (prompt length), V vocabulary.
+
+Every function below works on batched logits of shape `(B, V)`, one row per sequence, each row on its own.
+A filter never renormalises anything itself: it sets the logits of the tokens it removes to `-inf`, so that
+`softmax` gives them probability exactly 0 and spreads the remaining mass over the tokens that are left.
+
+    logits (B, V) -> apply_temperature -> top_k_filter -> top_p_filter -> draw -> next ids (B,)
+
+`generate` runs that recipe in a loop, feeding each new token back to the model through the generation
+protocol (CONVENTIONS.md): a KV cache (`prefill` / `decode_step`), a carried recurrent state
+(`call(tokens, states=..., return_state=True)`), or, for any other model, re-reading the context.
+"""
+import inspect
+import math
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+NEG_INF = float("-inf")  # the logit of a filtered token: softmax turns it into a probability of exactly 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input checks (scaffolding: call them first in the functions you write)
+# ----------------------------------------------------------------------------------------------------------------
+
+def _check_logits(logits):
+    """Returns `logits` as a float32 tensor of shape `(B, V)`.
+
+    Raises:
+        ValueError: if `logits` is not 2-D or holds a NaN.
+    """
+    logits = tf.cast(tf.convert_to_tensor(logits), tf.float32)
+    if logits.shape.rank != 2:
+        raise ValueError(
+            f"logits must be 2-D with shape (B, V), one row of scores per sequence; got shape {tuple(logits.shape)}. "
+            "For the (B, T, V) output of a model, take the last step: logits[:, -1, :]"
+        )
+    if bool(tf.reduce_any(tf.math.is_nan(logits))):
+        raise ValueError(
+            "logits contain NaN, so no distribution can be sampled from them; a NaN usually comes from the model "
+            "(an overflow, a division by zero, or a log of 0) rather than from sampling"
+        )
+    return logits
+
+
+def _check_temperature(temperature):
+    """Returns `temperature` as a float after checking it is a finite number > 0."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
+        math.isfinite(temperature) and temperature > 0
+    ):
+        raise ValueError(
+            f"temperature must be a finite number > 0 (1 changes nothing, < 1 sharpens, > 1 flattens); "
+            f"got temperature={temperature!r}. For argmax decoding use greedy(logits), "
+            "or generate(..., temperature=0) / generate(..., greedy=True)"
+        )
+    return float(temperature)
+
+
+def _check_k(k, name="k"):
+    """Returns `k` as an int after checking it is an integer >= 1."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(
+            f"{name} must be an integer >= 1 (the number of most probable tokens to keep; a value above the "
+            f"vocabulary size keeps every token); got {name}={k!r}"
+        )
+    return int(k)
+
+
+def _check_p(p, name="p"):
+    """Returns `p` as a float after checking 0 < p <= 1."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (0 < p <= 1):
+        raise ValueError(
+            f"{name} must be a number in (0, 1] (the probability mass to keep; 1 keeps every token); "
+            f"got {name}={p!r}"
+        )
+    return float(p)
+
+
+def _check_seed(seed):
+    """Returns `seed` as an int or None."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise ValueError(f"seed must be an integer or None; got seed={seed!r}")
+    return None if seed is None else int(seed)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Choosing the next token
+# ----------------------------------------------------------------------------------------------------------------
+
+def greedy(logits):
+    """Returns the most probable token of each row: int32 tensor of shape `(B,)`.
+
+    Args:
+        logits: float tensor of shape `(B, V)`.
+
+    When a row has several maximal logits, any of them is a valid answer.
+    """
+    # TODO: the index of the largest logit of each row (~2 lines):
+    #   1. logits = _check_logits(logits)                                     # (B, V), checked
+    #   2. argmax over the vocabulary axis, as int32                          # (B,)
+    # BEGIN SOLUTION
+    logits = _check_logits(logits)
+    return tf.argmax(logits, axis=-1, output_type=tf.int32)  # (B,)
+    # END SOLUTION
+
+
+_argmax = greedy  # generate's `greedy` argument hides this function's name inside generate
+
+
+def apply_temperature(logits, temperature):
+    """Returns the logits divided by `temperature`: float32 tensor of shape `(B, V)`.
+
+    Args:
+        logits: float tensor of shape `(B, V)`.
+        temperature: number > 0. `temperature = 1` changes nothing; as it goes to 0 the distribution
+            `softmax(logits / temperature)` approaches one-hot on the argmax; as it grows it approaches uniform.
+            Filtered (`-inf`) entries stay `-inf`.
+
+    Raises:
+        ValueError: if `temperature <= 0`, or `logits` is not 2-D or holds a NaN.
+    """
+    # TODO: divide the logits by the temperature (~3 lines):
+    #   1. logits = _check_logits(logits); temperature = _check_temperature(temperature)
+    #   2. divide the logits, not the probabilities                           # (B, V)
+    # BEGIN SOLUTION
+    logits = _check_logits(logits)
+    temperature = _check_temperature(temperature)
+    return logits / temperature  # (B, V)
+    # END SOLUTION
+
+
+def top_k_filter(logits, k):
+    """Returns `logits` with every token below the k-th largest logit of its row set to `-inf`: shape `(B, V)`.
+
+    A token is kept when its logit is at least the k-th largest logit of its row, so a token tied with the
+    k-th one is kept too (a row can keep more than k tokens). `k` larger than V keeps every token.
+    Kept entries are returned unchanged.
+
+    Example: logits [1, 3, 2, 2] with k = 2 keep [-inf, 3, 2, 2] (the two 2s tie for second place).
+
+    Args:
+        logits: float tensor of shape `(B, V)`.
+        k: integer >= 1.
+
+    Raises:
+        ValueError: if `k` is not an integer >= 1, or `logits` is not 2-D or holds a NaN.
+    """
+    # TODO: keep every logit >= the k-th largest of its row, -inf elsewhere (~6 lines):
+    #   1. logits = _check_logits(logits); k = _check_k(k); if k >= V, return the logits unchanged
+    #   2. the k-th largest logit of each row (tf.math.top_k(...).values)     # (B, 1)
+    #   3. keep the logits >= that value, NEG_INF elsewhere (tf.where)        # (B, V)
+    # BEGIN SOLUTION
+    logits = _check_logits(logits)
+    k = _check_k(k)
+    if k >= logits.shape[-1]:
+        return logits
+    kth_largest = tf.math.top_k(logits, k=k).values[:, -1:]  # (B, 1)
+    return tf.where(logits >= kth_largest, logits, NEG_INF)  # (B, V)
+    # END SOLUTION
+
+
+def top_p_filter(logits, p):
+    """Returns `logits` with every token outside the nucleus of mass `p` set to `-inf`: shape `(B, V)`.
+
+    Sort the tokens of a row by probability, most probable first (probabilities are `softmax(logits)`, so
+    `-inf` entries have probability 0). A token is kept when the total probability of the tokens before it
+    is below `p`. So the token whose probability crosses `p` is kept, the most probable token is always kept,
+    and `p = 1` keeps every token. Kept entries are returned unchanged.
+
+    Example: probabilities [0.3, 0.1, 0.15, 0.45] sort to 0.45, 0.3, 0.15, 0.1 with mass before each of
+    0, 0.45, 0.75, 0.9. With p = 0.7 the kept tokens are {0.45, 0.3}; with p = 0.8 they are {0.45, 0.3, 0.15}.
+
+    Args:
+        logits: float tensor of shape `(B, V)`.
+        p: number in `(0, 1]`.
+
+    Raises:
+        ValueError: if `p` is outside `(0, 1]`, or `logits` is not 2-D or holds a NaN.
+    """
+    # TODO: keep the most probable tokens while the mass before each is < p, -inf elsewhere (~9 lines):
+    #   1. logits = _check_logits(logits); p = _check_p(p); if p == 1, return the logits unchanged
+    #   2. probabilities sorted in descending order (tf.nn.softmax, tf.sort)  # (B, V)
+    #   3. the mass of the tokens before each one (tf.cumsum, exclusive=True) # (B, V)
+    #   4. keep where that mass is < p: a prefix of each sorted row           # (B, V) bool, sorted order
+    #   5. map the decision back to vocabulary order: the smallest kept probability of a row is a
+    #      threshold (or scatter with the indices of tf.argsort)              # (B, V)
+    #   6. kept logits unchanged, NEG_INF elsewhere (tf.where)                # (B, V)
+    # BEGIN SOLUTION
+    logits = _check_logits(logits)
+    p = _check_p(p)
+    if p >= 1.0:
+        return logits  # rounding in a cumulative sum must not drop a token when every token is wanted
+    probs = tf.nn.softmax(logits, axis=-1)  # (B, V)
+    sorted_probs = tf.sort(probs, axis=-1, direction="DESCENDING")  # (B, V)
+    mass_before = tf.cumsum(sorted_probs, axis=-1, exclusive=True)  # (B, V); 0 for the most probable token
+    kept_sorted = mass_before < p  # (B, V), a prefix of each sorted row
+    # The kept tokens are exactly those at least as probable as the last kept one: a threshold per row.
+    threshold = tf.reduce_min(tf.where(kept_sorted, sorted_probs, 2.0), axis=-1, keepdims=True)  # (B, 1)
+    return tf.where(probs >= threshold, logits, NEG_INF)  # (B, V)
+    # END SOLUTION
+
+
+def sample(logits, temperature=1.0, top_k=None, top_p=None, seed=None):
+    """Returns one token drawn from each row: int32 tensor of shape `(B,)`.
+
+    The recipe, in this order: divide by `temperature`; keep the `top_k` best tokens (when given); keep the
+    nucleus of mass `top_p` of what is left, renormalised (when given); draw from `softmax` of the result.
+    A filtered token is never drawn.
+
+    Args:
+        logits: float tensor of shape `(B, V)`.
+        temperature: number > 0 (use `greedy` for argmax decoding).
+        top_k: integer >= 1, or None for no top-k filter.
+        top_p: number in `(0, 1]`, or None for no top-p filter.
+        seed: integer or None. The same seed gives the same draws on every call; without a seed, draws come
+            from TensorFlow's global random state and differ from one call to the next.
+
+    Raises:
+        ValueError: for a bad `temperature`, `top_k`, `top_p` or `seed`, or `logits` that are not 2-D or hold a NaN.
+    """
+    # TODO: filter, then draw one token per row (~10 lines):
+    #   1. logits = _check_logits(logits); seed = _check_seed(seed)
+    #   2. apply_temperature, then top_k_filter if top_k is not None, then top_p_filter if top_p is not None,
+    #      each on the result of the previous one                             # (B, V)
+    #   3. draw: with a seed, tf.random.stateless_categorical(..., seed=[seed, 0]), so the same seed gives
+    #      the same draws; without one, tf.random.categorical                 # (B, 1) int32
+    #   4. return the draws as (B,) int32                                     # (B,)
+    # BEGIN SOLUTION
+    logits = _check_logits(logits)
+    seed = _check_seed(seed)
+    logits = apply_temperature(logits, temperature)  # (B, V)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)  # (B, V)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)  # (B, V)
+    if seed is None:
+        draws = tf.random.categorical(logits, 1, dtype=tf.int32)  # (B, 1)
+    else:
+        draws = tf.random.stateless_categorical(logits, 1, seed=[seed, 0], dtype=tf.int32)  # (B, 1)
+    return draws[:, 0]  # (B,)
+    # END SOLUTION
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# generate: one loop for every model (scaffolding)
+# ----------------------------------------------------------------------------------------------------------------
+
+def _context_length(model):
+    """Returns how many tokens `model` can read at once (`model.context_length` or `model.config.context_length`),
+    or None when it does not say."""
+    for owner in (model, getattr(model, "config", None)):
+        length = getattr(owner, "context_length", None)
+        if length is not None:
+            return int(length)
+    return None
+
+
+def _last_step(logits, what):
+    """Returns the logits of the last time step, `(B, V)`, from a model output of shape `(B, T, V)`."""
+    logits = tf.convert_to_tensor(logits)
+    if logits.shape.rank != 3:
+        raise ValueError(
+            f"{what} must return logits of shape (B, T, V); got shape {tuple(logits.shape)} "
+            "(see 'The generation protocol' in CONVENTIONS.md)"
+        )
+    return logits[:, -1, :]  # (B, V)
+
+
+class _CachedReader:
+    """Protocol 1, the KV cache: `prefill` the prompt once, then `decode_step` one token at a time.
+
+    The cache holds `context_length` positions; once it is full, every later step re-reads the last
+    `context_length` tokens with a plain call, exactly as `_ContextReader` does.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.context_length = _context_length(model)
+        self.cache = None
+        self.cached = 0  # tokens in the cache
+
+    def start(self, ids):
+        """Returns the next-token logits `(B, V)` after reading the prompt `ids` `(B, T)`."""
+        if self.context_length is not None:
+            ids = ids[:, -self.context_length:]  # (B, min(T, L))
+        logits, self.cache = self.model.prefill(tf.constant(ids))  # (B, T, V)
+        self.cached = ids.shape[1]
+        return _last_step(logits, "model.prefill")
+
+    def step(self, ids):
+        """Returns the next-token logits `(B, V)` once `ids[:, -1]` has been appended to the sequence `ids`."""
+        if self.context_length is not None and self.cached >= self.context_length:
+            context = ids[:, -self.context_length:]  # (B, L): the cache is full, re-read a cropped context
+            return _last_step(self.model(tf.constant(context)), "model")
+        logits, self.cache = self.model.decode_step(tf.constant(ids[:, -1:]), self.cache)  # (B, 1, V)
+        self.cached += 1
+        return _last_step(logits, "model.decode_step")
+
+
+class _RecurrentReader:
+    """Protocol 2, recurrent state: read the prompt once, then one token at a time, carrying the state."""
+
+    def __init__(self, model):
+        self.model = model
+        self.states = None
+
+    def start(self, ids):
+        logits, self.states = self.model(tf.constant(ids), states=None, return_state=True)
+        return _last_step(logits, "model(tokens, states=None, return_state=True)")
+
+    def step(self, ids):
+        logits, self.states = self.model(
+            tf.constant(ids[:, -1:]), states=self.states, return_state=True
+        )  # (B, 1, V)
+        return _last_step(logits, "model(tokens, states=states, return_state=True)")
+
+
+class _ContextReader:
+    """Protocol 3, any model mapping tokens `(B, T)` to logits `(B, T, V)`: re-read the whole context each step,
+    cropped to the model's context length when it has one."""
+
+    def __init__(self, model):
+        self.model = model
+        self.context_length = _context_length(model)
+
+    def start(self, ids):
+        return self.step(ids)
+
+    def step(self, ids):
+        if self.context_length is not None:
+            ids = ids[:, -self.context_length:]  # (B, min(T, L))
+        return _last_step(self.model(tf.constant(ids)), "model")
+
+
+def _reader_for(model):
+    """Returns the reader of the first protocol `model` follows (CONVENTIONS.md, 'The generation protocol')."""
+    if hasattr(model, "prefill") and hasattr(model, "decode_step"):
+        return _CachedReader(model)
+    call = getattr(model, "call", model)
+    try:
+        parameters = inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    if "states" in parameters and "return_state" in parameters:
+        return _RecurrentReader(model)
+    return _ContextReader(model)
+
+
+def _check_prompt(prompt_ids):
+    """Returns `prompt_ids` as an int32 array of shape `(B, T)` and whether the caller passed a 1-D prompt."""
+    prompt = np.asarray(prompt_ids.numpy() if isinstance(prompt_ids, (tf.Tensor, tf.Variable)) else prompt_ids)
+    if prompt.ndim not in (1, 2):
+        raise ValueError(f"prompt_ids must have shape (T,) or (B, T); got shape {prompt.shape}")
+    if prompt.shape[-1] == 0:
+        raise ValueError(
+            f"prompt_ids must hold at least one token per row (the model needs something to read); "
+            f"got shape {prompt.shape}"
+        )
+    if not np.issubdtype(prompt.dtype, np.integer):
+        raise ValueError(f"prompt_ids must hold integer token ids; got dtype {prompt.dtype}")
+    if prompt.min() < 0:
+        raise ValueError(f"prompt_ids must be token ids >= 0; got {int(prompt.min())}")
+    return prompt.astype(np.int32).reshape(-1, prompt.shape[-1]), prompt.ndim == 1
+
+
+def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
+             stop_id=None, greedy=False):
+    """Returns the prompt followed by the generated tokens: int32 NumPy array of the prompt's rank,
+    `(T + n,)` or `(B, T + n)` with `n <= max_new_tokens`.
+
+    Works for every model of the package through the generation protocol (CONVENTIONS.md), checked in order:
+    a model with `prefill` and `decode_step` uses its KV cache (and re-reads a context cropped to
+    `model.config.context_length` once the cache is full); a model whose `call` takes `states` and
+    `return_state` reads the prompt once and then carries its state; any other model re-reads the whole
+    context at each step, cropped to its context length (`model.context_length` or
+    `model.config.context_length`) when it has one, so a long prompt is cropped rather than refused.
+
+    Args:
+        model: a language model mapping token ids `(B, T)` to logits `(B, T, V)`.
+        prompt_ids: integer ids of shape `(T,)` or `(B, T)` (list, NumPy array or tensor), T >= 1.
+        max_new_tokens: integer >= 0, the most tokens to append to each row.
+        temperature: number >= 0; 0 means greedy (argmax) decoding.
+        top_k, top_p: optional filters, as in `sample`.
+        seed: integer or None. The same seed gives the same output; without one, outputs differ between calls.
+        stop_id: optional token id. A row that produces it stops: the stop token is kept and the row's later
+            positions are filled with `stop_id`. Generation ends early once every row has stopped.
+        greedy: True for argmax decoding whatever the temperature (top-k and top-p never change the argmax).
+
+    Raises:
+        ValueError: for a prompt that is empty or not 1-D/2-D, `max_new_tokens < 0`, `temperature < 0`,
+            a bad `top_k`, `top_p` or `seed`, or prompt ids / `stop_id` outside the model's vocabulary.
+    """
+    # Check everything before the model runs, so a bad argument costs no forward pass.
+    prompt, one_dim = _check_prompt(prompt_ids)  # (B, T)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0; got max_new_tokens={max_new_tokens!r}")
+    if isinstance(temperature, numbers.Real) and not isinstance(temperature, bool) and temperature == 0:
+        greedy = True
+    else:
+        _check_temperature(temperature)
+    if top_k is not None:
+        _check_k(top_k, "top_k")
+    if top_p is not None:
+        _check_p(top_p, "top_p")
+    _check_seed(seed)
+    if stop_id is not None and (isinstance(stop_id, bool) or not isinstance(stop_id, numbers.Integral) or stop_id < 0):
+        raise ValueError(f"stop_id must be a token id (an integer >= 0) or None; got stop_id={stop_id!r}")
+
+    rng = np.random.default_rng(seed)  # one seed per step, so a seeded run is reproducible
+    reader = _reader_for(model)
+    ids = prompt  # (B, T)
+    stopped = np.zeros(len(ids), dtype=bool)  # (B,)
+    for step in range(max_new_tokens):
+        # 1. forward: the logits of the next token, reading the prompt once or the latest token
+        logits = reader.start(ids) if step == 0 else reader.step(ids)  # (B, V)
+        if step == 0:
+            vocab_size = int(logits.shape[-1])
+            if ids.max() >= vocab_size:
+                raise ValueError(f"prompt_ids must be < vocab_size={vocab_size}; got {int(ids.max())}")
+            if stop_id is not None and stop_id >= vocab_size:
+                raise ValueError(f"stop_id must be < vocab_size={vocab_size}; got stop_id={stop_id}")
+        # 2. choose: argmax, or scale by temperature, filter and draw
+        if greedy:
+            next_ids = _argmax(logits)
+        else:
+            step_seed = None if seed is None else int(rng.integers(2**31 - 1))
+            next_ids = sample(logits, temperature, top_k=top_k, top_p=top_p, seed=step_seed)
+        next_ids = np.asarray(next_ids, dtype=np.int32).reshape(-1)  # (B,)
+        # 3. rows that have stopped keep emitting stop_id
+        if stop_id is not None:
+            next_ids = np.where(stopped, stop_id, next_ids)
+            stopped |= next_ids == stop_id
+        # 4. append, and end once every row has stopped
+        ids = np.concatenate([ids, next_ids[:, None]], axis=1)  # (B, T + step + 1)
+        if stop_id is not None and stopped.all():
+            break
+    return ids[0] if one_dim else ids
