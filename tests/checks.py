@@ -16,7 +16,7 @@ def assert_close(actual, expected, what="output", atol=1e-5, rtol=1e-5):
     assert_shape(actual, expected.shape, what)
     if not np.allclose(actual, expected, atol=atol, rtol=rtol):
         diff = np.abs(actual - expected)
-        where = np.unravel_index(np.argmax(diff), diff.shape)
+        where = tuple(int(i) for i in np.unravel_index(np.argmax(diff), diff.shape))
         raise AssertionError(
             f"{what} differs from the reference: largest difference {diff[where]:.3g} at index {where} "
             f"(got {actual[where]:.6g}, expected {expected[where]:.6g}; tolerance atol={atol}, rtol={rtol})"
