@@ -273,7 +273,8 @@ class _CachedReader:
     """Protocol 1, the KV cache: `prefill` the prompt once, then `decode_step` one token at a time.
 
     The cache holds `context_length` positions; once it is full, every later step re-reads the last
-    `context_length` tokens with a plain call, exactly as `_ContextReader` does.
+    `context_length` tokens with a plain call, exactly as `_ContextReader` does. A model whose cache methods
+    raise `NotImplementedError` (the cache is a bonus TODO) is read that way from the start.
     """
 
     def __init__(self, model):
@@ -281,21 +282,35 @@ class _CachedReader:
         self.context_length = _context_length(model)
         self.cache = None
         self.cached = 0  # tokens in the cache
+        self.fallback = None  # a _ContextReader once the model's cache turns out not to be implemented
 
     def start(self, ids):
         """Returns the next-token logits `(B, V)` after reading the prompt `ids` `(B, T)`."""
         if self.context_length is not None:
             ids = ids[:, -self.context_length:]  # (B, min(T, L))
-        logits, self.cache = self.model.prefill(tf.constant(ids))  # (B, T, V)
+        try:
+            logits, self.cache = self.model.prefill(tf.constant(ids))  # (B, T, V)
+        except NotImplementedError:
+            return self._without_cache(ids)
         self.cached = ids.shape[1]
         return _last_step(logits, "model.prefill")
 
+    def _without_cache(self, ids):
+        # The KV cache is a bonus TODO: until it is written, generation re-reads the context at every step.
+        self.fallback = _ContextReader(self.model)
+        return self.fallback.step(ids)
+
     def step(self, ids):
         """Returns the next-token logits `(B, V)` once `ids[:, -1]` has been appended to the sequence `ids`."""
+        if self.fallback is not None:
+            return self.fallback.step(ids)
         if self.context_length is not None and self.cached >= self.context_length:
             context = ids[:, -self.context_length:]  # (B, L): the cache is full, re-read a cropped context
             return _last_step(self.model(tf.constant(context)), "model")
-        logits, self.cache = self.model.decode_step(tf.constant(ids[:, -1:]), self.cache)  # (B, 1, V)
+        try:
+            logits, self.cache = self.model.decode_step(tf.constant(ids[:, -1:]), self.cache)  # (B, 1, V)
+        except NotImplementedError:
+            return self._without_cache(ids)
         self.cached += 1
         return _last_step(logits, "model.decode_step")
 

@@ -1,0 +1,151 @@
+"""Runs every notebook in notebooks/ top to bottom in a fresh kernel, and exits non-zero when one fails.
+
+    python -m grading.run_notebooks [--root DIR] [--timeout SECONDS] [--executed-dir DIR] [NOTEBOOK ...]
+
+Each notebook runs on a copy in memory: the stored file is never written (notebooks are kept without outputs;
+`--executed-dir` writes the executed copies elsewhere, to look at the plots). The kernel starts in notebooks/, as
+Jupyter would, imports the assignment/ of the root (by default the repository that holds this file: the reference
+solution; `--root dist/student` runs a built release's notebooks against its stubs) and writes its training runs to
+a temporary directory.
+
+A notebook wraps the cells that call the student's code in `with todo(...)`, which turns a stub's
+NotImplementedError into "Not implemented yet: ..." (and a cell left without its inputs into "Skipped: ...").
+On the reference solution every function is implemented, so such a message means the notebook hid a real
+failure, and it fails the run; on a release they are expected, and counted.
+"""
+import argparse
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ANSI_COLOR = re.compile(r"\x1b\[[0-9;]*m")
+TODO_MESSAGES = ("Not implemented yet:", "Skipped:")  # printed by the `todo` helper in each notebook's first cell
+
+
+def find_notebooks(root=ROOT):
+    """Returns the notebooks of `root`/notebooks, in the order a student opens them."""
+    return sorted(p for p in (Path(root) / "notebooks").glob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def is_reference(root=ROOT):
+    """Returns whether `root`/assignment is the reference solution (it still holds solution markers)."""
+    return any("# BEGIN SOLUTION" in p.read_text(encoding="utf-8") for p in (Path(root) / "assignment").glob("*.py"))
+
+
+def todo_messages(nb):
+    """Returns the lines of a notebook's outputs printed by its `todo` helper."""
+    lines = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                lines += [line for line in output.get("text", "").splitlines() if line.startswith(TODO_MESSAGES)]
+    return lines
+
+
+def kernel_env(root, runs_dir):
+    """Returns the environment of a notebook's kernel: `root`/assignment imported first, runs written to `runs_dir`."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["LM_NOTEBOOK_RUNS"] = str(runs_dir)  # where the notebooks write checkpoints and TensorBoard logs
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # as in Jupyter, whatever CI sets
+    return env
+
+
+def run_notebook(path, root=ROOT, timeout=300):
+    """Returns `(executed_notebook, seconds)` after running the notebook at `path` in a fresh kernel.
+
+    Raises:
+        nbclient.exceptions.CellExecutionError: a cell raised; the message holds the cell and its traceback.
+        nbclient.exceptions.CellTimeoutError: a cell ran longer than `timeout` seconds.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import DeadKernelError
+
+    nb = nbformat.read(str(path), as_version=4)  # a copy in memory: nothing is written back to `path`
+    with tempfile.TemporaryDirectory(prefix="notebook-runs-") as runs_dir:
+        client = NotebookClient(
+            nb,
+            timeout=timeout,
+            startup_timeout=120,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(Path(path).parent)}},  # the kernel's working directory
+        )
+        # The kernel process's own stderr (C++ logs, ipykernel's start-up warnings) is not part of the notebook:
+        # keep it out of the report, and show its end only when the kernel dies.
+        stderr_path = Path(runs_dir) / "kernel-stderr.log"
+        start = time.perf_counter()
+        with open(stderr_path, "w") as stderr:
+            try:
+                client.execute(env=kernel_env(root, runs_dir), stderr=stderr)
+            except DeadKernelError as error:
+                tail = stderr_path.read_text(errors="replace").splitlines()[-20:]
+                raise DeadKernelError(f"{error}\nlast lines of the kernel's stderr:\n" + "\n".join(tail)) from None
+        return nb, time.perf_counter() - start
+
+
+def run_all(paths=None, root=ROOT, timeout=300, executed_dir=None, out=sys.stdout):
+    """Runs the notebooks (all of `root`/notebooks by default) and returns the number that failed."""
+    import nbformat
+
+    root = Path(root).resolve()
+    paths = [Path(p).resolve() for p in paths] if paths else find_notebooks(root)
+    if not paths:
+        print(f"no notebooks in {root / 'notebooks'}", file=out)
+        return 1
+    if executed_dir is not None:
+        executed_dir = Path(executed_dir).resolve()
+        if any(executed_dir == path.parent for path in paths):
+            raise ValueError("--executed-dir must not be the notebooks' own folder: they are stored without outputs")
+    reference = is_reference(root)
+    print(f"running {len(paths)} notebooks against {root / 'assignment'} "
+          f"({'reference solution' if reference else 'release: TODO messages expected'}), "
+          f"timeout {timeout} s per cell", file=out, flush=True)
+    failed, total = 0, time.perf_counter()
+    for path in paths:
+        name = path.relative_to(root) if path.is_relative_to(root) else path
+        start = time.perf_counter()
+        try:
+            nb, seconds = run_notebook(path, root, timeout)
+        except Exception as error:  # CellExecutionError, CellTimeoutError, a kernel that died
+            failed += 1
+            message = ANSI_COLOR.sub("", str(error))  # IPython colours its tracebacks
+            print(f"FAIL {name} after {time.perf_counter() - start:.1f} s\n{message}", file=out, flush=True)
+            continue
+        if executed_dir is not None:
+            executed_dir.mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, str(executed_dir / path.name))
+        messages = todo_messages(nb)
+        if reference and messages:
+            failed += 1
+            print(f"FAIL {name} in {seconds:.1f} s: on the reference solution the todo helper caught an error, "
+                  f"so the notebook hides a real failure:\n  " + "\n  ".join(messages), file=out, flush=True)
+            continue
+        note = f" ({len(messages)} TODO messages)" if messages else ""
+        print(f"ok   {name} in {seconds:.1f} s{note}", file=out, flush=True)
+    print(f"{len(paths) - failed} of {len(paths)} notebooks ran in {time.perf_counter() - total:.1f} s", file=out)
+    return failed
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", help="notebooks to run (default: every ROOT/notebooks/*.ipynb)")
+    parser.add_argument("--root", default=str(ROOT),
+                        help="the folder holding assignment/ and notebooks/ (default: this repository)")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds a single cell may run (default 300)")
+    parser.add_argument("--executed-dir", help="also write the executed notebooks, with outputs, to this folder")
+    args = parser.parse_args(argv)
+    try:
+        failed = run_all(args.notebooks, root=args.root, timeout=args.timeout, executed_dir=args.executed_dir)
+    except ValueError as error:
+        parser.error(str(error))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
