@@ -1,0 +1,711 @@
+"""Part 4: a decoder-only transformer language model, with the lecture's modern options and a KV cache.
+
+Dimension letters, used in every docstring and shape comment:
+    B batch, T query positions (time), S key positions, V vocabulary size, D model width (d_model),
+    nh query heads, nkv key/value heads, g = nh // nkv query heads per key/value head, hs head size (D // nh),
+    F feed-forward width, L layers, C context length.
+
+Build it bottom up: `causal_mask` -> `scaled_dot_product_attention` -> `MultiHeadSelfAttention` -> `DecoderBlock`
+-> `TransformerLanguageModel`. The bonus parts plug into that skeleton: `apply_rope` (RoPE), `expand_kv_heads`
+(GQA/MQA), `RMSNorm` and `swiglu`, and `update_kv_cache` with `cached_attention_mask` (the KV cache).
+"""
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from assignment.transformer_config import TransformerConfig  # noqa: F401  (re-exported: part of this module's API)
+
+
+def _normal(stddev=0.02):
+    """GPT-2's initializer: N(0, 0.02) keeps the initial logits small, so the initial loss is about ln(V)."""
+    return keras.initializers.RandomNormal(stddev=stddev)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Core: mask and attention
+
+
+def causal_mask(seq_len):
+    """Returns the causal mask, a bool tensor of shape `(seq_len, seq_len)`: True where query i may attend to key j.
+
+    Query i may attend to keys j <= i (itself and the past), never to the future.
+
+    Args:
+        seq_len: int (or int32 scalar tensor), T.
+
+    Examples:
+    >>> causal_mask(3)  # [[True, False, False], [True, True, False], [True, True, True]]
+    """
+    # TODO: compare a column of query positions with a row of key positions (tf.range, broadcasting):
+    # 1. positions = 0 .. T-1 -> (T,)
+    # 2. mask[i, j] = j <= i -> (T, T), bool
+    # (~2 lines)
+    # BEGIN SOLUTION
+    positions = tf.range(seq_len)  # (T,)
+    return positions[:, None] >= positions[None, :]  # (T, T)
+    # END SOLUTION
+
+
+def scaled_dot_product_attention(q, k, v, mask=None):
+    """Returns `(output, weights)`: softmax(q k^T / sqrt(hs)) v over the last two axes.
+
+    Args:
+        q: float tensor `(..., T, hs)`, the queries.
+        k: float tensor `(..., S, hs)`, the keys.
+        v: float tensor `(..., S, hv)`, the values.
+        mask: optional bool tensor broadcastable to `(..., T, S)`: True where query t may attend to key s.
+            The leading axes `...` of q, k, v and mask broadcast as in `tf.matmul`.
+
+    Returns:
+        output: `(..., T, hv)`, each query's weighted average of the values.
+        weights: `(..., T, S)`, each row a softmax over the allowed keys: masked weights are exactly 0, the others
+            sum to 1. A row with no allowed key has all-zero weights and a zero output, never NaN.
+
+    Examples:
+    >>> q = k = v = tf.random.normal((2, 4, 5, 8))           # (B, nh, T, hs)
+    >>> out, w = scaled_dot_product_attention(q, k, v, causal_mask(5))
+    >>> out.shape, w.shape                                   # (2, 4, 5, 8), (2, 4, 5, 5)
+    """
+    # TODO: attention weights and output, in five steps:
+    # 1. scores = q k^T / sqrt(hs), hs being the size of q's last axis (tf.matmul with transpose_b=True) -> (..., T, S)
+    # 2. with a mask, replace the scores where it is False by a very negative *finite* number such as
+    #    q.dtype.min (tf.where; -inf would turn a fully masked row into NaN) -> (..., T, S)
+    # 3. weights = softmax over the last axis, the keys -> (..., T, S)
+    # 4. with a mask, set the masked weights to exactly 0 (tf.where again: a fully masked row was uniform) -> (..., T, S)
+    # 5. output = weights v -> (..., T, hv)
+    # (~8 lines)
+    # BEGIN SOLUTION
+    head_size = tf.cast(tf.shape(q)[-1], q.dtype)
+    scores = tf.matmul(q, k, transpose_b=True) / tf.sqrt(head_size)  # (..., T, S)
+    if mask is not None:
+        scores = tf.where(mask, scores, tf.constant(q.dtype.min, q.dtype))  # (..., T, S)
+    weights = tf.nn.softmax(scores, axis=-1)  # (..., T, S)
+    if mask is not None:
+        weights = tf.where(mask, weights, tf.zeros_like(weights))  # (..., T, S)
+    return tf.matmul(weights, v), weights  # (..., T, hv), (..., T, S)
+    # END SOLUTION
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bonus parts used inside attention: RoPE, GQA/MQA, the KV cache
+
+
+def apply_rope(x, positions, base=10000.0):
+    """Returns x with rotary position embeddings (RoPE): pairs of dimensions rotated by position-dependent angles.
+
+    Pair p (p = 0 .. hs/2 - 1) of the vector at position m is rotated by the angle m * base^(-2p / hs). Which two
+    dimensions form pair p is your choice (LLaMA: 2p and 2p + 1; GPT-NeoX and Hugging Face: p and p + hs/2), as
+    long as both use pair p's angle. Rotations make the dot product of a query at position m and a key at position
+    n depend on m - n only: `apply_rope(q, [m]) . apply_rope(k, [n]) == apply_rope(q, [m + s]) . apply_rope(k, [n + s])`.
+
+    Args:
+        x: float tensor `(..., T, hs)`, hs even (queries or keys, e.g. `(B, nh, T, hs)`).
+        positions: int tensor `(T,)`, the position of each of the T vectors.
+        base: float, the base of the frequencies.
+
+    Returns:
+        float tensor `(..., T, hs)`, same dtype as x; position 0 is left unchanged.
+    """
+    # TODO (bonus, RoPE), with pairs (p, p + hs/2):
+    # 1. frequencies base^(-2p / hs) for p = 0 .. hs/2 - 1 -> (hs/2,)
+    # 2. angles = positions (as floats) times frequencies, an outer product -> (T, hs/2); take their cos and sin
+    # 3. split x into its halves x1 = x[..., :hs/2], x2 = x[..., hs/2:] -> (..., T, hs/2) each
+    # 4. rotate each pair: x1 cos - x2 sin and x1 sin + x2 cos, concatenated on the last axis -> (..., T, hs)
+    # (~8 lines)
+    # BEGIN SOLUTION
+    half = x.shape[-1] // 2
+    frequencies = base ** (-tf.range(half, dtype=tf.float32) * 2.0 / (2 * half))  # (hs/2,)
+    angles = tf.cast(positions, tf.float32)[:, None] * frequencies[None, :]  # (T, hs/2)
+    cos, sin = tf.cast(tf.cos(angles), x.dtype), tf.cast(tf.sin(angles), x.dtype)  # (T, hs/2) each
+    x1, x2 = x[..., :half], x[..., half:]  # (..., T, hs/2) each
+    return tf.concat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)  # (..., T, hs)
+    # END SOLUTION
+
+
+def expand_kv_heads(x, num_groups):
+    """Returns the key (or value) heads repeated for grouped-query attention: head h of the result is head h // g of x.
+
+    With nh query heads sharing nkv key/value heads (g = nh // nkv per group), query head h reads key/value head
+    h // g, as in LLaMA's `repeat_kv`: heads [a, b] with g = 2 become [a, a, b, b].
+
+    Args:
+        x: float tensor `(B, nkv, S, hs)`.
+        num_groups: int, g.
+
+    Returns:
+        float tensor `(B, nkv * g, S, hs)`.
+    """
+    # TODO (bonus, GQA/MQA): repeat each head g times in place along the head axis (tf.repeat) -> (B, nh, S, hs)
+    # (~1 line)
+    # BEGIN SOLUTION
+    return tf.repeat(x, num_groups, axis=1)  # (B, nkv * g, S, hs)
+    # END SOLUTION
+
+
+def update_kv_cache(cache, new, index):
+    """Returns the cache with `new` written at positions index .. index + T - 1, every other position unchanged.
+
+    The cache is preallocated to the context length and keeps its shape, so a compiled decode step is traced once;
+    growing it with `tf.concat` would change its shape at every step.
+
+    Args:
+        cache: float tensor `(B, nkv, C, hs)`, the keys (or values) of positions 0 .. C - 1.
+        new: float tensor `(B, nkv, T, hs)`, the keys (or values) of the T new tokens.
+        index: int32 scalar (a Python int or a tensor), the position of the first new token; index + T <= C.
+
+    Returns:
+        float tensor `(B, nkv, C, hs)`.
+    """
+    # TODO (bonus, KV cache), with a one-hot placement that works for a tensor `index`:
+    # 1. one-hot rows of the written positions: tf.one_hot(index + tf.range(T), C) -> (T, C)
+    # 2. place new at those positions: tf.einsum("tc,bhtd->bhcd", ...) -> (B, nkv, C, hs)
+    # 3. keep the old entries elsewhere: cache * (1 - written) + placed, written = the one-hot rows summed over t,
+    #    reshaped to broadcast along C -> (B, nkv, C, hs)
+    # (~5 lines)
+    # BEGIN SOLUTION
+    length = cache.shape[2]
+    rows = tf.one_hot(index + tf.range(tf.shape(new)[2]), length, dtype=cache.dtype)  # (T, C)
+    placed = tf.einsum("tc,bhtd->bhcd", rows, new)  # (B, nkv, C, hs)
+    written = tf.reduce_sum(rows, axis=0)[:, None]  # (C, 1)
+    return cache * (1.0 - written) + placed  # (B, nkv, C, hs)
+    # END SOLUTION
+
+
+def cached_attention_mask(index, num_queries, length):
+    """Returns the bool mask `(T, C)` of T new queries over a cache of C positions: True where key c <= query's position.
+
+    The T queries sit at positions index .. index + T - 1; cache positions after a query's own position are either
+    the future or still empty, and must not be attended to.
+
+    Args:
+        index: int32 scalar (int or tensor), the position of the first query.
+        num_queries: int32 scalar, T.
+        length: int, C, the cache length.
+    """
+    # TODO (bonus, KV cache): query t (at position index + t) may attend to cache position c iff c <= index + t.
+    # Broadcast a column of query positions against a row of cache positions -> (T, C) (~2 lines)
+    # BEGIN SOLUTION
+    query_positions = index + tf.range(num_queries)  # (T,)
+    return tf.range(length)[None, :] <= query_positions[:, None]  # (T, C)
+    # END SOLUTION
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Multi-head self-attention
+
+
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Causal multi-head self-attention, with optional RoPE, grouped-query attention (GQA/MQA) and a KV cache.
+
+    Weights, created in `build` (D is the width of the input, hs = D // num_heads):
+        `wq (D, nh * hs)`, `wk (D, nkv * hs)`, `wv (D, nkv * hs)`, `wo (nh * hs, D)`, and when `use_bias`
+        `bq (nh * hs,)`, `bk (nkv * hs,)`, `bv (nkv * hs,)`, `bo (D,)`.
+    Column `h * hs + j` of wq (and of wk, wv) is dimension j of head h: heads are split by reshaping the last axis
+    `(nh * hs)` into `(nh, hs)`, head-major, and merged back the same way (row `h * hs + j` of wo). This is the
+    layout of `keras.layers.MultiHeadAttention`'s kernels `(D, nh, hs)` and `(nh, hs, D)` once reshaped.
+    Query head h reads key/value head h // g, g = nh // nkv (see `expand_kv_heads`).
+
+    Args:
+        num_heads: int, nh, the number of query heads; it must divide D.
+        num_kv_heads: int or None, nkv, the number of key/value heads (None: nh, full attention; 1: MQA).
+        use_bias: bool, whether the four projections have biases.
+        use_rope: bool, whether queries and keys are rotated by RoPE (`apply_rope`).
+        rope_base: float, RoPE's base.
+
+    Call arguments:
+        x: float tensor `(B, T, D)`.
+        training: bool (unused: there is no dropout inside attention).
+        cache: optional pair `(keys, values)`, each `(B, nkv, C, hs)`: this layer's KV cache.
+        cache_index: int32 scalar, the position of x's first token when a cache is given.
+
+    Returns:
+        `(B, T, D)`; with a cache, `(output, (keys, values))` holding the cache updated with x's keys and values.
+
+    Examples:
+    >>> attention = MultiHeadSelfAttention(num_heads=4)
+    >>> attention(tf.random.normal((2, 5, 16))).shape  # (2, 5, 16)
+    """
+
+    def __init__(self, num_heads, num_kv_heads=None, use_bias=True, use_rope=False, rope_base=10000.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        self.use_bias = use_bias
+        self.use_rope = use_rope
+        self.rope_base = rope_base
+        if self.num_kv_heads < 1 or num_heads % self.num_kv_heads:
+            raise ValueError(f"`num_kv_heads` must divide `num_heads`; got num_kv_heads={num_kv_heads}, "
+                             f"num_heads={num_heads}")
+        self.num_groups = num_heads // self.num_kv_heads  # g
+
+    def build(self, input_shape):
+        d_model = input_shape[-1]
+        if d_model % self.num_heads:
+            raise ValueError(f"`num_heads` must divide `d_model`; got num_heads={self.num_heads}, d_model={d_model}")
+        self.head_size = d_model // self.num_heads  # hs
+        q_width, kv_width = self.num_heads * self.head_size, self.num_kv_heads * self.head_size
+        self.wq = self.add_weight(name="wq", shape=(d_model, q_width), initializer=_normal())
+        self.wk = self.add_weight(name="wk", shape=(d_model, kv_width), initializer=_normal())
+        self.wv = self.add_weight(name="wv", shape=(d_model, kv_width), initializer=_normal())
+        self.wo = self.add_weight(name="wo", shape=(q_width, d_model), initializer=_normal())
+        if self.use_bias:
+            self.bq = self.add_weight(name="bq", shape=(q_width,), initializer="zeros")
+            self.bk = self.add_weight(name="bk", shape=(kv_width,), initializer="zeros")
+            self.bv = self.add_weight(name="bv", shape=(kv_width,), initializer="zeros")
+            self.bo = self.add_weight(name="bo", shape=(d_model,), initializer="zeros")
+
+    def project_heads(self, x, positions):
+        """Returns q `(B, nh, T, hs)` and k, v `(B, nkv, T, hs)`: x projected and split into heads (RoPE applied if on).
+
+        Args:
+            x: float tensor `(B, T, D)`.
+            positions: int32 tensor `(T,)`, the position of each token (RoPE uses them).
+        """
+        # TODO: project x and split the projections into heads:
+        # 1. project: q = x wq (+ bq when self.use_bias) -> (B, T, nh * hs); k, v with wk, wv -> (B, T, nkv * hs)
+        # 2. split heads: reshape the last axis into (heads, hs) -> (B, T, nh, hs) (k, v: nkv heads), keeping the
+        #    batch and time sizes (use tf.shape(x) for them: they may be unknown while tracing)
+        # 3. move the head axis before time -> (B, nh, T, hs) (tf.transpose); k, v -> (B, nkv, T, hs)
+        # (~10 lines; a small helper for steps 2-3, used three times, keeps it short)
+        # BEGIN SOLUTION
+        batch, time = tf.shape(x)[0], tf.shape(x)[1]
+
+        def split(y, heads):  # (B, T, heads * hs) -> (B, heads, T, hs)
+            y = tf.reshape(y, [batch, time, heads, self.head_size])  # (B, T, heads, hs)
+            return tf.transpose(y, [0, 2, 1, 3])  # (B, heads, T, hs)
+
+        q, k, v = tf.matmul(x, self.wq), tf.matmul(x, self.wk), tf.matmul(x, self.wv)  # (B, T, nh*hs), (B, T, nkv*hs) x2
+        if self.use_bias:
+            q, k, v = q + self.bq, k + self.bk, v + self.bv
+        q, k, v = split(q, self.num_heads), split(k, self.num_kv_heads), split(v, self.num_kv_heads)
+        # END SOLUTION
+        if self.use_rope:  # bonus: rotate queries and keys by their positions
+            q, k = apply_rope(q, positions, self.rope_base), apply_rope(k, positions, self.rope_base)
+        return q, k, v
+
+    def attend_heads(self, q, k, v, mask):
+        """Returns `(B, T, D)`: each query head attends over its keys, then heads are merged and projected by wo.
+
+        Args:
+            q: float tensor `(B, nh, T, hs)`.
+            k, v: float tensors `(B, nkv, S, hs)`.
+            mask: bool tensor broadcastable to `(B, nh, T, S)`, True where attending is allowed.
+        """
+        if self.num_groups > 1:  # bonus (GQA/MQA): query head h reads key/value head h // g
+            k, v = expand_kv_heads(k, self.num_groups), expand_kv_heads(v, self.num_groups)  # (B, nh, S, hs)
+        # TODO: attend within each head, merge the heads, project:
+        # 1. attend with scaled_dot_product_attention(q, k, v, mask) -> (B, nh, T, hs) (ignore the weights)
+        # 2. merge heads: move the head axis after time -> (B, T, nh, hs), then reshape -> (B, T, nh * hs)
+        # 3. project: out = merged wo (+ bo when self.use_bias) -> (B, T, D)
+        # (~6 lines)
+        # BEGIN SOLUTION
+        out, _ = scaled_dot_product_attention(q, k, v, mask)  # (B, nh, T, hs)
+        out = tf.transpose(out, [0, 2, 1, 3])  # (B, T, nh, hs)
+        out = tf.reshape(out, [tf.shape(q)[0], tf.shape(q)[2], self.num_heads * self.head_size])  # (B, T, nh*hs)
+        out = tf.matmul(out, self.wo)  # (B, T, D)
+        if self.use_bias:
+            out = out + self.bo
+        return out
+        # END SOLUTION
+
+    def call(self, x, training=False, cache=None, cache_index=None):
+        length = tf.shape(x)[1]  # T
+        if cache is None:
+            q, k, v = self.project_heads(x, tf.range(length))
+            return self.attend_heads(q, k, v, causal_mask(length))
+        q, k, v = self.project_heads(x, cache_index + tf.range(length))
+        keys = update_kv_cache(cache[0], k, cache_index)  # (B, nkv, C, hs)
+        values = update_kv_cache(cache[1], v, cache_index)  # (B, nkv, C, hs)
+        mask = cached_attention_mask(cache_index, length, keys.shape[2])  # (T, C)
+        return self.attend_heads(q, keys, values, mask), (keys, values)
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "num_kv_heads": self.num_kv_heads,
+                "use_bias": self.use_bias, "use_rope": self.use_rope, "rope_base": self.rope_base}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Norms and the feed-forward net
+
+
+class RMSNorm(keras.layers.Layer):
+    """Root-mean-square norm (Zhang and Sennrich, 2019; LLaMA): x / sqrt(mean(x^2) + epsilon) * scale.
+
+    Unlike LayerNorm it neither subtracts the mean nor adds a bias.
+
+    Weights: `scale (D,)`, initialized to ones.
+
+    Args:
+        epsilon: float, added to the mean square.
+
+    Call arguments:
+        x: float tensor `(..., D)`.
+
+    Returns:
+        float tensor `(..., D)`.
+    """
+
+    def __init__(self, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        # TODO (bonus, RMSNorm): divide by the root mean square over the last axis, then scale:
+        # 1. the mean of the squares over the last axis, kept for broadcasting -> (..., 1)
+        # 2. divide x by the root of (mean square + self.epsilon) (tf.math.rsqrt) -> (..., D)
+        # 3. multiply by self.scale -> (..., D)
+        # (~3 lines)
+        # BEGIN SOLUTION
+        mean_square = tf.reduce_mean(tf.square(x), axis=-1, keepdims=True)  # (..., 1)
+        return x * tf.math.rsqrt(mean_square + self.epsilon) * self.scale  # (..., D)
+        # END SOLUTION
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def swiglu(gate, up):
+    """Returns SwiGLU's gated hidden layer: silu(gate) * up, elementwise (Shazeer, 2020).
+
+    Args:
+        gate: float tensor `(..., F)`, x w_gate.
+        up: float tensor `(..., F)`, x w_in.
+
+    Returns:
+        float tensor `(..., F)`.
+    """
+    # TODO (bonus, SwiGLU): silu(gate) = gate * sigmoid(gate), times up (~1 line)
+    # BEGIN SOLUTION
+    return tf.nn.silu(gate) * up  # (..., F)
+    # END SOLUTION
+
+
+def make_norm(config, name=None):
+    """Returns the norm layer the config asks for (LayerNorm with or without bias, non-parametric, or RMSNorm)."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(epsilon=config.norm_epsilon, name=name)
+    parametric = config.norm == "layernorm"
+    return keras.layers.LayerNormalization(epsilon=config.norm_epsilon, scale=parametric,
+                                           center=parametric and config.bias != "none", name=name)
+
+
+class FeedForward(keras.layers.Layer):
+    """The position-wise feed-forward net: `gelu(x w_in + b_in) w_out + b_out`, or `swiglu(x w_gate, x w_in) w_out`.
+
+    Weights: `w_in (D, F)`, `w_out (F, D)`, with SwiGLU also `w_gate (D, F)`; when `use_bias`, `b_in (F,)`,
+    `b_out (D,)` (and `b_gate (F,)`). GELU is GPT-2's tanh approximation.
+
+    Args:
+        hidden_dim: int, F.
+        activation: `"gelu"` or `"swiglu"`.
+        use_bias: bool.
+
+    Call arguments:
+        x: float tensor `(B, T, D)`.
+
+    Returns:
+        float tensor `(B, T, D)`.
+    """
+
+    def __init__(self, hidden_dim, activation="gelu", use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.activation = activation
+        self.use_bias = use_bias
+
+    def build(self, input_shape):
+        d_model = input_shape[-1]
+        self.w_in = self.add_weight(name="w_in", shape=(d_model, self.hidden_dim), initializer=_normal())
+        self.w_gate = None
+        if self.activation == "swiglu":
+            self.w_gate = self.add_weight(name="w_gate", shape=(d_model, self.hidden_dim), initializer=_normal())
+        self.w_out = self.add_weight(name="w_out", shape=(self.hidden_dim, d_model), initializer=_normal())
+        if self.use_bias:
+            self.b_in = self.add_weight(name="b_in", shape=(self.hidden_dim,), initializer="zeros")
+            if self.activation == "swiglu":
+                self.b_gate = self.add_weight(name="b_gate", shape=(self.hidden_dim,), initializer="zeros")
+            self.b_out = self.add_weight(name="b_out", shape=(d_model,), initializer="zeros")
+
+    def call(self, x):
+        h = tf.matmul(x, self.w_in)  # (B, T, F)
+        if self.use_bias:
+            h = h + self.b_in
+        if self.activation == "swiglu":
+            gate = tf.matmul(x, self.w_gate)  # (B, T, F)
+            h = swiglu(gate + self.b_gate if self.use_bias else gate, h)  # (B, T, F)
+        else:
+            h = tf.nn.gelu(h, approximate=True)  # (B, T, F)
+        out = tf.matmul(h, self.w_out)  # (B, T, D)
+        return out + self.b_out if self.use_bias else out
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_dim": self.hidden_dim, "activation": self.activation,
+                "use_bias": self.use_bias}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The decoder block and the language model
+
+
+class DecoderBlock(keras.layers.Layer):
+    """One pre-norm decoder block: residual self-attention and feed-forward branches, sequential or parallel.
+
+    Sublayers, created in `build`: `norm1`, `attention` (a `MultiHeadSelfAttention`), `norm2` (None for the
+    parallel block, whose branches share `norm1`), `mlp` (a `FeedForward`) and `dropout`.
+
+    Args:
+        config: a `TransformerConfig` (norm, biases, block, activation, heads, dropout).
+
+    Call arguments:
+        x: float tensor `(B, T, D)`.
+        training: bool; dropout is active only when True.
+        cache, cache_index: this layer's KV cache and the position of x's first token (see `MultiHeadSelfAttention`).
+
+    Returns:
+        `(B, T, D)`; with a cache, `(output, cache)`.
+
+    Examples:
+    >>> block = DecoderBlock(TransformerConfig(d_model=16, num_heads=2))
+    >>> block(tf.random.normal((2, 5, 16))).shape  # (2, 5, 16)
+    """
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+
+    def build(self, input_shape):
+        c = self.config
+        self.norm1 = make_norm(c, name="norm1")
+        self.norm1.build(input_shape)
+        self.attention = MultiHeadSelfAttention(c.num_heads, c.kv_heads, use_bias=c.bias == "all",
+                                                use_rope=c.positions == "rope", rope_base=c.rope_base,
+                                                name="attention")
+        self.attention.build(input_shape)
+        self.norm2 = None
+        if c.block == "sequential":
+            self.norm2 = make_norm(c, name="norm2")
+            self.norm2.build(input_shape)
+        self.mlp = FeedForward(c.mlp_hidden, activation=c.activation, use_bias=c.bias == "all", name="mlp")
+        self.mlp.build(input_shape)
+        self.dropout = keras.layers.Dropout(c.dropout)
+
+    def call(self, x, training=False, cache=None, cache_index=None):
+        updated = [cache]  # the attention's updated KV cache, when decoding with one
+
+        def attend(h):  # self.attention on a normalized input h (B, T, D) -> (B, T, D), reading and writing the cache
+            if cache is None:
+                return self.attention(h, training=training)
+            out, updated[0] = self.attention(h, training=training, cache=cache, cache_index=cache_index)
+            return out
+
+        # TODO: the residual branches, with attend (self-attention) and self.mlp, each branch's output passed
+        # through self.dropout(..., training=training) before it is added to x:
+        # if self.config.block == "sequential" (GPT-2, LLaMA):
+        #   1. x = x + attend(self.norm1(x)) -> (B, T, D)
+        #   2. x = x + self.mlp(self.norm2(x)) -> (B, T, D)
+        # else, parallel (Falcon, PaLM): both branches read the same h = self.norm1(x):
+        #   1. x = x + attend(h) + self.mlp(h) -> (B, T, D)
+        # (~7 lines)
+        # BEGIN SOLUTION
+        if self.config.block == "sequential":
+            x = x + self.dropout(attend(self.norm1(x)), training=training)  # (B, T, D)
+            x = x + self.dropout(self.mlp(self.norm2(x)), training=training)  # (B, T, D)
+        else:
+            h = self.norm1(x)  # (B, T, D)
+            x = x + self.dropout(attend(h), training=training) + self.dropout(self.mlp(h), training=training)
+        # END SOLUTION
+        return x if cache is None else (x, updated[0])
+
+    def get_config(self):
+        return {**super().get_config(), "config": self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(TransformerConfig.from_dict(config.pop("config")), **config)
+
+
+def sinusoidal_table(length, d_model):
+    """Returns the fixed positions of "Attention is all you need": float32 `(length, d_model)`, sin on even columns
+    and cos on odd ones, at frequencies 10000^(-2i / d_model)."""
+    positions = np.arange(length)[:, None]  # (C, 1)
+    frequencies = 10000.0 ** (-np.arange(0, d_model, 2) / d_model)  # (ceil(D/2),)
+    table = np.zeros((length, d_model), np.float32)
+    table[:, 0::2] = np.sin(positions * frequencies)
+    table[:, 1::2] = np.cos(positions * frequencies[: d_model // 2])
+    return table
+
+
+class TransformerLanguageModel(keras.Model):
+    """A decoder-only transformer language model: `logits = model(tokens)`, with a KV cache for generation.
+
+    Token embedding (plus learned or sinusoidal positions unless RoPE), `num_layers` `DecoderBlock`s, a final norm
+    and a projection to the vocabulary, by the transposed token embedding when `tie_embeddings`.
+
+    Weights, all created by the constructor: `token_embedding (V, D)`, `position_embedding (C, D)` (learned
+    positions only), `blocks` (a list of `DecoderBlock`), `final_norm`, `lm_head (D, V)` (untied only).
+
+    Args:
+        config: a `TransformerConfig`, e.g. `TransformerConfig.preset("llama2", vocab_size=65)`.
+
+    Call arguments:
+        tokens: int tensor `(B, T)`, T <= context_length.
+        training: bool; dropout is active only when True.
+        cache: optional KV cache (see `prefill`); tokens are then placed after the cached ones.
+
+    Returns:
+        logits `(B, T, V)` (float32) of the next token at every position; with a cache, `(logits, cache)`.
+
+    Generation (the protocol of `sampling.generate`): `logits, cache = model.prefill(prompt)` reads a prompt
+    `(B, T)` once; then `logits, cache = model.decode_step(next_ids, cache)` reads one token per sequence,
+    next_ids `(B, 1)`, and returns logits `(B, 1, V)`. The cache is a dict of fixed shapes, preallocated to the
+    context length: `keys` and `values` `(B, L, nkv, C, hs)`, and `index`, the number of positions filled. The
+    decode step is compiled once and its logits equal those of `model(all_tokens)`.
+
+    Examples:
+    >>> model = TransformerLanguageModel(TransformerConfig.preset("gpt2", vocab_size=65, num_layers=2))
+    >>> model(tf.zeros((2, 10), tf.int32)).shape  # (2, 10, 65)
+    >>> logits, cache = model.prefill(tf.zeros((1, 3), tf.int32))
+    >>> logits, cache = model.decode_step(tf.argmax(logits[:, -1:], -1, output_type=tf.int32), cache)
+    """
+
+    jit_decode = True  # compile the decode step with XLA (about 2x faster per token on CPU)
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(config, TransformerConfig):
+            raise TypeError(f"`config` must be a TransformerConfig; got {type(config).__name__}")
+        self.config = config
+        self.build((None, None))  # every weight exists from the start (checkpoints can restore into it)
+        c = config
+        cache_spec = {"keys": tf.TensorSpec((None, c.num_layers, c.kv_heads, c.context_length, c.head_size)),
+                      "values": tf.TensorSpec((None, c.num_layers, c.kv_heads, c.context_length, c.head_size)),
+                      "index": tf.TensorSpec((), tf.int32)}
+        self._decode_fn = tf.function(self._decode, jit_compile=self.jit_decode,
+                                      input_signature=[tf.TensorSpec((None, 1), tf.int32), cache_spec])
+
+    def build(self, input_shape):
+        c = self.config
+        self.token_embedding = self.add_weight(name="token_embedding", shape=(c.vocab_size, c.d_model),
+                                               initializer=_normal())
+        self.position_embedding = None
+        if c.positions == "learned":
+            self.position_embedding = self.add_weight(name="position_embedding", shape=(c.context_length, c.d_model),
+                                                      initializer=_normal())
+        self._sinusoids = sinusoidal_table(c.context_length, c.d_model) if c.positions == "sinusoidal" else None
+        self.embedding_dropout = keras.layers.Dropout(c.dropout)
+        self.blocks = [DecoderBlock(c, name=f"block_{i}") for i in range(c.num_layers)]
+        for i, block in enumerate(self.blocks):
+            block.build((None, None, c.d_model))
+            setattr(self, f"block_{i}", block)  # tf.train.Checkpoint does not look inside Keras' tracked lists
+        self.final_norm = make_norm(c, name="final_norm")
+        self.final_norm.build((None, None, c.d_model))
+        self.lm_head = None
+        if not c.tie_embeddings:
+            self.lm_head = self.add_weight(name="lm_head", shape=(c.d_model, c.vocab_size), initializer=_normal())
+
+    def position_embeddings(self, positions):
+        """Returns the learned or sinusoidal position vectors `(T, D)` of int32 positions `(T,)`."""
+        if self.config.positions == "learned":
+            return tf.gather(self.position_embedding, positions)  # (T, D)
+        return tf.gather(tf.constant(self._sinusoids), positions)  # (T, D)
+
+    def _check_length(self, length):
+        if length is not None and length > self.config.context_length:
+            raise ValueError(f"sequence of length {length} is longer than the model's context_length="
+                             f"{self.config.context_length}; crop it to its last {self.config.context_length} tokens")
+
+    def call(self, tokens, training=False, cache=None):
+        tokens = tf.convert_to_tensor(tokens)
+        self._check_length(tokens.shape[1])
+        start = 0 if cache is None else cache["index"]  # position of tokens[:, 0]
+        length = tf.shape(tokens)[1]  # T
+        updated = []  # the layers' updated KV caches, when decoding with one
+
+        def run_block(i, x):  # block i on x (B, T, D) -> (B, T, D), reading and writing layer i's cache
+            if cache is None:
+                return self.blocks[i](x, training=training)
+            layer_cache = (cache["keys"][:, i], cache["values"][:, i])  # each (B, nkv, C, hs)
+            x, layer_cache = self.blocks[i](x, training=training, cache=layer_cache, cache_index=start)
+            updated.append(layer_cache)
+            return x
+
+        # TODO: the forward pass, from token ids to logits:
+        # 1. look up the token embeddings: tf.gather(self.token_embedding, tokens) -> (B, T, D)
+        # 2. unless self.config.positions == "rope" (RoPE rotates q and k inside attention instead), add
+        #    self.position_embeddings(start + tf.range(T)) -> (T, D), broadcast over the batch -> (B, T, D)
+        # 3. x = self.embedding_dropout(x, training=training) -> (B, T, D)
+        # 4. run the blocks in order: x = run_block(i, x) for i in range(self.config.num_layers) -> (B, T, D)
+        # 5. x = self.final_norm(x) -> (B, T, D)
+        # 6. project to the vocabulary: x times the transposed token embedding when self.config.tie_embeddings,
+        #    else x times self.lm_head (D, V) -> (B, T, V)
+        # (~10 lines)
+        # BEGIN SOLUTION
+        x = tf.gather(self.token_embedding, tokens)  # (B, T, D)
+        if self.config.positions != "rope":
+            x = x + self.position_embeddings(start + tf.range(length))  # (B, T, D)
+        x = self.embedding_dropout(x, training=training)
+        for i in range(self.config.num_layers):
+            x = run_block(i, x)  # (B, T, D)
+        x = self.final_norm(x)  # (B, T, D)
+        if self.config.tie_embeddings:
+            logits = tf.matmul(x, self.token_embedding, transpose_b=True)  # (B, T, V)
+        else:
+            logits = tf.matmul(x, self.lm_head)  # (B, T, V)
+        # END SOLUTION
+        if cache is None:
+            return logits
+        return logits, {"keys": tf.stack([k for k, _ in updated], axis=1),  # (B, L, nkv, C, hs)
+                        "values": tf.stack([v for _, v in updated], axis=1),  # (B, L, nkv, C, hs)
+                        "index": start + length}
+
+    # -- KV cache: the generation protocol ------------------------------------------------------------------------
+
+    def init_cache(self, batch_size):
+        """Returns an empty KV cache for `batch_size` sequences: zeros `(B, L, nkv, C, hs)` and index 0."""
+        c = self.config
+        shape = [batch_size, c.num_layers, c.kv_heads, c.context_length, c.head_size]
+        return {"keys": tf.zeros(shape), "values": tf.zeros(shape), "index": tf.constant(0, tf.int32)}
+
+    def _decode(self, next_ids, cache):
+        return self(next_ids, training=False, cache=cache)
+
+    def prefill(self, tokens):
+        """Returns `(logits, cache)`: the logits `(B, T, V)` of a prompt `(B, T)` and the KV cache holding it.
+
+        Args:
+            tokens: int tensor `(B, T)`, 1 <= T <= context_length.
+        """
+        tokens = tf.cast(tokens, tf.int32)
+        if tokens.shape.rank != 2 or not 1 <= tokens.shape[1] <= self.config.context_length:
+            raise ValueError(f"prefill needs tokens of shape (B, T) with 1 <= T <= context_length="
+                             f"{self.config.context_length}; got shape {tuple(tokens.shape)}")
+        # One pass, run as it comes (eagerly, or inside the caller's tf.function): compiling it would cost more than
+        # it saves for a single prompt.
+        return self(tokens, training=False, cache=self.init_cache(tf.shape(tokens)[0]))
+
+    def decode_step(self, next_ids, cache):
+        """Returns `(logits, cache)`: the logits `(B, 1, V)` of one more token per sequence and the updated cache.
+
+        Args:
+            next_ids: int tensor `(B, 1)` (or `(B,)`), the token at position `cache["index"]`.
+            cache: the cache returned by `prefill` or by the previous `decode_step`; it must not be full.
+        """
+        next_ids = tf.reshape(tf.cast(next_ids, tf.int32), [-1, 1])  # (B, 1)
+        if tf.executing_eagerly() and int(cache["index"]) >= self.config.context_length:
+            raise ValueError(f"the KV cache is full: it holds context_length={self.config.context_length} "
+                             f"positions; re-read the last tokens with prefill instead")
+        return self._decode_fn(next_ids, cache)
+
+    def get_config(self):
+        return {"config": self.config.to_dict(), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(TransformerConfig.from_dict(config.pop("config")), **config)

@@ -1,0 +1,70 @@
+"""`python -m grading COMMAND`: build the student release and the autograder, grade a submission, verify the tests."""
+import argparse
+import importlib
+import sys
+
+# command -> (module, help). Only `grade` ships with the student release and the autograder bundle.
+COMMANDS = {
+    "grade": ("grading.grade", "grade a submission and write Gradescope's results.json"),
+    "build-student": ("grading.release", "build the student release into dist/student/ and dist/student.zip"),
+    "build-autograder": ("grading.autograder", "build the Gradescope bundle dist/autograder.zip"),
+    "verify": ("grading.verify", "prove the tests: reference 100%, stubs 0, each part alone, the bug catalogue"),
+}
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="python -m grading", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("grade", help=COMMANDS["grade"][1])
+    p.add_argument("submission", help="the submission folder (Gradescope: /autograder/submission)")
+    p.add_argument("--out", default="results.json", help="where to write results.json (default: %(default)s)")
+    p.add_argument("--bundle", help="folder holding tests/, assignment/ and grading/ (default: this package's parent)")
+    p.add_argument("--manifest", help="manifest.json listing the graded tests (default: the bundle's)")
+    p.add_argument("--only", action="append", metavar="MODULE", help="grade only this part (repeatable)")
+    p.add_argument("--visible-only", action="store_true", help="leave the hidden tests out")
+    p.add_argument("--cpu", type=int, help="pin the tests to this CPU (taskset)")
+    p.add_argument("--maxfail", type=int, help="stop after this many failed tests")
+    p.add_argument("--total-timeout", type=float, help="seconds for the whole run (default: the manifest's)")
+    p.add_argument("--no-drop-privileges", action="store_true", help="run the tests as the current user, even root")
+    p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work directory")
+    p.add_argument("--quiet", action="store_true", help="print nothing; only write results.json")
+
+    p = sub.add_parser("build-student", help=COMMANDS["build-student"][1])
+    p.add_argument("--root", default=".", help="the repository (default: the current folder)")
+    p.add_argument("--out", default="dist/student", help="release folder (default: %(default)s)")
+    p.add_argument("--no-zip", action="store_true", help="do not write the .zip next to the folder")
+    p.add_argument("--no-import-check", action="store_true", help="skip importing the stub modules")
+
+    p = sub.add_parser("build-autograder", help=COMMANDS["build-autograder"][1])
+    p.add_argument("--root", default=".", help="the repository (default: the current folder)")
+    p.add_argument("--out", default="dist/autograder", help="bundle folder; the zip goes next to it")
+    p.add_argument("--no-import-check", action="store_true", help="skip importing the stub modules")
+
+    p = sub.add_parser("verify", help=COMMANDS["verify"][1])
+    p.add_argument("--root", default=".", help="the repository (default: the current folder)")
+    p.add_argument("--only", action="append", metavar="MODULE", help="check only this part (repeatable)")
+    p.add_argument("--bugs-only", action="store_true", help="only the bug catalogue")
+    p.add_argument("--no-bugs", action="store_true", help="skip the bug catalogue")
+    p.add_argument("--bug", action="append", metavar="NAME", help="only this bug (module/name or name; repeatable)")
+    p.add_argument("--no-timing", action="store_true", help="skip the one-CPU timing run of the reference")
+    p.add_argument("--jobs", type=int, help="parallel runs (default: the number of CPUs)")
+    p.add_argument("--bugs-full", action="store_true", help="run every test on each bug (default: stop at the first failure)")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    module_name = COMMANDS[args.command][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            print(f"`{args.command}` is instructor tooling and is not part of this copy of the grader.", file=sys.stderr)
+            return 2
+        raise
+    return module.main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The Gradescope bundle: `python -m grading build-autograder` -> dist/autograder/ and dist/autograder.zip.
+
+At the root of the zip, as Gradescope wants: `setup.sh` (installs Python and the test dependencies into
+/autograder/venv), `run_autograder` (grades /autograder/submission into /autograder/results/results.json) and
+`requirements.txt`; beside them the grader (grading/ with a manifest of every graded test, hidden ones included),
+the tests (visible and hidden, with their conftest and helpers) and the package scaffolding with every solution
+region stubbed, never the reference.
+"""
+import shutil
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from grading import markers, release
+
+RECEIPT = """\
+# What the graded tests need, with TensorFlow and Keras pinned to the versions `make verify` ran them with.
+# The CPU build of TensorFlow: Gradescope's containers have no GPU, so the CUDA-enabled wheel would be dead weight.
+tensorflow-cpu=={tensorflow}
+keras=={keras}
+numpy
+pytest>=8
+pytest-timeout>=2.3
+tqdm
+"""
+
+
+def requirements():
+    def version(name, default):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return default
+
+    return RECEIPT.format(tensorflow=version("tensorflow", "2.21.0"), keras=version("keras", "3.15.1"))
+
+
+def build_autograder(root=".", out="dist/autograder", *, zip_path=None, manifest=None, check_import=True,
+                     python=sys.executable, log=print):
+    """Builds the bundle into `out` (and `zip_path`); returns the manifest used. Raises release.BuildError."""
+    from grading import grade
+
+    root = Path(root).resolve()
+    out = release._fresh(out)
+    regions = release.stub_package(root, out)
+    problems = []
+    if manifest is None:
+        manifest, problems = grade.build_manifest(root, python=python, log=log)
+    shipped_tests = []
+    for rel in release.project_files(root):
+        parts = Path(rel).parts
+        if parts[0] != "tests" or parts[1:2] == ("instructor",):
+            continue
+        if rel.endswith(".py"):
+            shipped_tests.append(rel)
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / rel, target)
+    release.write_runtime(out, manifest)
+    for name in ("setup.sh", "run_autograder"):
+        shutil.copy(release.TEMPLATES / "autograder" / name, out / name)
+        (out / name).chmod(0o755)
+    (out / "requirements.txt").write_text(requirements())
+    problems += release.check_parses(out)
+    solution = release.solution_only_lines(root, regions, shipped_tests)
+    problems += release.leak_scan(out, solution, allow_hidden=True)
+    if check_import:
+        for name, error in release.import_check(out, python).items():
+            problems.append(f"{name} does not import in the bundle:\n{error}")
+    if problems:
+        raise release.BuildError("\n".join(problems))
+    if zip_path:
+        release.write_zip(out, zip_path)
+    return manifest
+
+
+def main(args):
+    """The `build-autograder` subcommand."""
+    root = Path(args.root)
+    out = Path(args.out)
+    if not out.is_absolute():
+        out = root / out
+    zip_path = out.with_suffix(".zip")
+    try:
+        manifest = build_autograder(root, out, zip_path=zip_path, check_import=not args.no_import_check)
+    except (release.BuildError, markers.MarkerError) as exc:
+        print(f"build-autograder failed:\n{exc}", file=sys.stderr)
+        return 1
+    tests = manifest["tests"]
+    core = sum(t["points"] for t in tests if not t["bonus"])
+    bonus = sum(t["points"] for t in tests if t["bonus"])
+    hidden = sum(1 for t in tests if t["hidden"])
+    print(f"{len(tests)} graded tests ({hidden} hidden): {core:g} points + {bonus:g} bonus")
+    print(f"wrote {out} and {zip_path}: upload the zip as the autograder of a Gradescope programming assignment")
+    return 0

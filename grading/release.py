@@ -1,0 +1,403 @@
+"""The student release: `python -m grading build-student` -> dist/student/ and dist/student.zip.
+
+What goes in: assignment/ with every solution region stubbed, the visible tests with their conftest and helpers,
+the notebooks (outputs cleared), data/, a README, Makefile and pyproject of its own, and the grade runner behind
+`make grade` with a manifest of the visible tests. What never goes in: hidden and instructor tests, the bug
+catalogue, the builder, the verifier, the reference. The build refuses to finish if a marker is malformed, a stub
+module does not parse or import, or anything leaks (a marker, a line found only inside solution regions, a hidden
+test's name).
+"""
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grading import markers
+
+TEMPLATES = Path(__file__).with_name("templates")
+# The grading modules a release or a bundle carries: exactly what `python -m grading grade` needs.
+RUNTIME = ("__main__.py", "grade.py", "runner.py", "_child.py")
+RUNTIME_INIT = '"""The grader behind `make grade`, the same one Gradescope runs. Nothing to edit here."""\n'
+SKIP_PARTS = {".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".ipynb_checkpoints", "dist", "build", "runs"}
+MAX_DATA_FILE = 2 * 2**20  # larger data files (downloaded corpora) stay out of the release
+MIN_LEAK_LENGTH = 12  # shorter solution lines (`return x`, `else:`) are too common to count as leaks
+MARKER_TEXT = re.compile(r"(BEGIN|END)[ _-]*SOLUTION", re.IGNORECASE)
+
+
+class BuildError(Exception):
+    """The release cannot be built; the message lists every problem, one per line."""
+
+
+@dataclass
+class Build:
+    out: Path
+    regions: dict = field(default_factory=dict)  # module file -> [Region]
+    warnings: list = field(default_factory=list)
+    files: list = field(default_factory=list)  # relative paths written
+
+
+def project_files(root):
+    """The repository's files (tracked or not ignored by git), relative paths in order; a plain walk without git."""
+    root = Path(root)
+    if (root / ".git").exists() and shutil.which("git"):
+        out = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root, capture_output=True, check=True
+        ).stdout.decode()
+        names = [n for n in out.split("\0") if n]
+    else:
+        names = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if d not in SKIP_PARTS and not d.endswith(".egg-info")]
+            names += [os.path.relpath(os.path.join(dirpath, f), root) for f in filenames]
+    names = [Path(n).as_posix() for n in names if (root / n).is_file()]
+    return sorted(n for n in names if not set(Path(n).parts) & SKIP_PARTS and not n.endswith(".pyc"))
+
+
+def stub_package(root, dest):
+    """Writes assignment/ of `root` into `dest`/assignment with every region stubbed; returns {path: [Region]}."""
+    root, dest = Path(root), Path(dest)
+    regions, errors = {}, []
+    for path in sorted((root / "assignment").rglob("*")):
+        if not path.is_file() or set(path.relative_to(root).parts) & SKIP_PARTS or path.suffix == ".pyc":
+            continue
+        rel = path.relative_to(root).as_posix()
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix != ".py":
+            shutil.copy(path, target)
+            continue
+        try:
+            stubbed, found = markers.stub_source(path.read_text(encoding="utf-8"), rel)
+        except markers.MarkerError as exc:
+            errors.append(str(exc))
+            continue
+        target.write_text(stubbed, encoding="utf-8")
+        if found:
+            regions[rel] = found
+    if errors:
+        raise BuildError("\n".join(errors))
+    return regions
+
+
+def clear_notebook(text):
+    """A notebook's JSON without outputs and execution counts (they came from the reference)."""
+    nb = json.loads(text)
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
+def _dependencies(root):
+    """The `dependencies = [...]` entries of the repository's pyproject.toml, as written there."""
+    text = (Path(root) / "pyproject.toml").read_text() if (Path(root) / "pyproject.toml").exists() else ""
+    match = re.search(r"^dependencies\s*=\s*\[(.*?)^\]", text, re.S | re.M)
+    if not match:
+        return ['"tensorflow>=2.16,<3"', '"numpy"', '"tqdm"']
+    return [line.split("#")[0].strip().rstrip(",") for line in match.group(1).splitlines() if line.split("#")[0].strip()]
+
+
+def _part_rows(manifest):
+    rows = []
+    for part in manifest["parts"]:
+        tests = [t for t in manifest["tests"] if t["module"] == part["module"]]
+        visible = sum(t["points"] for t in tests if not t["bonus"])
+        bonus = sum(t["points"] for t in tests if t["bonus"])
+        files = sorted({t["file"] for t in tests})
+        total = f"{part['points']}" if part.get("points") else f"{visible:g}"
+        if part.get("bonus"):
+            total += f" + {part['bonus']} bonus"
+        rows.append(f"| {part['label']} | `assignment/{part['module']}.py` | {part['title']} | {total} | "
+                    f"{visible:g}{f' + {bonus:g} bonus' if bonus else ''} | {', '.join(f'`{f}`' for f in files)} |")
+    return "\n".join(rows)
+
+
+def _todo_list(manifest, regions):
+    order = [p["module"] for p in manifest["parts"]]
+    lines = []
+    by_module = {Path(path).stem: found for path, found in regions.items()}
+    for module in order + sorted(set(by_module) - set(order)):
+        found = by_module.get(module)
+        if not found:
+            continue
+        label = next((p["label"] for p in manifest["parts"] if p["module"] == module), None)
+        lines.append(f"- **assignment/{module}.py**" + (f" (part {label})" if label else ""))
+        for region in found:
+            todo = region.first_todo or "see the docstring"
+            lines.append(f"  - [ ] `{region.qualname}`: {todo}")
+    return "\n".join(lines)
+
+
+def render(template, **values):
+    text = (TEMPLATES / template).read_text()
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", value)
+    leftover = re.findall(r"\{\{[A-Z_]+\}\}", text)
+    if leftover:
+        raise BuildError(f"template {template} has unfilled placeholders: {leftover}")
+    return text
+
+
+def write_runtime(dest, manifest):
+    """The grade runner: grading/{__init__,__main__,grade,runner,_child}.py and manifest.json."""
+    pkg = Path(dest) / "grading"
+    pkg.mkdir(parents=True, exist_ok=True)
+    here = Path(__file__).parent
+    (pkg / "__init__.py").write_text(RUNTIME_INIT)
+    for name in RUNTIME:
+        shutil.copy(here / name, pkg / name)
+    (pkg / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def solution_only_lines(root, regions, shipped_tests=()):
+    """Non-trivial lines found inside solution regions and nowhere else in the package or the shipped tests."""
+    root = Path(root)
+    inside, outside = set(), set()
+    for path in sorted((root / "assignment").rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        source = path.read_text(encoding="utf-8")
+        found = regions.get(rel, [])
+        inside |= markers.solution_lines(source, found)
+        outside |= markers.outside_lines(source, found)
+        outside |= {r.stub_line().strip() for r in found}
+    for rel in shipped_tests:  # a test may legitimately spell a line the same way as the solution
+        outside |= {line.strip() for line in (root / rel).read_text(encoding="utf-8").splitlines()}
+    return {
+        line for line in inside - outside
+        if len(line) >= MIN_LEAK_LENGTH and any(c.isalnum() for c in line)
+    }
+
+
+def _text_lines(path):
+    """The lines of a text file (a notebook: of its cells and outputs); [] for binary files."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return []
+    if path.suffix == ".ipynb":
+        try:
+            nb = json.loads(text)
+        except ValueError:
+            return text.splitlines()
+        lines = []
+        for cell in nb.get("cells", []):
+            source = cell.get("source", "")
+            lines += ("".join(source) if isinstance(source, list) else source).splitlines()
+            for output in cell.get("outputs", []):
+                out = output.get("text", "")
+                lines += ("".join(out) if isinstance(out, list) else out).splitlines()
+        return lines
+    return text.splitlines()
+
+
+def hidden_test_names(root):
+    """Names of hidden test functions that no visible test shares (they must not appear in a release)."""
+    root = Path(root)
+
+    def names(paths):
+        found = set()
+        for path in paths:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            found |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
+        return found
+
+    hidden = names((root / "tests" / "hidden").glob("*.py")) if (root / "tests" / "hidden").exists() else set()
+    return hidden - names((root / "tests").glob("*.py"))
+
+
+def leak_scan(dest, solution_only, *, hidden_names=(), allow_hidden=False, runtime=RUNTIME):
+    """Returns the leaks found in `dest`, one `path:line: what` string each."""
+    dest = Path(dest)
+    leaks = []
+    allowed_grading = {"__init__.py", "manifest.json", *runtime}
+    hidden_re = re.compile(r"\b(" + "|".join(map(re.escape, sorted(hidden_names))) + r")\b") if hidden_names else None
+    for path in sorted(p for p in dest.rglob("*") if p.is_file()):
+        rel = path.relative_to(dest).as_posix()
+        parts = Path(rel).parts
+        if parts[:2] == ("tests", "instructor"):
+            leaks.append(f"{rel}: instructor tests must not ship")
+        if not allow_hidden and (parts[:2] == ("tests", "hidden") or path.stem.endswith("_hidden")):
+            leaks.append(f"{rel}: hidden tests must not ship")
+        if parts[0] == "grading" and (len(parts) != 2 or parts[1] not in allowed_grading):
+            leaks.append(f"{rel}: grading internals must not ship (only {', '.join(sorted(allowed_grading))})")
+        if path.suffix in (".patch", ".diff") or "__pycache__" in parts:
+            leaks.append(f"{rel}: must not ship")
+        for number, line in enumerate(_text_lines(path), 1):
+            if MARKER_TEXT.search(line):
+                leaks.append(f"{rel}:{number}: solution marker text: {line.strip()[:80]}")
+            elif line.strip() in solution_only:
+                leaks.append(f"{rel}:{number}: a line of the reference solution: {line.strip()[:80]}")
+            elif hidden_re is not None and not allow_hidden and hidden_re.search(line):
+                leaks.append(f"{rel}:{number}: names a hidden test: {line.strip()[:80]}")
+    return leaks
+
+
+IMPORT_CHECK = r"""
+import importlib, json, os, sys, traceback
+root = os.path.abspath(sys.argv[1])
+sys.path[:] = [root] + [p for p in sys.path if p and "__editable__" not in p
+                        and not os.path.exists(os.path.join(p, "assignment", "__init__.py"))]
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in (getattr(f, "__module__", "") or "").lower()]
+out = {}
+for name in sys.argv[2:]:
+    try:
+        module = importlib.import_module(name)
+        where = os.path.abspath(module.__file__)
+        out[name] = None if where.startswith(root + os.sep) else f"imported from {where}, not from the release"
+    except BaseException:
+        out[name] = traceback.format_exc(limit=6)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def import_check(dest, python=sys.executable, timeout=300):
+    """Imports every module of dest/assignment in a fresh interpreter; returns {module: error} for failures."""
+    dest = Path(dest).resolve()
+    names = sorted(
+        ".".join(p.relative_to(dest).with_suffix("").parts[:-1] if p.name == "__init__.py" else
+                 p.relative_to(dest).with_suffix("").parts)
+        for p in (dest / "assignment").rglob("*.py")
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        proc = subprocess.run([python, "-I", "-B", "-c", IMPORT_CHECK, str(dest), *names], capture_output=True, text=True,
+                              timeout=timeout, cwd=dest, env=env)
+    except subprocess.TimeoutExpired:
+        return {"assignment": f"importing the stub modules took longer than {timeout} s"}
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        return {"assignment": f"the import check crashed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"}
+    return {name: error for name, error in json.loads(line[7:]).items() if error}
+
+
+def check_parses(dest):
+    errors = []
+    for path in sorted(Path(dest).rglob("*.py")):
+        try:
+            ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        except SyntaxError as exc:
+            errors.append(f"{path.relative_to(dest)}:{exc.lineno}: does not parse: {exc.msg}")
+    return errors
+
+
+def write_zip(src, zip_path, prefix=""):
+    """Zips `src` deterministically (sorted, fixed timestamps); executables keep their mode."""
+    src, zip_path = Path(src), Path(zip_path)
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(p for p in src.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            info = zipfile.ZipInfo(prefix + path.relative_to(src).as_posix(), date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = ((0o755 if os.access(path, os.X_OK) else 0o644) | 0o100000) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, path.read_bytes())
+    return zip_path
+
+
+def _fresh(out):
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out
+
+
+def build_student(root=".", out="dist/student", *, zip_path=None, manifest=None, check_import=True,
+                  python=sys.executable, log=print):
+    """Builds the student release into `out` (and `zip_path`); returns a Build or raises BuildError."""
+    from grading import grade
+
+    root = Path(root).resolve()
+    out = _fresh(out)
+    build = Build(out)
+    build.regions = stub_package(root, out)
+    problems = []
+    for path, found in build.regions.items():
+        for region in found:
+            if region.first_todo is None:
+                build.warnings.append(f"{path}:{region.begin}: {region.qualname} has no `# TODO:` line above its region")
+    if manifest is None:
+        manifest, manifest_problems = grade.build_manifest(root, hidden=False, python=python, log=log)
+        problems += manifest_problems
+    else:
+        manifest = dict(manifest, tests=[t for t in manifest["tests"] if not t["hidden"]],
+                        files={f: m for f, m in manifest["files"].items() if not f.startswith("tests/hidden/")})
+    shipped_tests = []
+    for rel in project_files(root):
+        parts = Path(rel).parts
+        src = root / rel
+        if parts[0] == "tests":
+            if parts[1:2] in (("hidden",), ("instructor",)):
+                continue
+            if src.suffix == ".py":
+                shipped_tests.append(rel)
+            target = out / rel
+        elif parts[0] == "notebooks":
+            target = out / rel
+            if src.suffix == ".ipynb":
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(clear_notebook(src.read_text(encoding="utf-8")), encoding="utf-8")
+                continue
+        elif parts[0] == "data":
+            if src.stat().st_size > MAX_DATA_FILE:
+                build.warnings.append(f"{rel}: left out of the release ({src.stat().st_size / 2**20:.1f} MB)")
+                continue
+            target = out / rel
+        else:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, target)
+    write_runtime(out, manifest)
+    deps = _dependencies(root)
+    (out / "README.md").write_text(render(
+        "student/README.md", PARTS=_part_rows(manifest), TODOS=_todo_list(manifest, build.regions),
+        TIMEOUT=f"{manifest['settings']['timeout']:g}",
+    ))
+    (out / "Makefile").write_text(render("student/Makefile"))
+    (out / "pyproject.toml").write_text(render(
+        "student/pyproject.toml", DEPENDENCIES="\n".join(f"    {d}," for d in deps),
+        TIMEOUT=f"{manifest['settings']['timeout']:g}",
+    ))
+    (out / ".gitignore").write_text(render("student/gitignore"))
+    problems += check_parses(out)
+    solution = solution_only_lines(root, build.regions, shipped_tests)
+    problems += leak_scan(out, solution, hidden_names=hidden_test_names(root))
+    if check_import:
+        for name, error in import_check(out, python).items():
+            problems.append(f"{name} does not import in the release:\n{error}")
+    if problems:
+        raise BuildError("\n".join(problems))
+    build.files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    if zip_path:
+        write_zip(out, zip_path, prefix=out.name + "/")
+    return build
+
+
+def main(args):
+    """The `build-student` subcommand."""
+    root = Path(args.root)
+    out = Path(args.out)
+    if not out.is_absolute():
+        out = root / out
+    zip_path = None if args.no_zip else out.with_suffix(".zip")
+    try:
+        build = build_student(root, out, zip_path=zip_path, check_import=not args.no_import_check)
+    except (BuildError, markers.MarkerError) as exc:
+        print(f"build-student failed:\n{exc}", file=sys.stderr)
+        return 1
+    for warning in build.warnings:
+        print(f"warning: {warning}")
+    count = sum(len(r) for r in build.regions.values())
+    print(f"stubbed {count} solution regions in {len(build.regions)} modules:")
+    for path, found in build.regions.items():
+        print(f"  {path}: {', '.join(r.qualname for r in found)}")
+    print(f"checked: markers, every module parses{'' if args.no_import_check else ' and imports'}, no leaks")
+    print(f"wrote {out} ({len(build.files)} files)" + (f" and {zip_path}" if zip_path else ""))
+    return 0

@@ -1,0 +1,368 @@
+"""The grader on a small synthetic course: results.json in Gradescope's schema, and every way a submission can go
+wrong (syntax error, crash at import, infinite loop at import or in a test, a crash, huge output, a missing file,
+a strange upload layout, edited tests) costing only what it breaks, each with a message that says what happened."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from grading import grade, runner
+from toy_project import ALPHA, BETA, PARTS, SETTINGS, make_toy
+
+REPO = Path(__file__).resolve().parents[2]
+ALPHA_TESTS = 7  # visible and hidden
+STATUSES = {"passed", "failed"}
+VISIBILITIES = {"hidden", "after_due_date", "after_published", "visible"}
+
+
+def check_schema(results):
+    """Fails unless `results` is a results.json Gradescope accepts (the fields its autograder spec documents)."""
+    assert isinstance(results["score"], (int, float))
+    assert isinstance(results["execution_time"], int) and results["execution_time"] >= 0
+    assert isinstance(results["output"], str)
+    assert results.get("stdout_visibility", "hidden") in VISIBILITIES
+    assert isinstance(results["tests"], list) and results["tests"]
+    for test in results["tests"]:
+        assert set(test) <= {"score", "max_score", "status", "name", "name_format", "number", "output",
+                             "output_format", "tags", "visibility", "extra_data"}, set(test)
+        assert isinstance(test["name"], str) and test["name"]
+        assert isinstance(test["score"], float) and isinstance(test["max_score"], float)
+        assert 0 <= test["score"] and (test["score"] <= test["max_score"] or "bonus" in test["tags"])
+        assert test["status"] in STATUSES
+        assert test["visibility"] in VISIBILITIES
+        assert isinstance(test["output"], str)
+        assert test["status"] == "passed" or test["score"] == 0
+    assert abs(results["score"] - sum(t["score"] for t in results["tests"])) < 1e-9
+    json.dumps(results)
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    root = make_toy(tmp_path_factory.mktemp("toy") / "course")
+    manifest, problems = grade.build_manifest(root, parts=PARTS, settings=SETTINGS)
+    assert problems == []
+    return root, manifest
+
+
+def submit(course, tmp_path, alpha=ALPHA, beta=BETA, layout="assignment", extra=None):
+    """Writes a submission (alpha/beta None = left out) in one of the layouts students upload; returns its folder."""
+    sub = tmp_path / "submission"
+    folder = {"assignment": sub / "assignment", "flat": sub, "nested": sub / "my-work" / "repo" / "assignment"}[layout]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in (("alpha", alpha), ("beta", beta)):
+        if text is not None:
+            (folder / f"{name}.py").write_text(text)
+    for name, text in (extra or {}).items():
+        (sub / name).parent.mkdir(parents=True, exist_ok=True)
+        (sub / name).write_text(text)
+    return sub
+
+
+def run(course, submission, tmp_path, **kwargs):
+    root, manifest = course
+    out = tmp_path / "results.json"
+    results, result = grade.grade(submission, out, bundle=root, manifest=manifest, log=lambda line: None, **kwargs)
+    assert json.loads(out.read_text()) == results
+    check_schema(results)
+    return {t["extra_data"]["nodeid"].split("::")[1]: t for t in results["tests"]}, results
+
+
+def by_part(tests, module):
+    return [t for t in tests.values() if t["tags"][0] == module]
+
+
+def test_reference_scores_full_marks_with_hidden_and_bonus_tests_marked(course, tmp_path):
+    tests, results = run(course, course[0], tmp_path)
+    assert all(t["status"] == "passed" for t in tests.values())
+    assert results["score"] == 11 and results["extra_data"]["core_score"] == 8
+    hidden = tests["test_add_floats_hidden"]
+    assert hidden["visibility"] == "after_published" and "[hidden]" in hidden["name"]
+    assert all(t["visibility"] == "visible" for name, t in tests.items() if "hidden" not in name)
+    bonus = tests["test_mean_of_floats_bonus"]
+    assert bonus["max_score"] == 0 and bonus["score"] == 3 and "bonus" in bonus["name"]
+    assert sum(t["max_score"] for t in tests.values()) == 8, "bonus points stay out of the total"
+    assert tests["test_scaler[2]"]["max_score"] == 0.5, "parametrized cases are graded one by one"
+    assert "Part A (alpha): test_add" == tests["test_add"]["name"]
+    assert "A     alpha" in results["output"] and "test_add_floats_hidden" not in results["output"]
+
+
+def test_stubs_score_zero_and_each_test_names_the_function_to_write(course, tmp_path):
+    stubbed = tmp_path / "stubbed"
+    from grading import release
+
+    release.stub_package(course[0], stubbed)
+    tests, results = run(course, stubbed, tmp_path)
+    assert results["score"] == 0
+    assert "Accumulator.push: 1. add x to self.total" in tests["test_accumulator"]["output"]
+    assert all("NotImplementedError" in t["output"] for t in tests.values())
+
+
+def test_syntax_error_fails_only_its_part_with_the_error_shown(course, tmp_path):
+    tests, results = run(course, submit(course, tmp_path, alpha=ALPHA.replace("return a + b", "return a +")), tmp_path)
+    for t in by_part(tests, "alpha"):
+        assert t["status"] == "failed"
+        assert "importing assignment/alpha.py failed" in t["output"]
+        assert "SyntaxError" in t["output"] and 'File "assignment/alpha.py", line 9' in t["output"]
+        assert "/tmp/" not in t["output"] and "_pytest" not in t["output"], "no grader internals in the message"
+    assert all(t["status"] == "passed" for t in by_part(tests, "beta"))
+    assert "could not import assignment/alpha.py: SyntaxError" in results["output"]
+
+
+def test_missing_name_and_crash_at_import_fail_only_their_part(course, tmp_path):
+    broken = "from math import no_such_function\n" + ALPHA
+    tests, _ = run(course, submit(course, tmp_path, alpha=broken), tmp_path)
+    assert all("ImportError: cannot import name 'no_such_function'" in t["output"] for t in by_part(tests, "alpha"))
+    assert all(t["status"] == "passed" for t in by_part(tests, "beta"))
+
+    crash = BETA + "\nraise RuntimeError('setting up went wrong')\n"
+    tests, _ = run(course, submit(course, tmp_path / "2", beta=crash), tmp_path)
+    assert all("RuntimeError: setting up went wrong" in t["output"] for t in by_part(tests, "beta"))
+    assert all(t["status"] == "passed" for t in by_part(tests, "alpha"))
+
+
+def test_infinite_loop_at_import_costs_only_its_part(course, tmp_path):
+    tests, results = run(course, submit(course, tmp_path, alpha=ALPHA + "\nwhile True:\n    pass\n"), tmp_path)
+    for t in by_part(tests, "alpha"):
+        assert "importing assignment/alpha.py took longer than 3 s" in t["output"]
+    assert all(t["status"] == "passed" for t in by_part(tests, "beta"))
+    assert results["execution_time"] < 30, "the module is imported once, not once per test file"
+
+
+def test_exit_at_import_costs_only_its_part(course, tmp_path):
+    tests, _ = run(course, submit(course, tmp_path, beta=BETA + "\nimport os\nos._exit(0)\n"), tmp_path)
+    assert all("Importing assignment/beta.py crashed the test process" in t["output"] for t in by_part(tests, "beta"))
+    assert all(t["status"] == "passed" for t in by_part(tests, "alpha"))
+
+
+def test_infinite_loop_in_a_test_costs_only_that_test(course, tmp_path):
+    looping = ALPHA.replace("return 2 * x", "while True:\n            pass")
+    tests, _ = run(course, submit(course, tmp_path, alpha=looping), tmp_path)
+    assert tests["test_twice"]["status"] == "failed"
+    assert tests["test_twice"]["extra_data"]["outcome"] == "timeout"
+    assert "ran longer than its time limit of 4 s" in tests["test_twice"]["output"]
+    assert [name for name, t in tests.items() if t["status"] == "failed"] == ["test_twice"]
+
+
+def test_a_hang_that_ignores_the_alarm_is_killed_and_the_run_goes_on(course, tmp_path):
+    hang = ALPHA.replace(
+        "return 2 * x", "import signal\n        signal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+        "        while True:\n            pass")
+    tests, _ = run(course, submit(course, tmp_path, alpha=hang), tmp_path)
+    assert tests["test_twice"]["extra_data"]["outcome"] == "timeout"
+    assert "did not respond to interruption" in tests["test_twice"]["output"]
+    assert [name for name, t in tests.items() if t["status"] == "failed"] == ["test_twice"]
+
+
+def test_a_crash_in_a_test_costs_only_that_test(course, tmp_path):
+    crashing = ALPHA.replace("return k * x", "import os\n        os.kill(os.getpid(), 11)")
+    tests, _ = run(course, submit(course, tmp_path, alpha=crashing), tmp_path)
+    failed = sorted(name for name, t in tests.items() if t["status"] == "failed")
+    assert failed == ["test_scaler[2]", "test_scaler[3]"]
+    assert "crashed the test process (SIGSEGV" in tests["test_scaler[2]"]["output"]
+
+
+def test_a_test_that_stops_the_session_costs_only_itself(course, tmp_path):
+    stopping = ALPHA.replace("return 2 * x", "raise KeyboardInterrupt")
+    tests, _ = run(course, submit(course, tmp_path, alpha=stopping), tmp_path)
+    assert [name for name, t in tests.items() if t["status"] == "failed"] == ["test_twice"]
+    assert "stopped the whole test session" in tests["test_twice"]["output"]
+
+
+def test_huge_output_is_truncated(course, tmp_path):
+    noisy = ALPHA.replace("return a + b", "print('spam ' * 2_000_000)\n    return a - b")
+    tests, results = run(course, submit(course, tmp_path, alpha=noisy), tmp_path)
+    output = tests["test_add"]["output"]
+    assert tests["test_add"]["status"] == "failed" and "expected add(2, 3) 5, got -1" in output
+    assert "characters cut" in output and len(output) <= grade.MESSAGE_LIMIT + 100
+    assert len(json.dumps(results)) < 100_000
+
+
+def test_missing_file_is_named_and_costs_only_its_part(course, tmp_path):
+    tests, results = run(course, submit(course, tmp_path, beta=None), tmp_path)
+    for t in by_part(tests, "beta"):
+        assert t["status"] == "failed" and "assignment/beta.py is missing from your submission" in t["output"]
+        assert "found only: alpha.py" in t["output"]
+    assert all(t["status"] == "passed" for t in by_part(tests, "alpha"))
+    assert "missing: assignment/beta.py" in results["output"]
+
+
+def test_an_empty_submission_fails_every_test_and_says_so(course, tmp_path):
+    (tmp_path / "empty").mkdir()
+    tests, results = run(course, tmp_path / "empty", tmp_path)
+    assert results["score"] == 0
+    assert all("no .py file was found at all" in t["output"] for t in tests.values())
+
+
+@pytest.mark.parametrize("layout", ["flat", "nested"])
+def test_files_are_found_wherever_the_upload_put_them(course, tmp_path, layout):
+    tests, results = run(course, submit(course, tmp_path, layout=layout), tmp_path)
+    assert results["extra_data"]["core_score"] == 8
+
+
+def test_a_zip_inside_the_submission_is_opened(course, tmp_path):
+    sub = tmp_path / "submission"
+    sub.mkdir()
+    with zipfile.ZipFile(sub / "work.zip", "w") as z:
+        z.writestr("repo/assignment/alpha.py", ALPHA)
+        z.writestr("repo/assignment/beta.py", BETA)
+    tests, results = run(course, sub, tmp_path)
+    assert results["extra_data"]["core_score"] == 8 and "inside a .zip" in results["output"]
+
+
+def test_edited_tests_conftest_and_init_in_the_submission_change_nothing(course, tmp_path):
+    cheat = "import pytest\n\n@pytest.fixture(autouse=True)\ndef _win():\n    pytest.skip('free points')\n"
+    always_pass = "import pytest\n\n@pytest.mark.points(1)\ndef test_add():\n    pass\n"
+    sub = submit(course, tmp_path, alpha=ALPHA.replace("return a + b", "return 0"), extra={
+        "conftest.py": cheat, "tests/conftest.py": cheat, "tests/test_alpha.py": always_pass,
+        "assignment/conftest.py": cheat, "assignment/__init__.py": "raise SystemExit('no')\n",
+    })
+    tests, _ = run(course, sub, tmp_path)
+    assert tests["test_add"]["status"] == "failed" and tests["test_twice"]["status"] == "passed"
+
+
+def test_a_helper_module_of_the_student_is_used(course, tmp_path):
+    uses_helper = ALPHA.replace("return a + b", "from assignment.mathhelp import plus\n    return plus(a, b)")
+    sub = submit(course, tmp_path, alpha=uses_helper, extra={"assignment/mathhelp.py": "def plus(a, b):\n    return a + b\n"})
+    tests, results = run(course, sub, tmp_path)
+    assert tests["test_add"]["status"] == "passed" and "mathhelp.py" in results["output"]
+
+
+def test_tests_that_never_ran_still_appear_as_failed(course, tmp_path):
+    slow = ALPHA.replace("return a + b", "import time\n    time.sleep(1.5)\n    return a + b")
+    tests, results = run(course, submit(course, tmp_path, alpha=slow), tmp_path, total_timeout=2.5)
+    assert len(tests) == 10, "every graded test is in results.json"
+    assert any(t["extra_data"]["outcome"] == "not_run" for t in tests.values())
+    for t in tests.values():
+        if t["extra_data"]["outcome"] == "not_run":
+            assert "whole test run reached its time limit of 2.5 s" in t["output"] and t["status"] == "failed"
+
+
+def test_the_reference_of_the_repository_never_answers_for_a_missing_module(course, tmp_path):
+    """An editable install maps `assignment` to a repository: the child must not fall back to it."""
+    child = (REPO / "grading" / "_child.py").read_text()
+    assert "_isolate(root)" in child
+    sub = submit(course, tmp_path, beta=None)
+    tests, _ = run(course, sub, tmp_path)
+    assert all(t["extra_data"]["outcome"] == "missing" for t in by_part(tests, "beta"))
+
+
+def test_privileges_are_dropped_only_when_root_and_possible(course, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner.os, "geteuid", lambda: 1000)
+    assert runner.pick_user(sys.executable, tmp_path) is None, "not root: nothing to drop"
+    monkeypatch.undo()
+    _, results = run(course, course[0], tmp_path)
+    user = results["extra_data"]["user"]
+    if os.geteuid() == 0:
+        picked = runner.pick_user(sys.executable, tmp_path)
+        assert user == (picked[2] if picked else "root")
+    else:
+        assert user != "root"
+
+
+@pytest.fixture
+def unprivileged_python():
+    """A Python that user `nobody` can run, with this venv's packages (the venv's own interpreter lives under
+    /root here): a venv of the system Python of the same version, pointed at our site-packages by a .pth file."""
+    import pwd
+    import sysconfig
+    import tempfile
+
+    system = Path("/usr/bin/python3")
+    if os.geteuid() != 0 or not system.exists():
+        pytest.skip("needs root and /usr/bin/python3")
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    version = subprocess.run([str(system), "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                             text=True).stdout.strip()
+    if version != str(tuple(sys.version_info[:2])):
+        pytest.skip(f"/usr/bin/python3 is {version}, not {sys.version_info[:2]}")
+    base = Path(tempfile.mkdtemp(prefix="grading-test-venv-"))
+    try:
+        subprocess.run([str(system), "-m", "venv", "--without-pip", str(base / "venv")], check=True)
+        site = next((base / "venv" / "lib").glob("python3*/site-packages"))
+        (site / "ours.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        os.chmod(base, 0o755)
+        python = str(base / "venv" / "bin" / "python")
+        probe = subprocess.run([python, "-c", "import pytest, pytest_timeout"], user="nobody", capture_output=True)
+        if probe.returncode != 0:
+            pytest.skip(f"nobody cannot use our packages: {probe.stderr.decode()[-200:]}")
+        yield python
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_as_root_the_tests_run_as_an_unprivileged_user_who_cannot_touch_the_bundle(course, tmp_path,
+                                                                                    unprivileged_python):
+    root, manifest = course
+    target = root / "tests" / "PWNED"
+    evil = ALPHA.replace("return a + b", f"import os\n    open({str(target)!r}, 'w').write(str(os.getuid()))\n"
+                                         "    return a + b")
+    runner._USERS.clear()
+    results, _ = grade.grade(submit(course, tmp_path, alpha=evil), None, bundle=root, manifest=manifest,
+                             python=unprivileged_python, log=lambda line: None)
+    tests = {t["extra_data"]["nodeid"].split("::")[1]: t for t in results["tests"]}
+    assert results["extra_data"]["user"] in runner.UNPRIVILEGED_USERS
+    assert not target.exists()
+    assert "PermissionError" in tests["test_add"]["output"] and tests["test_twice"]["status"] == "passed"
+
+
+def test_command_line_writes_results_json(course, tmp_path):
+    root, manifest = course
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out" / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "grading", "grade", str(root), "--bundle", str(root), "--manifest",
+         str(tmp_path / "manifest.json"), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    check_schema(json.loads(out.read_text()))
+    assert "score: 8 / 8  (+ bonus 3 / 3)" in proc.stdout and "total" in proc.stdout
+
+
+def test_build_commands_are_not_in_a_student_copy(tmp_path):
+    pkg = tmp_path / "grading"
+    pkg.mkdir()
+    for name in ("__init__.py", "__main__.py", "grade.py", "runner.py", "_child.py"):
+        shutil.copy(REPO / "grading" / name, pkg / name)
+    # -S: no site-packages, so no editable install of this repository can supply the missing modules
+    proc = subprocess.run([sys.executable, "-S", "-m", "grading", "verify"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "instructor tooling" in proc.stderr
+
+
+def _patch(name, description, path, old, new, text):
+    import difflib
+
+    diff = difflib.unified_diff(text.splitlines(True), text.replace(old, new).splitlines(True), f"a/{path}", f"b/{path}")
+    return name, description + "\n" + "".join(diff)
+
+
+def test_verify_proves_the_toy_course_and_reports_what_is_wrong(tmp_path):
+    """verify on a toy course with a caught bug, a bug no test catches, and a part without hidden tests."""
+    from grading import verify
+
+    root = make_toy(tmp_path / "course")
+    for module, (name, text) in {
+        "alpha": _patch("minus", "add subtracts.", "assignment/alpha.py", "return a + b", "return a - b", ALPHA),
+        "beta": _patch("harmless", "mean sums in another order.", "assignment/beta.py",
+                       "sum(xs)", "sum(reversed(xs))", BETA),
+    }.items():
+        (root / "grading" / "bugs" / module).mkdir(parents=True)
+        (root / "grading" / "bugs" / module / f"{name}.patch").write_text(text)
+    lines = []
+    report = verify.verify(root, parts=PARTS, settings=SETTINGS, min_bugs=2, log=lines.append)
+    output = "\n".join(lines)
+    failed = {c.name for c in report.checks if not c.ok}
+    assert failed == {"the points of each part add up to CONVENTIONS.md",  # beta has no hidden test
+                      "bug beta/harmless is caught by a test of its part"}, output
+    assert "alpha/minus" in output and "test_add (visible)" in output and "NOT CAUGHT" in output
+    assert "graded suite on one CPU" in output and "anonymous" in output
+    assert lines[-1] == f"verify: {len(report.checks) - 2} passed, 2 failed"
+    assert (root / "assignment" / "alpha.py").read_text() == ALPHA, "bugs are never applied to the working tree"
