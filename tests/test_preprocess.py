@@ -36,7 +36,7 @@ def test_char_vocab_has_one_id_per_character_plus_unknown():
     assert all(0 <= i < tok.vocab_size for i in ids.tolist()), f"ids {ids.tolist()} must lie in [0, vocab_size)"
 
 
-@pytest.mark.points(1)
+@pytest.mark.points(0.5)
 def test_char_unknown_character_maps_to_unk_id():
     tok = preprocess.CharTokenizer().fit("abc")
     ids = _ids_of(tok, "azb")
@@ -52,7 +52,7 @@ def test_word_tokenizer_splits_words_and_punctuation_and_round_trips():
     assert tok.decode(_ids_of(tok, TEXT)) == TEXT, "decode(encode(text)) must give back the fitted text"
 
 
-@pytest.mark.points(1)
+@pytest.mark.points(0.5)
 def test_word_tokenizer_lowercase_merges_cases():
     lower = preprocess.WordTokenizer(lowercase=True).fit("Dog dog DOG")
     assert lower.encode("DOG dOg").tolist() == lower.encode("dog dog").tolist()
@@ -73,7 +73,7 @@ def test_word_max_vocab_keeps_the_most_frequent_tokens():
     assert tok.unk_id not in tok.encode(" a b").tolist(), "' a' and ' b' are the two most frequent tokens"
 
 
-@pytest.mark.points(1)
+@pytest.mark.points(0.5)
 def test_word_min_freq_drops_rare_tokens():
     tok = preprocess.WordTokenizer(min_freq=2).fit(" a a a b b c")
     assert tok.vocab_size == 3, f"with min_freq=2 only ' a' and ' b' (plus <unk>) remain; got vocab_size {tok.vocab_size}"
@@ -92,7 +92,7 @@ def test_tokenizers_save_and_load_as_json(tmp_path):
         assert again.decode(tok.encode(TEXT)) == tok.decode(tok.encode(TEXT))
 
 
-@pytest.mark.points(1)
+@pytest.mark.points(0.5)
 def test_decode_rejects_ids_outside_the_vocabulary():
     tok = preprocess.CharTokenizer().fit("abc")
     with pytest.raises(ValueError, match=str(tok.vocab_size + 3)):
@@ -125,7 +125,7 @@ def test_make_sequences_stride_and_dropped_remainder():
     assert labels.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
 
 
-@pytest.mark.points(1)
+@pytest.mark.points(0.5)
 def test_make_sequences_rejects_bad_lengths():
     with pytest.raises(ValueError, match="seq_len"):
         preprocess.make_sequences(np.arange(10), seq_len=0)
@@ -163,7 +163,7 @@ def test_make_dataset_batches_keep_pairs_together():
         assert np.array_equal(x[:, 1:], y[:, :-1]), "shuffling must move inputs and labels together"
 
 
-@pytest.mark.points(1)
+@pytest.mark.points(0.5)
 def test_make_dataset_shuffle_is_seeded():
     inputs, labels = preprocess.make_sequences(np.arange(400), seq_len=3)
     order = lambda **kw: np.concatenate([x[:, 0] for x, _ in _batches(  # noqa: E731
