@@ -36,9 +36,9 @@ def build_parser():
     parser.add_argument("--config", default="main",
                         help="named training configuration giving the model sizes (default: main, as `make train`)")
     parser.add_argument("--corpus", default="pyref", help="corpus, as for assignment.train (default: pyref)")
-    parser.add_argument("--steps", type=int, default=800,
+    parser.add_argument("--steps", type=int, default=500,
                         help="optimizer steps per model; with the shared batch size and context length this is the "
-                             "token budget (default: 800)")
+                             "token budget (default: 500)")
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the config's)")
     parser.add_argument("--context-length", type=int, default=None,
                         help="tokens per sequence (default: the config's)")

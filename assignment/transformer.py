@@ -9,13 +9,25 @@ Build it bottom up: `causal_mask` -> `scaled_dot_product_attention` -> `MultiHea
 -> `TransformerLanguageModel`. The bonus parts plug into that skeleton: `apply_rope` (RoPE), `expand_kv_heads`
 (GQA/MQA), `RMSNorm` and `swiglu`, and `update_kv_cache` with `cached_attention_mask` (the KV cache).
 """
-import math
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 from assignment.transformer_config import TransformerConfig  # noqa: F401  (re-exported: part of this module's API)
+
+
+def linear(x, w, b=None, transpose_w=False):
+    """Returns `x w + b`: x `(..., D_in)` times w `(D_in, D_out)` (or w `(D_out, D_in)` with `transpose_w`).
+
+    The leading axes are flattened into one 2-D matmul, which runs faster than `tf.matmul` broadcasting a 2-D
+    weight over a batch, forward and backward (its weight gradient becomes one matmul instead of one per batch
+    element and a sum).
+    """
+    d_out = w.shape[0] if transpose_w else w.shape[-1]
+    y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), w, transpose_b=transpose_w)  # (N, D_out)
+    if b is not None:
+        y = y + b
+    return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [d_out]], axis=0))  # (..., D_out)
 
 
 def _normal(stddev=0.02):
@@ -36,7 +48,9 @@ def causal_mask(seq_len):
         seq_len: int (or int32 scalar tensor), T.
 
     Examples:
-    >>> causal_mask(3)  # [[True, False, False], [True, True, False], [True, True, True]]
+    ```python
+    causal_mask(3)  # [[True, False, False], [True, True, False], [True, True, True]]
+    ```
     """
     # TODO: compare a column of query positions with a row of key positions (tf.range, broadcasting):
     # 1. positions = 0 .. T-1 -> (T,)
@@ -64,9 +78,11 @@ def scaled_dot_product_attention(q, k, v, mask=None):
             sum to 1. A row with no allowed key has all-zero weights and a zero output, never NaN.
 
     Examples:
-    >>> q = k = v = tf.random.normal((2, 4, 5, 8))           # (B, nh, T, hs)
-    >>> out, w = scaled_dot_product_attention(q, k, v, causal_mask(5))
-    >>> out.shape, w.shape                                   # (2, 4, 5, 8), (2, 4, 5, 5)
+    ```python
+    q = k = v = tf.random.normal((2, 4, 5, 8))           # (B, nh, T, hs)
+    out, w = scaled_dot_product_attention(q, k, v, causal_mask(5))
+    out.shape, w.shape                                   # (2, 4, 5, 8), (2, 4, 5, 5)
+    ```
     """
     # TODO: attention weights and output, in five steps:
     # 1. scores = q k^T / sqrt(hs), hs being the size of q's last axis (tf.matmul with transpose_b=True) -> (..., T, S)
@@ -158,18 +174,17 @@ def update_kv_cache(cache, new, index):
     Returns:
         float tensor `(B, nkv, C, hs)`.
     """
-    # TODO (bonus, KV cache), with a one-hot placement that works for a tensor `index`:
-    # 1. one-hot rows of the written positions: tf.one_hot(index + tf.range(T), C) -> (T, C)
-    # 2. place new at those positions: tf.einsum("tc,bhtd->bhcd", ...) -> (B, nkv, C, hs)
-    # 3. keep the old entries elsewhere: cache * (1 - written) + placed, written = the one-hot rows summed over t,
-    #    reshaped to broadcast along C -> (B, nkv, C, hs)
-    # (~5 lines)
+    # TODO (bonus, KV cache): write `new` into its T slots, for a Python int or a tensor `index`. Either
+    # a. tf.tensor_scatter_nd_update(cache, indices, new), indices (B, nkv, T, 3) holding (b, h, index + t) for
+    #    every b, h, t (tf.meshgrid of three tf.range, indexing="ij", stacked on a last axis) -> (B, nkv, C, hs); or
+    # b. one-hot rows = tf.one_hot(index + tf.range(T), C) -> (T, C); placed = tf.einsum("tc,bhtd->bhcd", rows, new)
+    #    -> (B, nkv, C, hs); keep the other slots: cache * (1 - rows summed over t)[:, None] + placed
+    # (~4 lines)
     # BEGIN SOLUTION
-    length = cache.shape[2]
-    rows = tf.one_hot(index + tf.range(tf.shape(new)[2]), length, dtype=cache.dtype)  # (T, C)
-    placed = tf.einsum("tc,bhtd->bhcd", rows, new)  # (B, nkv, C, hs)
-    written = tf.reduce_sum(rows, axis=0)[:, None]  # (C, 1)
-    return cache * (1.0 - written) + placed  # (B, nkv, C, hs)
+    shape = tf.shape(new)  # (B, nkv, T, hs)
+    b, h, t = tf.meshgrid(tf.range(shape[0]), tf.range(shape[1]), index + tf.range(shape[2]), indexing="ij")
+    indices = tf.stack([b, h, t], axis=-1)  # (B, nkv, T, 3)
+    return tf.tensor_scatter_nd_update(cache, indices, new)  # (B, nkv, C, hs)
     # END SOLUTION
 
 
@@ -224,8 +239,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         `(B, T, D)`; with a cache, `(output, (keys, values))` holding the cache updated with x's keys and values.
 
     Examples:
-    >>> attention = MultiHeadSelfAttention(num_heads=4)
-    >>> attention(tf.random.normal((2, 5, 16))).shape  # (2, 5, 16)
+    ```python
+    attention = MultiHeadSelfAttention(num_heads=4)
+    attention(tf.random.normal((2, 5, 16))).shape  # (2, 5, 16)
+    ```
     """
 
     def __init__(self, num_heads, num_kv_heads=None, use_bias=True, use_rope=False, rope_base=10000.0, **kwargs):
@@ -265,6 +282,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         """
         # TODO: project x and split the projections into heads:
         # 1. project: q = x wq (+ bq when self.use_bias) -> (B, T, nh * hs); k, v with wk, wv -> (B, T, nkv * hs)
+        #    (tf.matmul(x, w) works; linear(x, w, b) above does the same, faster)
         # 2. split heads: reshape the last axis into (heads, hs) -> (B, T, nh, hs) (k, v: nkv heads), keeping the
         #    batch and time sizes (use tf.shape(x) for them: they may be unknown while tracing)
         # 3. move the head axis before time -> (B, nh, T, hs) (tf.transpose); k, v -> (B, nkv, T, hs)
@@ -276,9 +294,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             y = tf.reshape(y, [batch, time, heads, self.head_size])  # (B, T, heads, hs)
             return tf.transpose(y, [0, 2, 1, 3])  # (B, heads, T, hs)
 
-        q, k, v = tf.matmul(x, self.wq), tf.matmul(x, self.wk), tf.matmul(x, self.wv)  # (B, T, nh*hs), (B, T, nkv*hs) x2
-        if self.use_bias:
-            q, k, v = q + self.bq, k + self.bk, v + self.bv
+        # One matmul for the three projections: fewer, larger matmuls run faster on a CPU.
+        w = tf.concat([self.wq, self.wk, self.wv], axis=1)  # (D, (nh + 2 nkv) hs)
+        b = tf.concat([self.bq, self.bk, self.bv], axis=0) if self.use_bias else None
+        widths = [self.num_heads * self.head_size] + 2 * [self.num_kv_heads * self.head_size]
+        q, k, v = tf.split(linear(x, w, b), widths, axis=-1)  # (B, T, nh*hs), (B, T, nkv*hs) x2
         q, k, v = split(q, self.num_heads), split(k, self.num_kv_heads), split(v, self.num_kv_heads)
         # END SOLUTION
         if self.use_rope:  # bonus: rotate queries and keys by their positions
@@ -304,10 +324,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         out, _ = scaled_dot_product_attention(q, k, v, mask)  # (B, nh, T, hs)
         out = tf.transpose(out, [0, 2, 1, 3])  # (B, T, nh, hs)
         out = tf.reshape(out, [tf.shape(q)[0], tf.shape(q)[2], self.num_heads * self.head_size])  # (B, T, nh*hs)
-        out = tf.matmul(out, self.wo)  # (B, T, D)
-        if self.use_bias:
-            out = out + self.bo
-        return out
+        return linear(out, self.wo, self.bo if self.use_bias else None)  # (B, T, D)
         # END SOLUTION
 
     def call(self, x, training=False, cache=None, cache_index=None):
@@ -432,16 +449,13 @@ class FeedForward(keras.layers.Layer):
             self.b_out = self.add_weight(name="b_out", shape=(d_model,), initializer="zeros")
 
     def call(self, x):
-        h = tf.matmul(x, self.w_in)  # (B, T, F)
-        if self.use_bias:
-            h = h + self.b_in
+        h = linear(x, self.w_in, self.b_in if self.use_bias else None)  # (B, T, F)
         if self.activation == "swiglu":
-            gate = tf.matmul(x, self.w_gate)  # (B, T, F)
-            h = swiglu(gate + self.b_gate if self.use_bias else gate, h)  # (B, T, F)
+            gate = linear(x, self.w_gate, self.b_gate if self.use_bias else None)  # (B, T, F)
+            h = swiglu(gate, h)  # (B, T, F)
         else:
             h = tf.nn.gelu(h, approximate=True)  # (B, T, F)
-        out = tf.matmul(h, self.w_out)  # (B, T, D)
-        return out + self.b_out if self.use_bias else out
+        return linear(h, self.w_out, self.b_out if self.use_bias else None)  # (B, T, D)
 
     def get_config(self):
         return {**super().get_config(), "hidden_dim": self.hidden_dim, "activation": self.activation,
@@ -470,8 +484,10 @@ class DecoderBlock(keras.layers.Layer):
         `(B, T, D)`; with a cache, `(output, cache)`.
 
     Examples:
-    >>> block = DecoderBlock(TransformerConfig(d_model=16, num_heads=2))
-    >>> block(tf.random.normal((2, 5, 16))).shape  # (2, 5, 16)
+    ```python
+    block = DecoderBlock(TransformerConfig(d_model=16, num_heads=2))
+    block(tf.random.normal((2, 5, 16))).shape  # (2, 5, 16)
+    ```
     """
 
     def __init__(self, config, **kwargs):
@@ -564,17 +580,21 @@ class TransformerLanguageModel(keras.Model):
     Generation (the protocol of `sampling.generate`): `logits, cache = model.prefill(prompt)` reads a prompt
     `(B, T)` once; then `logits, cache = model.decode_step(next_ids, cache)` reads one token per sequence,
     next_ids `(B, 1)`, and returns logits `(B, 1, V)`. The cache is a dict of fixed shapes, preallocated to the
-    context length: `keys` and `values` `(B, L, nkv, C, hs)`, and `index`, the number of positions filled. The
-    decode step is compiled once and its logits equal those of `model(all_tokens)`.
+    context length: `keys` and `values`, each a tuple of L tensors `(B, nkv, C, hs)` (one per layer: a stacked
+    `(B, L, nkv, C, hs)` tensor would have to be re-stacked, i.e. copied whole, at every step), and `index`, the
+    number of positions filled. The decode step is compiled once (XLA) and its logits equal those of
+    `model(all_tokens)`.
 
     Examples:
-    >>> model = TransformerLanguageModel(TransformerConfig.preset("gpt2", vocab_size=65, num_layers=2))
-    >>> model(tf.zeros((2, 10), tf.int32)).shape  # (2, 10, 65)
-    >>> logits, cache = model.prefill(tf.zeros((1, 3), tf.int32))
-    >>> logits, cache = model.decode_step(tf.argmax(logits[:, -1:], -1, output_type=tf.int32), cache)
+    ```python
+    model = TransformerLanguageModel(TransformerConfig.preset("gpt2", vocab_size=65, num_layers=2))
+    model(tf.zeros((2, 10), tf.int32)).shape  # (2, 10, 65)
+    logits, cache = model.prefill(tf.zeros((1, 3), tf.int32))
+    logits, cache = model.decode_step(tf.argmax(logits[:, -1:], -1, output_type=tf.int32), cache)
+    ```
     """
 
-    jit_decode = True  # compile the decode step with XLA (about 2x faster per token on CPU)
+    jit_decode = True  # compile the decode step with XLA: about 3x faster per token than graph mode on a CPU
 
     def __init__(self, config, **kwargs):
         super().__init__(**kwargs)
@@ -582,12 +602,12 @@ class TransformerLanguageModel(keras.Model):
             raise TypeError(f"`config` must be a TransformerConfig; got {type(config).__name__}")
         self.config = config
         self.build((None, None))  # every weight exists from the start (checkpoints can restore into it)
-        c = config
-        cache_spec = {"keys": tf.TensorSpec((None, c.num_layers, c.kv_heads, c.context_length, c.head_size)),
-                      "values": tf.TensorSpec((None, c.num_layers, c.kv_heads, c.context_length, c.head_size)),
+        layer_spec = tf.TensorSpec((None, config.kv_heads, config.context_length, config.head_size))
+        cache_spec = {"keys": (layer_spec,) * config.num_layers, "values": (layer_spec,) * config.num_layers,
                       "index": tf.TensorSpec((), tf.int32)}
         self._decode_fn = tf.function(self._decode, jit_compile=self.jit_decode,
                                       input_signature=[tf.TensorSpec((None, 1), tf.int32), cache_spec])
+        self._decode_concrete = None
 
     def build(self, input_shape):
         c = self.config
@@ -630,7 +650,7 @@ class TransformerLanguageModel(keras.Model):
         def run_block(i, x):  # block i on x (B, T, D) -> (B, T, D), reading and writing layer i's cache
             if cache is None:
                 return self.blocks[i](x, training=training)
-            layer_cache = (cache["keys"][:, i], cache["values"][:, i])  # each (B, nkv, C, hs)
+            layer_cache = (cache["keys"][i], cache["values"][i])  # each (B, nkv, C, hs)
             x, layer_cache = self.blocks[i](x, training=training, cache=layer_cache, cache_index=start)
             updated.append(layer_cache)
             return x
@@ -654,23 +674,23 @@ class TransformerLanguageModel(keras.Model):
             x = run_block(i, x)  # (B, T, D)
         x = self.final_norm(x)  # (B, T, D)
         if self.config.tie_embeddings:
-            logits = tf.matmul(x, self.token_embedding, transpose_b=True)  # (B, T, V)
+            logits = linear(x, self.token_embedding, transpose_w=True)  # (B, T, V)
         else:
-            logits = tf.matmul(x, self.lm_head)  # (B, T, V)
+            logits = linear(x, self.lm_head)  # (B, T, V)
         # END SOLUTION
         if cache is None:
             return logits
-        return logits, {"keys": tf.stack([k for k, _ in updated], axis=1),  # (B, L, nkv, C, hs)
-                        "values": tf.stack([v for _, v in updated], axis=1),  # (B, L, nkv, C, hs)
+        return logits, {"keys": tuple(k for k, _ in updated), "values": tuple(v for _, v in updated),
                         "index": start + length}
 
     # -- KV cache: the generation protocol ------------------------------------------------------------------------
 
     def init_cache(self, batch_size):
-        """Returns an empty KV cache for `batch_size` sequences: zeros `(B, L, nkv, C, hs)` and index 0."""
+        """Returns an empty KV cache for `batch_size` sequences: L zero tensors `(B, nkv, C, hs)` each for the keys
+        and the values, and index 0."""
         c = self.config
-        shape = [batch_size, c.num_layers, c.kv_heads, c.context_length, c.head_size]
-        return {"keys": tf.zeros(shape), "values": tf.zeros(shape), "index": tf.constant(0, tf.int32)}
+        zeros = tf.zeros([batch_size, c.kv_heads, c.context_length, c.head_size])  # (B, nkv, C, hs)
+        return {"keys": (zeros,) * c.num_layers, "values": (zeros,) * c.num_layers, "index": tf.constant(0, tf.int32)}
 
     def _decode(self, next_ids, cache):
         return self(next_ids, training=False, cache=cache)
@@ -682,7 +702,8 @@ class TransformerLanguageModel(keras.Model):
             tokens: int tensor `(B, T)`, 1 <= T <= context_length.
         """
         tokens = tf.cast(tokens, tf.int32)
-        if tokens.shape.rank != 2 or not 1 <= tokens.shape[1] <= self.config.context_length:
+        length = tokens.shape[1] if tokens.shape.rank == 2 else 0  # None when unknown while tracing
+        if tokens.shape.rank != 2 or (length is not None and not 1 <= length <= self.config.context_length):
             raise ValueError(f"prefill needs tokens of shape (B, T) with 1 <= T <= context_length="
                              f"{self.config.context_length}; got shape {tuple(tokens.shape)}")
         # One pass, run as it comes (eagerly, or inside the caller's tf.function): compiling it would cost more than
@@ -696,11 +717,18 @@ class TransformerLanguageModel(keras.Model):
             next_ids: int tensor `(B, 1)` (or `(B,)`), the token at position `cache["index"]`.
             cache: the cache returned by `prefill` or by the previous `decode_step`; it must not be full.
         """
-        next_ids = tf.reshape(tf.cast(next_ids, tf.int32), [-1, 1])  # (B, 1)
-        if tf.executing_eagerly() and int(cache["index"]) >= self.config.context_length:
+        if not (tf.is_tensor(next_ids) and next_ids.dtype == tf.int32 and next_ids.shape.rank == 2):
+            next_ids = tf.reshape(tf.cast(next_ids, tf.int32), [-1, 1])  # (B, 1)
+        if not tf.executing_eagerly():  # inside the caller's tf.function: trace the step into it
+            return self._decode(next_ids, cache)
+        if int(cache["index"]) >= self.config.context_length:
             raise ValueError(f"the KV cache is full: it holds context_length={self.config.context_length} "
                              f"positions; re-read the last tokens with prefill instead")
-        return self._decode_fn(next_ids, cache)
+        if self._decode_concrete is None:  # calling the concrete function skips tf.function's dispatch (~0.3 ms)
+            self._decode_concrete = self._decode_fn.get_concrete_function()
+        cache = {"keys": tuple(cache["keys"]), "values": tuple(cache["values"]),
+                 "index": tf.convert_to_tensor(cache["index"], tf.int32)}  # exactly the traced structure
+        return self._decode_concrete(next_ids, cache)
 
     def get_config(self):
         return {"config": self.config.to_dict(), "name": self.name}

@@ -91,8 +91,11 @@ class TransformerConfig:
         norm_epsilon: the epsilon of every norm.
 
     Examples:
-    >>> TransformerConfig.preset("llama2", vocab_size=65, d_model=64, num_heads=4).num_kv_heads
-    2
+    ```python
+    config = TransformerConfig.preset("llama2", vocab_size=65, d_model=64, num_heads=4, num_layers=2)
+    config.num_kv_heads  # 2: LLaMA 2 shares each key/value head between two query heads
+    TransformerConfig.from_dict(config.to_dict()) == config  # True
+    ```
     """
 
     vocab_size: int = 65            # tiny Shakespeare's characters; set it from your tokenizer

@@ -129,12 +129,21 @@ def test_attention_fully_masked_row_gives_zeros_not_nan():
     q, k, v = _normal((2, 4, 6), 1), _normal((2, 5, 6), 2), _normal((2, 5, 3), 3)
     mask = np.asarray(_random_mask((4, 5), seed=5)).copy()
     mask[1] = False  # query 1 may attend to nothing
-    out, weights = transformer.scaled_dot_product_attention(q, k, v, tf.constant(mask))
+    with tf.GradientTape() as tape:
+        tape.watch([q, k, v])
+        out, weights = transformer.scaled_dot_product_attention(q, k, v, tf.constant(mask))
+        loss = tf.reduce_sum(out * _normal(out.shape, 6))
+    grads = tape.gradient(loss, [q, k, v])
     out, weights = np.asarray(out), np.asarray(weights)
     assert np.all(np.isfinite(out)) and np.all(np.isfinite(weights)), (
         "a fully masked row produced NaN or inf: fill masked scores with a large negative finite number (not -inf) "
         "and set masked weights to 0 after the softmax"
     )
+    for name, grad in zip("qkv", grads):
+        assert grad is not None and np.all(np.isfinite(np.asarray(grad))), (
+            f"the gradient with respect to {name} has NaN or inf when a row is fully masked: a -inf score makes the "
+            "softmax NaN, and tf.where does not stop NaN from flowing back; use a large negative finite number"
+        )
     assert np.all(weights[:, 1] == 0.0), f"a fully masked row must have all-zero weights, got {weights[0, 1]}"
     ref_out, ref_weights = reference_attention(q, k, v, mask)
     assert_close(weights, ref_weights, "attention weights with a fully masked row", atol=1e-5)

@@ -88,3 +88,43 @@ def test_cli_trains_and_samples_under_mirrored_strategy(tmp_path):
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "done: step 4" in proc.stdout and "sample:\nThe " in proc.stdout
+
+
+def _free_ports(n):
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.slow
+def test_multi_worker_strategy_with_two_local_workers_matches_one_device(tmp_path, capsys):
+    from assignment import train
+
+    args = ["--config", "tiny", "--no-progress", "--steps", "4", "--eval-every", "4", "--sample-tokens", "0",
+            "--clip-norm", "1000"]  # no clipping: each replica clips its own gradient, one device the whole
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    workers = [subprocess.Popen([sys.executable, "-m", "assignment.train", *args, "--strategy", "multiworker",
+                                 "--run-dir", str(tmp_path / "multi")], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env=dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster,
+                                                                     "task": {"type": "worker", "index": i}})))
+               for i in range(2)]
+    outputs = [w.communicate(timeout=500) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, err
+    assert train.main([*args, "--no-jit", "--run-dir", str(tmp_path / "single")]) == 0
+    single = capsys.readouterr().out
+
+    def val_loss(out):
+        return float(out.split("done: step 4 | val loss ")[1].split()[0])
+
+    assert val_loss(outputs[0][0]) == val_loss(outputs[1][0]) == val_loss(single)
+    left = sorted(p.name for p in (tmp_path / "multi").iterdir())
+    assert left == ["best", "ckpt", "config.json", "history.jsonl", "logs", "tokenizer.json"], left

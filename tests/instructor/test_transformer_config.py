@@ -136,7 +136,8 @@ def test_decode_step_is_traced_once_and_keeps_the_cache_shape():
     logits, cache = model.prefill(_tokens(3, 2))
     for t in range(2, 8):
         logits, cache = model.decode_step(_tokens(3, 1, seed=t), cache)
-        assert tuple(cache["keys"].shape) == (3, 2, 2, 8, 4)  # (B, L, nkv, C, hs)
+        assert len(cache["keys"]) == len(cache["values"]) == 2  # one per layer
+        assert all(tuple(k.shape) == (3, 2, 8, 4) for k in cache["keys"] + cache["values"])  # (B, nkv, C, hs)
         assert int(cache["index"]) == t + 1
     model.prefill(_tokens(1, 5))  # another batch size and prompt length: still the same trace
     logits, cache = model.decode_step(tf.zeros((1,), tf.int32), model.prefill(_tokens(1, 5))[1])
