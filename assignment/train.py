@@ -488,6 +488,7 @@ class TrainConfig:
     save_every_minutes: float = 5.0  # ... and whenever this much time has passed since the last one
     keep_last: int = 3               # the latest checkpoints kept in ckpt/
     jit_compile: bool = True         # compile the train step with XLA (single device only)
+    time_budget_minutes: float = 0.0  # stop (checkpointed, evaluated) after this long; rerun to go on (0: none)
 
     @classmethod
     def from_dict(cls, values):
@@ -611,7 +612,8 @@ def train(model_fn, train_ids, val_ids, config, run_dir, strategy=None, setup_fn
         progress: show a tqdm progress bar.
         log: where messages go (`print` by default).
         stop_at: stop after this step with a checkpoint, as if interrupted there (the schedule still runs to
-            `config.steps`); the result then has `stopped=True`.
+            `config.steps`); the result then has `stopped=True`. `config.time_budget_minutes` stops the same way
+            (with an evaluation) once the loop has run that long; the result then also has `out_of_time=True`.
     """
     from tqdm.auto import tqdm
 
@@ -681,6 +683,7 @@ def train(model_fn, train_ids, val_ids, config, run_dir, strategy=None, setup_fn
     train_loss = tokens_per_sec = None
     speeds = []  # tokens/s of every logging window of this session (the first includes compiling)
     record = None
+    out_of_time = False
     iterator = iter(stream)
     try:
         with _StopRequests() as stop:
@@ -688,6 +691,9 @@ def train(model_fn, train_ids, val_ids, config, run_dir, strategy=None, setup_fn
                 if stop.requested:
                     raise KeyboardInterrupt
                 if stop_at is not None and int(ckpts.step) >= stop_at:
+                    break
+                if cfg.time_budget_minutes and time.perf_counter() - wall_start > 60 * cfg.time_budget_minutes:
+                    out_of_time = True
                     break
                 started = time.perf_counter()
                 inputs, labels = next(iterator)
@@ -742,13 +748,17 @@ def train(model_fn, train_ids, val_ids, config, run_dir, strategy=None, setup_fn
     finally:
         bar.close()
         writer.flush()
+    if out_of_time and (record is None or record["step"] != int(ckpts.step)):
+        record, _, _ = run_evaluation(int(ckpts.step), train_loss, tokens_per_sec)
     ckpts.wall_time.assign(wall_base + time.perf_counter() - wall_start)  # with the last evaluation
     if ckpts._last_saved_step != int(ckpts.step):
         ckpts.save()
     ckpts.close()
     stopped = int(ckpts.step) < cfg.steps
-    result.update(stopped=stopped, step=int(ckpts.step), val_loss=None if stopped else record["val_loss"],
-                  val_perplexity=None if stopped else record["val_perplexity"],
+    evaluated = record is not None and record["step"] == int(ckpts.step)
+    result.update(stopped=stopped, out_of_time=out_of_time, step=int(ckpts.step),
+                  val_loss=record["val_loss"] if evaluated else None,
+                  val_perplexity=record["val_perplexity"] if evaluated else None,
                   tokens_per_sec=float(np.median(speeds[1:] or speeds)) if speeds else None,
                   train_time=float(ckpts.train_time), wall_time=float(ckpts.wall_time), history=history.read())
     return result
@@ -771,7 +781,8 @@ CONFIGS = {
         transformer=dict(preset="llama2", d_model=128, num_heads=4, num_layers=4, context_length=128, dropout=0.0),
         rnn=dict(embed_dim=64, hidden_dim=256, num_layers=1),
         lstm=dict(embed_dim=64, hidden_dim=256, num_layers=1),
-        train=dict(steps=1500, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=250, save_every_steps=250),
+        train=dict(steps=1400, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=200, save_every_steps=200,
+                   time_budget_minutes=4.25),  # a busy machine still ends `make train` within 5 minutes
     ),
     # nanoGPT's CPU run of train_shakespeare_char (README: "I only have a macbook"): 4 layers, 4 heads, width 128,
     # context 64, batch 12, dropout 0, no biases, 2000 iterations, lr 1e-3 -> 1e-4, warmup 100, beta2 0.99.
@@ -925,7 +936,7 @@ def resolve_settings(args):
                  eval_every=args.eval_every, eval_batch_size=args.eval_batch_size,
                  max_eval_batches=args.eval_batches, log_every=args.log_every,
                  save_every_steps=args.save_every_steps, save_every_minutes=args.save_every_minutes,
-                 keep_last=args.keep_last)
+                 keep_last=args.keep_last, time_budget_minutes=args.time_budget)
     train_cfg.update({k: v for k, v in flags.items() if v is not None})
     if args.lr is None:
         train_cfg["lr"] = train_cfg["lr"] * LR_SCALE[train_cfg["optimizer"]]
@@ -1095,8 +1106,12 @@ def run(args):
               f"pass --steps N (more than {result['step']}) to train further, --overwrite to start again, or "
               f"sample with python -m assignment.generate --run-dir {run_dir}")
         return result
-    print(f"done: step {result['step']} | val loss {result['val_loss']:.4f} | val perplexity "
-          f"{result['val_perplexity']:.2f} | {result['tokens_per_sec']:,.0f} tokens/s | training time "
+    if result["out_of_time"]:
+        print(f"stopped at the time budget ({cfg.time_budget_minutes:g} minutes, --time-budget) at step "
+              f"{result['step']} of {cfg.steps}: this machine is slower than planned (busy?); run the same command "
+              f"again to finish the schedule, or pass --time-budget 0")
+    print(f"{'stopped' if result['stopped'] else 'done'}: step {result['step']} | val loss {result['val_loss']:.4f} | "
+          f"val perplexity {result['val_perplexity']:.2f} | {result['tokens_per_sec']:,.0f} tokens/s | training time "
           f"{_format_time(result['train_time'])} (wall {_format_time(result['wall_time'])})")
     print(f"best checkpoint: {result['checkpoints'].best.latest_checkpoint} (val loss "
           f"{float(result['checkpoints'].best_val_loss):.4f})")
@@ -1194,9 +1209,12 @@ def build_parser():
     loop.add_argument("--save-every-steps", type=int, help="checkpoint every N steps")
     loop.add_argument("--save-every-minutes", type=float, help="also checkpoint every M minutes")
     loop.add_argument("--keep-last", type=int, help="checkpoints kept in ckpt/ (the best is kept in best/)")
+    loop.add_argument("--time-budget", type=float, metavar="MINUTES",
+                      help="stop after this many minutes of training, with a checkpoint and an evaluation, even "
+                           "before --steps (rerun to continue); 0: no limit (default: the config's, 4.25 for main)")
     loop.add_argument("--sample-prompt", default="The ", help="prompt of the samples (default: 'The ')")
-    loop.add_argument("--sample-tokens", type=int, default=300,
-                      help="tokens of the sample printed at the end (default 300); the samples logged to "
+    loop.add_argument("--sample-tokens", type=int, default=200,
+                      help="tokens of the sample printed at the end (default 200); the samples logged to "
                            "TensorBoard at each evaluation have at most 100 (0: no samples)")
     loop.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
 

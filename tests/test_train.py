@@ -30,7 +30,8 @@ class TinyLM(keras.Model):
         self.table = self.add_weight(name="embedding", shape=(V, dim),
                                      initializer=keras.initializers.RandomNormal(stddev=scale, seed=seed))
         self.drop = keras.layers.Dropout(dropout, seed=seed)
-        self.out = keras.layers.Dense(V, kernel_initializer=keras.initializers.RandomNormal(stddev=scale, seed=seed + 1),
+        kernel = keras.initializers.RandomNormal(stddev=scale, seed=seed + 1)
+        self.out = keras.layers.Dense(V, kernel_initializer=kernel,
                                       bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=seed + 2))
 
     def call(self, tokens, training=False):
@@ -60,7 +61,7 @@ def reference_token_losses(model, inputs, labels):
 
 
 def reference_gradients(model, inputs, labels):
-    """Returns the gradients (dense NumPy arrays) of the mean token cross-entropy, in model.trainable_variables order."""
+    """Returns the gradients (dense NumPy arrays) of the mean token cross-entropy, in trainable_variables order."""
     with tf.GradientTape() as tape:
         log_probs = tf.nn.log_softmax(model(inputs, training=False))  # (B, T, V)
         loss = -tf.reduce_mean(tf.gather(log_probs, labels, batch_dims=2))
