@@ -4,10 +4,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUN    ?= runs/main
+SUBMISSION ?= dist/student
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test train generate tensorboard compare data bench student autograder verify notebooks clean
+.PHONY: help install test train generate tensorboard compare data bench student autograder verify grade notebooks clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,6 +50,9 @@ autograder: $(STAMP)  ## build the Gradescope bundle dist/autograder.zip
 
 verify: $(STAMP)  ## prove the tests: reference 100%, stubs 0, one part stubbed, the bug catalogue
 	$(PY) -m grading verify
+
+grade: $(STAMP)  ## grade one submission as the autograder does (SUBMISSION=dir) into results.json
+	$(PY) -m grading grade $(SUBMISSION) --out results.json
 
 notebooks: $(STAMP)  ## run every notebook top to bottom against the reference solution
 	$(PY) -m grading.run_notebooks

@@ -175,3 +175,11 @@ def test_random_windows_restart_anywhere():
         np.testing.assert_array_equal(y, y2)
     x, y = whole[0]
     np.testing.assert_array_equal(y[:, :-1], x[:, 1:])  # labels are the inputs shifted by one
+
+
+def test_time_budget_stops_with_a_checkpoint_and_an_evaluation(tmp_path):
+    cut, _ = run(tmp_path, config(steps=10_000, eval_every=10_000, time_budget_minutes=0.02))
+    assert cut["out_of_time"] and cut["stopped"] and 0 < cut["step"] < 10_000
+    assert cut["val_loss"] is not None and cut["checkpoints"].saved_steps[-1] == cut["step"]
+    more, messages = run(tmp_path, config(steps=cut["step"] + 3, eval_every=10_000))
+    assert messages[0].startswith(f"restored from step {cut['step']}") and more["step"] == cut["step"] + 3
