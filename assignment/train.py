@@ -1134,7 +1134,8 @@ examples:
   python -m assignment.train                                     # `make train`: the main job (--config main)
   python -m assignment.train --config nanogpt-cpu --run-dir runs/nanogpt --corpus shakespeare
   python -m assignment.train --model lstm --run-dir runs/lstm --steps 1000
-  python -m assignment.train --preset llama2 --run-dir runs/llama   # a tiny LLaMA-2
+  python -m assignment.train --preset palm --run-dir runs/palm      # a tiny PaLM (parallel blocks, MQA)
+  python -m assignment.train --preset gpt2 --set norm=rmsnorm --run-dir runs/gpt2-rms
   python -m assignment.train --optimizer lion --run-dir runs/lion
   python -m assignment.train --init-from runs/main --corpus my.txt --freeze embeddings 2 --run-dir runs/ft
   python -m assignment.train --strategy mirrored --cpu-replicas 2 --run-dir runs/mirrored
