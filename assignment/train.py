@@ -482,7 +482,7 @@ class TrainConfig:
     seed: int = 0                    # seeds the initial weights (in the CLI) and the order of the batches
     eval_every: int = 250            # evaluate (and log a sample) every this many steps, and at the end
     eval_batch_size: int = 64        # validation windows per forward pass
-    max_eval_batches: int = 0        # 0: the whole validation split, every time
+    max_eval_batches: int = 0        # batches of the evaluations before the last (0: all); the last uses all
     log_every: int = 10              # refresh the progress bar and the training scalars every this many steps
     save_every_steps: int = 500      # checkpoint every this many steps ...
     save_every_minutes: float = 5.0  # ... and whenever this much time has passed since the last one
@@ -655,14 +655,15 @@ def train(model_fn, train_ids, val_ids, config, run_dir, strategy=None, setup_fn
     if strategy is not None:
         stream = strategy.experimental_distribute_dataset(stream)
     val_data = validation_batches(val_ids, cfg.seq_len, cfg.eval_batch_size, cfg.max_eval_batches)
+    full_val_data = validation_batches(val_ids, cfg.seq_len, cfg.eval_batch_size)  # for the final evaluation
     step_fn = compile_train_step(model, optimizer, cfg.clip_norm, (ckpts.step, ckpts.data_position), strategy,
                                  cfg.jit_compile and strategy is None)
     writer = tf.summary.create_file_writer(str(run_dir / "logs")) if chief else tf.summary.create_noop_writer()
     tokens_per_step = cfg.batch_size * cfg.seq_len
 
-    def run_evaluation(step, train_loss, tokens_per_sec):
+    def run_evaluation(step, train_loss, tokens_per_sec, final=False):
         with evaluation_weights(model, optimizer):
-            val_loss, val_perplexity = evaluate(model, val_data)
+            val_loss, val_perplexity = evaluate(model, full_val_data if final else val_data)
             best = ckpts.save_if_best(val_loss)
             sample = sample_fn(model) if sample_fn is not None and chief else None
         with writer.as_default(step=step):
@@ -735,7 +736,7 @@ def train(model_fn, train_ids, val_ids, config, run_dir, strategy=None, setup_fn
                         tf.summary.scalar("train/tokens_per_sec", tokens_per_sec)
                     window_loss, window_norm, window_steps, window_time = 0.0, 0.0, 0, 0.0
                 if evaluating:
-                    record, best, _ = run_evaluation(step, train_loss, tokens_per_sec)
+                    record, best, _ = run_evaluation(step, train_loss, tokens_per_sec, final=step == cfg.steps)
                     bar.write(f"step {step}: train loss {train_loss:.4f}, val loss {record['val_loss']:.4f}, "
                               f"perplexity {record['val_perplexity']:.2f}" + (" (best)" if best else ""))
                     writer.flush()
@@ -749,7 +750,7 @@ def train(model_fn, train_ids, val_ids, config, run_dir, strategy=None, setup_fn
         bar.close()
         writer.flush()
     if out_of_time and (record is None or record["step"] != int(ckpts.step)):
-        record, _, _ = run_evaluation(int(ckpts.step), train_loss, tokens_per_sec)
+        record, _, _ = run_evaluation(int(ckpts.step), train_loss, tokens_per_sec, final=True)
     ckpts.wall_time.assign(wall_base + time.perf_counter() - wall_start)  # with the last evaluation
     if ckpts._last_saved_step != int(ckpts.step):
         ckpts.save()
@@ -792,14 +793,15 @@ CONFIGS = {
         rnn=dict(embed_dim=64, hidden_dim=256, num_layers=1),
         lstm=dict(embed_dim=64, hidden_dim=256, num_layers=1),
         train=dict(steps=2000, batch_size=12, lr=1e-3, min_lr_ratio=0.1, warmup_steps=100, weight_decay=0.1,
-                   beta_1=0.9, beta_2=0.99, clip_norm=1.0, eval_every=250, save_every_steps=500),
+                   beta_1=0.9, beta_2=0.99, clip_norm=1.0, eval_every=250, save_every_steps=500,
+                   max_eval_batches=4),  # 256 windows of 64 tokens, like nanoGPT's 20 x 12; the last: all
     ),
     # Seconds: for smoke tests and the instructor's end-to-end tests.
     "tiny": dict(
         transformer=dict(preset="gpt2", d_model=32, num_heads=2, num_layers=2, context_length=16, dropout=0.0),
         rnn=dict(embed_dim=16, hidden_dim=32, num_layers=1),
         lstm=dict(embed_dim=16, hidden_dim=32, num_layers=1),
-        train=dict(steps=20, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=10, eval_batch_size=16,
+        train=dict(steps=20, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=10, eval_batch_size=256,
                    max_eval_batches=4, log_every=5, save_every_steps=10),
     ),
 }
@@ -1092,9 +1094,11 @@ def run(args):
             print(f"frozen: {len(frozen)} variables, {sum(int(np.prod(v.shape)) for v in frozen):,} parameters")
 
     sample_fn = make_sample_fn(tokenizer, args.sample_prompt, args.sample_tokens, seed=cfg.seed)
-    # The samples logged at each evaluation stay short: within a transformer's context they come from the KV
-    # cache (fast); beyond it every token re-reads the whole context.
-    eval_sample_fn = make_sample_fn(tokenizer, args.sample_prompt, min(args.sample_tokens, 100), seed=cfg.seed)
+    # The samples logged at each evaluation stay short, and within a transformer's context: there they come from
+    # the KV cache (a few ms a token); beyond it every token re-reads the whole context.
+    room = config["model_config"].get("context_length", 10**9) - len(tokenizer.encode(args.sample_prompt))
+    eval_sample_fn = make_sample_fn(tokenizer, args.sample_prompt, max(1, min(args.sample_tokens, 100, room)),
+                                    seed=cfg.seed)
     result = train(lambda: build_model(settings["model"], config["model_config"]), train_ids, val_ids, cfg,
                    run_dir, strategy=strategy, setup_fn=setup_fn,
                    sample_fn=eval_sample_fn if args.sample_tokens else None,
@@ -1160,7 +1164,7 @@ def build_parser():
                            "smoke test (default: main)")
     what.add_argument("--preset", default=None, metavar="ARCH",
                       help=f"transformer architecture from the lecture's table: {', '.join(ARCHITECTURES)} "
-                           f"(default: gpt2)")
+                           f"(default: the config's: llama2 for main, gpt2 for nanogpt-cpu and tiny)")
     what.add_argument("--d-model", type=int, help="transformer width D")
     what.add_argument("--num-heads", type=int, help="transformer attention heads")
     what.add_argument("--num-layers", type=int, help="transformer blocks, or stacked RNN/LSTM layers")
@@ -1205,7 +1209,9 @@ def build_parser():
     loop.add_argument("--overwrite", action="store_true", help="delete the run directory first and start again")
     loop.add_argument("--eval-every", type=int, help="evaluate on the validation split every N steps")
     loop.add_argument("--eval-batch-size", type=int, help="validation sequences per forward pass")
-    loop.add_argument("--eval-batches", type=int, help="validation batches per evaluation (0: all)")
+    loop.add_argument("--eval-batches", type=int,
+                      help="validation batches of each evaluation but the last, which uses the whole validation "
+                           "split (0: all, the default; nanogpt-cpu: 4, as many tokens as nanoGPT's estimate)")
     loop.add_argument("--log-every", type=int, help="update the progress bar and TensorBoard every N steps")
     loop.add_argument("--save-every-steps", type=int, help="checkpoint every N steps")
     loop.add_argument("--save-every-minutes", type=float, help="also checkpoint every M minutes")
@@ -1216,7 +1222,7 @@ def build_parser():
     loop.add_argument("--sample-prompt", default="The ", help="prompt of the samples (default: 'The ')")
     loop.add_argument("--sample-tokens", type=int, default=200,
                       help="tokens of the sample printed at the end (default 200); the samples logged to "
-                           "TensorBoard at each evaluation have at most 100 (0: no samples)")
+                           "TensorBoard at each evaluation have at most 100, within the context (0: no samples)")
     loop.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
 
     tune = parser.add_argument_group("fine-tuning and scale-out")

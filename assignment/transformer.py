@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from assignment.transformer_config import TransformerConfig  # noqa: F401  (re-exported: part of this module's API)
+from assignment.transformer_config import TransformerConfig  # also `from assignment.transformer import TransformerConfig`
 
 
 def linear(x, w, b=None, transpose_w=False):
@@ -89,7 +89,8 @@ def scaled_dot_product_attention(q, k, v, mask=None):
     # 2. with a mask, replace the scores where it is False by a very negative *finite* number such as
     #    q.dtype.min (tf.where; -inf would turn a fully masked row into NaN) -> (..., T, S)
     # 3. weights = softmax over the last axis, the keys -> (..., T, S)
-    # 4. with a mask, set the masked weights to exactly 0 (tf.where again: a fully masked row was uniform) -> (..., T, S)
+    # 4. with a mask, set the masked weights to exactly 0 (tf.where again: a fully masked row was uniform)
+    #    -> (..., T, S)
     # 5. output = weights v -> (..., T, hv)
     # (~8 lines)
     # BEGIN SOLUTION
@@ -114,7 +115,8 @@ def apply_rope(x, positions, base=10000.0):
     Pair p (p = 0 .. hs/2 - 1) of the vector at position m is rotated by the angle m * base^(-2p / hs). Which two
     dimensions form pair p is your choice (LLaMA: 2p and 2p + 1; GPT-NeoX and Hugging Face: p and p + hs/2), as
     long as both use pair p's angle. Rotations make the dot product of a query at position m and a key at position
-    n depend on m - n only: `apply_rope(q, [m]) . apply_rope(k, [n]) == apply_rope(q, [m + s]) . apply_rope(k, [n + s])`.
+    n depend on m - n only:
+    `apply_rope(q, [m]) . apply_rope(k, [n]) == apply_rope(q, [m + s]) . apply_rope(k, [n + s])`.
 
     Args:
         x: float tensor `(..., T, hs)`, hs even (queries or keys, e.g. `(B, nh, T, hs)`).
@@ -189,7 +191,7 @@ def update_kv_cache(cache, new, index):
 
 
 def cached_attention_mask(index, num_queries, length):
-    """Returns the bool mask `(T, C)` of T new queries over a cache of C positions: True where key c <= query's position.
+    """Returns the bool mask `(T, C)` of T new queries over C cache slots: True where slot c <= the query's position.
 
     The T queries sit at positions index .. index + T - 1; cache positions after a query's own position are either
     the future or still empty, and must not be attended to.
@@ -286,7 +288,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         # 2. split heads: reshape the last axis into (heads, hs) -> (B, T, nh, hs) (k, v: nkv heads), keeping the
         #    batch and time sizes (use tf.shape(x) for them: they may be unknown while tracing)
         # 3. move the head axis before time -> (B, nh, T, hs) (tf.transpose); k, v -> (B, nkv, T, hs)
-        # (~10 lines; a small helper for steps 2-3, used three times, keeps it short)
+        # (~10 lines; a small helper for steps 2-3, used three times, keeps it short; leave the results in q, k, v:
+        # the lines after the region apply RoPE and return them)
         # BEGIN SOLUTION
         batch, time = tf.shape(x)[0], tf.shape(x)[1]
 
@@ -526,7 +529,7 @@ class DecoderBlock(keras.layers.Layer):
         #   2. x = x + self.mlp(self.norm2(x)) -> (B, T, D)
         # else, parallel (Falcon, PaLM): both branches read the same h = self.norm1(x):
         #   1. x = x + attend(h) + self.mlp(h) -> (B, T, D)
-        # (~7 lines)
+        # (~7 lines; the block's output stays in x, returned below)
         # BEGIN SOLUTION
         if self.config.block == "sequential":
             x = x + self.dropout(attend(self.norm1(x)), training=training)  # (B, T, D)
@@ -605,7 +608,7 @@ class TransformerLanguageModel(keras.Model):
         layer_spec = tf.TensorSpec((None, config.kv_heads, config.context_length, config.head_size))
         cache_spec = {"keys": (layer_spec,) * config.num_layers, "values": (layer_spec,) * config.num_layers,
                       "index": tf.TensorSpec((), tf.int32)}
-        self._decode_fn = tf.function(self._decode, jit_compile=self.jit_decode,
+        self._decode_fn = tf.function(self._decode, jit_compile=self.jit_decode, autograph=False,
                                       input_signature=[tf.TensorSpec((None, 1), tf.int32), cache_spec])
         self._decode_concrete = None
 
@@ -663,7 +666,7 @@ class TransformerLanguageModel(keras.Model):
         # 4. run the blocks in order: x = run_block(i, x) for i in range(self.config.num_layers) -> (B, T, D)
         # 5. x = self.final_norm(x) -> (B, T, D)
         # 6. project to the vocabulary: x times the transposed token embedding when self.config.tie_embeddings,
-        #    else x times self.lm_head (D, V) -> (B, T, V)
+        #    else x times self.lm_head (D, V) -> (B, T, V), in a variable named logits (returned below)
         # (~10 lines)
         # BEGIN SOLUTION
         x = tf.gather(self.token_embedding, tokens)  # (B, T, D)

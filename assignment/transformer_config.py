@@ -52,14 +52,14 @@ class TransformerConfig:
     The defaults are nanoGPT's CPU run (4 layers, 4 heads, width 128, context 64) with GPT-2's architecture.
     `TransformerConfig.preset(name, **overrides)` gives the architectures of the lecture's table, at any size:
 
-    | preset   | norm            | positions | attention (kv heads) | biases    | block      | activation | MLP ratio | tied |
-    | -------- | --------------- | --------- | -------------------- | --------- | ---------- | ---------- | --------- | ---- |
-    | `gpt2`   | LayerNorm       | learned   | full                 | all       | sequential | GELU       | 4         | yes  |
-    | `olmo`   | non-parametric  | RoPE      | full                 | none      | sequential | SwiGLU     | 8/3       | no   |
-    | `llama2` | RMSNorm         | RoPE      | GQA (nh // 2)        | none      | sequential | SwiGLU     | 8/3       | no   |
-    | `openlm` | LayerNorm       | RoPE      | full                 | in LN only| sequential | SwiGLU     | 8/3       | no   |
-    | `falcon` | LayerNorm       | RoPE      | MQA (1)              | in LN only| parallel   | GELU       | 4         | no   |
-    | `palm`   | LayerNorm       | RoPE      | MQA (1)              | none      | parallel   | SwiGLU     | 4         | yes  |
+    | preset   | norm           | positions | attention (nkv) | biases     | block      | activation | MLP  | tied |
+    | -------- | -------------- | --------- | --------------- | ---------- | ---------- | ---------- | ---- | ---- |
+    | `gpt2`   | LayerNorm      | learned   | full            | all        | sequential | GELU       | 4    | yes  |
+    | `olmo`   | non-parametric | RoPE      | full            | none       | sequential | SwiGLU     | 8/3  | no   |
+    | `llama2` | RMSNorm        | RoPE      | GQA (nh // 2)   | none       | sequential | SwiGLU     | 8/3  | no   |
+    | `openlm` | LayerNorm      | RoPE      | full            | in LN only | sequential | SwiGLU     | 8/3  | no   |
+    | `falcon` | LayerNorm      | RoPE      | MQA (1)         | in LN only | parallel   | GELU       | 4    | no   |
+    | `palm`   | LayerNorm      | RoPE      | MQA (1)         | none       | parallel   | SwiGLU     | 4    | yes  |
 
     Sources and choices: the five 7B columns follow the OLMo paper's comparison table (OLMo-7B, LLaMA2-7B,
     OpenLM-7B, Falcon-7B, PaLM-8B). "Non-parametric" is LayerNorm without gain or bias. The table lists GQA for

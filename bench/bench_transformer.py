@@ -1,4 +1,4 @@
-"""Benchmarks of part 4: training throughput on nanoGPT's CPU configuration, and generation with and without the KV cache.
+"""Benchmarks of part 4: training throughput on nanoGPT's CPU configuration, and generation with and without a KV cache.
 
 Prints figures; nothing passes or fails. Run from the repository root:
 

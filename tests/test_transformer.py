@@ -1,4 +1,4 @@
-"""Part 4 (25 points with the hidden tests): causal mask, attention, multi-head attention, decoder block, language model.
+"""Part 4 (25 points with the hidden tests): causal mask, attention, multi-head attention, decoder block, the model.
 
 Attention is compared with a NumPy reference and multi-head attention with `keras.layers.MultiHeadAttention`
 holding the same weights; the decoder block is compared with its own sublayers wired by hand; the model is checked

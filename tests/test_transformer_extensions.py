@@ -5,7 +5,6 @@ only, rotation angles m * base^(-2p / hs)), so either way of pairing dimensions 
 attention whose key/value weights are repeated for each group; the KV cache with a full recomputation, through the
 model's own `prefill` / `decode_step`. The presets use every option at once.
 """
-import math
 
 import numpy as np
 import pytest

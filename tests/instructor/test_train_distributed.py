@@ -83,11 +83,11 @@ def test_mirrored_strategy_on_two_cpus_trains_the_same_weights_as_one_device(tmp
 @pytest.mark.slow
 def test_cli_trains_and_samples_under_mirrored_strategy(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "assignment.train", "--config", "tiny", "--no-progress",
-                           "--strategy", "mirrored", "--cpu-replicas", "2", "--steps", "4", "--eval-every", "4",
-                           "--sample-tokens", "10", "--run-dir", str(tmp_path / "run")],
+                           "--strategy", "mirrored", "--cpu-replicas", "2", "--steps", "2", "--eval-every", "2",
+                           "--sample-tokens", "5", "--run-dir", str(tmp_path / "run")],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "done: step 4" in proc.stdout and "sample:\nThe " in proc.stdout
+    assert "done: step 2" in proc.stdout and "sample:\nThe " in proc.stdout
 
 
 def _free_ports(n):

@@ -1,6 +1,7 @@
 """Reliability: a run killed with SIGKILL resumes from its latest checkpoint with the same command and ends where a
 run that was never killed ends; a kill in the middle of a checkpoint write never leaves an unreadable checkpoint;
 Ctrl-C (SIGINT) saves a checkpoint before exiting."""
+import json
 import os
 import signal
 import subprocess
@@ -40,7 +41,7 @@ def wait_for(predicate, proc, timeout=180):
 @pytest.mark.timeout(600)
 @pytest.mark.slow
 def test_sigkill_then_same_command_resumes_and_matches_an_unkilled_run(tmp_path):
-    args = ("--steps", 40, "--save-every-steps", 1, "--eval-every", 20)
+    args = ("--steps", 24, "--save-every-steps", 1, "--eval-every", 12)
     straight = subprocess.run(command(tmp_path / "straight", *args), cwd=ROOT, env=ENV, capture_output=True,
                               text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
@@ -48,26 +49,26 @@ def test_sigkill_then_same_command_resumes_and_matches_an_unkilled_run(tmp_path)
     killed_dir = tmp_path / "killed"
     proc = subprocess.Popen(command(killed_dir, *args), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    wait_for(lambda: latest_step(killed_dir) >= 12, proc)
+    wait_for(lambda: latest_step(killed_dir) >= 6, proc)
     proc.send_signal(signal.SIGKILL)  # with a save every step, often in the middle of writing one
     proc.wait(timeout=30)
     killed_at = latest_step(killed_dir)
-    assert 12 <= killed_at < 40
+    assert 6 <= killed_at < 24
 
     resumed = subprocess.run(command(killed_dir, *args), cwd=ROOT, env=ENV, capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     restored = [line for line in resumed.stdout.splitlines() if line.startswith("restored from step")]
     assert restored and int(restored[0].split()[3]) >= killed_at, resumed.stdout
-    assert "done: step 40" in resumed.stdout
+    assert "done: step 24" in resumed.stdout
 
     a, _, _, _ = train.load_run(tmp_path / "straight", "latest")
     b, _, _, _ = train.load_run(killed_dir, "latest")
     for va, vb in zip(a.variables, b.variables):
         np.testing.assert_allclose(vb.numpy(), va.numpy(), atol=1e-5, err_msg=f"{va.path}: killed-and-resumed run "
                                    "differs from the straight run")
-    history = [line for line in (killed_dir / "history.jsonl").read_text().splitlines()]
-    assert [eval(line.replace("null", "None"))["step"] for line in history] == [20, 40]
+    history = [json.loads(line) for line in (killed_dir / "history.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in history] == [12, 24]  # an evaluation after the kill is not repeated
 
 
 BIG_MODEL = textwrap.dedent("""
@@ -101,7 +102,7 @@ SAVER = BIG_MODEL + textwrap.dedent("""
 @pytest.mark.slow
 def test_sigkill_during_checkpoint_writes_never_leaves_an_unreadable_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
-    for attempt in range(4):
+    for attempt in range(3):
         proc = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)], cwd=ROOT, env=ENV,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for _ in range(3):
