@@ -140,6 +140,11 @@ def main(argv=None):
     for name, m, nll, kept, seconds, _ in rows:
         print(f"| {name} | {m['distinct-1']:.3f} | {m['distinct-2']:.3f} | {m['rep-3']:.3f} | {m['unseen']:.3f} "
               f"| {nll:.3f} | {kept:.1f} | {seconds:.1f} |")
+    print("\nkept-set size per step (share of steps keeping 1 token; 10th / 50th / 90th percentile; max):")
+    for name, kept in kept_by_setting.items():
+        if "top-p" in name:
+            p10, p50, p90 = np.percentile(kept, [10, 50, 90])
+            print(f"  {name}: {np.mean(kept == 1):.0%} keep 1; {p10:.0f} / {p50:.0f} / {p90:.0f}; max {kept.max()}")
     print()
     for name, *_, text in rows:
         print(f"[{name}] {args.prompt}{text[:160]!r}")
@@ -167,6 +172,7 @@ def main(argv=None):
     ax.set_title(f"kept-set size per step: top-p adapts, top-k is fixed ({config.get('model')}, T={t:g})")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     print(f"\nfigure: {out}")
 

@@ -39,3 +39,11 @@ def test_student_readme_make_targets_exist():
     targets = _make_targets(templates / "Makefile")
     quoted = set(re.findall(r"\bmake ([a-z][a-z_-]*)", _quoted_commands(templates / "README.md")))
     assert quoted <= targets, f"the student README quotes make targets its Makefile lacks: {sorted(quoted - targets)}"
+
+
+def test_readme_links_and_images_exist():
+    text = (ROOT / "README.md").read_text()
+    targets = {t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text)}
+    local = {t for t in targets if t and "://" not in t}
+    missing = [t for t in sorted(local) if not (ROOT / t).exists()]
+    assert not missing, f"README links to files that do not exist: {missing}"
