@@ -183,3 +183,38 @@ def test_time_budget_stops_with_a_checkpoint_and_an_evaluation(tmp_path):
     assert cut["val_loss"] is not None and cut["checkpoints"].saved_steps[-1] == cut["step"]
     more, messages = run(tmp_path, config(steps=cut["step"] + 3, eval_every=10_000))
     assert messages[0].startswith(f"restored from step {cut['step']}") and more["step"] == cut["step"] + 3
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+def test_schedule_free_trains_at_y_and_evaluates_at_the_average_x(compiled):
+    """Schedule-free AdamW against the paper's recursion (Defazio et al., 2024, with Adam's step) on f(w) = |w|^2:
+    z <- z - lr * g(y) / (sqrt(v_hat) + eps), x <- (1 - 1/t) x + z / t, y = (1 - b1) z + b1 x. The model holds y;
+    `evaluation_weights` swaps in x and restores y."""
+    b1, b2, lr, eps, warmup = 0.9, 0.99, 0.1, 1e-8, 3
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2, use_bias=False)])
+    w0 = np.array([[1.0, -2.0]], np.float32)
+    model.layers[0].kernel.assign(w0)
+    optimizer = train.make_optimizer("schedulefree", lr, steps=100, warmup_steps=warmup, weight_decay=0.0,
+                                     beta_1=b1, beta_2=b2)
+    optimizer.build(model.trainable_variables)  # eagerly, as the loop does: z starts at the weights
+
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(model.trainable_variables[0]))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+    step = tf.function(step, jit_compile=True) if compiled else step
+    z = x = y = w0.astype(np.float64)
+    v = np.zeros_like(z)
+    for t in range(1, 7):
+        step()
+        g = 2 * y
+        v = b2 * v + (1 - b2) * g * g
+        z = z - lr * min(t / warmup, 1.0) * g / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        x = (1 - 1 / t) * x + z / t
+        y = (1 - b1) * z + b1 * x
+        np.testing.assert_allclose(model.layers[0].kernel.numpy(), y, atol=1e-5, err_msg=f"y after step {t}")
+    with train.evaluation_weights(model, optimizer):
+        np.testing.assert_allclose(model.layers[0].kernel.numpy(), x, atol=1e-5, err_msg="x, the evaluated weights")
+    np.testing.assert_allclose(model.layers[0].kernel.numpy(), y, atol=1e-5, err_msg="y after the evaluation")
