@@ -438,7 +438,7 @@ def print_report(results, out=None, show_hidden=True, log=print):
             part = e["tags"][0]
             shown[part] = shown.get(part, 0) + 1
             if shown[part] <= FAILURES_SHOWN:
-                first = next((line for line in e["output"].splitlines() if line.strip()), "")
+                first = runner.headline(e["output"])
                 if first.startswith("The tests in"):  # an import error: the exception says more than the header
                     first = f"could not import assignment/{part}.py: {runner.summary_line(e['output'])}"
                 log(f"  {e['extra_data']['nodeid']}\n      {first[:200]}")

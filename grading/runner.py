@@ -106,6 +106,19 @@ def summary_line(message):
     return lines[0] if lines else ""
 
 
+def headline(output):
+    """The first line of a failed test's output, the one line `make grade` shows; for an error raised inside a
+    `tf.function` ("XError: in user code:"), the exception line at the end of TensorFlow's trace instead."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if first.endswith("in user code:"):
+        kind = first.split(":", 1)[0]
+        inner = [line for line in lines[1:] if line.startswith(kind + ": ")]
+        if inner:
+            return inner[0]
+    return first
+
+
 def _collect_message(spec, test_file, message):
     module = spec.file_modules.get(test_file)
     what = f"assignment/{module}.py" if module else "the module it grades"

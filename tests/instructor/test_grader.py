@@ -366,3 +366,13 @@ def test_verify_proves_the_toy_course_and_reports_what_is_wrong(tmp_path):
     assert "graded suite on one CPU" in output and "anonymous" in output
     assert lines[-1] == f"verify: {len(report.checks) - 2} passed, 2 failed"
     assert (root / "assignment" / "alpha.py").read_text() == ALPHA, "bugs are never applied to the working tree"
+
+
+def test_headline_of_an_error_raised_inside_a_tf_function_is_the_exception_not_the_trace_header():
+    inside = ('NotImplementedError: in user code:\n\n    File "tests/test_train.py", line 106, in None  *\n'
+              '        lambda x, y: train.train_step(model, optimizer, x, y)\n\n'
+              '    NotImplementedError: train_step: 1. run the model — see the TODO above\n'
+              'tests/test_train.py:107: in test_train_step_lowers_the_loss\n')
+    assert runner.headline(inside) == "NotImplementedError: train_step: 1. run the model — see the TODO above"
+    plain = "\nAssertionError: loss did not decrease: 2.30 -> 2.31\nassert 2.31 < 2.30\n"
+    assert runner.headline(plain) == "AssertionError: loss did not decrease: 2.30 -> 2.31"
