@@ -38,14 +38,20 @@ def context_length(model):
     return None
 
 
-def step_logits(model, ids, start):
+def step_logits(model, ids, start, chunk=256):
     """Returns the logits `(B, N, V)` the model gave each generated token `ids[:, start:]`, recomputed the way
     `generate` reads the context: the whole prefix, or its last `context_length` tokens."""
     length = context_length(model)
     if length is None or ids.shape[1] - 1 <= length:
         return model(tf.constant(ids[:, :-1]))[:, start - 1:, :].numpy()  # (B, N, V)
-    steps = [model(tf.constant(ids[:, max(0, t - length):t]))[:, -1, :] for t in range(start, ids.shape[1])]
-    return tf.stack(steps, axis=1).numpy()  # (B, N, V)
+    parts = []
+    if start <= length:  # tokens start .. length: one causal pass over the first `length` tokens
+        parts.append(model(tf.constant(ids[:, :length]))[:, start - 1:, :].numpy())
+    later = range(max(start, length + 1), ids.shape[1])  # token t: the window ids[:, t - length:t]
+    windows = np.stack([ids[:, t - length:t] for t in later], axis=1).reshape(-1, length)  # (B * N', L)
+    last = [model(tf.constant(windows[i:i + chunk]))[:, -1, :].numpy() for i in range(0, len(windows), chunk)]
+    parts.append(np.concatenate(last).reshape(ids.shape[0], len(later), -1))  # (B, N', V)
+    return np.concatenate(parts, axis=1)  # (B, N, V)
 
 
 def kept_sizes(logits, setting):
