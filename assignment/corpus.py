@@ -4,6 +4,7 @@
 size and SHA-256; a download goes to a temporary file with a progress bar and is renamed into `data/` only once
 its checksum matches, so an interrupted or corrupted download never leaves a file that looks complete.
 """
+
 import argparse
 import hashlib
 import http.client
@@ -127,8 +128,13 @@ def load_corpus(name_or_path=DEFAULT_CORPUS, data_dir=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Download and verify the named corpora into data/.")
-    parser.add_argument("--download", nargs="+", metavar="NAME", default=["all"],
-                        help=f"corpora to fetch: any of {sorted(_manifest())}, or 'all' (default)")
+    parser.add_argument(
+        "--download",
+        nargs="+",
+        metavar="NAME",
+        default=["all"],
+        help=f"corpora to fetch: any of {sorted(_manifest())}, or 'all' (default)",
+    )
     args = parser.parse_args(argv)
     names = sorted(_manifest()) if "all" in args.download else args.download
     for name in names:

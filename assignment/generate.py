@@ -4,6 +4,7 @@ The run directory holds everything needed (config.json, tokenizer.json and the c
 read: the model is rebuilt from its config, its weights restored from the best checkpoint (or the latest), and
 `sampling.generate` does the rest (KV cache for the transformer, carried state for the RNN and LSTM).
 """
+
 import argparse
 import os
 import sys
@@ -17,34 +18,55 @@ def build_parser():
         prog="python -m assignment.generate",
         description="Generate text with a model trained by `python -m assignment.train` (or `make train`).",
         epilog="examples:\n"
-               "  python -m assignment.generate                                  # runs/main, prompt 'The '\n"
-               "  python -m assignment.generate --prompt 'def ' --temperature 0.5 --max-new-tokens 300\n"
-               "  python -m assignment.generate --top-p 0.9 --num-samples 3 --seed 1\n"
-               "  python -m assignment.generate --temperature 0     # greedy: always the most probable token",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", default="runs/main",
-                        help="run directory written by assignment.train (default: runs/main)")
-    parser.add_argument("--checkpoint", default="best",
-                        help="'best' (lowest validation loss; default), 'latest', or a checkpoint path such as "
-                             "runs/main/ckpt/ckpt-1000")
-    parser.add_argument("--prompt", default="The ",
-                        help="text the model continues (default: 'The '); characters or words the tokenizer has "
-                             "not seen become the unknown token")
-    parser.add_argument("--max-new-tokens", type=int, default=500,
-                        help="how many tokens to generate after the prompt (default: 500)")
-    parser.add_argument("--temperature", type=float, default=0.8,
-                        help="divides the logits: below 1 is more conservative, above 1 more varied, 0 is greedy "
-                             "(default: 0.8)")
-    parser.add_argument("--top-k", type=int, default=None,
-                        help="sample only among the k most probable tokens (default: no limit)")
-    parser.add_argument("--top-p", type=float, default=None,
-                        help="nucleus sampling: only the most probable tokens whose probabilities add up to p "
-                             "(default: no limit)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="random seed: the same seed gives the same text (default: a different text each time)")
+        "  python -m assignment.generate                                  # runs/main, prompt 'The '\n"
+        "  python -m assignment.generate --prompt 'def ' --temperature 0.5 --max-new-tokens 300\n"
+        "  python -m assignment.generate --top-p 0.9 --num-samples 3 --seed 1\n"
+        "  python -m assignment.generate --temperature 0     # greedy: always the most probable token",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--run-dir", default="runs/main", help="run directory written by assignment.train (default: runs/main)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default="best",
+        help="'best' (lowest validation loss; default), 'latest', or a checkpoint path such as "
+        "runs/main/ckpt/ckpt-1000",
+    )
+    parser.add_argument(
+        "--prompt",
+        default="The ",
+        help="text the model continues (default: 'The '); characters or words the tokenizer has "
+        "not seen become the unknown token",
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=500, help="how many tokens to generate after the prompt (default: 500)"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        help="divides the logits: below 1 is more conservative, above 1 more varied, 0 is greedy (default: 0.8)",
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=None, help="sample only among the k most probable tokens (default: no limit)"
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="nucleus sampling: only the most probable tokens whose probabilities add up to p (default: no limit)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed: the same seed gives the same text (default: a different text each time)",
+    )
     parser.add_argument("--num-samples", type=int, default=1, help="independent samples to print (default: 1)")
-    parser.add_argument("--stop", default=None,
-                        help="stop a sample once it produces this token (e.g. a newline: --stop $'\\n')")
+    parser.add_argument(
+        "--stop", default=None, help="stop a sample once it produces this token (e.g. a newline: --stop $'\\n')"
+    )
     return parser
 
 
@@ -71,8 +93,16 @@ def main(argv=None):
         seed = None if args.seed is None else args.seed + i
         started = time.perf_counter()
         try:
-            ids = sampling.generate(model, prompt_ids, args.max_new_tokens, temperature=args.temperature,
-                                    top_k=args.top_k, top_p=args.top_p, seed=seed, stop_id=stop_id)
+            ids = sampling.generate(
+                model,
+                prompt_ids,
+                args.max_new_tokens,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                seed=seed,
+                stop_id=stop_id,
+            )
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -9,6 +9,7 @@ The state of one layer is a pair (h, c): h the hidden state (also the layer's ou
 You write two pieces, scaffolded upward: `LSTMCell.call` (one step) and `lstm_forward` (the loop over time, reusing
 the cell). Everything else (weights, the embedding, the projection, input checks) is given.
 """
+
 import keras
 import tensorflow as tf
 
@@ -182,8 +183,12 @@ class LSTMLanguageModel(keras.Model):
 
     def __init__(self, vocab_size, embed_dim, hidden_dim, num_layers=1, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("hidden_dim", hidden_dim),
-                            ("num_layers", num_layers)):
+        for name, value in (
+            ("vocab_size", vocab_size),
+            ("embed_dim", embed_dim),
+            ("hidden_dim", hidden_dim),
+            ("num_layers", num_layers),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int; got {name}={value!r}")
         if not 0.0 <= dropout < 1.0:

@@ -5,6 +5,7 @@ Dimension letters: N number of sequences, T sequence length (`seq_len`), B batch
 The pipeline is: text -> tokenizer.encode -> ids (int32, shape (num_tokens,))
 -> train_val_split -> make_sequences -> (inputs, labels), each (N, T) -> make_dataset -> batches of (B, T).
 """
+
 import collections
 import json
 import re
@@ -315,9 +316,7 @@ def make_dataset(inputs, labels, batch_size, shuffle=True, seed=0, drop_remainde
     """
     inputs, labels = np.asarray(inputs), np.asarray(labels)
     if inputs.ndim != 2 or inputs.shape != labels.shape:
-        raise ValueError(
-            f"inputs and labels must both have shape (N, T); got {inputs.shape} and {labels.shape}"
-        )
+        raise ValueError(f"inputs and labels must both have shape (N, T); got {inputs.shape} and {labels.shape}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got batch_size={batch_size!r}")
     # TODO: 1. build a dataset of (input, label) pairs from the arrays (tf.data.Dataset.from_tensor_slices)

@@ -12,6 +12,7 @@ A filter never renormalises anything itself: it sets the logits of the tokens it
 protocol (CONVENTIONS.md): a KV cache (`prefill` / `decode_step`), a carried recurrent state
 (`call(tokens, states=..., return_state=True)`), or, for any other model, re-reading the context.
 """
+
 import inspect
 import math
 import numbers
@@ -25,6 +26,7 @@ NEG_INF = float("-inf")  # the logit of a filtered token: softmax turns it into 
 # ----------------------------------------------------------------------------------------------------------------
 # Input checks (scaffolding: call them first in the functions you write)
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def _check_logits(logits):
     """Returns `logits` as a float32 tensor of shape `(B, V)`.
@@ -48,8 +50,10 @@ def _check_logits(logits):
 
 def _check_temperature(temperature):
     """Returns `temperature` as a float after checking it is a finite number > 0."""
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
-        math.isfinite(temperature) and temperature > 0
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, numbers.Real)
+        or not (math.isfinite(temperature) and temperature > 0)
     ):
         raise ValueError(
             f"temperature must be a finite number > 0 (1 changes nothing, < 1 sharpens, > 1 flattens); "
@@ -73,8 +77,7 @@ def _check_p(p, name="p"):
     """Returns `p` as a float after checking 0 < p <= 1."""
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (0 < p <= 1):
         raise ValueError(
-            f"{name} must be a number in (0, 1] (the probability mass to keep; 1 keeps every token); "
-            f"got {name}={p!r}"
+            f"{name} must be a number in (0, 1] (the probability mass to keep; 1 keeps every token); got {name}={p!r}"
         )
     return float(p)
 
@@ -89,6 +92,7 @@ def _check_seed(seed):
 # ----------------------------------------------------------------------------------------------------------------
 # Choosing the next token
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def greedy(logits):
     """Returns the most probable token of each row: int32 tensor of shape `(B,)`.
@@ -248,6 +252,7 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, seed=None):
 # generate: one loop for every model (scaffolding)
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def _context_length(model):
     """Returns how many tokens `model` can read at once (`model.context_length` or `model.config.context_length`),
     or None when it does not say."""
@@ -287,7 +292,7 @@ class _CachedReader:
     def start(self, ids):
         """Returns the next-token logits `(B, V)` after reading the prompt `ids` `(B, T)`."""
         if self.context_length is not None:
-            ids = ids[:, -self.context_length:]  # (B, min(T, L))
+            ids = ids[:, -self.context_length :]  # (B, min(T, L))
         try:
             logits, self.cache = self.model.prefill(tf.constant(ids))  # (B, T, V)
         except NotImplementedError:
@@ -305,7 +310,7 @@ class _CachedReader:
         if self.fallback is not None:
             return self.fallback.step(ids)
         if self.context_length is not None and self.cached >= self.context_length:
-            context = ids[:, -self.context_length:]  # (B, L): the cache is full, re-read a cropped context
+            context = ids[:, -self.context_length :]  # (B, L): the cache is full, re-read a cropped context
             return _last_step(self.model(tf.constant(context)), "model")
         try:
             logits, self.cache = self.model.decode_step(tf.constant(ids[:, -1:]), self.cache)  # (B, 1, V)
@@ -327,9 +332,7 @@ class _RecurrentReader:
         return _last_step(logits, "model(tokens, states=None, return_state=True)")
 
     def step(self, ids):
-        logits, self.states = self.model(
-            tf.constant(ids[:, -1:]), states=self.states, return_state=True
-        )  # (B, 1, V)
+        logits, self.states = self.model(tf.constant(ids[:, -1:]), states=self.states, return_state=True)  # (B, 1, V)
         return _last_step(logits, "model(tokens, states=states, return_state=True)")
 
 
@@ -346,7 +349,7 @@ class _ContextReader:
 
     def step(self, ids):
         if self.context_length is not None:
-            ids = ids[:, -self.context_length:]  # (B, min(T, L))
+            ids = ids[:, -self.context_length :]  # (B, min(T, L))
         return _last_step(self.model(tf.constant(ids)), "model")
 
 
@@ -381,8 +384,9 @@ def _check_prompt(prompt_ids):
     return prompt.astype(np.int32).reshape(-1, prompt.shape[-1]), prompt.ndim == 1
 
 
-def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
-             stop_id=None, greedy=False):
+def generate(
+    model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_id=None, greedy=False
+):
     """Returns the prompt followed by the generated tokens: int32 NumPy array of the prompt's rank,
     `(T + n,)` or `(B, T + n)` with `n <= max_new_tokens`.
 

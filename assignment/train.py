@@ -15,6 +15,7 @@ A run directory (`runs/<name>/`) holds everything a run needs to resume or to ge
     logs/            TensorBoard event files
     history.jsonl    one JSON line per evaluation (step, wall time, losses, tokens/s), read by `compare`
 """
+
 import argparse
 import contextlib
 import dataclasses
@@ -31,14 +32,14 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides the progress bar
-import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # The two functions you write.
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def split_batch(batch):
     """Returns `(inputs, labels, weights)` from a batch of `(inputs, labels)` or `(inputs, labels, weights)`.
@@ -163,11 +164,15 @@ def learning_rate_schedule(lr, steps, warmup_steps=0, min_lr_ratio=0.1):
 
 def _embedding_like(model):
     """Returns the 2-D variables Muon must leave to AdamW: embeddings and the projection to the vocabulary."""
-    embedding_ids = {id(v) for layer in _sublayers(model) if isinstance(layer, keras.layers.Embedding)
-                     for v in layer.weights}
+    embedding_ids = {
+        id(v) for layer in _sublayers(model) if isinstance(layer, keras.layers.Embedding) for v in layer.weights
+    }
     vocab = int(model(tf.zeros((1, 1), tf.int32)).shape[-1])
-    return [v for v in model.trainable_variables
-            if len(v.shape) == 2 and (id(v) in embedding_ids or vocab in v.shape or "embed" in v.path.lower())]
+    return [
+        v
+        for v in model.trainable_variables
+        if len(v.shape) == 2 and (id(v) in embedding_ids or vocab in v.shape or "embed" in v.path.lower())
+    ]
 
 
 class ScheduleFreeAdamW(keras.optimizers.ScheduleFreeAdamW):
@@ -199,8 +204,9 @@ class ScheduleFreeAdamW(keras.optimizers.ScheduleFreeAdamW):
         self.assign(variable, (1 - beta_1) * z + beta_1 * x)
 
 
-def make_optimizer(name, lr, steps, warmup_steps=0, min_lr_ratio=0.1, weight_decay=0.1, beta_1=0.9, beta_2=0.99,
-                   model=None, replicas=1):
+def make_optimizer(
+    name, lr, steps, warmup_steps=0, min_lr_ratio=0.1, weight_decay=0.1, beta_1=0.9, beta_2=0.99, model=None, replicas=1
+):
     """Returns the Keras optimizer `name` (one of `OPTIMIZERS`), following `learning_rate_schedule`.
 
     Schedule-free AdamW is the exception: it needs no schedule (only its own warmup), which is its point; it trains
@@ -220,12 +226,19 @@ def make_optimizer(name, lr, steps, warmup_steps=0, min_lr_ratio=0.1, weight_dec
         optimizer = keras.optimizers.Lion(schedule, beta_1=beta_1, beta_2=beta_2, weight_decay=weight_decay, **common)
     elif name == "muon":
         exclude = [re.escape(v.path) for v in _embedding_like(model)] if model is not None else None
-        optimizer = keras.optimizers.Muon(schedule, adam_beta_1=beta_1, adam_beta_2=beta_2,
-                                          adam_weight_decay=weight_decay, weight_decay=weight_decay,
-                                          exclude_layers=exclude, **common)
+        optimizer = keras.optimizers.Muon(
+            schedule,
+            adam_beta_1=beta_1,
+            adam_beta_2=beta_2,
+            adam_weight_decay=weight_decay,
+            weight_decay=weight_decay,
+            exclude_layers=exclude,
+            **common,
+        )
     elif name == "schedulefree":
-        optimizer = ScheduleFreeAdamW(lr, beta_1=beta_1, beta_2=beta_2, warmup_steps=warmup_steps,
-                                                       weight_decay=weight_decay, **common)
+        optimizer = ScheduleFreeAdamW(
+            lr, beta_1=beta_1, beta_2=beta_2, warmup_steps=warmup_steps, weight_decay=weight_decay, **common
+        )
     else:
         optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, **common)
     if model is not None and getattr(optimizer, "weight_decay", None):
@@ -260,6 +273,7 @@ def evaluation_weights(model, optimizer):
 # Data: random windows for training (a stream you can restart anywhere), fixed windows for validation.
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def random_windows(ids, batch_size, seq_len, seed=0, start=0):
     """Returns an endless `tf.data.Dataset` of `(inputs, labels)` batches, each int32 `(B, T)`, cut at random
     offsets of the token stream `ids` (nanoGPT's `get_batch`).
@@ -272,8 +286,13 @@ def random_windows(ids, batch_size, seq_len, seed=0, start=0):
     offsets = tf.range(seq_len + 1, dtype=tf.int64)
 
     def batch_at(position):
-        starts = tf.random.stateless_uniform([batch_size], seed=tf.stack([tf.constant(seed, tf.int64), position]),
-                                             minval=0, maxval=num_starts, dtype=tf.int64)  # (B,)
+        starts = tf.random.stateless_uniform(
+            [batch_size],
+            seed=tf.stack([tf.constant(seed, tf.int64), position]),
+            minval=0,
+            maxval=num_starts,
+            dtype=tf.int64,
+        )  # (B,)
         windows = tf.gather(ids, starts[:, None] + offsets[None, :])  # (B, T + 1)
         return windows[:, :-1], windows[:, 1:]
 
@@ -304,12 +323,14 @@ def check_data_size(train_ids, val_ids, batch_size, seq_len):
             f"the corpus is too small for one batch: {len(train_ids)} training and {len(val_ids)} validation tokens, "
             f"but a batch of {batch_size} x {seq_len} tokens needs at least {need_train} training tokens and "
             f"validation needs at least {need_val}; use a larger corpus, or a smaller --batch-size or "
-            f"--context-length")
+            f"--context-length"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Checkpoints: keep the last N, save every K steps and every M minutes, keep the best separately, restore.
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def model_state(model):
     """Returns a trackable object holding every variable of `model`, in order, for `tf.train.Checkpoint`.
@@ -342,8 +363,9 @@ class Checkpoints:
         writer: False on the non-chief workers of a multi-worker run, which save to a scratch directory.
     """
 
-    def __init__(self, directory, model, optimizer=None, keep_last=3, save_every_steps=500, save_every_minutes=10.0,
-                 writer=True):
+    def __init__(
+        self, directory, model, optimizer=None, keep_last=3, save_every_steps=500, save_every_minutes=10.0, writer=True
+    ):
         self.directory = Path(directory)
         self.save_every_steps = save_every_steps
         self.save_every_minutes = save_every_minutes
@@ -352,22 +374,31 @@ class Checkpoints:
         self.train_time = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_time")
         self.wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="wall_time")
         self.best_val_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False, name="best_val_loss")
-        parts = dict(step=self.step, data_position=self.data_position, train_time=self.train_time,
-                     wall_time=self.wall_time, best_val_loss=self.best_val_loss, model=model_state(model))
+        parts = dict(
+            step=self.step,
+            data_position=self.data_position,
+            train_time=self.train_time,
+            wall_time=self.wall_time,
+            best_val_loss=self.best_val_loss,
+            model=model_state(model),
+        )
         if optimizer is not None:
             parts["optimizer"] = optimizer
         self.checkpoint = tf.train.Checkpoint(**parts)
-        self.best_checkpoint = tf.train.Checkpoint(step=self.step, val_loss=self.best_val_loss,
-                                                   model=model_state(model))
+        self.best_checkpoint = tf.train.Checkpoint(
+            step=self.step, val_loss=self.best_val_loss, model=model_state(model)
+        )
         self.writer = writer
         # A multi-worker run saves on every worker (the save is collective), but only the chief writes the run
         # directory; the others write to a scratch directory, deleted by `close`, and restore from the chief's.
         root = self.directory if writer else self.directory / f".scratch-{os.getpid()}"
         self._root = root
-        self.latest = tf.train.CheckpointManager(self.checkpoint, str(root / "ckpt"), max_to_keep=keep_last,
-                                                 checkpoint_name="ckpt")
-        self.best = tf.train.CheckpointManager(self.best_checkpoint, str(root / "best"), max_to_keep=1,
-                                               checkpoint_name="best")
+        self.latest = tf.train.CheckpointManager(
+            self.checkpoint, str(root / "ckpt"), max_to_keep=keep_last, checkpoint_name="ckpt"
+        )
+        self.best = tf.train.CheckpointManager(
+            self.best_checkpoint, str(root / "best"), max_to_keep=1, checkpoint_name="best"
+        )
         self._last_save = time.monotonic()
         self._last_saved_step = None
 
@@ -436,6 +467,7 @@ class Checkpoints:
 # Fine-tuning: start from another run's weights, and freeze the embeddings and the first blocks/layers.
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def _sublayers(model):
     """Returns every layer inside `model`, depth first (Keras 3's `_flatten_layers` without the model itself)."""
     return [layer for layer in model._flatten_layers(include_self=False, recursive=True)]
@@ -447,8 +479,10 @@ def _stack(model):
         value = getattr(model, name, None)
         if isinstance(value, (list, tuple)) and value and all(isinstance(v, keras.layers.Layer) for v in value):
             return list(value)
-    raise ValueError(f"cannot find the blocks/layers of {type(model).__name__}: expected a list attribute named "
-                     f"'blocks' (transformer) or 'cells' (RNN, LSTM)")
+    raise ValueError(
+        f"cannot find the blocks/layers of {type(model).__name__}: expected a list attribute named "
+        f"'blocks' (transformer) or 'cells' (RNN, LSTM)"
+    )
 
 
 def freeze(model, embeddings=False, first_layers=0):
@@ -494,30 +528,31 @@ def parse_freeze(items):
 # The loop.
 # ----------------------------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything the loop needs besides the model and the data. Defaults are nanoGPT's CPU run."""
 
-    steps: int = 2000                # optimizer updates in total; a resumed run continues up to this
-    batch_size: int = 12             # sequences per update (global, split across replicas under a strategy)
-    seq_len: int = 64                # tokens per sequence, T (the transformer's context length)
-    optimizer: str = "adamw"         # one of OPTIMIZERS
-    lr: float = 1e-3                 # peak learning rate, reached after the warmup
-    min_lr_ratio: float = 0.1        # the cosine decay ends at lr * min_lr_ratio, as in nanoGPT
-    warmup_steps: int = 100          # linear warmup: Adam's moments are unreliable in the first steps
-    weight_decay: float = 0.1        # decoupled weight decay on matrices (not on norms and biases)
+    steps: int = 2000  # optimizer updates in total; a resumed run continues up to this
+    batch_size: int = 12  # sequences per update (global, split across replicas under a strategy)
+    seq_len: int = 64  # tokens per sequence, T (the transformer's context length)
+    optimizer: str = "adamw"  # one of OPTIMIZERS
+    lr: float = 1e-3  # peak learning rate, reached after the warmup
+    min_lr_ratio: float = 0.1  # the cosine decay ends at lr * min_lr_ratio, as in nanoGPT
+    warmup_steps: int = 100  # linear warmup: Adam's moments are unreliable in the first steps
+    weight_decay: float = 0.1  # decoupled weight decay on matrices (not on norms and biases)
     beta_1: float = 0.9
-    beta_2: float = 0.99             # nanoGPT's for small models: adapts faster than 0.999
-    clip_norm: float = 1.0           # gradients are clipped to this global norm
-    seed: int = 0                    # seeds the initial weights (in the CLI) and the order of the batches
-    eval_every: int = 250            # evaluate (and log a sample) every this many steps, and at the end
-    eval_batch_size: int = 64        # validation windows per forward pass
-    max_eval_batches: int = 0        # batches of the evaluations before the last (0: all); the last uses all
-    log_every: int = 10              # refresh the progress bar and the training scalars every this many steps
-    save_every_steps: int = 500      # checkpoint every this many steps ...
+    beta_2: float = 0.99  # nanoGPT's for small models: adapts faster than 0.999
+    clip_norm: float = 1.0  # gradients are clipped to this global norm
+    seed: int = 0  # seeds the initial weights (in the CLI) and the order of the batches
+    eval_every: int = 250  # evaluate (and log a sample) every this many steps, and at the end
+    eval_batch_size: int = 64  # validation windows per forward pass
+    max_eval_batches: int = 0  # batches of the evaluations before the last (0: all); the last uses all
+    log_every: int = 10  # refresh the progress bar and the training scalars every this many steps
+    save_every_steps: int = 500  # checkpoint every this many steps ...
     save_every_minutes: float = 5.0  # ... and whenever this much time has passed since the last one
-    keep_last: int = 3               # the latest checkpoints kept in ckpt/
-    jit_compile: bool = True         # compile the train step with XLA (single device only)
+    keep_last: int = 3  # the latest checkpoints kept in ckpt/
+    jit_compile: bool = True  # compile the train step with XLA (single device only)
     time_budget_minutes: float = 0.0  # stop (checkpointed, evaluated) after this long; rerun to go on (0: none)
 
     @classmethod
@@ -532,16 +567,19 @@ def compile_train_step(model, optimizer, clip_norm, counters=(), strategy=None, 
     `counters` are int64 variables incremented in the same graph, so they always agree with the weights. Under a
     `strategy`, each replica runs `train_step` on its share of the batch, and the loss and norm are averaged.
     """
+
     def replica_step(inputs, labels):
         return train_step(model, optimizer, inputs, labels, clip_norm=clip_norm)
 
     if strategy is None:
+
         @tf.function(jit_compile=jit_compile)
         def compiled(inputs, labels):
             loss, grad_norm = replica_step(inputs, labels)
             for counter in counters:
                 counter.assign_add(1)
             return loss, grad_norm
+
         return compiled
 
     @tf.function
@@ -551,6 +589,7 @@ def compile_train_step(model, optimizer, clip_norm, counters=(), strategy=None, 
             counter.assign_add(1)
         mean = tf.distribute.ReduceOp.MEAN
         return strategy.reduce(mean, loss, axis=None), strategy.reduce(mean, grad_norm, axis=None)
+
     return distributed
 
 
@@ -625,8 +664,19 @@ def _format_time(seconds):
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
-def train(model_fn, train_ids, val_ids, config, run_dir, strategy=None, setup_fn=None, sample_fn=None,
-          progress=True, log=print, stop_at=None):
+def train(
+    model_fn,
+    train_ids,
+    val_ids,
+    config,
+    run_dir,
+    strategy=None,
+    setup_fn=None,
+    sample_fn=None,
+    progress=True,
+    log=print,
+    stop_at=None,
+):
     """Trains the model of `model_fn` up to `config.steps` steps, resuming from `run_dir` when it holds a
     checkpoint, and returns a dict of results (`step`, `val_loss`, `val_perplexity`, `tokens_per_sec`, `model`, ...).
 
@@ -662,23 +712,46 @@ def train(model_fn, train_ids, val_ids, config, run_dir, strategy=None, setup_fn
         model(tf.zeros((1, cfg.seq_len), tf.int32))  # create the variables before anything refers to them
         if setup_fn is not None:
             setup_fn(model)
-        optimizer = make_optimizer(cfg.optimizer, cfg.lr, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio,
-                                   cfg.weight_decay, cfg.beta_1, cfg.beta_2, model=model, replicas=replicas)
+        optimizer = make_optimizer(
+            cfg.optimizer,
+            cfg.lr,
+            cfg.steps,
+            cfg.warmup_steps,
+            cfg.min_lr_ratio,
+            cfg.weight_decay,
+            cfg.beta_1,
+            cfg.beta_2,
+            model=model,
+            replicas=replicas,
+        )
         optimizer.build(model.trainable_variables)
-    ckpts = Checkpoints(run_dir, model, optimizer, cfg.keep_last, cfg.save_every_steps, cfg.save_every_minutes,
-                        writer=chief)
+    ckpts = Checkpoints(
+        run_dir, model, optimizer, cfg.keep_last, cfg.save_every_steps, cfg.save_every_minutes, writer=chief
+    )
     restored = ckpts.restore()
-    log(f"restored from step {restored} ({ckpts.restored_path})" if restored is not None
-        else "starting from scratch")
+    log(f"restored from step {restored} ({ckpts.restored_path})" if restored is not None else "starting from scratch")
     history = History(run_dir / "history.jsonl", writer=chief)
     history.truncate(int(ckpts.step))
-    result = dict(model=model, optimizer=optimizer, checkpoints=ckpts, run_dir=str(run_dir), history=history.read(),
-                  already_done=False, tokens_per_sec=None)
+    result = dict(
+        model=model,
+        optimizer=optimizer,
+        checkpoints=ckpts,
+        run_dir=str(run_dir),
+        history=history.read(),
+        already_done=False,
+        tokens_per_sec=None,
+    )
     if int(ckpts.step) >= cfg.steps:
         last = result["history"][-1] if result["history"] else {}
-        result.update(already_done=True, stopped=False, step=int(ckpts.step), val_loss=last.get("val_loss"),
-                      val_perplexity=last.get("val_perplexity"), tokens_per_sec=last.get("tokens_per_sec"),
-                      train_time=float(ckpts.train_time))
+        result.update(
+            already_done=True,
+            stopped=False,
+            step=int(ckpts.step),
+            val_loss=last.get("val_loss"),
+            val_perplexity=last.get("val_perplexity"),
+            tokens_per_sec=last.get("tokens_per_sec"),
+            train_time=float(ckpts.train_time),
+        )
         return result
 
     stream = random_windows(train_ids, cfg.batch_size, cfg.seq_len, cfg.seed, start=int(ckpts.data_position))
@@ -686,8 +759,14 @@ def train(model_fn, train_ids, val_ids, config, run_dir, strategy=None, setup_fn
         stream = strategy.experimental_distribute_dataset(stream)
     val_data = validation_batches(val_ids, cfg.seq_len, cfg.eval_batch_size, cfg.max_eval_batches)
     full_val_data = validation_batches(val_ids, cfg.seq_len, cfg.eval_batch_size)  # for the final evaluation
-    step_fn = compile_train_step(model, optimizer, cfg.clip_norm, (ckpts.step, ckpts.data_position), strategy,
-                                 cfg.jit_compile and strategy is None)
+    step_fn = compile_train_step(
+        model,
+        optimizer,
+        cfg.clip_norm,
+        (ckpts.step, ckpts.data_position),
+        strategy,
+        cfg.jit_compile and strategy is None,
+    )
     writer = tf.summary.create_file_writer(str(run_dir / "logs")) if chief else tf.summary.create_noop_writer()
     tokens_per_step = cfg.batch_size * cfg.seq_len
 
@@ -701,15 +780,29 @@ def train(model_fn, train_ids, val_ids, config, run_dir, strategy=None, setup_fn
             tf.summary.scalar("val/perplexity", min(val_perplexity, 1e30))
             if sample is not None:
                 tf.summary.text("sample", sample)
-        record = dict(step=step, train_loss=train_loss, val_loss=val_loss, val_perplexity=val_perplexity,
-                      train_time=round(float(ckpts.train_time), 3), wall_time=round(float(ckpts.wall_time), 3),
-                      tokens_per_sec=tokens_per_sec, lr=float(optimizer.learning_rate))
+        record = dict(
+            step=step,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_perplexity=val_perplexity,
+            train_time=round(float(ckpts.train_time), 3),
+            wall_time=round(float(ckpts.wall_time), 3),
+            tokens_per_sec=tokens_per_sec,
+            lr=float(optimizer.learning_rate),
+        )
         history.append(record)
         return record, best, sample
 
     wall_start, wall_base = time.perf_counter(), float(ckpts.wall_time)
-    bar = tqdm(total=cfg.steps, initial=int(ckpts.step), unit="step", dynamic_ncols=True, disable=not progress,
-               desc=run_dir.name, smoothing=0.1)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=int(ckpts.step),
+        unit="step",
+        dynamic_ncols=True,
+        disable=not progress,
+        desc=run_dir.name,
+        smoothing=0.1,
+    )
     window_loss, window_norm, window_steps, window_time = 0.0, 0.0, 0, 0.0
     train_loss = tokens_per_sec = None
     speeds = []  # tokens/s of every logging window of this session (the first includes compiling)
@@ -735,10 +828,13 @@ def train(model_fn, train_ids, val_ids, config, run_dir, strategy=None, setup_fn
                         raise
                     # e.g. a recurrent model's tf.while_loop without maximum_iterations: XLA cannot compile it,
                     # and nothing ran, so the same step runs again without XLA.
-                    log(f"XLA cannot compile this model's train step ({str(error).splitlines()[0][:100]}); "
-                        f"running it without jit_compile")
-                    step_fn = compile_train_step(model, optimizer, cfg.clip_norm, (ckpts.step, ckpts.data_position),
-                                                 None, jit_compile=False)
+                    log(
+                        f"XLA cannot compile this model's train step ({str(error).splitlines()[0][:100]}); "
+                        f"running it without jit_compile"
+                    )
+                    step_fn = compile_train_step(
+                        model, optimizer, cfg.clip_norm, (ckpts.step, ckpts.data_position), None, jit_compile=False
+                    )
                     loss, grad_norm = step_fn(inputs, labels)
                 loss, grad_norm = float(loss), float(grad_norm)
                 elapsed = time.perf_counter() - started
@@ -747,9 +843,11 @@ def train(model_fn, train_ids, val_ids, config, run_dir, strategy=None, setup_fn
                 step = int(ckpts.step)
                 bar.update(1)
                 if not math.isfinite(loss):
-                    raise FloatingPointError(f"the training loss is {loss} at step {step}: lower --lr, or check the "
-                                             f"model for an overflow (the last checkpoint is step "
-                                             f"{ckpts._last_saved_step})")
+                    raise FloatingPointError(
+                        f"the training loss is {loss} at step {step}: lower --lr, or check the "
+                        f"model for an overflow (the last checkpoint is step "
+                        f"{ckpts._last_saved_step})"
+                    )
                 window_loss, window_norm = window_loss + loss, window_norm + grad_norm
                 window_steps, window_time = window_steps + 1, window_time + elapsed
                 evaluating = step % cfg.eval_every == 0 or step == cfg.steps
@@ -767,8 +865,10 @@ def train(model_fn, train_ids, val_ids, config, run_dir, strategy=None, setup_fn
                     window_loss, window_norm, window_steps, window_time = 0.0, 0.0, 0, 0.0
                 if evaluating:
                     record, best, _ = run_evaluation(step, train_loss, tokens_per_sec, final=step == cfg.steps)
-                    bar.write(f"step {step}: train loss {train_loss:.4f}, val loss {record['val_loss']:.4f}, "
-                              f"perplexity {record['val_perplexity']:.2f}" + (" (best)" if best else ""))
+                    bar.write(
+                        f"step {step}: train loss {train_loss:.4f}, val loss {record['val_loss']:.4f}, "
+                        f"perplexity {record['val_perplexity']:.2f}" + (" (best)" if best else "")
+                    )
                     writer.flush()
                 ckpts.maybe_save()
     except KeyboardInterrupt:
@@ -787,11 +887,17 @@ def train(model_fn, train_ids, val_ids, config, run_dir, strategy=None, setup_fn
     ckpts.close()
     stopped = int(ckpts.step) < cfg.steps
     evaluated = record is not None and record["step"] == int(ckpts.step)
-    result.update(stopped=stopped, out_of_time=out_of_time, step=int(ckpts.step),
-                  val_loss=record["val_loss"] if evaluated else None,
-                  val_perplexity=record["val_perplexity"] if evaluated else None,
-                  tokens_per_sec=float(np.median(speeds[1:] or speeds)) if speeds else None,
-                  train_time=float(ckpts.train_time), wall_time=float(ckpts.wall_time), history=history.read())
+    result.update(
+        stopped=stopped,
+        out_of_time=out_of_time,
+        step=int(ckpts.step),
+        val_loss=record["val_loss"] if evaluated else None,
+        val_perplexity=record["val_perplexity"] if evaluated else None,
+        tokens_per_sec=float(np.median(speeds[1:] or speeds)) if speeds else None,
+        train_time=float(ckpts.train_time),
+        wall_time=float(ckpts.wall_time),
+        history=history.read(),
+    )
     return result
 
 
@@ -812,35 +918,74 @@ CONFIGS = {
         transformer=dict(preset="llama2", d_model=128, num_heads=4, num_layers=4, context_length=128, dropout=0.0),
         rnn=dict(embed_dim=64, hidden_dim=256, num_layers=1),
         lstm=dict(embed_dim=64, hidden_dim=256, num_layers=1),
-        train=dict(steps=1400, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=200, save_every_steps=200,
-                   time_budget_minutes=4.25),  # a busy machine still ends `make train` within 5 minutes
+        train=dict(
+            steps=1400,
+            batch_size=16,
+            lr=2e-3,
+            warmup_steps=100,
+            eval_every=200,
+            save_every_steps=200,
+            time_budget_minutes=4.25,
+        ),  # a busy machine still ends `make train` within 5 minutes
     ),
     # nanoGPT's CPU run of train_shakespeare_char (README: "I only have a macbook"): 4 layers, 4 heads, width 128,
     # context 64, batch 12, dropout 0, no biases, 2000 iterations, lr 1e-3 -> 1e-4, warmup 100, beta2 0.99.
     "nanogpt-cpu": dict(
-        transformer=dict(preset="gpt2", d_model=128, num_heads=4, num_layers=4, context_length=64, dropout=0.0,
-                         bias="none"),
+        transformer=dict(
+            preset="gpt2", d_model=128, num_heads=4, num_layers=4, context_length=64, dropout=0.0, bias="none"
+        ),
         rnn=dict(embed_dim=64, hidden_dim=256, num_layers=1),
         lstm=dict(embed_dim=64, hidden_dim=256, num_layers=1),
-        train=dict(steps=2000, batch_size=12, lr=1e-3, min_lr_ratio=0.1, warmup_steps=100, weight_decay=0.1,
-                   beta_1=0.9, beta_2=0.99, clip_norm=1.0, eval_every=250, save_every_steps=500,
-                   max_eval_batches=4),  # 256 windows of 64 tokens, like nanoGPT's 20 x 12; the last: all
+        train=dict(
+            steps=2000,
+            batch_size=12,
+            lr=1e-3,
+            min_lr_ratio=0.1,
+            warmup_steps=100,
+            weight_decay=0.1,
+            beta_1=0.9,
+            beta_2=0.99,
+            clip_norm=1.0,
+            eval_every=250,
+            save_every_steps=500,
+            max_eval_batches=4,
+        ),  # 256 windows of 64 tokens, like nanoGPT's 20 x 12; the last: all
     ),
     # Seconds: for smoke tests and the instructor's end-to-end tests.
     "tiny": dict(
         transformer=dict(preset="gpt2", d_model=32, num_heads=2, num_layers=2, context_length=16, dropout=0.0),
         rnn=dict(embed_dim=16, hidden_dim=32, num_layers=1),
         lstm=dict(embed_dim=16, hidden_dim=32, num_layers=1),
-        train=dict(steps=20, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=10, eval_batch_size=256,
-                   max_eval_batches=4, log_every=5, save_every_steps=10),
+        train=dict(
+            steps=20,
+            batch_size=4,
+            lr=3e-3,
+            warmup_steps=2,
+            eval_every=10,
+            eval_batch_size=256,
+            max_eval_batches=4,
+            log_every=5,
+            save_every_steps=10,
+        ),
     ),
 }
 
 # What makes a run directory's run: resuming with any of these changed would silently train something else.
 # (steps, evaluation, logging and checkpoint frequencies may change between invocations.)
 IDENTITY = ("model", "model_config", "tokenizer", "corpus", "corpus_sha256", "val_fraction", "init_from", "freeze")
-TRAIN_IDENTITY = ("batch_size", "seq_len", "optimizer", "lr", "min_lr_ratio", "warmup_steps", "weight_decay",
-                  "beta_1", "beta_2", "clip_norm", "seed")
+TRAIN_IDENTITY = (
+    "batch_size",
+    "seq_len",
+    "optimizer",
+    "lr",
+    "min_lr_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "beta_1",
+    "beta_2",
+    "clip_norm",
+    "seed",
+)
 
 
 class UsageError(ValueError):
@@ -878,8 +1023,9 @@ def load_weights(model, run_dir, which="best"):
         path = tf.train.latest_checkpoint(str(run_dir / "best")) if which == "best" else None
         path = path or tf.train.latest_checkpoint(str(run_dir / "ckpt"))
         if path is None:
-            raise UsageError(f"{run_dir} holds no checkpoint yet: train it first (python -m assignment.train "
-                             f"--run-dir {run_dir})")
+            raise UsageError(
+                f"{run_dir} holds no checkpoint yet: train it first (python -m assignment.train --run-dir {run_dir})"
+            )
     else:
         path = which
     status = tf.train.Checkpoint(model=model_state(model)).restore(path).expect_partial()
@@ -893,8 +1039,10 @@ def _assert_matched(status, path):
         status.assert_existing_objects_matched()
     except AssertionError as error:
         first_line = str(error).split(":")[0]
-        raise UsageError(f"checkpoint {path} does not fit the model built from its run's config.json ({first_line}); "
-                         f"was it written by another version of the code?") from None
+        raise UsageError(
+            f"checkpoint {path} does not fit the model built from its run's config.json ({first_line}); "
+            f"was it written by another version of the code?"
+        ) from None
 
 
 def load_run(run_dir, which="best"):
@@ -904,8 +1052,10 @@ def load_run(run_dir, which="best"):
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     if config is None:
-        raise UsageError(f"{run_dir} is not a run directory (no config.json); train one with "
-                         f"python -m assignment.train --run-dir {run_dir}")
+        raise UsageError(
+            f"{run_dir} is not a run directory (no config.json); train one with "
+            f"python -m assignment.train --run-dir {run_dir}"
+        )
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     model = build_model(config["model"], config["model_config"])
     model(tf.zeros((1, 1), tf.int32))
@@ -928,13 +1078,17 @@ def resolve_settings(args):
     if args.init_from and source is None:
         raise UsageError(f"--init-from {args.init_from}: not a run directory (no config.json)")
     kind = args.model or (source["model"] if source else "transformer")
-    shape_flags = {name: getattr(args, name) for name in ("preset", "d_model", "num_heads", "num_layers",
-                                                          "context_length", "embed_dim", "hidden_dim")}
+    shape_flags = {
+        name: getattr(args, name)
+        for name in ("preset", "d_model", "num_heads", "num_layers", "context_length", "embed_dim", "hidden_dim")
+    }
     if source is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in shape_flags.items() if v is not None] + args.set
         if given or kind != source["model"]:
-            raise UsageError(f"--init-from takes the model from {args.init_from} ({source['model']}); drop "
-                             f"{', '.join(given) or '--model'}")
+            raise UsageError(
+                f"--init-from takes the model from {args.init_from} ({source['model']}); drop "
+                f"{', '.join(given) or '--model'}"
+            )
         model_config = dict(source["model_config"])
         if args.dropout is not None and kind == "transformer":
             model_config["dropout"] = args.dropout
@@ -962,13 +1116,27 @@ def resolve_settings(args):
     train_cfg = dataclasses.asdict(TrainConfig())
     train_cfg.update(named["train"])
     train_cfg["seq_len"] = seq_len
-    flags = dict(steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                 min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
-                 beta_1=args.beta1, beta_2=args.beta2, clip_norm=args.clip_norm, seed=args.seed,
-                 eval_every=args.eval_every, eval_batch_size=args.eval_batch_size,
-                 max_eval_batches=args.eval_batches, log_every=args.log_every,
-                 save_every_steps=args.save_every_steps, save_every_minutes=args.save_every_minutes,
-                 keep_last=args.keep_last, time_budget_minutes=args.time_budget)
+    flags = dict(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        min_lr_ratio=args.min_lr_ratio,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        beta_1=args.beta1,
+        beta_2=args.beta2,
+        clip_norm=args.clip_norm,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        eval_batch_size=args.eval_batch_size,
+        max_eval_batches=args.eval_batches,
+        log_every=args.log_every,
+        save_every_steps=args.save_every_steps,
+        save_every_minutes=args.save_every_minutes,
+        keep_last=args.keep_last,
+        time_budget_minutes=args.time_budget,
+    )
     train_cfg.update({k: v for k, v in flags.items() if v is not None})
     if args.lr is None:
         train_cfg["lr"] = train_cfg["lr"] * LR_SCALE[train_cfg["optimizer"]]
@@ -978,11 +1146,17 @@ def resolve_settings(args):
         if train_cfg[name] < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1; got {train_cfg[name]}")
     embeddings, first_layers = parse_freeze(args.freeze)
-    return dict(model=kind, preset=model_config.get("preset"), model_config=model_config,
-                tokenizer=source["tokenizer"] if source else args.tokenizer, corpus=args.corpus,
-                val_fraction=args.val_fraction, train=train_cfg,
-                init_from=str(args.init_from) if args.init_from else None,
-                freeze=dict(embeddings=embeddings, first_layers=first_layers) if args.freeze else None)
+    return dict(
+        model=kind,
+        preset=model_config.get("preset"),
+        model_config=model_config,
+        tokenizer=source["tokenizer"] if source else args.tokenizer,
+        corpus=args.corpus,
+        val_fraction=args.val_fraction,
+        train=train_cfg,
+        init_from=str(args.init_from) if args.init_from else None,
+        freeze=dict(embeddings=embeddings, first_layers=first_layers) if args.freeze else None,
+    )
 
 
 def full_model_config(kind, model_config, vocab_size):
@@ -993,8 +1167,11 @@ def full_model_config(kind, model_config, vocab_size):
 
         preset = model_config.pop("preset", None)
         try:
-            config = TransformerConfig.preset(preset, **model_config) if preset else \
-                TransformerConfig.from_dict(model_config)
+            config = (
+                TransformerConfig.preset(preset, **model_config)
+                if preset
+                else TransformerConfig.from_dict(model_config)
+            )
         except (TypeError, ValueError) as error:
             raise UsageError(f"transformer config: {error}") from None
         return config.to_dict()
@@ -1009,8 +1186,9 @@ def check_same_run(saved, config, run_dir):
             if isinstance(saved.get(key), dict) and isinstance(config.get(key), dict):
                 for sub in sorted(set(saved[key]) | set(config[key])):
                     if saved[key].get(sub) != config[key].get(sub):
-                        differences.append(f"{key}.{sub}: {config[key].get(sub)!r} here, "
-                                           f"{saved[key].get(sub)!r} in the run")
+                        differences.append(
+                            f"{key}.{sub}: {config[key].get(sub)!r} here, {saved[key].get(sub)!r} in the run"
+                        )
             else:
                 differences.append(f"{key}: {config.get(key)!r} here, {saved.get(key)!r} in the run")
     for key in TRAIN_IDENTITY:
@@ -1020,7 +1198,8 @@ def check_same_run(saved, config, run_dir):
         raise UsageError(
             f"{run_dir} holds a run of another model or config, so it cannot be resumed with these settings:\n  "
             + "\n  ".join(differences)
-            + f"\nUse --run-dir DIR for a new run, or --overwrite to delete {run_dir} and start again.")
+            + f"\nUse --run-dir DIR for a new run, or --overwrite to delete {run_dir} and start again."
+        )
 
 
 def make_strategy(name, cpu_replicas=0):
@@ -1092,14 +1271,17 @@ def run(args):
     elif settings["init_from"]:
         tokenizer = preprocess.load_tokenizer(Path(settings["init_from"]) / "tokenizer.json")
     else:
-        tokenizer = (preprocess.CharTokenizer() if settings["tokenizer"] == "char" else
-                     preprocess.WordTokenizer()).fit(text)
+        tokenizer = (preprocess.CharTokenizer() if settings["tokenizer"] == "char" else preprocess.WordTokenizer()).fit(
+            text
+        )
     ids = tokenizer.encode(text)
     train_ids, val_ids = preprocess.train_val_split(ids, settings["val_fraction"])
-    config = dict(settings, model_config=full_model_config(settings["model"], settings["model_config"],
-                                                           tokenizer.vocab_size),
-                  corpus_sha256=__import__("hashlib").sha256(text.encode("utf-8")).hexdigest(),
-                  vocab_size=tokenizer.vocab_size)
+    config = dict(
+        settings,
+        model_config=full_model_config(settings["model"], settings["model_config"], tokenizer.vocab_size),
+        corpus_sha256=__import__("hashlib").sha256(text.encode("utf-8")).hexdigest(),
+        vocab_size=tokenizer.vocab_size,
+    )
     if saved is not None:
         check_same_run(saved, config, run_dir)
     check_data_size(train_ids, val_ids, cfg.batch_size, cfg.seq_len)
@@ -1110,9 +1292,11 @@ def run(args):
         tmp = run_dir / "config.json.tmp"
         tmp.write_text(json.dumps(config, indent=2) + "\n")
         os.replace(tmp, run_dir / "config.json")  # atomic: a killed run never leaves half a config
-    print(f"{run_dir}: {settings['model']} ({_describe(config)}) on {settings['corpus']} "
-          f"({len(train_ids):,} training / {len(val_ids):,} validation tokens, vocabulary {tokenizer.vocab_size}); "
-          f"{cfg.steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens, {cfg.optimizer} lr {cfg.lr:g}")
+    print(
+        f"{run_dir}: {settings['model']} ({_describe(config)}) on {settings['corpus']} "
+        f"({len(train_ids):,} training / {len(val_ids):,} validation tokens, vocabulary {tokenizer.vocab_size}); "
+        f"{cfg.steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens, {cfg.optimizer} lr {cfg.lr:g}"
+    )
 
     def setup_fn(model):
         print(f"parameters: {model.count_params():,}")
@@ -1127,28 +1311,47 @@ def run(args):
     # The samples logged at each evaluation stay short, and within a transformer's context: there they come from
     # the KV cache (a few ms a token); beyond it every token re-reads the whole context.
     room = config["model_config"].get("context_length", 10**9) - len(tokenizer.encode(args.sample_prompt))
-    eval_sample_fn = make_sample_fn(tokenizer, args.sample_prompt, max(1, min(args.sample_tokens, 100, room)),
-                                    seed=cfg.seed)
-    result = train(lambda: build_model(settings["model"], config["model_config"]), train_ids, val_ids, cfg,
-                   run_dir, strategy=strategy, setup_fn=setup_fn,
-                   sample_fn=eval_sample_fn if args.sample_tokens else None,
-                   progress=not args.no_progress)
+    eval_sample_fn = make_sample_fn(
+        tokenizer, args.sample_prompt, max(1, min(args.sample_tokens, 100, room)), seed=cfg.seed
+    )
+    result = train(
+        lambda: build_model(settings["model"], config["model_config"]),
+        train_ids,
+        val_ids,
+        cfg,
+        run_dir,
+        strategy=strategy,
+        setup_fn=setup_fn,
+        sample_fn=eval_sample_fn if args.sample_tokens else None,
+        progress=not args.no_progress,
+    )
     if result["already_done"]:
-        figures = (f": val loss {result['val_loss']:.4f}, perplexity {result['val_perplexity']:.2f}"
-                   if result["val_loss"] is not None else "")
-        print(f"{run_dir} is already trained to step {result['step']} of {cfg.steps}{figures}. Nothing to do: "
-              f"pass --steps N (more than {result['step']}) to train further, --overwrite to start again, or "
-              f"sample with python -m assignment.generate --run-dir {run_dir}")
+        figures = (
+            f": val loss {result['val_loss']:.4f}, perplexity {result['val_perplexity']:.2f}"
+            if result["val_loss"] is not None
+            else ""
+        )
+        print(
+            f"{run_dir} is already trained to step {result['step']} of {cfg.steps}{figures}. Nothing to do: "
+            f"pass --steps N (more than {result['step']}) to train further, --overwrite to start again, or "
+            f"sample with python -m assignment.generate --run-dir {run_dir}"
+        )
         return result
     if result["out_of_time"]:
-        print(f"stopped at the time budget ({cfg.time_budget_minutes:g} minutes, --time-budget) at step "
-              f"{result['step']} of {cfg.steps}: this machine is slower than planned (busy?); run the same command "
-              f"again to finish the schedule, or pass --time-budget 0")
-    print(f"{'stopped' if result['stopped'] else 'done'}: step {result['step']} | val loss {result['val_loss']:.4f} | "
-          f"val perplexity {result['val_perplexity']:.2f} | {result['tokens_per_sec']:,.0f} tokens/s | training time "
-          f"{_format_time(result['train_time'])} (wall {_format_time(result['wall_time'])})")
-    print(f"best checkpoint: {result['checkpoints'].best.latest_checkpoint} (val loss "
-          f"{float(result['checkpoints'].best_val_loss):.4f})")
+        print(
+            f"stopped at the time budget ({cfg.time_budget_minutes:g} minutes, --time-budget) at step "
+            f"{result['step']} of {cfg.steps}: this machine is slower than planned (busy?); run the same command "
+            f"again to finish the schedule, or pass --time-budget 0"
+        )
+    print(
+        f"{'stopped' if result['stopped'] else 'done'}: step {result['step']} | val loss {result['val_loss']:.4f} | "
+        f"val perplexity {result['val_perplexity']:.2f} | {result['tokens_per_sec']:,.0f} tokens/s | training time "
+        f"{_format_time(result['train_time'])} (wall {_format_time(result['wall_time'])})"
+    )
+    print(
+        f"best checkpoint: {result['checkpoints'].best.latest_checkpoint} (val loss "
+        f"{float(result['checkpoints'].best_val_loss):.4f})"
+    )
     if args.sample_tokens and chief:
         with evaluation_weights(result["model"], result["optimizer"]):
             print("sample:\n" + sample_fn(result["model"]))
@@ -1158,8 +1361,10 @@ def run(args):
 def _describe(config):
     mc = config["model_config"]
     if config["model"] == "transformer":
-        return (f"{config.get('preset') or 'custom'}, {mc['num_layers']} layers, {mc['num_heads']} heads, "
-                f"width {mc['d_model']}, context {mc['context_length']}")
+        return (
+            f"{config.get('preset') or 'custom'}, {mc['num_layers']} layers, {mc['num_heads']} heads, "
+            f"width {mc['d_model']}, context {mc['context_length']}"
+        )
     return f"{mc.get('num_layers', 1)} layer(s), embedding {mc['embed_dim']}, hidden {mc['hidden_dim']}"
 
 
@@ -1181,49 +1386,78 @@ checkpoint first. A run directory written by another model or config is an error
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="python -m assignment.train", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m assignment.train",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a character- or word-level language model (RNN, LSTM or transformer), with "
-                    "checkpoints that resume, TensorBoard logs (--run-dir/logs) and a sample at the end. Flags "
-                    "left out come from --config.")
+        "checkpoints that resume, TensorBoard logs (--run-dir/logs) and a sample at the end. Flags "
+        "left out come from --config.",
+    )
     what = parser.add_argument_group("what to train")
-    what.add_argument("--model", choices=MODELS, default=None,
-                      help="model kind (default: transformer, or the --init-from run's)")
-    what.add_argument("--config", choices=sorted(CONFIGS), default="main",
-                      help="named configuration giving every default below: 'main' is `make train` (~3-4 min on "
-                           "2 cores), 'nanogpt-cpu' nanoGPT's CPU run of tiny Shakespeare, 'tiny' a seconds-long "
-                           "smoke test (default: main)")
-    what.add_argument("--preset", default=None, metavar="ARCH",
-                      help=f"transformer architecture from the lecture's table: {', '.join(ARCHITECTURES)} "
-                           f"(default: the config's: llama2 for main, gpt2 for nanogpt-cpu and tiny)")
+    what.add_argument(
+        "--model", choices=MODELS, default=None, help="model kind (default: transformer, or the --init-from run's)"
+    )
+    what.add_argument(
+        "--config",
+        choices=sorted(CONFIGS),
+        default="main",
+        help="named configuration giving every default below: 'main' is `make train` (~3-4 min on "
+        "2 cores), 'nanogpt-cpu' nanoGPT's CPU run of tiny Shakespeare, 'tiny' a seconds-long "
+        "smoke test (default: main)",
+    )
+    what.add_argument(
+        "--preset",
+        default=None,
+        metavar="ARCH",
+        help=f"transformer architecture from the lecture's table: {', '.join(ARCHITECTURES)} "
+        f"(default: the config's: llama2 for main, gpt2 for nanogpt-cpu and tiny)",
+    )
     what.add_argument("--d-model", type=int, help="transformer width D")
     what.add_argument("--num-heads", type=int, help="transformer attention heads")
     what.add_argument("--num-layers", type=int, help="transformer blocks, or stacked RNN/LSTM layers")
-    what.add_argument("--context-length", type=int,
-                      help="tokens per training sequence T (the transformer's context length)")
+    what.add_argument(
+        "--context-length", type=int, help="tokens per training sequence T (the transformer's context length)"
+    )
     what.add_argument("--dropout", type=float, help="transformer dropout rate")
     what.add_argument("--embed-dim", type=int, help="RNN/LSTM embedding width")
     what.add_argument("--hidden-dim", type=int, help="RNN/LSTM hidden state width")
-    what.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="any other TransformerConfig field, e.g. --set norm=rmsnorm --set num_kv_heads=1 "
-                           "(repeatable)")
+    what.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other TransformerConfig field, e.g. --set norm=rmsnorm --set num_kv_heads=1 (repeatable)",
+    )
 
     data = parser.add_argument_group("data")
-    data.add_argument("--corpus", default="pyref",
-                      help="'pyref' (the Python Language Reference, offline; default), 'shakespeare' "
-                           "(downloaded once into data/), or the path of a UTF-8 text file")
+    data.add_argument(
+        "--corpus",
+        default="pyref",
+        help="'pyref' (the Python Language Reference, offline; default), 'shakespeare' "
+        "(downloaded once into data/), or the path of a UTF-8 text file",
+    )
     data.add_argument("--tokenizer", choices=("char", "word"), default="char", help="tokenizer (default: char)")
-    data.add_argument("--val-fraction", type=float, default=0.1,
-                      help="share of the corpus (its end) held out for validation (default: 0.1)")
+    data.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the corpus (its end) held out for validation (default: 0.1)",
+    )
 
     opt = parser.add_argument_group("optimization")
     opt.add_argument("--steps", type=int, help="total optimizer steps; raise it to train a finished run further")
     opt.add_argument("--batch-size", type=int, help="sequences per step (global batch under a strategy)")
-    opt.add_argument("--optimizer", choices=OPTIMIZERS,
-                     help="adamw (default), lion, muon, schedulefree (schedule-free AdamW), adam or sgd "
-                          "(with Nesterov momentum); all but schedulefree follow warmup + cosine decay")
-    opt.add_argument("--lr", type=float,
-                     help="peak learning rate (default: the config's, scaled per optimizer: lion x0.3, "
-                          "schedulefree x2, sgd x100)")
+    opt.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="adamw (default), lion, muon, schedulefree (schedule-free AdamW), adam or sgd "
+        "(with Nesterov momentum); all but schedulefree follow warmup + cosine decay",
+    )
+    opt.add_argument(
+        "--lr",
+        type=float,
+        help="peak learning rate (default: the config's, scaled per optimizer: lion x0.3, schedulefree x2, sgd x100)",
+    )
     opt.add_argument("--min-lr-ratio", type=float, help="final learning rate as a share of the peak (default 0.1)")
     opt.add_argument("--warmup-steps", type=int, help="steps of linear warmup")
     opt.add_argument("--weight-decay", type=float, help="decoupled weight decay of the matrices")
@@ -1234,39 +1468,68 @@ def build_parser():
     opt.add_argument("--no-jit", action="store_true", help="do not compile the train step with XLA")
 
     loop = parser.add_argument_group("evaluation, logging and checkpoints")
-    loop.add_argument("--run-dir", default="runs/main",
-                      help="run directory: config, tokenizer, checkpoints, logs (default: runs/main)")
+    loop.add_argument(
+        "--run-dir",
+        default="runs/main",
+        help="run directory: config, tokenizer, checkpoints, logs (default: runs/main)",
+    )
     loop.add_argument("--overwrite", action="store_true", help="delete the run directory first and start again")
     loop.add_argument("--eval-every", type=int, help="evaluate on the validation split every N steps")
     loop.add_argument("--eval-batch-size", type=int, help="validation sequences per forward pass")
-    loop.add_argument("--eval-batches", type=int,
-                      help="validation batches of each evaluation but the last, which uses the whole validation "
-                           "split (0: all, the default; nanogpt-cpu: 4, as many tokens as nanoGPT's estimate)")
+    loop.add_argument(
+        "--eval-batches",
+        type=int,
+        help="validation batches of each evaluation but the last, which uses the whole validation "
+        "split (0: all, the default; nanogpt-cpu: 4, as many tokens as nanoGPT's estimate)",
+    )
     loop.add_argument("--log-every", type=int, help="update the progress bar and TensorBoard every N steps")
     loop.add_argument("--save-every-steps", type=int, help="checkpoint every N steps")
     loop.add_argument("--save-every-minutes", type=float, help="also checkpoint every M minutes")
     loop.add_argument("--keep-last", type=int, help="checkpoints kept in ckpt/ (the best is kept in best/)")
-    loop.add_argument("--time-budget", type=float, metavar="MINUTES",
-                      help="stop after this many minutes of training, with a checkpoint and an evaluation, even "
-                           "before --steps (rerun to continue); 0: no limit (default: the config's, 4.25 for main)")
+    loop.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="MINUTES",
+        help="stop after this many minutes of training, with a checkpoint and an evaluation, even "
+        "before --steps (rerun to continue); 0: no limit (default: the config's, 4.25 for main)",
+    )
     loop.add_argument("--sample-prompt", default="The ", help="prompt of the samples (default: 'The ')")
-    loop.add_argument("--sample-tokens", type=int, default=200,
-                      help="tokens of the sample printed at the end (default 200); the samples logged to "
-                           "TensorBoard at each evaluation have at most 100, within the context (0: no samples)")
+    loop.add_argument(
+        "--sample-tokens",
+        type=int,
+        default=200,
+        help="tokens of the sample printed at the end (default 200); the samples logged to "
+        "TensorBoard at each evaluation have at most 100, within the context (0: no samples)",
+    )
     loop.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
 
     tune = parser.add_argument_group("fine-tuning and scale-out")
-    tune.add_argument("--init-from", metavar="RUN_DIR",
-                      help="start from the best weights of another run (same model and tokenizer), e.g. to "
-                           "continue on another --corpus")
-    tune.add_argument("--freeze", nargs="+", metavar="ITEM",
-                      help="keep parts fixed: 'embeddings' and/or N (the first N transformer blocks or "
-                           "RNN/LSTM layers), e.g. --freeze embeddings 2")
-    tune.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default",
-                      help="tf.distribute strategy: one device (default), MirroredStrategy over the GPUs of one "
-                           "machine (or --cpu-replicas CPUs), MultiWorkerMirroredStrategy over machines (TF_CONFIG)")
-    tune.add_argument("--cpu-replicas", type=int, default=0,
-                      help="split the CPU into N logical devices (to try --strategy mirrored without GPUs)")
+    tune.add_argument(
+        "--init-from",
+        metavar="RUN_DIR",
+        help="start from the best weights of another run (same model and tokenizer), e.g. to "
+        "continue on another --corpus",
+    )
+    tune.add_argument(
+        "--freeze",
+        nargs="+",
+        metavar="ITEM",
+        help="keep parts fixed: 'embeddings' and/or N (the first N transformer blocks or "
+        "RNN/LSTM layers), e.g. --freeze embeddings 2",
+    )
+    tune.add_argument(
+        "--strategy",
+        choices=("default", "mirrored", "multiworker"),
+        default="default",
+        help="tf.distribute strategy: one device (default), MirroredStrategy over the GPUs of one "
+        "machine (or --cpu-replicas CPUs), MultiWorkerMirroredStrategy over machines (TF_CONFIG)",
+    )
+    tune.add_argument(
+        "--cpu-replicas",
+        type=int,
+        default=0,
+        help="split the CPU into N logical devices (to try --strategy mirrored without GPUs)",
+    )
     return parser
 
 

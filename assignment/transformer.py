@@ -9,11 +9,14 @@ Build it bottom up: `causal_mask` -> `scaled_dot_product_attention` -> `MultiHea
 -> `TransformerLanguageModel`. The bonus parts plug into that skeleton: `apply_rope` (RoPE), `expand_kv_heads`
 (GQA/MQA), `RMSNorm` and `swiglu`, and `update_kv_cache` with `cached_attention_mask` (the KV cache).
 """
+
 import keras
 import numpy as np
 import tensorflow as tf
 
-from assignment.transformer_config import TransformerConfig  # also `from assignment.transformer import TransformerConfig`
+from assignment.transformer_config import (
+    TransformerConfig,  # also `from assignment.transformer import TransformerConfig`
+)
 
 
 def linear(x, w, b=None, transpose_w=False):
@@ -255,8 +258,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.use_rope = use_rope
         self.rope_base = rope_base
         if self.num_kv_heads < 1 or num_heads % self.num_kv_heads:
-            raise ValueError(f"`num_kv_heads` must divide `num_heads`; got num_kv_heads={num_kv_heads}, "
-                             f"num_heads={num_heads}")
+            raise ValueError(
+                f"`num_kv_heads` must divide `num_heads`; got num_kv_heads={num_kv_heads}, num_heads={num_heads}"
+            )
         self.num_groups = num_heads // self.num_kv_heads  # g
 
     def build(self, input_shape):
@@ -342,8 +346,14 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         return self.attend_heads(q, keys, values, mask), (keys, values)
 
     def get_config(self):
-        return {**super().get_config(), "num_heads": self.num_heads, "num_kv_heads": self.num_kv_heads,
-                "use_bias": self.use_bias, "use_rope": self.use_rope, "rope_base": self.rope_base}
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "use_bias": self.use_bias,
+            "use_rope": self.use_rope,
+            "rope_base": self.rope_base,
+        }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -410,8 +420,9 @@ def make_norm(config, name=None):
     if config.norm == "rmsnorm":
         return RMSNorm(epsilon=config.norm_epsilon, name=name)
     parametric = config.norm == "layernorm"
-    return keras.layers.LayerNormalization(epsilon=config.norm_epsilon, scale=parametric,
-                                           center=parametric and config.bias != "none", name=name)
+    return keras.layers.LayerNormalization(
+        epsilon=config.norm_epsilon, scale=parametric, center=parametric and config.bias != "none", name=name
+    )
 
 
 class FeedForward(keras.layers.Layer):
@@ -461,8 +472,12 @@ class FeedForward(keras.layers.Layer):
         return linear(h, self.w_out, self.b_out if self.use_bias else None)  # (B, T, D)
 
     def get_config(self):
-        return {**super().get_config(), "hidden_dim": self.hidden_dim, "activation": self.activation,
-                "use_bias": self.use_bias}
+        return {
+            **super().get_config(),
+            "hidden_dim": self.hidden_dim,
+            "activation": self.activation,
+            "use_bias": self.use_bias,
+        }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -501,9 +516,14 @@ class DecoderBlock(keras.layers.Layer):
         c = self.config
         self.norm1 = make_norm(c, name="norm1")
         self.norm1.build(input_shape)
-        self.attention = MultiHeadSelfAttention(c.num_heads, c.kv_heads, use_bias=c.bias == "all",
-                                                use_rope=c.positions == "rope", rope_base=c.rope_base,
-                                                name="attention")
+        self.attention = MultiHeadSelfAttention(
+            c.num_heads,
+            c.kv_heads,
+            use_bias=c.bias == "all",
+            use_rope=c.positions == "rope",
+            rope_base=c.rope_base,
+            name="attention",
+        )
         self.attention.build(input_shape)
         self.norm2 = None
         if c.block == "sequential":
@@ -606,20 +626,29 @@ class TransformerLanguageModel(keras.Model):
         self.config = config
         self.build((None, None))  # every weight exists from the start (checkpoints can restore into it)
         layer_spec = tf.TensorSpec((None, config.kv_heads, config.context_length, config.head_size))
-        cache_spec = {"keys": (layer_spec,) * config.num_layers, "values": (layer_spec,) * config.num_layers,
-                      "index": tf.TensorSpec((), tf.int32)}
-        self._decode_fn = tf.function(self._decode, jit_compile=self.jit_decode, autograph=False,
-                                      input_signature=[tf.TensorSpec((None, 1), tf.int32), cache_spec])
+        cache_spec = {
+            "keys": (layer_spec,) * config.num_layers,
+            "values": (layer_spec,) * config.num_layers,
+            "index": tf.TensorSpec((), tf.int32),
+        }
+        self._decode_fn = tf.function(
+            self._decode,
+            jit_compile=self.jit_decode,
+            autograph=False,
+            input_signature=[tf.TensorSpec((None, 1), tf.int32), cache_spec],
+        )
         self._decode_concrete = None
 
     def build(self, input_shape):
         c = self.config
-        self.token_embedding = self.add_weight(name="token_embedding", shape=(c.vocab_size, c.d_model),
-                                               initializer=_normal())
+        self.token_embedding = self.add_weight(
+            name="token_embedding", shape=(c.vocab_size, c.d_model), initializer=_normal()
+        )
         self.position_embedding = None
         if c.positions == "learned":
-            self.position_embedding = self.add_weight(name="position_embedding", shape=(c.context_length, c.d_model),
-                                                      initializer=_normal())
+            self.position_embedding = self.add_weight(
+                name="position_embedding", shape=(c.context_length, c.d_model), initializer=_normal()
+            )
         self._sinusoids = sinusoidal_table(c.context_length, c.d_model) if c.positions == "sinusoidal" else None
         self.embedding_dropout = keras.layers.Dropout(c.dropout)
         self.blocks = [DecoderBlock(c, name=f"block_{i}") for i in range(c.num_layers)]
@@ -640,8 +669,10 @@ class TransformerLanguageModel(keras.Model):
 
     def _check_length(self, length):
         if length is not None and length > self.config.context_length:
-            raise ValueError(f"sequence of length {length} is longer than the model's context_length="
-                             f"{self.config.context_length}; crop it to its last {self.config.context_length} tokens")
+            raise ValueError(
+                f"sequence of length {length} is longer than the model's context_length="
+                f"{self.config.context_length}; crop it to its last {self.config.context_length} tokens"
+            )
 
     def call(self, tokens, training=False, cache=None):
         tokens = tf.convert_to_tensor(tokens)
@@ -683,8 +714,11 @@ class TransformerLanguageModel(keras.Model):
         # END SOLUTION
         if cache is None:
             return logits
-        return logits, {"keys": tuple(k for k, _ in updated), "values": tuple(v for _, v in updated),
-                        "index": start + length}
+        return logits, {
+            "keys": tuple(k for k, _ in updated),
+            "values": tuple(v for _, v in updated),
+            "index": start + length,
+        }
 
     # -- KV cache: the generation protocol ------------------------------------------------------------------------
 
@@ -707,8 +741,10 @@ class TransformerLanguageModel(keras.Model):
         tokens = tf.cast(tokens, tf.int32)
         length = tokens.shape[1] if tokens.shape.rank == 2 else 0  # None when unknown while tracing
         if tokens.shape.rank != 2 or (length is not None and not 1 <= length <= self.config.context_length):
-            raise ValueError(f"prefill needs tokens of shape (B, T) with 1 <= T <= context_length="
-                             f"{self.config.context_length}; got shape {tuple(tokens.shape)}")
+            raise ValueError(
+                f"prefill needs tokens of shape (B, T) with 1 <= T <= context_length="
+                f"{self.config.context_length}; got shape {tuple(tokens.shape)}"
+            )
         # One pass, run as it comes (eagerly, or inside the caller's tf.function): compiling it would cost more than
         # it saves for a single prompt.
         return self(tokens, training=False, cache=self.init_cache(tf.shape(tokens)[0]))
@@ -725,12 +761,17 @@ class TransformerLanguageModel(keras.Model):
         if not tf.executing_eagerly():  # inside the caller's tf.function: trace the step into it
             return self._decode(next_ids, cache)
         if int(cache["index"]) >= self.config.context_length:
-            raise ValueError(f"the KV cache is full: it holds context_length={self.config.context_length} "
-                             f"positions; re-read the last tokens with prefill instead")
+            raise ValueError(
+                f"the KV cache is full: it holds context_length={self.config.context_length} "
+                f"positions; re-read the last tokens with prefill instead"
+            )
         if self._decode_concrete is None:  # calling the concrete function skips tf.function's dispatch (~0.3 ms)
             self._decode_concrete = self._decode_fn.get_concrete_function()
-        cache = {"keys": tuple(cache["keys"]), "values": tuple(cache["values"]),
-                 "index": tf.convert_to_tensor(cache["index"], tf.int32)}  # exactly the traced structure
+        cache = {
+            "keys": tuple(cache["keys"]),
+            "values": tuple(cache["values"]),
+            "index": tf.convert_to_tensor(cache["index"], tf.int32),
+        }  # exactly the traced structure
         return self._decode_concrete(next_ids, cache)
 
     def get_config(self):

@@ -3,6 +3,7 @@
 Import it from `assignment.transformer` (``from assignment.transformer import TransformerConfig``); it lives in its
 own file only to keep `transformer.py` about the model.
 """
+
 import dataclasses
 import json
 
@@ -16,18 +17,66 @@ ACTIVATIONS = ("gelu", "swiglu")
 # plus GPT-2. Attention: "full" = num_kv_heads == num_heads, "mqa" = one key/value head, "gqa" = half as many
 # key/value heads as query heads (rounded down to a divisor of num_heads), so every preset scales to any width.
 PRESETS = {
-    "gpt2": dict(norm="layernorm", positions="learned", attention="full", bias="all", block="sequential",
-                 activation="gelu", mlp_ratio=4.0, tie_embeddings=True),
-    "olmo": dict(norm="nonparametric", positions="rope", attention="full", bias="none", block="sequential",
-                 activation="swiglu", mlp_ratio=8 / 3, tie_embeddings=False),
-    "llama2": dict(norm="rmsnorm", positions="rope", attention="gqa", bias="none", block="sequential",
-                   activation="swiglu", mlp_ratio=8 / 3, tie_embeddings=False),
-    "openlm": dict(norm="layernorm", positions="rope", attention="full", bias="norm_only", block="sequential",
-                   activation="swiglu", mlp_ratio=8 / 3, tie_embeddings=False),
-    "falcon": dict(norm="layernorm", positions="rope", attention="mqa", bias="norm_only", block="parallel",
-                   activation="gelu", mlp_ratio=4.0, tie_embeddings=False),
-    "palm": dict(norm="layernorm", positions="rope", attention="mqa", bias="none", block="parallel",
-                 activation="swiglu", mlp_ratio=4.0, tie_embeddings=True),
+    "gpt2": dict(
+        norm="layernorm",
+        positions="learned",
+        attention="full",
+        bias="all",
+        block="sequential",
+        activation="gelu",
+        mlp_ratio=4.0,
+        tie_embeddings=True,
+    ),
+    "olmo": dict(
+        norm="nonparametric",
+        positions="rope",
+        attention="full",
+        bias="none",
+        block="sequential",
+        activation="swiglu",
+        mlp_ratio=8 / 3,
+        tie_embeddings=False,
+    ),
+    "llama2": dict(
+        norm="rmsnorm",
+        positions="rope",
+        attention="gqa",
+        bias="none",
+        block="sequential",
+        activation="swiglu",
+        mlp_ratio=8 / 3,
+        tie_embeddings=False,
+    ),
+    "openlm": dict(
+        norm="layernorm",
+        positions="rope",
+        attention="full",
+        bias="norm_only",
+        block="sequential",
+        activation="swiglu",
+        mlp_ratio=8 / 3,
+        tie_embeddings=False,
+    ),
+    "falcon": dict(
+        norm="layernorm",
+        positions="rope",
+        attention="mqa",
+        bias="norm_only",
+        block="parallel",
+        activation="gelu",
+        mlp_ratio=4.0,
+        tie_embeddings=False,
+    ),
+    "palm": dict(
+        norm="layernorm",
+        positions="rope",
+        attention="mqa",
+        bias="none",
+        block="parallel",
+        activation="swiglu",
+        mlp_ratio=4.0,
+        tie_embeddings=True,
+    ),
 }
 
 
@@ -98,22 +147,22 @@ class TransformerConfig:
     ```
     """
 
-    vocab_size: int = 65            # tiny Shakespeare's characters; set it from your tokenizer
-    context_length: int = 64        # nanoGPT's CPU run; attention costs grow with its square
-    d_model: int = 128              # nanoGPT's CPU run: small enough to train on a laptop CPU
-    num_heads: int = 4              # head size 128 / 4 = 32, as in nanoGPT's CPU run
-    num_layers: int = 4             # nanoGPT's CPU run
+    vocab_size: int = 65  # tiny Shakespeare's characters; set it from your tokenizer
+    context_length: int = 64  # nanoGPT's CPU run; attention costs grow with its square
+    d_model: int = 128  # nanoGPT's CPU run: small enough to train on a laptop CPU
+    num_heads: int = 4  # head size 128 / 4 = 32, as in nanoGPT's CPU run
+    num_layers: int = 4  # nanoGPT's CPU run
     num_kv_heads: int | None = None  # None = num_heads: full multi-head attention, as in GPT-2
-    norm: str = "layernorm"         # GPT-2's norm; RMSNorm and non-parametric are the table's alternatives
-    positions: str = "learned"      # GPT-2's; every 7B model in the table uses "rope"
-    bias: str = "all"               # GPT-2 has biases everywhere; the 7B models drop some or all
-    block: str = "sequential"       # GPT-2's; Falcon and PaLM run attention and MLP in parallel
-    activation: str = "gelu"        # GPT-2's; most of the table uses SwiGLU
-    mlp_ratio: float = 4.0          # GPT-2's 4x; SwiGLU models use ~8/3 to keep the parameter count
-    tie_embeddings: bool = True     # GPT-2 (and nanoGPT) share the input and output embeddings
-    dropout: float = 0.0            # nanoGPT's CPU run: a tiny model overfits slowly enough without it
-    rope_base: float = 10000.0      # RoFormer's and LLaMA's base
-    norm_epsilon: float = 1e-5      # GPT-2's and LLaMA's LayerNorm/RMSNorm epsilon
+    norm: str = "layernorm"  # GPT-2's norm; RMSNorm and non-parametric are the table's alternatives
+    positions: str = "learned"  # GPT-2's; every 7B model in the table uses "rope"
+    bias: str = "all"  # GPT-2 has biases everywhere; the 7B models drop some or all
+    block: str = "sequential"  # GPT-2's; Falcon and PaLM run attention and MLP in parallel
+    activation: str = "gelu"  # GPT-2's; most of the table uses SwiGLU
+    mlp_ratio: float = 4.0  # GPT-2's 4x; SwiGLU models use ~8/3 to keep the parameter count
+    tie_embeddings: bool = True  # GPT-2 (and nanoGPT) share the input and output embeddings
+    dropout: float = 0.0  # nanoGPT's CPU run: a tiny model overfits slowly enough without it
+    rope_base: float = 10000.0  # RoFormer's and LLaMA's base
+    norm_epsilon: float = 1e-5  # GPT-2's and LLaMA's LayerNorm/RMSNorm epsilon
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "d_model", "num_heads", "num_layers"):
@@ -121,23 +170,29 @@ class TransformerConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer; got {name}={value!r}")
         if self.d_model % self.num_heads:
-            raise ValueError(f"`num_heads` must divide `d_model`; got num_heads={self.num_heads}, "
-                             f"d_model={self.d_model} (valid num_heads: "
-                             f"{[h for h in range(1, self.d_model + 1) if self.d_model % h == 0]})")
+            raise ValueError(
+                f"`num_heads` must divide `d_model`; got num_heads={self.num_heads}, "
+                f"d_model={self.d_model} (valid num_heads: "
+                f"{[h for h in range(1, self.d_model + 1) if self.d_model % h == 0]})"
+            )
         kv = self.num_kv_heads
         if kv is not None and (isinstance(kv, bool) or not isinstance(kv, int) or kv < 1 or self.num_heads % kv):
-            raise ValueError(f"`num_kv_heads` must divide `num_heads` (or be None for full attention); got "
-                             f"num_kv_heads={kv!r}, num_heads={self.num_heads} (valid: None or "
-                             f"{[d for d in range(1, self.num_heads + 1) if self.num_heads % d == 0]})")
+            raise ValueError(
+                f"`num_kv_heads` must divide `num_heads` (or be None for full attention); got "
+                f"num_kv_heads={kv!r}, num_heads={self.num_heads} (valid: None or "
+                f"{[d for d in range(1, self.num_heads + 1) if self.num_heads % d == 0]})"
+            )
         _check_option("norm", self.norm, NORMS)
         _check_option("positions", self.positions, POSITIONS)
         _check_option("bias", self.bias, BIASES)
         _check_option("block", self.block, BLOCKS)
         _check_option("activation", self.activation, ACTIVATIONS)
         if self.positions == "rope" and self.head_size % 2:
-            raise ValueError(f"RoPE rotates pairs of dimensions, so the head size d_model // num_heads must be "
-                             f"even; got d_model={self.d_model}, num_heads={self.num_heads} "
-                             f"(head size {self.head_size})")
+            raise ValueError(
+                f"RoPE rotates pairs of dimensions, so the head size d_model // num_heads must be "
+                f"even; got d_model={self.d_model}, num_heads={self.num_heads} "
+                f"(head size {self.head_size})"
+            )
         if not self.mlp_ratio > 0:
             raise ValueError(f"`mlp_ratio` must be positive; got mlp_ratio={self.mlp_ratio!r}")
         if not 0.0 <= self.dropout < 1.0:

@@ -7,6 +7,7 @@ so that a load spike on the machine costs both alike, and the median step time o
     .venv/bin/python bench/bench_lstm.py                        # defaults: B=32 T=64 V=96 E=64 H=256
     .venv/bin/python bench/bench_lstm.py --hidden-dim 512 --batch-size 64
 """
+
 import argparse
 import os
 import sys
@@ -65,10 +66,12 @@ def main():
     args = parser.parse_args()
 
     keras.utils.set_random_seed(0)
-    sizes = dict(vocab_size=args.vocab_size, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
-                 num_layers=args.num_layers)
-    tokens = tf.constant(np.random.default_rng(0).integers(0, args.vocab_size, (args.batch_size, args.seq_len + 1)),
-                         tf.int32)
+    sizes = dict(
+        vocab_size=args.vocab_size, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim, num_layers=args.num_layers
+    )
+    tokens = tf.constant(
+        np.random.default_rng(0).integers(0, args.vocab_size, (args.batch_size, args.seq_len + 1)), tf.int32
+    )
     models = {
         "ours: LSTMLanguageModel": LSTMLanguageModel(**sizes),
         "keras.layers.LSTM": keras_lstm_model(**sizes),
@@ -89,9 +92,11 @@ def main():
             times[name].append(time.perf_counter() - start)
 
     tokens_per_step = args.batch_size * args.seq_len
-    print(f"\nB={args.batch_size} T={args.seq_len} V={args.vocab_size} E={args.embed_dim} H={args.hidden_dim} "
-          f"layers={args.num_layers} jit={args.jit}; TF {tf.__version__}, Keras {keras.__version__}, "
-          f"{os.cpu_count()} CPUs; median of {args.steps} steps after {args.warmup} warm-up steps")
+    print(
+        f"\nB={args.batch_size} T={args.seq_len} V={args.vocab_size} E={args.embed_dim} H={args.hidden_dim} "
+        f"layers={args.num_layers} jit={args.jit}; TF {tf.__version__}, Keras {keras.__version__}, "
+        f"{os.cpu_count()} CPUs; median of {args.steps} steps after {args.warmup} warm-up steps"
+    )
     print(f"{'model':24s} {'ms/step':>9s} {'tokens/s':>10s}")
     medians = {name: float(np.median(t)) for name, t in times.items()}
     for name, median in medians.items():

@@ -20,6 +20,7 @@ Prints figures; nothing passes or fails. Run from the repository root:
 The machine is shared: other processes steal cores and make single runs noisy, which is why each figure is a
 median over rounds; the load average is printed next to the figures.
 """
+
 import argparse
 import os
 import sys
@@ -39,13 +40,15 @@ BATCH = 12
 
 
 def _load():
-    return "load average %.2f" % os.getloadavg()[0]
+    return f"load average {os.getloadavg()[0]:.2f}"
 
 
 def _spread(values):
     values = np.asarray(values)
-    return (f"median {np.median(values):8,.0f}   min {values.min():8,.0f}   max {values.max():8,.0f}   "
-            f"IQR {np.percentile(values, 25):,.0f}-{np.percentile(values, 75):,.0f}")
+    return (
+        f"median {np.median(values):8,.0f}   min {values.min():8,.0f}   max {values.max():8,.0f}   "
+        f"IQR {np.percentile(values, 25):,.0f}-{np.percentile(values, 75):,.0f}"
+    )
 
 
 def train_step_fn(model, optimizer, jit_compile):
@@ -66,8 +69,12 @@ def train_step_fn(model, optimizer, jit_compile):
 def bench_train(rounds, steps):
     config = TransformerConfig.preset("gpt2", **NANOGPT_CPU)
     rng = np.random.default_rng(0)
-    batches = [tuple(tf.constant(rng.integers(0, config.vocab_size, (BATCH, config.context_length)), tf.int32)
-                     for _ in range(2)) for _ in range(8)]
+    batches = [
+        tuple(
+            tf.constant(rng.integers(0, config.vocab_size, (BATCH, config.context_length)), tf.int32) for _ in range(2)
+        )
+        for _ in range(8)
+    ]
     tokens_per_step = BATCH * config.context_length
     print(f"(a) training: nanoGPT CPU config {NANOGPT_CPU}, batch {BATCH}, AdamW; {tokens_per_step} tokens per step")
     variants = {}
@@ -94,11 +101,13 @@ def bench_train(rounds, steps):
             rates[name].append(steps * tokens_per_step / (time.perf_counter() - start))
             cpu_ms[name].append((time.process_time() - cpu) / steps * 1000)
     print(f"    {rounds} rounds of {steps} steps, {_load()} ({os.cpu_count()} CPUs)")
-    for name, (step, first) in variants.items():
+    for name, (_step, first) in variants.items():
         wall_ms = 1000 * tokens_per_step / np.median(rates[name])
         print(f"    {name:24s} tokens/s {_spread(rates[name])}")
-        print(f"    {'':24s} CPU time {np.median(cpu_ms[name]):.1f} ms per step over {wall_ms:.1f} ms of wall time "
-              f"(cores used: {np.median(cpu_ms[name]) / wall_ms:.2f}); first step, with compilation: {first:.1f} s")
+        print(
+            f"    {'':24s} CPU time {np.median(cpu_ms[name]):.1f} ms per step over {wall_ms:.1f} ms of wall time "
+            f"(cores used: {np.median(cpu_ms[name]) / wall_ms:.2f}); first step, with compilation: {first:.1f} s"
+        )
     return {name: float(np.median(r)) for name, r in rates.items()}
 
 
@@ -132,8 +141,10 @@ def bench_generate(rounds, new_tokens, prompt_length=8, context_length=512):
             times.append(time.perf_counter() - start)
         return times
 
-    print(f"\n(b) generation: {new_tokens} new tokens after a {prompt_length}-token prompt, batch 1, "
-          f"context_length {context_length}, same model size")
+    print(
+        f"\n(b) generation: {new_tokens} new tokens after a {prompt_length}-token prompt, batch 1, "
+        f"context_length {context_length}, same model size"
+    )
     runs = {"KV cache (decode_step, XLA)": with_cache, "full recomputation": recompute}
     for run in runs.values():  # compile and warm up
         run()
@@ -149,10 +160,13 @@ def bench_generate(rounds, new_tokens, prompt_length=8, context_length=512):
     positions = (10, 100, 250)
     for name in runs:
         step_ms = np.median(np.asarray(per_token[name]), axis=0) * 1000  # (new_tokens,) ms of each step
-        at = {p: float(np.median(step_ms[p - prompt_length - 2:p - prompt_length + 3])) for p in positions}
+        at = {p: float(np.median(step_ms[p - prompt_length - 2 : p - prompt_length + 3])) for p in positions}
         print(f"    {name:28s} tokens/s {_spread(totals[name])}")
-        print(f"    {'':28s} ms per token at position " + ", ".join(f"{p}: {at[p]:.2f}" for p in positions)
-              + f"  (250 / 10 = {at[250] / at[10]:.2f}x)")
+        print(
+            f"    {'':28s} ms per token at position "
+            + ", ".join(f"{p}: {at[p]:.2f}" for p in positions)
+            + f"  (250 / 10 = {at[250] / at[10]:.2f}x)"
+        )
     names = list(runs)
     speedup = np.median(totals[names[0]]) / np.median(totals[names[1]])
     print(f"    the KV cache generates {speedup:.1f}x faster than full recomputation")

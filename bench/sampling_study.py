@@ -14,6 +14,7 @@ then measures on the generated words (the decoded text split on whitespace):
 and writes a figure of the kept-set size per step: top-p adapts it to the model's confidence, a fixed k does not.
 A benchmark prints figures; nothing passes or fails.
 """
+
 import argparse
 import os
 import sys
@@ -43,13 +44,13 @@ def step_logits(model, ids, start, chunk=256):
     `generate` reads the context: the whole prefix, or its last `context_length` tokens."""
     length = context_length(model)
     if length is None or ids.shape[1] - 1 <= length:
-        return model(tf.constant(ids[:, :-1]))[:, start - 1:, :].numpy()  # (B, N, V)
+        return model(tf.constant(ids[:, :-1]))[:, start - 1 :, :].numpy()  # (B, N, V)
     parts = []
     if start <= length:  # tokens start .. length: one causal pass over the first `length` tokens
-        parts.append(model(tf.constant(ids[:, :length]))[:, start - 1:, :].numpy())
+        parts.append(model(tf.constant(ids[:, :length]))[:, start - 1 :, :].numpy())
     later = range(max(start, length + 1), ids.shape[1])  # token t: the window ids[:, t - length:t]
-    windows = np.stack([ids[:, t - length:t] for t in later], axis=1).reshape(-1, length)  # (B * N', L)
-    last = [model(tf.constant(windows[i:i + chunk]))[:, -1, :].numpy() for i in range(0, len(windows), chunk)]
+    windows = np.stack([ids[:, t - length : t] for t in later], axis=1).reshape(-1, length)  # (B * N', L)
+    last = [model(tf.constant(windows[i : i + chunk]))[:, -1, :].numpy() for i in range(0, len(windows), chunk)]
     parts.append(np.concatenate(last).reshape(ids.shape[0], len(later), -1))  # (B, N', V)
     return np.concatenate(parts, axis=1)  # (B, N, V)
 
@@ -71,10 +72,10 @@ def word_metrics(texts, corpus_words):
     """Returns distinct-1, distinct-2, rep-3 and the unseen-word share of the generated texts."""
     samples = [text.split() for text in texts]
     words = [w for sample in samples for w in sample]
-    pairs = [tuple(s[i:i + 2]) for s in samples for i in range(len(s) - 1)]
+    pairs = [tuple(s[i : i + 2]) for s in samples for i in range(len(s) - 1)]
     reps = []
     for s in samples:
-        trigrams = [tuple(s[i:i + 3]) for i in range(len(s) - 2)]
+        trigrams = [tuple(s[i : i + 3]) for i in range(len(s) - 2)]
         seen, repeated = set(), 0
         for g in trigrams:
             repeated += g in seen
@@ -119,8 +120,10 @@ def main(argv=None):
     corpus_words = set(load_corpus(config.get("corpus", "pyref")).split())
     prompt = np.asarray(tokenizer.encode(args.prompt), dtype=np.int32)
     prompts = np.tile(prompt[None, :], (args.samples, 1))  # (B, T)
-    print(f"run {args.run_dir} ({config.get('model')}, checkpoint {checkpoint}), vocab {tokenizer.vocab_size}, "
-          f"{args.samples} samples x {args.tokens} tokens, prompt {args.prompt!r}, seed {args.seed}\n")
+    print(
+        f"run {args.run_dir} ({config.get('model')}, checkpoint {checkpoint}), vocab {tokenizer.vocab_size}, "
+        f"{args.samples} samples x {args.tokens} tokens, prompt {args.prompt!r}, seed {args.seed}\n"
+    )
 
     t = args.temperature
     settings = [dict(greedy=True), dict(temperature=t)]
@@ -133,7 +136,7 @@ def main(argv=None):
         ids = sampling.generate(model, prompts, args.tokens, seed=args.seed, **setting)  # (B, T + N)
         seconds = time.perf_counter() - start
         logits = step_logits(model, ids, prompts.shape[1])  # (B, N, V)
-        new = ids[:, prompts.shape[1]:]  # (B, N)
+        new = ids[:, prompts.shape[1] :]  # (B, N)
         log_probs = tf.nn.log_softmax(logits, axis=-1).numpy()
         nll = -float(np.mean(np.take_along_axis(log_probs, new[..., None], axis=-1)))
         kept = kept_sizes(logits, setting)  # (B, N)
@@ -144,8 +147,10 @@ def main(argv=None):
     print("| setting | distinct-1 | distinct-2 | rep-3 | unseen words | nll/token | kept per step | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, m, nll, kept, seconds, _ in rows:
-        print(f"| {name} | {m['distinct-1']:.3f} | {m['distinct-2']:.3f} | {m['rep-3']:.3f} | {m['unseen']:.3f} "
-              f"| {nll:.3f} | {kept:.1f} | {seconds:.1f} |")
+        print(
+            f"| {name} | {m['distinct-1']:.3f} | {m['distinct-2']:.3f} | {m['rep-3']:.3f} | {m['unseen']:.3f} "
+            f"| {nll:.3f} | {kept:.1f} | {seconds:.1f} |"
+        )
     print("\nkept-set size per step (share of steps keeping 1 token; 10th / 50th / 90th percentile; max):")
     for name, kept in kept_by_setting.items():
         if "top-p" in name:

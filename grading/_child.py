@@ -8,6 +8,7 @@ starts it as `python child.py --root WORKDIR --events FILE [...] -- PYTEST_ARGS`
 - bounds the import of each test module (and so of the student's module) with an alarm;
 - writes one JSON line per event, flushed at once, so the parent knows what ran even if this process dies.
 """
+
 import argparse
 import json
 import os
@@ -136,7 +137,10 @@ class GradingPlugin:
         if not reports:
             outcome, messages = "failed", ["the test produced no report"]
         self.events.emit(
-            "result", id=nodeid, outcome=outcome, duration=duration,
+            "result",
+            id=nodeid,
+            outcome=outcome,
+            duration=duration,
             message=_truncate("\n".join(messages), MAX_MESSAGE),
         )
 
@@ -193,7 +197,8 @@ def _isolate(root):
         kept.append(entry)
     sys.path[:] = [root] + kept
     sys.meta_path[:] = [
-        finder for finder in sys.meta_path
+        finder
+        for finder in sys.meta_path
         if "editable" not in (getattr(finder, "__module__", "") or "").lower()
         and "editable" not in getattr(finder, "__name__", type(finder).__name__).lower()
     ]

@@ -6,6 +6,7 @@ At the root of the zip, as Gradescope wants: `setup.sh` (installs Python and the
 the tests (visible and hidden, with their conftest and helpers) and the package scaffolding with every solution
 region stubbed, never the reference.
 """
+
 import shutil
 import sys
 from importlib import metadata
@@ -35,8 +36,16 @@ def requirements():
     return RECEIPT.format(tensorflow=version("tensorflow", "2.21.0"), keras=version("keras", "3.15.1"))
 
 
-def build_autograder(root=".", out="dist/autograder", *, zip_path=None, manifest=None, check_import=True,
-                     python=sys.executable, log=print):
+def build_autograder(
+    root=".",
+    out="dist/autograder",
+    *,
+    zip_path=None,
+    manifest=None,
+    check_import=True,
+    python=sys.executable,
+    log=print,
+):
     """Builds the bundle into `out` (and `zip_path`); returns the manifest used. Raises release.BuildError."""
     from grading import grade
 

@@ -1,4 +1,5 @@
 """The course's parts and the grader's limits: the one place to change labels, expected points or timeouts."""
+
 from dataclasses import dataclass
 
 

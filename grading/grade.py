@@ -10,6 +10,7 @@ in. The tests run in a child process (see runner.py); results.json follows Grade
   extra credit without raising the assignment's total of 100 (their name says "bonus" and how many points);
 - `score` is the sum of the tests' scores, bonus included; `output` is the score table of the visible tests.
 """
+
 import json
 import os
 import shutil
@@ -84,9 +85,18 @@ def build_manifest(root, *, parts=None, settings=None, hidden=True, python=sys.e
         found = {m: root / "assignment" / f"{m}.py" for m in set(file_modules.values())}
         assemble(work, root, files, found, settings["timeout"])
         spec = runner.RunSpec(
-            root=work, files=files, tests=[], file_modules=file_modules, timeout=settings["timeout"],
-            collect_timeout=max(settings["collect_timeout"], 120), total_timeout=600,
-            preimport=tuple(settings["preimport"]), python=python, collect_only=True, drop_privileges=False, log=log,
+            root=work,
+            files=files,
+            tests=[],
+            file_modules=file_modules,
+            timeout=settings["timeout"],
+            collect_timeout=max(settings["collect_timeout"], 120),
+            total_timeout=600,
+            preimport=tuple(settings["preimport"]),
+            python=python,
+            collect_only=True,
+            drop_privileges=False,
+            log=log,
         )
         run = runner.run(spec)
     finally:
@@ -100,20 +110,25 @@ def build_manifest(root, *, parts=None, settings=None, hidden=True, python=sys.e
         if item["points"] is None:
             problems.append(f"{item['id']} has no @pytest.mark.points(n): every graded test needs one")
             continue
-        tests.append({
-            "id": item["id"], "file": f, "name": item["name"], "module": file_modules[f],
-            "points": float(item["points"]), "bonus": bool(item["bonus"]),
-            "hidden": f.startswith("tests/hidden/"),
-            "timeout": float(item["timeout"]) if item["timeout"] is not None else settings["timeout"],
-        })
+        tests.append(
+            {
+                "id": item["id"],
+                "file": f,
+                "name": item["name"],
+                "module": file_modules[f],
+                "points": float(item["points"]),
+                "bonus": bool(item["bonus"]),
+                "hidden": f.startswith("tests/hidden/"),
+                "timeout": float(item["timeout"]) if item["timeout"] is not None else settings["timeout"],
+            }
+        )
     used = {t["module"] for t in tests} | set(file_modules.values())
     known = {p.module for p in parts}
     part_list = [
         {"module": p.module, "label": p.label, "title": p.title, "points": p.points, "bonus": p.bonus}
-        for p in parts if p.module in used
-    ] + [
-        {"module": m, "label": m, "title": m, "points": None, "bonus": 0} for m in sorted(used - known)
-    ]
+        for p in parts
+        if p.module in used
+    ] + [{"module": m, "label": m, "title": m, "points": None, "bonus": 0} for m in sorted(used - known)]
     order = {p["module"]: i for i, p in enumerate(part_list)}
     file_order = {f: i for i, f in enumerate(files)}
     tests.sort(key=lambda t: (order[t["module"]], t["hidden"], t["bonus"], file_order[t["file"]]))
@@ -185,7 +200,8 @@ def locate_submission(submission, modules, scratch=None, known=()):
                 notes.append(f"took {m}.py from {_rel(d / f'{m}.py', submission)}, not beside the other files")
                 break
     helpers = sorted(
-        p for p in primary.glob("*.py")
+        p
+        for p in primary.glob("*.py")
         if p.stem not in modules and p.stem not in known and p.stem not in NEVER_TAKEN and p.stem.isidentifier()
     )
     return found, notes, helpers
@@ -194,7 +210,7 @@ def locate_submission(submission, modules, scratch=None, known=()):
 def _python_files(submission, limit=20):
     """The names of the .py files of a submission (outside virtualenvs and caches), to say what was found."""
     names = set()
-    for dirpath, dirnames, filenames in os.walk(submission):
+    for _dirpath, dirnames, filenames in os.walk(submission):
         dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".")]
         names |= {f for f in filenames if f.endswith(".py")}
     return sorted(names)[:limit]
@@ -277,18 +293,28 @@ def build_results(manifest, outcomes, *, notes=(), wall=0.0, extra=None):
             output = f"passed in {outcome.duration:.1f} s"
         else:
             output = runner._truncate(outcome.message.strip() or outcome.outcome, MESSAGE_LIMIT)
-        entries.append({
-            "name": _name(test, part),
-            "number": f"{part['label']}.{counters[part['module']]}",
-            "score": test["points"] if passed else 0.0,
-            "max_score": 0.0 if test["bonus"] else test["points"],
-            "status": "passed" if passed else "failed",
-            "output": output,
-            "visibility": "after_published" if test["hidden"] else "visible",
-            "tags": [part["module"]] + (["hidden"] if test["hidden"] else []) + (["bonus"] if test["bonus"] else []),
-            "extra_data": {"nodeid": test["id"], "outcome": outcome.outcome, "points": test["points"],
-                           "bonus": test["bonus"], "hidden": test["hidden"], "duration": round(outcome.duration, 3)},
-        })
+        entries.append(
+            {
+                "name": _name(test, part),
+                "number": f"{part['label']}.{counters[part['module']]}",
+                "score": test["points"] if passed else 0.0,
+                "max_score": 0.0 if test["bonus"] else test["points"],
+                "status": "passed" if passed else "failed",
+                "output": output,
+                "visibility": "after_published" if test["hidden"] else "visible",
+                "tags": [part["module"]]
+                + (["hidden"] if test["hidden"] else [])
+                + (["bonus"] if test["bonus"] else []),
+                "extra_data": {
+                    "nodeid": test["id"],
+                    "outcome": outcome.outcome,
+                    "points": test["points"],
+                    "bonus": test["bonus"],
+                    "hidden": test["hidden"],
+                    "duration": round(outcome.duration, 3),
+                },
+            }
+        )
     score = sum(e["score"] for e in entries)
     table = score_table(entries, show_hidden=False)
     output = table + ("\n\n" + "\n".join(notes) if notes else "")
@@ -335,9 +361,22 @@ def score_table(entries, show_hidden=True):
 # Grading.
 
 
-def grade(submission, out=None, *, bundle=None, manifest=None, only=None, visible_only=False, cpu=None,
-          maxfail=None, total_timeout=None, drop_privileges=True, keep_workdir=False, python=sys.executable,
-          log=print):
+def grade(
+    submission,
+    out=None,
+    *,
+    bundle=None,
+    manifest=None,
+    only=None,
+    visible_only=False,
+    cpu=None,
+    maxfail=None,
+    total_timeout=None,
+    drop_privileges=True,
+    keep_workdir=False,
+    python=sys.executable,
+    log=print,
+):
     """Grades one submission and returns (results, run): results.json's content (also written to `out`) and the
     RunResult with timings and memory."""
     started = time.monotonic()
@@ -378,9 +417,11 @@ def grade(submission, out=None, *, bundle=None, manifest=None, only=None, visibl
         outcomes = {}
         for m in missing:
             seen = _python_files(submission)
-            message = (f"assignment/{m}.py is missing from your submission, so none of the tests of part "
-                       f"{parts[m]['label']} ({m}) could run. Submit your assignment/*.py files"
-                       + (f" (found only: {', '.join(seen)})." if seen else " (no .py file was found at all)."))
+            message = (
+                f"assignment/{m}.py is missing from your submission, so none of the tests of part "
+                f"{parts[m]['label']} ({m}) could run. Submit your assignment/*.py files"
+                + (f" (found only: {', '.join(seen)})." if seen else " (no .py file was found at all).")
+            )
             notes.append(f"missing: assignment/{m}.py")
             for t in tests:
                 if t["module"] == m:
@@ -388,23 +429,43 @@ def grade(submission, out=None, *, bundle=None, manifest=None, only=None, visibl
         to_run = [t["id"] for t in tests if t["id"] not in outcomes]
         total = total_timeout if total_timeout is not None else settings["total_timeout"]
         spec = runner.RunSpec(
-            root=work, files=[f for f in files if file_modules[f] not in missing], tests=to_run,
-            file_modules=file_modules, timeouts={t["id"]: t["timeout"] for t in tests}, timeout=settings["timeout"],
-            collect_timeout=settings["collect_timeout"], total_timeout=total, grace=settings.get("grace", runner.GRACE),
-            preimport=tuple(settings["preimport"]), python=python, cpu=cpu, drop_privileges=drop_privileges,
-            maxfail=maxfail, log=log,
+            root=work,
+            files=[f for f in files if file_modules[f] not in missing],
+            tests=to_run,
+            file_modules=file_modules,
+            timeouts={t["id"]: t["timeout"] for t in tests},
+            timeout=settings["timeout"],
+            collect_timeout=settings["collect_timeout"],
+            total_timeout=total,
+            grace=settings.get("grace", runner.GRACE),
+            preimport=tuple(settings["preimport"]),
+            python=python,
+            cpu=cpu,
+            drop_privileges=drop_privileges,
+            maxfail=maxfail,
+            log=log,
         )
         run = runner.run(spec) if to_run else runner.RunResult()
         outcomes.update(run.outcomes)
         for f, message in sorted(run.collect_errors.items()):
             m = file_modules.get(f)
             if m and not any(n.startswith(f"could not import assignment/{m}.py") for n in notes):
-                notes.append(f"could not import assignment/{m}.py: {runner.summary_line(message.split(':', 1)[-1])[:300]}")
+                notes.append(
+                    f"could not import assignment/{m}.py: {runner.summary_line(message.split(':', 1)[-1])[:300]}"
+                )
         notes += run.notes
         wall = time.monotonic() - started
-        extra = {"wall_s": round(wall, 2), "peak_rss_mb": round(run.peak_rss_mb, 1),
-                 "peak_anon_mb": round(run.peak_anon_mb, 1), "user": run.user, "modules": modules,
-                 "core_score": 0.0, "core_max": 0.0, "bonus_score": 0.0, "bonus_max": 0.0}
+        extra = {
+            "wall_s": round(wall, 2),
+            "peak_rss_mb": round(run.peak_rss_mb, 1),
+            "peak_anon_mb": round(run.peak_anon_mb, 1),
+            "user": run.user,
+            "modules": modules,
+            "core_score": 0.0,
+            "core_max": 0.0,
+            "bonus_score": 0.0,
+            "bonus_max": 0.0,
+        }
         results = build_results(manifest, outcomes, notes=notes, wall=wall, extra=extra)
         for e in results["tests"]:
             key = "bonus" if e["extra_data"]["bonus"] else "core"
@@ -447,9 +508,11 @@ def print_report(results, out=None, show_hidden=True, log=print):
                 log(f"  ... and {count - FAILURES_SHOWN} more in {part}")
     data = results["extra_data"]
     log("")
-    log(f"score: {_fmt(data['core_score'])} / {_fmt(data['core_max'])}"
+    log(
+        f"score: {_fmt(data['core_score'])} / {_fmt(data['core_max'])}"
         + (f"  (+ bonus {_fmt(data['bonus_score'])} / {_fmt(data['bonus_max'])})" if data["bonus_max"] else "")
-        + f"   time {data['wall_s']:.0f} s, peak memory {data['peak_rss_mb']:.0f} MB")
+        + f"   time {data['wall_s']:.0f} s, peak memory {data['peak_rss_mb']:.0f} MB"
+    )
     notes = results["output"].split("\n\n", 1)[1] if "\n\n" in results["output"] else ""
     for line in notes.splitlines():
         log(f"note: {line}")
@@ -460,9 +523,17 @@ def print_report(results, out=None, show_hidden=True, log=print):
 def main(args):
     """The `grade` subcommand."""
     results, run = grade(
-        args.submission, args.out, bundle=args.bundle, manifest=args.manifest, only=args.only or None,
-        visible_only=args.visible_only, cpu=args.cpu, maxfail=args.maxfail, total_timeout=args.total_timeout,
-        drop_privileges=not args.no_drop_privileges, keep_workdir=args.keep_workdir,
+        args.submission,
+        args.out,
+        bundle=args.bundle,
+        manifest=args.manifest,
+        only=args.only or None,
+        visible_only=args.visible_only,
+        cpu=args.cpu,
+        maxfail=args.maxfail,
+        total_timeout=args.total_timeout,
+        drop_privileges=not args.no_drop_privileges,
+        keep_workdir=args.keep_workdir,
         log=(lambda line: None) if args.quiet else print,
     )
     if not args.quiet:

@@ -9,6 +9,7 @@ docstring, the TODO comment right above the region, code after it) and puts in i
 Anything else (unbalanced or nested markers, a marker at module or class level, a malformed or trailing marker, a
 region that cuts a statement in two) is refused with a `MarkerError` naming `file:line`.
 """
+
 import ast
 import io
 import json
@@ -98,9 +99,7 @@ def _pairs(source, path):
             if open_at is None:
                 raise MarkerError(path, row, f"{END!r} without a matching {BEGIN!r} above it")
             if col != open_at[1]:
-                raise MarkerError(
-                    path, row, f"{END!r} is indented differently from its {BEGIN!r} at line {open_at[0]}"
-                )
+                raise MarkerError(path, row, f"{END!r} is indented differently from its {BEGIN!r} at line {open_at[0]}")
             yield open_at[0], row, col
             open_at = None
     if open_at is not None:
@@ -187,7 +186,7 @@ def stub_source(source, path="<source>"):
     lines = source.splitlines(keepends=True)
     for region in reversed(regions):
         begin_line = lines[region.begin - 1]
-        newline = begin_line[len(begin_line.rstrip("\r\n")):] or "\n"
+        newline = begin_line[len(begin_line.rstrip("\r\n")) :] or "\n"
         lines[region.begin - 1 : region.end] = [region.stub_line(newline)]
     stubbed = "".join(lines)
     try:

@@ -7,6 +7,7 @@ catalogue, the builder, the verifier, the reference. The build refuses to finish
 module does not parse or import, or anything leaks (a marker, a line found only inside solution regions, a hidden
 test's name).
 """
+
 import ast
 import json
 import os
@@ -101,7 +102,9 @@ def _dependencies(root):
     match = re.search(r"^dependencies\s*=\s*\[(.*?)^\]", text, re.S | re.M)
     if not match:
         return ['"tensorflow>=2.16,<3"', '"numpy"', '"tqdm"']
-    return [line.split("#")[0].strip().rstrip(",") for line in match.group(1).splitlines() if line.split("#")[0].strip()]
+    return [
+        line.split("#")[0].strip().rstrip(",") for line in match.group(1).splitlines() if line.split("#")[0].strip()
+    ]
 
 
 def _part_rows(manifest):
@@ -114,8 +117,10 @@ def _part_rows(manifest):
         total = f"{part['points']}" if part.get("points") else f"{visible:g}"
         if part.get("bonus"):
             total += f" + {part['bonus']} bonus"
-        rows.append(f"| {part['label']} | `assignment/{part['module']}.py` | {part['title']} | {total} | "
-                    f"{visible:g}{f' + {bonus:g} bonus' if bonus else ''} | {', '.join(f'`{f}`' for f in files)} |")
+        rows.append(
+            f"| {part['label']} | `assignment/{part['module']}.py` | {part['title']} | {total} | "
+            f"{visible:g}{f' + {bonus:g} bonus' if bonus else ''} | {', '.join(f'`{f}`' for f in files)} |"
+        )
     return "\n".join(rows)
 
 
@@ -169,10 +174,7 @@ def solution_only_lines(root, regions, shipped_tests=()):
         outside |= {r.stub_line().strip() for r in found}
     for rel in shipped_tests:  # a test may legitimately spell a line the same way as the solution
         outside |= {line.strip() for line in (root / rel).read_text(encoding="utf-8").splitlines()}
-    return {
-        line for line in inside - outside
-        if len(line) >= MIN_LEAK_LENGTH and any(c.isalnum() for c in line)
-    }
+    return {line for line in inside - outside if len(line) >= MIN_LEAK_LENGTH and any(c.isalnum() for c in line)}
 
 
 def _text_lines(path):
@@ -261,15 +263,24 @@ def import_check(dest, python=sys.executable, timeout=300):
     """Imports every module of dest/assignment in a fresh interpreter; returns {module: error} for failures."""
     dest = Path(dest).resolve()
     names = sorted(
-        ".".join(p.relative_to(dest).with_suffix("").parts[:-1] if p.name == "__init__.py" else
-                 p.relative_to(dest).with_suffix("").parts)
+        ".".join(
+            p.relative_to(dest).with_suffix("").parts[:-1]
+            if p.name == "__init__.py"
+            else p.relative_to(dest).with_suffix("").parts
+        )
         for p in (dest / "assignment").rglob("*.py")
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        proc = subprocess.run([python, "-I", "-B", "-c", IMPORT_CHECK, str(dest), *names], capture_output=True, text=True,
-                              timeout=timeout, cwd=dest, env=env)
+        proc = subprocess.run(
+            [python, "-I", "-B", "-c", IMPORT_CHECK, str(dest), *names],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=dest,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         return {"assignment": f"importing the stub modules took longer than {timeout} s"}
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -309,8 +320,9 @@ def _fresh(out):
     return out
 
 
-def build_student(root=".", out="dist/student", *, zip_path=None, manifest=None, check_import=True,
-                  python=sys.executable, log=print):
+def build_student(
+    root=".", out="dist/student", *, zip_path=None, manifest=None, check_import=True, python=sys.executable, log=print
+):
     """Builds the student release into `out` (and `zip_path`); returns a Build or raises BuildError."""
     from grading import grade
 
@@ -322,13 +334,18 @@ def build_student(root=".", out="dist/student", *, zip_path=None, manifest=None,
     for path, found in build.regions.items():
         for region in found:
             if region.first_todo is None:
-                build.warnings.append(f"{path}:{region.begin}: {region.qualname} has no `# TODO:` line above its region")
+                build.warnings.append(
+                    f"{path}:{region.begin}: {region.qualname} has no `# TODO:` line above its region"
+                )
     if manifest is None:
         manifest, manifest_problems = grade.build_manifest(root, hidden=False, python=python, log=log)
         problems += manifest_problems
     else:
-        manifest = dict(manifest, tests=[t for t in manifest["tests"] if not t["hidden"]],
-                        files={f: m for f, m in manifest["files"].items() if not f.startswith("tests/hidden/")})
+        manifest = dict(
+            manifest,
+            tests=[t for t in manifest["tests"] if not t["hidden"]],
+            files={f: m for f, m in manifest["files"].items() if not f.startswith("tests/hidden/")},
+        )
     shipped_tests = []
     for rel in project_files(root):
         parts = Path(rel).parts
@@ -356,15 +373,22 @@ def build_student(root=".", out="dist/student", *, zip_path=None, manifest=None,
         shutil.copy(src, target)
     write_runtime(out, manifest)
     deps = _dependencies(root)
-    (out / "README.md").write_text(render(
-        "student/README.md", PARTS=_part_rows(manifest), TODOS=_todo_list(manifest, build.regions),
-        TIMEOUT=f"{manifest['settings']['timeout']:g}",
-    ))
+    (out / "README.md").write_text(
+        render(
+            "student/README.md",
+            PARTS=_part_rows(manifest),
+            TODOS=_todo_list(manifest, build.regions),
+            TIMEOUT=f"{manifest['settings']['timeout']:g}",
+        )
+    )
     (out / "Makefile").write_text(render("student/Makefile"))
-    (out / "pyproject.toml").write_text(render(
-        "student/pyproject.toml", DEPENDENCIES="\n".join(f"    {d}," for d in deps),
-        TIMEOUT=f"{manifest['settings']['timeout']:g}",
-    ))
+    (out / "pyproject.toml").write_text(
+        render(
+            "student/pyproject.toml",
+            DEPENDENCIES="\n".join(f"    {d}," for d in deps),
+            TIMEOUT=f"{manifest['settings']['timeout']:g}",
+        )
+    )
     (out / ".gitignore").write_text(render("student/gitignore"))
     problems += check_parses(out)
     solution = solution_only_lines(root, build.regions, shipped_tests)

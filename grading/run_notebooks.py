@@ -13,6 +13,7 @@ NotImplementedError into "Not implemented yet: ..." (and a cell left without its
 On the reference solution every function is implemented, so such a message means the notebook hid a real
 failure, and it fails the run; on a release they are expected, and counted.
 """
+
 import argparse
 import os
 import re
@@ -103,9 +104,13 @@ def run_all(paths=None, root=ROOT, timeout=300, executed_dir=None, out=sys.stdou
         if any(executed_dir == path.parent for path in paths):
             raise ValueError("--executed-dir must not be the notebooks' own folder: they are stored without outputs")
     reference = is_reference(root)
-    print(f"running {len(paths)} notebooks against {root / 'assignment'} "
-          f"({'reference solution' if reference else 'release: TODO messages expected'}), "
-          f"timeout {timeout} s per cell", file=out, flush=True)
+    print(
+        f"running {len(paths)} notebooks against {root / 'assignment'} "
+        f"({'reference solution' if reference else 'release: TODO messages expected'}), "
+        f"timeout {timeout} s per cell",
+        file=out,
+        flush=True,
+    )
     failed, total = 0, time.perf_counter()
     for path in paths:
         name = path.relative_to(root) if path.is_relative_to(root) else path
@@ -123,8 +128,12 @@ def run_all(paths=None, root=ROOT, timeout=300, executed_dir=None, out=sys.stdou
         messages = todo_messages(nb)
         if reference and messages:
             failed += 1
-            print(f"FAIL {name} in {seconds:.1f} s: on the reference solution the todo helper caught an error, "
-                  f"so the notebook hides a real failure:\n  " + "\n  ".join(messages), file=out, flush=True)
+            print(
+                f"FAIL {name} in {seconds:.1f} s: on the reference solution the todo helper caught an error, "
+                f"so the notebook hides a real failure:\n  " + "\n  ".join(messages),
+                file=out,
+                flush=True,
+            )
             continue
         note = f" ({len(messages)} TODO messages)" if messages else ""
         print(f"ok   {name} in {seconds:.1f} s{note}", file=out, flush=True)
@@ -135,8 +144,9 @@ def run_all(paths=None, root=ROOT, timeout=300, executed_dir=None, out=sys.stdou
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", help="notebooks to run (default: every ROOT/notebooks/*.ipynb)")
-    parser.add_argument("--root", default=str(ROOT),
-                        help="the folder holding assignment/ and notebooks/ (default: this repository)")
+    parser.add_argument(
+        "--root", default=str(ROOT), help="the folder holding assignment/ and notebooks/ (default: this repository)"
+    )
     parser.add_argument("--timeout", type=int, default=300, help="seconds a single cell may run (default 300)")
     parser.add_argument("--executed-dir", help="also write the executed notebooks, with outputs, to this folder")
     args = parser.parse_args(argv)

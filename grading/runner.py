@@ -7,6 +7,7 @@ The child (`_child.py`) reports each event on a JSON line. This side watches tho
 - past the whole-run deadline, every test that has not run is marked failed and said so.
 Every test asked for comes back with an outcome; nothing is silently missing.
 """
+
 import json
 import os
 import pwd
@@ -90,7 +91,7 @@ def clean_traceback(message, root):
     message = message.replace(str(root) + "/", "")
     lines = message.splitlines()
     keep_head = [line for line in lines[:1] if line.startswith("(the same error")]
-    body = lines[len(keep_head):]
+    body = lines[len(keep_head) :]
     first = next((i for i, line in enumerate(body) if line.startswith(("tests/", "assignment/"))), None)
     if first:
         body = body[first:]
@@ -122,8 +123,10 @@ def headline(output):
 def _collect_message(spec, test_file, message):
     module = spec.file_modules.get(test_file)
     what = f"assignment/{module}.py" if module else "the module it grades"
-    return (f"The tests in {test_file} could not be loaded: importing {what} failed, or a name these tests use is "
-            f"missing from it. None of them could run. The error:\n\n{clean_traceback(message, spec.root)}")
+    return (
+        f"The tests in {test_file} could not be loaded: importing {what} failed, or a name these tests use is "
+        f"missing from it. None of them could run. The error:\n\n{clean_traceback(message, spec.root)}"
+    )
 
 
 def write_pytest_ini(root, timeout):
@@ -162,8 +165,14 @@ def _probe_users(python, root, log):
             continue
         try:
             probe = subprocess.run(
-                [python, "-c", "import pytest"], cwd=root, user=entry.pw_uid, group=entry.pw_gid, extra_groups=[],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120,
+                [python, "-c", "import pytest"],
+                cwd=root,
+                user=entry.pw_uid,
+                group=entry.pw_gid,
+                extra_groups=[],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=120,
             )
         except (OSError, subprocess.SubprocessError) as exc:
             probe = None
@@ -179,7 +188,7 @@ def _probe_users(python, root, log):
 
 
 def _chown_tree(root, uid, gid):
-    for path, dirs, files in os.walk(root):
+    for path, _dirs, files in os.walk(root):
         os.chown(path, uid, gid)
         for name in files:
             os.chown(os.path.join(path, name), uid, gid)
@@ -212,17 +221,40 @@ class _Attempt:
         files = [f for f in spec.files if any(t.split("::")[0] == f for t in tests)] if tests else list(spec.files)
         self.stdout_path = grader_dir / f"output-{attempt}.txt"
         cmd = [
-            spec.python, str(grader_dir / "child.py"), "--root", str(spec.root), "--events", str(self.events_path),
-            "--file-modules", str(grader_dir / "file_modules.json"), "--collect-timeout", str(spec.collect_timeout),
-            "--preimport", ",".join(spec.preimport),
+            spec.python,
+            str(grader_dir / "child.py"),
+            "--root",
+            str(spec.root),
+            "--events",
+            str(self.events_path),
+            "--file-modules",
+            str(grader_dir / "file_modules.json"),
+            "--collect-timeout",
+            str(spec.collect_timeout),
+            "--preimport",
+            ",".join(spec.preimport),
         ]
         if spec.collect_only:
             cmd.append("--collect-only")
         else:
             cmd += ["--select", str(select)]
-        cmd += ["--", "-c", str(spec.root / "pytest.ini"), "--rootdir", str(spec.root), "-p", "no:cacheprovider",
-                "-p", "pytest_timeout", "-q", "--tb=short", "--color=no", "-W", "ignore::DeprecationWarning",
-                "--continue-on-collection-errors"]
+        cmd += [
+            "--",
+            "-c",
+            str(spec.root / "pytest.ini"),
+            "--rootdir",
+            str(spec.root),
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "pytest_timeout",
+            "-q",
+            "--tb=short",
+            "--color=no",
+            "-W",
+            "ignore::DeprecationWarning",
+            "--continue-on-collection-errors",
+        ]
         if spec.maxfail:
             cmd.append(f"--maxfail={spec.maxfail}")
         cmd += files
@@ -231,8 +263,13 @@ class _Attempt:
         home, tmp = spec.root / ".home", spec.root / ".tmp"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYTEST"))}
         env.update(
-            HOME=str(home), TMPDIR=str(tmp), PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1",
-            PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONHASHSEED="0", MPLBACKEND="Agg",
+            HOME=str(home),
+            TMPDIR=str(tmp),
+            PYTHONDONTWRITEBYTECODE="1",
+            PYTHONNOUSERSITE="1",
+            PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
+            PYTHONHASHSEED="0",
+            MPLBACKEND="Agg",
             TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
         )
         if user is not None:
@@ -247,8 +284,15 @@ class _Attempt:
             kwargs = dict(user=user[0], group=user[1], extra_groups=[])
         self.out = open(self.stdout_path, "wb")
         self.proc = subprocess.Popen(
-            cmd, cwd=spec.root, env=env, stdin=subprocess.DEVNULL, stdout=self.out, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=limits, **kwargs,
+            cmd,
+            cwd=spec.root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=limits,
+            **kwargs,
         )
         self.offset = 0
         self.buffer = b""
@@ -325,8 +369,10 @@ def run(spec):
         if now >= deadline:
             for t in todo:
                 result.outcomes[t] = TestOutcome(
-                    "not_run", f"not run: the whole test run reached its time limit of {spec.total_timeout:g} s "
-                    "before this test started (the tests before it took too long)")
+                    "not_run",
+                    f"not run: the whole test run reached its time limit of {spec.total_timeout:g} s "
+                    "before this test started (the tests before it took too long)",
+                )
             break
         attempt += 1
         if attempt > MAX_RESTARTS:
@@ -353,8 +399,10 @@ def run(spec):
                 if outcome == "failed" and "Timeout (>" in message and "pytest-timeout" in message:
                     outcome = "timeout"
                     limit = spec.timeouts.get(ev["id"], spec.timeout)
-                    message = (f"This test ran longer than its time limit of {limit:g} s and was stopped: an "
-                               f"infinite loop, or an implementation far slower than needed?\n\n{message}")
+                    message = (
+                        f"This test ran longer than its time limit of {limit:g} s and was stopped: an "
+                        f"infinite loop, or an implementation far slower than needed?\n\n{message}"
+                    )
                 result.outcomes[ev["id"]] = TestOutcome(outcome, message, ev.get("duration", 0.0))
                 watch.update(state=None, since=time.monotonic(), progress=watch["progress"] + 1)
             elif kind == "items":
@@ -394,7 +442,12 @@ def run(spec):
                     handle(ev)
                 break
             time.sleep(0.1)
-        state, finished, exitstatus, progress = watch["state"], watch["finished"], watch["exitstatus"], watch["progress"]
+        state, finished, exitstatus, progress = (
+            watch["state"],
+            watch["finished"],
+            watch["exitstatus"],
+            watch["progress"],
+        )
         child.proc.wait()
         child.out.close()
         tail = child.tail()
@@ -403,8 +456,10 @@ def run(spec):
         if finished and killed_reason is None and state is not None and state[0] == "test":
             # The session ended in the middle of a test: the test stopped it (KeyboardInterrupt, pytest.exit).
             result.outcomes[state[1]] = TestOutcome(
-                "crashed", "This test stopped the whole test session (KeyboardInterrupt or pytest.exit?), so "
-                "it fails; the tests after it were run again in a new session." + _last_output(tail))
+                "crashed",
+                "This test stopped the whole test session (KeyboardInterrupt or pytest.exit?), so "
+                "it fails; the tests after it were run again in a new session." + _last_output(tail),
+            )
             continue
         if finished and killed_reason is None:
             # A normal end: whatever was not reported could not be collected, or was stopped by --maxfail.
@@ -418,7 +473,8 @@ def run(spec):
                     result.outcomes[t] = TestOutcome("not_run", "not run: the run stopped at the first failure")
                 elif exitstatus in (2, 3, 4):
                     result.outcomes[t] = TestOutcome(
-                        "not_run", f"not run: pytest stopped with exit status {exitstatus}:\n{_truncate(tail, 3000)}")
+                        "not_run", f"not run: pytest stopped with exit status {exitstatus}:\n{_truncate(tail, 3000)}"
+                    )
                 else:
                     result.outcomes[t] = TestOutcome("not_run", "not run: pytest did not collect this test")
             break
@@ -426,13 +482,25 @@ def run(spec):
         if killed_reason == "deadline":
             if state is not None and state[0] == "test":
                 result.outcomes[state[1]] = TestOutcome(
-                    "timeout", f"stopped: the whole test run reached its time limit of {spec.total_timeout:g} s "
-                    "while this test was running")
+                    "timeout",
+                    f"stopped: the whole test run reached its time limit of {spec.total_timeout:g} s "
+                    "while this test was running",
+                )
             continue  # the loop marks the rest as not run
-        how = (f"did not finish within its time limit of {limit:g} s and did not respond to interruption, so its "
-               "process was stopped" if killed_reason else f"crashed the test process ({_signal_name(code)}"
-               + (": it wrote more than the file size limit, too much output?" if code == -signal.SIGXFSZ else
-                  ": out of memory?" if code == -signal.SIGKILL else "") + ")")
+        how = (
+            f"did not finish within its time limit of {limit:g} s and did not respond to interruption, so its "
+            "process was stopped"
+            if killed_reason
+            else f"crashed the test process ({_signal_name(code)}"
+            + (
+                ": it wrote more than the file size limit, too much output?"
+                if code == -signal.SIGXFSZ
+                else ": out of memory?"
+                if code == -signal.SIGKILL
+                else ""
+            )
+            + ")"
+        )
         if state is not None and state[0] == "test":
             outcome = "timeout" if killed_reason else "crashed"
             result.outcomes[state[1]] = TestOutcome(outcome, f"This test {how}." + _last_output(tail))
@@ -459,7 +527,8 @@ def run(spec):
                 for t in todo:
                     if t not in result.outcomes:
                         result.outcomes[t] = TestOutcome(
-                            "not_run", f"not run: the test process {how} before running this test." + _last_output(tail))
+                            "not_run", f"not run: the test process {how} before running this test." + _last_output(tail)
+                        )
                 break
         if spec.collect_only:
             break

@@ -10,6 +10,7 @@
 - the points of each part add up to grading/config.py (CONVENTIONS.md), and the release builds without a leak.
 Runs go in parallel, one per CPU, each pinned to its CPU; a bug run stops at its first failing test.
 """
+
 import json
 import os
 import shutil
@@ -97,18 +98,25 @@ def load_bugs(root, modules=None, names=None):
 def apply_bug(root, bug, dest):
     """Copies the reference package to `dest` and applies the bug there (never to the working tree)."""
     dest = Path(dest)
-    shutil.copytree(Path(root) / "assignment", dest / "assignment",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        Path(root) / "assignment", dest / "assignment", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     text = bug.path.read_text(encoding="utf-8", errors="replace")
-    touched = [line.split()[1] for line in text.splitlines() if line.startswith(("--- ", "+++ ")) and len(line.split()) > 1]
+    touched = [
+        line.split()[1] for line in text.splitlines() if line.startswith(("--- ", "+++ ")) and len(line.split()) > 1
+    ]
     outside = [t for t in touched if t != "/dev/null" and not t.split("/", 1)[-1].startswith("assignment/")]
     if outside:
         return f"the patch changes files outside assignment/: {', '.join(sorted(set(outside)))}"
     if not bug.description:
         return "the patch has no description (the lines before `---` say what the bug is)"
     for args in (["--dry-run"], []):
-        proc = subprocess.run(["patch", "-p1", "--batch", "--forward", "--silent", *args, "-i", str(bug.path)],
-                              cwd=dest, capture_output=True, text=True)
+        proc = subprocess.run(
+            ["patch", "-p1", "--batch", "--forward", "--silent", *args, "-i", str(bug.path)],
+            cwd=dest,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             return f"the patch does not apply cleanly: {(proc.stdout + proc.stderr).strip()[:500]}"
     return ""
@@ -116,8 +124,20 @@ def apply_bug(root, bug, dest):
 
 def _run_reference(root, manifest_path, only, cpu, out):
     """The timed run: a separate `python -m grading grade` process, so its peak memory is its own."""
-    cmd = [sys.executable, "-m", "grading", "grade", str(root), "--bundle", str(root), "--manifest",
-           str(manifest_path), "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "grading",
+        "grade",
+        str(root),
+        "--bundle",
+        str(root),
+        "--manifest",
+        str(manifest_path),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
     for m in only or ():
@@ -172,8 +192,20 @@ def _failing(results, want):
     return out
 
 
-def verify(root=".", *, only=None, bugs_only=False, no_bugs=False, bug_names=None, jobs=None, bugs_full=False,
-           parts=None, settings=None, min_bugs=MIN_BUGS, log=print):
+def verify(
+    root=".",
+    *,
+    only=None,
+    bugs_only=False,
+    no_bugs=False,
+    bug_names=None,
+    jobs=None,
+    bugs_full=False,
+    parts=None,
+    settings=None,
+    min_bugs=MIN_BUGS,
+    log=print,
+):
     """Runs every check and prints the tables; returns the Report."""
     started = time.monotonic()
     root = Path(root).resolve()
@@ -216,8 +248,16 @@ def verify(root=".", *, only=None, bugs_only=False, no_bugs=False, bug_names=Non
                     sub = tmp / f"alone-{m}"
                     shutil.copytree(stubs / "assignment", sub / "assignment")
                     shutil.copy(root / "assignment" / f"{m}.py", sub / "assignment" / f"{m}.py")
-                    work.append(Job(f"{m} alone", "alone", module=m, submission=sub, only=[m],
-                                    cost=sum(t["timeout"] for t in tests_of[m]) / 20))
+                    work.append(
+                        Job(
+                            f"{m} alone",
+                            "alone",
+                            module=m,
+                            submission=sub,
+                            only=[m],
+                            cost=sum(t["timeout"] for t in tests_of[m]) / 20,
+                        )
+                    )
         bugs = [] if no_bugs else load_bugs(root, modules if only else None, bug_names)
         for bug in bugs:
             dest = tmp / "bugs" / bug.module / bug.name
@@ -225,19 +265,36 @@ def verify(root=".", *, only=None, bugs_only=False, no_bugs=False, bug_names=Non
             if bug.module not in tests_of:
                 bug.error = bug.error or f"no graded tests for module {bug.module}"
             if not bug.error:
-                work.append(Job(f"bug {bug.module}/{bug.name}", "bug", module=bug.module, submission=dest,
-                                only=[bug.module], maxfail=None if bugs_full else 1, bug=bug, cost=5))
+                work.append(
+                    Job(
+                        f"bug {bug.module}/{bug.name}",
+                        "bug",
+                        module=bug.module,
+                        submission=dest,
+                        only=[bug.module],
+                        maxfail=None if bugs_full else 1,
+                        bug=bug,
+                        cost=5,
+                    )
+                )
 
         log(f"running {len(work)} grading runs on {workers} CPU(s) ...")
 
         def run_one(job, cpu):
             if job.kind == "reference":
-                job.results, job.wall = _run_reference(root, manifest_path, job.only, 0 if _has_taskset() else None,
-                                                       tmp / "reference.json")
+                job.results, job.wall = _run_reference(
+                    root, manifest_path, job.only, 0 if _has_taskset() else None, tmp / "reference.json"
+                )
             else:
                 job.results, _ = grade.grade(
-                    job.submission, None, bundle=root, manifest=manifest, only=job.only, maxfail=job.maxfail,
-                    cpu=cpu if _has_taskset() else None, log=lambda line: None,
+                    job.submission,
+                    None,
+                    bundle=root,
+                    manifest=manifest,
+                    only=job.only,
+                    maxfail=job.maxfail,
+                    cpu=cpu if _has_taskset() else None,
+                    log=lambda line: None,
                 )
 
         _pool(work, workers, run_one, log)
@@ -258,12 +315,21 @@ def verify(root=".", *, only=None, bugs_only=False, no_bugs=False, bug_names=Non
                 _timing(job, report, log)
             elif job.kind == "stub":
                 bad = _failing(job.results, "failed")
-                unrun = [e["extra_data"]["nodeid"] for e in job.results["tests"]
-                         if e["extra_data"]["outcome"] in ("not_run", "crashed", "timeout")]
-                report.add("the full stub release scores 0 on every graded test", not bad and job.results["score"] == 0,
-                           "these pass without any solution:\n" + "\n".join(bad))
-                report.add("the harness gives every test a result on the stubs", not unrun,
-                           "not run, crashed or timed out:\n" + "\n".join(unrun))
+                unrun = [
+                    e["extra_data"]["nodeid"]
+                    for e in job.results["tests"]
+                    if e["extra_data"]["outcome"] in ("not_run", "crashed", "timeout")
+                ]
+                report.add(
+                    "the full stub release scores 0 on every graded test",
+                    not bad and job.results["score"] == 0,
+                    "these pass without any solution:\n" + "\n".join(bad),
+                )
+                report.add(
+                    "the harness gives every test a result on the stubs",
+                    not unrun,
+                    "not run, crashed or timed out:\n" + "\n".join(unrun),
+                )
                 for m in modules:
                     mine = [e for e in job.results["tests"] if e["tags"][0] == m]
                     part_rows[m]["stubbed"] = f"{sum(e['status'] == 'failed' for e in mine)}/{len(mine)} fail"
@@ -275,19 +341,24 @@ def verify(root=".", *, only=None, bugs_only=False, no_bugs=False, bug_names=Non
             elif job.kind == "bug":
                 bug = job.bug
                 bug.seconds = job.seconds
-                failed = [e for e in job.results["tests"] if e["status"] == "failed"
-                          and e["extra_data"]["outcome"] != "not_run"]
+                failed = [
+                    e
+                    for e in job.results["tests"]
+                    if e["status"] == "failed" and e["extra_data"]["outcome"] != "not_run"
+                ]
                 bug.failed = len(failed)
                 bug.ran = sum(e["extra_data"]["outcome"] != "not_run" for e in job.results["tests"])
                 if failed:
                     bug.caught_by = failed[0]["extra_data"]["nodeid"]
                     bug.visible = any(not e["extra_data"]["hidden"] for e in failed)
         for bug in bugs:
-            report.add(f"bug {bug.module}/{bug.name} is caught by a test of its part", bug.caught_by and not bug.error,
-                       bug.error or ("no test of its part fails" if not bug.caught_by else ""))
+            report.add(
+                f"bug {bug.module}/{bug.name} is caught by a test of its part",
+                bug.caught_by and not bug.error,
+                bug.error or ("no test of its part fails" if not bug.caught_by else ""),
+            )
         if not no_bugs and not only and not bug_names:
-            report.add(f"the bug catalogue holds at least {min_bugs} bugs", len(bugs) >= min_bugs,
-                       f"{len(bugs)} bugs")
+            report.add(f"the bug catalogue holds at least {min_bugs} bugs", len(bugs) >= min_bugs, f"{len(bugs)} bugs")
         _print_tables(manifest, modules, part_rows, bugs, report, log, bugs_full)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -329,8 +400,10 @@ def _check_points(manifest, modules, report):
         core = sum(t["points"] for t in tests if not t["bonus"])
         bonus = sum(t["points"] for t in tests if t["bonus"])
         if abs(core - part["points"]) > 1e-9 or abs(bonus - part.get("bonus", 0)) > 1e-9:
-            wrong.append(f"{part['module']}: the tests give {core:g} points + {bonus:g} bonus, "
-                         f"the part is worth {part['points']} + {part.get('bonus', 0)} bonus (grading/config.py)")
+            wrong.append(
+                f"{part['module']}: the tests give {core:g} points + {bonus:g} bonus, "
+                f"the part is worth {part['points']} + {part.get('bonus', 0)} bonus (grading/config.py)"
+            )
         hidden = [t for t in tests if t["hidden"]]
         if not hidden:
             wrong.append(f"{part['module']}: no hidden tests")
@@ -346,18 +419,26 @@ def _timing(job, report, log):
         f"(the rest is file-backed shared libraries, reclaimable); Gradescope's container has "
         f"{config.GRADESCOPE_MEMORY_MB} MB"
     )
-    report.add(f"the graded suite fits {config.GRADESCOPE_CPUS} CPU and the grader's time limit",
-               data["wall_s"] < config.TOTAL_TIMEOUT, f"{data['wall_s']:.0f} s")
-    report.add(f"the graded suite's anonymous memory fits {config.GRADESCOPE_MEMORY_MB} MB",
-               0 < data["peak_anon_mb"] < config.GRADESCOPE_MEMORY_MB, f"{data['peak_anon_mb']:.0f} MB")
+    report.add(
+        f"the graded suite fits {config.GRADESCOPE_CPUS} CPU and the grader's time limit",
+        data["wall_s"] < config.TOTAL_TIMEOUT,
+        f"{data['wall_s']:.0f} s",
+    )
+    report.add(
+        f"the graded suite's anonymous memory fits {config.GRADESCOPE_MEMORY_MB} MB",
+        0 < data["peak_anon_mb"] < config.GRADESCOPE_MEMORY_MB,
+        f"{data['peak_anon_mb']:.0f} MB",
+    )
     report.timing = job.summary
 
 
 def _print_tables(manifest, modules, rows, bugs, report, log, bugs_full):
     parts = {p["module"]: p for p in manifest["parts"]}
     log("")
-    header = (f"{'Part':<5} {'Module':<12} {'Tests':>11} {'Points':>12} {'Reference':>10} {'All stubbed':>12} "
-              f"{'Alone':>7} {'Bugs':>7}")
+    header = (
+        f"{'Part':<5} {'Module':<12} {'Tests':>11} {'Points':>12} {'Reference':>10} {'All stubbed':>12} "
+        f"{'Alone':>7} {'Bugs':>7}"
+    )
     log(header)
     log("-" * len(header))
     for m in modules:
@@ -369,9 +450,11 @@ def _print_tables(manifest, modules, rows, bugs, report, log, bugs_full):
         caught = sum(bool(b.caught_by) for b in mine)
         points = f"{core:g}" + (f"+{bonus:g}b" if bonus else "")
         row = rows.get(m, {})
-        log(f"{parts[m]['label']:<5} {m:<12} {f'{vis}+{len(tests) - vis}h':>11} {points:>12} "
+        log(
+            f"{parts[m]['label']:<5} {m:<12} {f'{vis}+{len(tests) - vis}h':>11} {points:>12} "
             f"{row.get('reference', '-'):>10} {row.get('stubbed', '-'):>12} {row.get('alone', '-'):>7} "
-            f"{f'{caught}/{len(mine)}' if mine else '-':>7}")
+            f"{f'{caught}/{len(mine)}' if mine else '-':>7}"
+        )
     if bugs:
         log("")
         log(f"{'Bug':<44} {'Caught by':<70} {'Time':>6}")
@@ -383,10 +466,13 @@ def _print_tables(manifest, modules, rows, bugs, report, log, bugs_full):
                 by = "NOT CAUGHT"
             else:
                 by = b.caught_by.split("::", 1)[1] if "::" in b.caught_by else b.caught_by
-                by = f"{by[:52]} ({'visible' if b.visible else 'hidden'}{f', {b.failed}/{b.ran} fail' if bugs_full else ''})"
+                counts = f", {b.failed}/{b.ran} fail" if bugs_full else ""
+                by = f"{by[:52]} ({'visible' if b.visible else 'hidden'}{counts})"
             log(f"{b.module + '/' + b.name:<44} {by:<70} {b.seconds:>5.0f}s")
-        log(f"bug catalogue: {len(bugs)} bugs, {sum(bool(b.caught_by) for b in bugs)} caught, "
-            f"{sum(b.visible for b in bugs)} by a visible test")
+        log(
+            f"bug catalogue: {len(bugs)} bugs, {sum(bool(b.caught_by) for b in bugs)} caught, "
+            f"{sum(b.visible for b in bugs)} by a visible test"
+        )
     timing = getattr(report, "timing", None)
     if timing:
         log("")
@@ -396,7 +482,12 @@ def _print_tables(manifest, modules, rows, bugs, report, log, bugs_full):
 def main(args):
     """The `verify` subcommand."""
     report = verify(
-        args.root, only=args.only, bugs_only=args.bugs_only, no_bugs=args.no_bugs, bug_names=args.bug,
-        jobs=args.jobs, bugs_full=args.bugs_full,
+        args.root,
+        only=args.only,
+        bugs_only=args.bugs_only,
+        no_bugs=args.no_bugs,
+        bug_names=args.bug,
+        jobs=args.jobs,
+        bugs_full=args.bugs_full,
     )
     return 0 if report.ok else 1

@@ -1,4 +1,5 @@
 """Assertions whose failure messages teach: what was expected, what was received, and where."""
+
 import numpy as np
 
 

@@ -1,9 +1,9 @@
 """Shared test set-up: quiet TensorFlow, fixed seeds, every test starting from the same state."""
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
 import pytest
 
 

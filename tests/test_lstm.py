@@ -6,15 +6,16 @@ peeking at later tokens) and for the usual sanity checks of a fresh language mod
 everywhere, a tiny batch overfits). Sizes are tiny and all different (V=11, E=7, H=5, 4H=20), so a transposed
 weight or a swapped axis shows up as a shape.
 """
+
 import math
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from checks import assert_close, assert_shape
 
 from assignment import lstm
-from checks import assert_close, assert_shape
 
 V, E, H = 11, 7, 5  # vocabulary, embedding width, hidden units
 B, T = 3, 6  # batch, time
@@ -119,10 +120,17 @@ def test_fresh_cell_keeps_its_memory_through_the_forget_gate():
     h_t, c_t = cell(tf.zeros((B, E)), (tf.zeros((B, H)), c_prev))
     sigmoid = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
     c_expected = sigmoid(1.0) * c_prev.numpy()
-    assert_close(c_t, c_expected, "c_t of a fresh LSTMCell with x_t = 0 and h_prev = 0 (expected sigmoid(1) * c_prev: "
-                 "the forget gate is the 2nd quarter of z and its bias starts at 1)")
-    assert_close(h_t, 0.5 * np.tanh(c_expected), "h_t of a fresh LSTMCell with x_t = 0 and h_prev = 0 "
-                 "(expected sigmoid(0) * tanh(c_t))")
+    assert_close(
+        c_t,
+        c_expected,
+        "c_t of a fresh LSTMCell with x_t = 0 and h_prev = 0 (expected sigmoid(1) * c_prev: "
+        "the forget gate is the 2nd quarter of z and its bias starts at 1)",
+    )
+    assert_close(
+        h_t,
+        0.5 * np.tanh(c_expected),
+        "h_t of a fresh LSTMCell with x_t = 0 and h_prev = 0 (expected sigmoid(0) * tanh(c_t))",
+    )
 
 
 @pytest.mark.points(1)
@@ -173,8 +181,12 @@ def test_carrying_state_across_two_chunks_equals_one_pass():
     second, end_states = model(tokens[:, 3:], states=mid_states, return_state=True)
     assert_shape(first, (B, 3, V), "logits of the first chunk")
     assert_shape(second, (B, 5, V), "logits of the second chunk")
-    assert_close(second, logits[:, 3:], "logits of the second chunk, started from the first chunk's final state "
-                 "(reference: the same positions in one pass over both chunks)")
+    assert_close(
+        second,
+        logits[:, 3:],
+        "logits of the second chunk, started from the first chunk's final state "
+        "(reference: the same positions in one pass over both chunks)",
+    )
     assert_states_close(end_states, states, "final states after two chunks", "after one pass over both chunks")
     assert_close(first, logits[:, :3], "logits of the first chunk (reference: one pass over both chunks)")
 
@@ -187,8 +199,13 @@ def test_later_token_never_changes_earlier_logits():
     changed = tokens.copy()
     changed[:, k] = (changed[:, k] + 1) % V
     logits, logits_changed = model(tokens).numpy(), model(changed).numpy()
-    assert_close(logits_changed[:, :k], logits[:, :k], f"logits at positions < {k} after changing the token at "
-                 f"position {k} (they must not change: position t may only read tokens 0..t)", atol=1e-6)
+    assert_close(
+        logits_changed[:, :k],
+        logits[:, :k],
+        f"logits at positions < {k} after changing the token at "
+        f"position {k} (they must not change: position t may only read tokens 0..t)",
+        atol=1e-6,
+    )
     assert np.abs(logits_changed[:, k] - logits[:, k]).max() > 1e-4, (
         f"changing the token at position {k} did not change the logits at position {k}: the model ignores its input"
     )

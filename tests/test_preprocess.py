@@ -1,11 +1,12 @@
 """Part 1 (15 points with the hidden tests): tokenizers, training sequences, the split and the tf.data pipeline."""
+
 import json
 
 import numpy as np
 import pytest
+from checks import assert_shape
 
 from assignment import preprocess
-from checks import assert_shape
 
 TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer\n"
 
@@ -29,7 +30,9 @@ def test_char_tokenizer_round_trips_known_text():
 @pytest.mark.points(1)
 def test_char_vocab_has_one_id_per_character_plus_unknown():
     tok = preprocess.CharTokenizer().fit("abcab")
-    assert tok.vocab_size == 4, f"'abcab' has 3 distinct characters plus <unk>: expected vocab_size 4, got {tok.vocab_size}"
+    assert tok.vocab_size == 4, (
+        f"'abcab' has 3 distinct characters plus <unk>: expected vocab_size 4, got {tok.vocab_size}"
+    )
     ids = _ids_of(tok, "abc")
     assert len(set(ids.tolist())) == 3, f"'a', 'b', 'c' must get three different ids, got {ids.tolist()}"
     assert tok.unk_id not in ids.tolist(), "a known character must not be encoded as the unknown id"
@@ -76,7 +79,9 @@ def test_word_max_vocab_keeps_the_most_frequent_tokens():
 @pytest.mark.points(0.5)
 def test_word_min_freq_drops_rare_tokens():
     tok = preprocess.WordTokenizer(min_freq=2).fit(" a a a b b c")
-    assert tok.vocab_size == 3, f"with min_freq=2 only ' a' and ' b' (plus <unk>) remain; got vocab_size {tok.vocab_size}"
+    assert tok.vocab_size == 3, (
+        f"with min_freq=2 only ' a' and ' b' (plus <unk>) remain; got vocab_size {tok.vocab_size}"
+    )
     assert tok.encode(" c").tolist() == [tok.unk_id]
 
 
@@ -166,8 +171,14 @@ def test_make_dataset_batches_keep_pairs_together():
 @pytest.mark.points(0.5)
 def test_make_dataset_shuffle_is_seeded():
     inputs, labels = preprocess.make_sequences(np.arange(400), seq_len=3)
-    order = lambda **kw: np.concatenate([x[:, 0] for x, _ in _batches(  # noqa: E731
-        preprocess.make_dataset(inputs, labels, batch_size=16, **kw))]).tolist()
+    order = lambda **kw: np.concatenate(
+        [
+            x[:, 0]
+            for x, _ in _batches(  # noqa: E731
+                preprocess.make_dataset(inputs, labels, batch_size=16, **kw)
+            )
+        ]
+    ).tolist()
     assert order(shuffle=False) == inputs[:, 0].tolist(), "shuffle=False must keep the original order"
     assert order(shuffle=True, seed=5) == order(shuffle=True, seed=5), "the same seed must give the same order"
     assert order(shuffle=True, seed=5) != order(shuffle=True, seed=6), "different seeds must give different orders"

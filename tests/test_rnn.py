@@ -5,15 +5,16 @@ weights; the model is checked for invariants (state carried across chunks, no pe
 usual sanity checks of a fresh language model (loss about ln V, gradients everywhere, a tiny batch overfits).
 Sizes are tiny and all different (V=11, E=7, H=5), so a transposed weight or a swapped axis shows up as a shape.
 """
+
 import math
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from checks import assert_close, assert_shape
 
 from assignment import rnn
-from checks import assert_close, assert_shape
 
 V, E, H = 11, 7, 5  # vocabulary, embedding width, hidden units
 B, T = 3, 6  # batch, time
@@ -132,8 +133,12 @@ def test_carrying_state_across_two_chunks_equals_one_pass():
     second, end_states = model(tokens[:, 3:], states=mid_states, return_state=True)
     assert_shape(first, (B, 3, V), "logits of the first chunk")
     assert_shape(second, (B, 5, V), "logits of the second chunk")
-    assert_close(second, logits[:, 3:], "logits of the second chunk, started from the first chunk's final state "
-                 "(reference: the same positions in one pass over both chunks)")
+    assert_close(
+        second,
+        logits[:, 3:],
+        "logits of the second chunk, started from the first chunk's final state "
+        "(reference: the same positions in one pass over both chunks)",
+    )
     assert_close(end_states[0], states[0], "final state after two chunks (reference: after one pass)")
     assert_close(first, logits[:, :3], "logits of the first chunk (reference: one pass over both chunks)")
 
@@ -146,8 +151,13 @@ def test_later_token_never_changes_earlier_logits():
     changed = tokens.copy()
     changed[:, k] = (changed[:, k] + 1) % V
     logits, logits_changed = model(tokens).numpy(), model(changed).numpy()
-    assert_close(logits_changed[:, :k], logits[:, :k], f"logits at positions < {k} after changing the token at "
-                 f"position {k} (they must not change: position t may only read tokens 0..t)", atol=1e-6)
+    assert_close(
+        logits_changed[:, :k],
+        logits[:, :k],
+        f"logits at positions < {k} after changing the token at "
+        f"position {k} (they must not change: position t may only read tokens 0..t)",
+        atol=1e-6,
+    )
     assert np.abs(logits_changed[:, k] - logits[:, k]).max() > 1e-4, (
         f"changing the token at position {k} did not change the logits at position {k}: the model ignores its input"
     )

@@ -5,6 +5,7 @@ and comparing their frequencies with the exact filtered distribution (a chi-squa
 implementation fails with probability below one in a million); `generate` is checked with tiny models defined
 here, one per branch of the generation protocol (CONVENTIONS.md).
 """
+
 import math
 import re
 
@@ -12,9 +13,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from checks import assert_shape
 
 from assignment import sampling
-from checks import assert_shape
 
 INF = float("inf")
 N_DRAWS = 20_000  # draws per statistical test: enough to see a 2% shift in one token's probability
@@ -23,6 +24,7 @@ N_DRAWS = 20_000  # draws per statistical test: enough to see a 2% shift in one 
 # ---------------------------------------------------------------------------------------------------------------
 # Independent references
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _softmax(z):
     """Returns softmax of a 1-D float array in float64; -inf entries get probability exactly 0."""
@@ -57,6 +59,7 @@ def _chi2_critical(df, alpha=1e-6):
     It decreases in x, so bisection inverts it. This gives 23.928 for df=1, 27.631 for df=2 (= -2 ln 1e-6),
     30.665 for df=3, the values of printed tables (and of scipy.stats.chi2.isf(1e-6, df)).
     """
+
     def survival(x):
         h = x / 2.0
         if df % 2 == 0:
@@ -125,11 +128,11 @@ def _assert_filtered(filtered, logits, kept, what):
             f"{what}: a filtered entry must be -inf (so its probability is exactly 0); row {b}, token {wrong[0]} "
             f"is {filtered[b, wrong[0]]}"
         )
-        assert got == want, (
-            f"{what}: row {b} = {np.round(logits[b], 4).tolist()} must keep tokens {want}; got {got}"
-        )
+        assert got == want, f"{what}: row {b} = {np.round(logits[b], 4).tolist()} must keep tokens {want}; got {got}"
         np.testing.assert_allclose(
-            filtered[b, kept[b]], logits[b, kept[b]], rtol=1e-6,
+            filtered[b, kept[b]],
+            logits[b, kept[b]],
+            rtol=1e-6,
             err_msg=f"{what}: kept entries must keep their logits unchanged (row {b})",
         )
 
@@ -138,13 +141,17 @@ def _assert_filtered(filtered, logits, kept, what):
 # greedy and temperature
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.points(1)
 def test_greedy_picks_the_argmax_of_each_row():
-    logits = np.array([
-        [0.1, 0.5, -1.0, 0.2, 2.0],
-        [3.0, 1.0, 2.9, -3.0, 0.0],
-        [-2.0, -1.5, -0.5, -3.0, -1.0],
-    ], dtype=np.float32)
+    logits = np.array(
+        [
+            [0.1, 0.5, -1.0, 0.2, 2.0],
+            [3.0, 1.0, 2.9, -3.0, 0.0],
+            [-2.0, -1.5, -0.5, -3.0, -1.0],
+        ],
+        dtype=np.float32,
+    )
     ids = np.asarray(sampling.greedy(logits))
     assert_shape(ids, (3,), "greedy(logits) for logits of shape (3, 5): one id per row, argmax over the vocabulary")
     assert np.issubdtype(ids.dtype, np.integer), f"greedy must return integer ids, got dtype {ids.dtype}"
@@ -161,44 +168,74 @@ def test_temperature_divides_logits_one_is_identity_and_limits():
         return np.stack([_softmax(row) for row in out])
 
     exact = lambda t: np.stack([_softmax(row / t) for row in logits.astype(np.float64)])  # noqa: E731
-    np.testing.assert_allclose(dist(1.0), exact(1.0), atol=1e-6,
-                               err_msg="temperature = 1 must leave the distribution unchanged")
-    np.testing.assert_allclose(dist(2.0), exact(2.0), atol=1e-6,
-                               err_msg="temperature 2 must divide the logits by 2 (softmax(logits / 2)): "
-                                       "divide the logits, not the probabilities, and do not multiply")
-    np.testing.assert_allclose(dist(0.5), exact(0.5), atol=1e-6,
-                               err_msg="temperature 0.5 must divide the logits by 0.5 (sharper distribution)")
-    np.testing.assert_allclose(dist(1e-3), [[0, 1, 0, 0], [0, 0, 1, 0]], atol=1e-6,
-                               err_msg="as temperature -> 0 the distribution must approach one-hot on the argmax")
-    np.testing.assert_allclose(dist(1e4), [[0.25] * 4, [1 / 3, 1 / 3, 1 / 3, 0]], atol=1e-3,
-                               err_msg="as temperature grows the distribution must approach uniform over the "
-                                       "tokens not filtered out (a -inf logit stays -inf)")
+    np.testing.assert_allclose(
+        dist(1.0), exact(1.0), atol=1e-6, err_msg="temperature = 1 must leave the distribution unchanged"
+    )
+    np.testing.assert_allclose(
+        dist(2.0),
+        exact(2.0),
+        atol=1e-6,
+        err_msg="temperature 2 must divide the logits by 2 (softmax(logits / 2)): "
+        "divide the logits, not the probabilities, and do not multiply",
+    )
+    np.testing.assert_allclose(
+        dist(0.5), exact(0.5), atol=1e-6, err_msg="temperature 0.5 must divide the logits by 0.5 (sharper distribution)"
+    )
+    np.testing.assert_allclose(
+        dist(1e-3),
+        [[0, 1, 0, 0], [0, 0, 1, 0]],
+        atol=1e-6,
+        err_msg="as temperature -> 0 the distribution must approach one-hot on the argmax",
+    )
+    np.testing.assert_allclose(
+        dist(1e4),
+        [[0.25] * 4, [1 / 3, 1 / 3, 1 / 3, 0]],
+        atol=1e-3,
+        err_msg="as temperature grows the distribution must approach uniform over the "
+        "tokens not filtered out (a -inf logit stays -inf)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # top-k and top-p
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.points(1)
 def test_top_k_keeps_ties_at_the_kth_value():
-    logits = np.array([
-        [1.0, 3.0, 2.0, 2.0, 0.0],   # 2nd largest is 2, tied: keep 3, 2, 2
-        [5.0, 5.0, 5.0, 1.0, 0.0],   # 2nd largest is 5: keep all three 5s
-        [0.5, -1.0, 2.0, 0.1, 0.3],  # no tie: keep 2.0 and 0.5
-    ], dtype=np.float32)
+    logits = np.array(
+        [
+            [1.0, 3.0, 2.0, 2.0, 0.0],  # 2nd largest is 2, tied: keep 3, 2, 2
+            [5.0, 5.0, 5.0, 1.0, 0.0],  # 2nd largest is 5: keep all three 5s
+            [0.5, -1.0, 2.0, 0.1, 0.3],  # no tie: keep 2.0 and 0.5
+        ],
+        dtype=np.float32,
+    )
     kept = [[0, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 0, 1, 0, 0]]
-    _assert_filtered(sampling.top_k_filter(logits, 2), logits, kept,
-                     "top_k_filter(logits, k=2) (keep every logit >= the 2nd largest, ties included)")
+    _assert_filtered(
+        sampling.top_k_filter(logits, 2),
+        logits,
+        kept,
+        "top_k_filter(logits, k=2) (keep every logit >= the 2nd largest, ties included)",
+    )
 
 
 @pytest.mark.points(1)
 def test_top_k_one_keeps_the_max_and_k_above_vocab_keeps_all():
     logits = np.array([[0.2, 1.5, -0.3, 1.4], [2.0, 0.0, 2.0, -1.0]], dtype=np.float32)
-    _assert_filtered(sampling.top_k_filter(logits, 1), logits, [[0, 1, 0, 0], [1, 0, 1, 0]],
-                     "top_k_filter(logits, k=1) (only the largest logit, and any tie with it)")
+    _assert_filtered(
+        sampling.top_k_filter(logits, 1),
+        logits,
+        [[0, 1, 0, 0], [1, 0, 1, 0]],
+        "top_k_filter(logits, k=1) (only the largest logit, and any tie with it)",
+    )
     _assert_filtered(sampling.top_k_filter(logits, 4), logits, np.ones((2, 4)), "top_k_filter(logits, k=V=4)")
-    _assert_filtered(sampling.top_k_filter(logits, 10), logits, np.ones((2, 4)),
-                     "top_k_filter(logits, k=10) with V=4 (k > V keeps every token)")
+    _assert_filtered(
+        sampling.top_k_filter(logits, 10),
+        logits,
+        np.ones((2, 4)),
+        "top_k_filter(logits, k=10) with V=4 (k > V keeps every token)",
+    )
 
 
 @pytest.mark.points(1)
@@ -207,31 +244,50 @@ def test_top_p_keeps_the_token_that_crosses_p():
     # Sorted: 0.45, 0.3, 0.15, 0.1; mass before each: 0, 0.45, 0.75, 0.9. The rows are the same distribution
     # (shifting logits changes nothing), in another order, so a mask left in sorted order is caught.
     logits = np.stack([np.log(probs), np.log(probs) + 10.0, np.log(probs[[3, 2, 1, 0]])]).astype(np.float32)
-    _assert_filtered(sampling.top_p_filter(logits, 0.7), logits, [[1, 0, 0, 1], [1, 0, 0, 1], [1, 0, 0, 1]],
-                     "top_p_filter(logits, p=0.7) on probabilities [0.3, 0.1, 0.15, 0.45] (keep {0.45, 0.3}: "
-                     "0.3 is kept because the mass before it, 0.45, is below 0.7)")
-    _assert_filtered(sampling.top_p_filter(logits, 0.8), logits, [[1, 0, 1, 1], [1, 0, 1, 1], [1, 1, 0, 1]],
-                     "top_p_filter(logits, p=0.8) on probabilities [0.3, 0.1, 0.15, 0.45] (keep {0.45, 0.3, 0.15}: "
-                     "the mass before 0.15 is 0.75 < 0.8)")
-    _assert_filtered(sampling.top_p_filter(logits, 0.4), logits, [[0, 0, 0, 1], [0, 0, 0, 1], [1, 0, 0, 0]],
-                     "top_p_filter(logits, p=0.4) on probabilities [0.3, 0.1, 0.15, 0.45] (keep {0.45})")
+    _assert_filtered(
+        sampling.top_p_filter(logits, 0.7),
+        logits,
+        [[1, 0, 0, 1], [1, 0, 0, 1], [1, 0, 0, 1]],
+        "top_p_filter(logits, p=0.7) on probabilities [0.3, 0.1, 0.15, 0.45] (keep {0.45, 0.3}: "
+        "0.3 is kept because the mass before it, 0.45, is below 0.7)",
+    )
+    _assert_filtered(
+        sampling.top_p_filter(logits, 0.8),
+        logits,
+        [[1, 0, 1, 1], [1, 0, 1, 1], [1, 1, 0, 1]],
+        "top_p_filter(logits, p=0.8) on probabilities [0.3, 0.1, 0.15, 0.45] (keep {0.45, 0.3, 0.15}: "
+        "the mass before 0.15 is 0.75 < 0.8)",
+    )
+    _assert_filtered(
+        sampling.top_p_filter(logits, 0.4),
+        logits,
+        [[0, 0, 0, 1], [0, 0, 0, 1], [1, 0, 0, 0]],
+        "top_p_filter(logits, p=0.4) on probabilities [0.3, 0.1, 0.15, 0.45] (keep {0.45})",
+    )
 
 
 @pytest.mark.points(1)
 def test_top_p_one_keeps_all_and_the_most_probable_is_always_kept():
-    logits = np.array([
-        [0.3, -0.2, 0.1, 0.0, -0.4, 0.2, -0.1, 0.05],  # flat: the most probable token holds about 16%
-        [2.0, -1.0, 0.5, -3.0, 1.0, -2.0, 0.0, -0.5],
-    ], dtype=np.float32)
+    logits = np.array(
+        [
+            [0.3, -0.2, 0.1, 0.0, -0.4, 0.2, -0.1, 0.05],  # flat: the most probable token holds about 16%
+            [2.0, -1.0, 0.5, -3.0, 1.0, -2.0, 0.0, -0.5],
+        ],
+        dtype=np.float32,
+    )
     _assert_filtered(sampling.top_p_filter(logits, 1.0), logits, np.ones((2, 8)), "top_p_filter(logits, p=1)")
-    _assert_filtered(sampling.top_p_filter(logits, 0.01), logits, np.eye(8)[[0, 0]],
-                     "top_p_filter(logits, p=0.01) (the most probable token is always kept, even when it "
-                     "holds more than p)")
+    _assert_filtered(
+        sampling.top_p_filter(logits, 0.01),
+        logits,
+        np.eye(8)[[0, 0]],
+        "top_p_filter(logits, p=0.01) (the most probable token is always kept, even when it holds more than p)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # sample
 # ---------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.points(1)
 def test_sample_applies_temperature_then_top_k_then_top_p_on_what_is_left():
@@ -291,6 +347,7 @@ def test_sample_matches_the_exact_filtered_distribution():
 # generate, with tiny models: one per branch of the generation protocol
 # ---------------------------------------------------------------------------------------------------------------
 
+
 class BigramLM(keras.Model):
     """A model whose next-token logits depend only on the current token: logits[b, t] = table[tokens[b, t]]."""
 
@@ -303,8 +360,14 @@ class BigramLM(keras.Model):
 
 
 # Each token may be followed only by the tokens listed; the others have logit -inf.
-SUCCESSORS = {0: {1: 0.5, 2: 0.0}, 1: {2: 0.3, 3: -0.2, 4: 0.1}, 2: {0: 0.0, 5: 0.4},
-              3: {3: 0.2, 4: 0.0}, 4: {0: -0.3, 1: 0.3, 5: 0.0}, 5: {2: 0.1, 3: 0.0}}
+SUCCESSORS = {
+    0: {1: 0.5, 2: 0.0},
+    1: {2: 0.3, 3: -0.2, 4: 0.1},
+    2: {0: 0.0, 5: 0.4},
+    3: {3: 0.2, 4: 0.0},
+    4: {0: -0.3, 1: 0.3, 5: 0.0},
+    5: {2: 0.1, 3: 0.0},
+}
 
 
 def _table(successors, vocab):
@@ -340,21 +403,27 @@ def test_generate_returns_prompt_plus_new_tokens_the_model_allows():
 
 @pytest.mark.points(1)
 def test_generate_first_token_follows_the_models_filtered_distribution():
-    table = np.array([
-        [3.0, -2.0, -2.0, -2.0, 3.0],  # after token 0 (the first prompt token, which must not matter)
-        [1.0, 0.2, -0.5, 1.6, 0.7],    # after token 1 (the last prompt token)
-        [0.0, 0.0, 0.0, 0.0, 0.0],
-        [0.0, 0.0, 0.0, 0.0, 0.0],
-        [0.0, 0.0, 0.0, 0.0, 0.0],
-    ], dtype=np.float32)
+    table = np.array(
+        [
+            [3.0, -2.0, -2.0, -2.0, 3.0],  # after token 0 (the first prompt token, which must not matter)
+            [1.0, 0.2, -0.5, 1.6, 0.7],  # after token 1 (the last prompt token)
+            [0.0, 0.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 0.0],
+        ],
+        dtype=np.float32,
+    )
     temperature, top_p = 1.5, 0.85
     expected = _reference_probs(table[1], temperature, top_p=top_p)
     assert np.flatnonzero(expected).tolist() == [0, 1, 3, 4]
     prompt = np.tile(np.array([[0, 1]], dtype=np.int32), (N_DRAWS, 1))
     out = np.asarray(sampling.generate(BigramLM(table), prompt, 1, temperature=temperature, top_p=top_p, seed=11))
     assert_shape(out, (N_DRAWS, 3), f"generate(model, prompt of shape ({N_DRAWS}, 2), max_new_tokens=1)")
-    _assert_draws_follow(out[:, 2], expected,
-                         f"the first token of generate(temperature={temperature}, top_p={top_p}) after prompt [0, 1]")
+    _assert_draws_follow(
+        out[:, 2],
+        expected,
+        f"the first token of generate(temperature={temperature}, top_p={top_p}) after prompt [0, 1]",
+    )
 
 
 @pytest.mark.points(1)
@@ -489,6 +558,7 @@ def test_generate_uses_the_kv_cache_and_agrees_with_full_recomputation():
 # bad input
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _raises(fn, names, value, what):
     """Fails unless fn() raises ValueError whose message names the parameter and the value received.
 
@@ -519,10 +589,12 @@ def test_invalid_parameters_raise_value_error_naming_them():
     _raises(lambda: sampling.sample(logits, top_p=1.2), ["p"], "1.2", "sample(top_p=1.2)")
     nan = logits.copy()
     nan[1, 2] = np.nan
-    for name, fn in [("apply_temperature", lambda: sampling.apply_temperature(nan, 1.0)),
-                     ("top_k_filter", lambda: sampling.top_k_filter(nan, 2)),
-                     ("top_p_filter", lambda: sampling.top_p_filter(nan, 0.9)),
-                     ("sample", lambda: sampling.sample(nan, seed=0))]:
+    for name, fn in [
+        ("apply_temperature", lambda: sampling.apply_temperature(nan, 1.0)),
+        ("top_k_filter", lambda: sampling.top_k_filter(nan, 2)),
+        ("top_p_filter", lambda: sampling.top_p_filter(nan, 0.9)),
+        ("sample", lambda: sampling.sample(nan, seed=0)),
+    ]:
         _raises(fn, ["logits"], "nan", f"{name} on logits holding a NaN")
     for shape in [(3,), (2, 1, 3)]:
         bad = np.zeros(shape, dtype=np.float32)

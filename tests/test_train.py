@@ -5,15 +5,16 @@ part of the assignment. References are computed independently with NumPy (the lo
 hand-written cross-entropy (the gradients); an SGD step with learning rate `lr` moves every weight by exactly
 `-lr * gradient`, which makes the applied (clipped) gradient visible in the weights.
 """
+
 import math
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from checks import assert_close, assert_shape
 
 from assignment import train
-from checks import assert_close, assert_shape
 
 V, T = 7, 5  # vocabulary size, sequence length
 
@@ -27,12 +28,14 @@ class TinyLM(keras.Model):
 
     def __init__(self, dim=4, scale=1.0, dropout=0.0, seed=1):
         super().__init__()
-        self.table = self.add_weight(name="embedding", shape=(V, dim),
-                                     initializer=keras.initializers.RandomNormal(stddev=scale, seed=seed))
+        self.table = self.add_weight(
+            name="embedding", shape=(V, dim), initializer=keras.initializers.RandomNormal(stddev=scale, seed=seed)
+        )
         self.drop = keras.layers.Dropout(dropout, seed=seed)
         kernel = keras.initializers.RandomNormal(stddev=scale, seed=seed + 1)
-        self.out = keras.layers.Dense(V, kernel_initializer=kernel,
-                                      bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=seed + 2))
+        self.out = keras.layers.Dense(
+            V, kernel_initializer=kernel, bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=seed + 2)
+        )
 
     def call(self, tokens, training=False):
         x = tf.matmul(tf.one_hot(tokens, V), self.table)  # (B, T, D)
@@ -94,8 +97,13 @@ def test_train_step_loss_is_mean_token_cross_entropy_before_the_update():
     inputs, labels = batch(1)
     expected = reference_token_losses(model, inputs, labels).mean()
     loss, _ = train.train_step(model, keras.optimizers.SGD(0.1), inputs, labels, clip_norm=1.0)
-    assert_close(float(loss), expected, "loss: the mean over all B*T tokens of the cross-entropy computed from the "
-                 "logits (from_logits=True), before the weights change", atol=1e-5)
+    assert_close(
+        float(loss),
+        expected,
+        "loss: the mean over all B*T tokens of the cross-entropy computed from the "
+        "logits (from_logits=True), before the weights change",
+        atol=1e-5,
+    )
 
 
 @pytest.mark.points(2)
@@ -107,8 +115,10 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
     first = float(step(inputs, labels)[0])
     for _ in range(40):
         last = float(step(inputs, labels)[0])
-    assert last < first - 0.5, (f"40 Adam steps on one batch should lower its loss clearly; went from {first:.4f} to "
-                                f"{last:.4f}. Are the gradients applied to model.trainable_variables?")
+    assert last < first - 0.5, (
+        f"40 Adam steps on one batch should lower its loss clearly; went from {first:.4f} to "
+        f"{last:.4f}. Are the gradients applied to model.trainable_variables?"
+    )
 
 
 @pytest.mark.points(3)
@@ -121,11 +131,18 @@ def test_train_step_clips_gradients_to_the_global_norm():
     before = weights_of(model)
     train.train_step(model, keras.optimizers.SGD(learning_rate=1.0), inputs, labels, clip_norm=clip_norm)
     applied = [b - a for b, a in zip(before, weights_of(model))]  # SGD with lr 1: the applied gradient
-    assert_close(global_norm(applied), clip_norm, "global norm of the applied (clipped) gradients", atol=1e-6,
-                 rtol=1e-4)
+    assert_close(
+        global_norm(applied), clip_norm, "global norm of the applied (clipped) gradients", atol=1e-6, rtol=1e-4
+    )
     for got, g, v in zip(applied, grads, model.trainable_variables):
-        assert_close(got, g * (clip_norm / norm), f"applied gradient of {v.path} (all gradients scaled by one "
-                     "factor, clip_norm / global_norm, so the direction is kept)", atol=1e-6, rtol=1e-4)
+        assert_close(
+            got,
+            g * (clip_norm / norm),
+            f"applied gradient of {v.path} (all gradients scaled by one "
+            "factor, clip_norm / global_norm, so the direction is kept)",
+            atol=1e-6,
+            rtol=1e-4,
+        )
 
 
 @pytest.mark.points(1)
@@ -146,8 +163,14 @@ def test_train_step_applies_small_gradients_unchanged():
     before = weights_of(model)
     _, grad_norm = train.train_step(model, keras.optimizers.SGD(learning_rate=0.5), inputs, labels, clip_norm=1000.0)
     for b, a, g, v in zip(before, weights_of(model), grads, model.trainable_variables):
-        assert_close(b - a, 0.5 * g, f"update of {v.path} with SGD(learning_rate=0.5) and a gradient norm below "
-                     "clip_norm: -0.5 * gradient, unclipped", atol=1e-6, rtol=1e-4)
+        assert_close(
+            b - a,
+            0.5 * g,
+            f"update of {v.path} with SGD(learning_rate=0.5) and a gradient norm below "
+            "clip_norm: -0.5 * gradient, unclipped",
+            atol=1e-6,
+            rtol=1e-4,
+        )
     assert_close(float(grad_norm), global_norm(grads), "grad_norm", rtol=1e-4)
 
 
@@ -168,8 +191,13 @@ def test_evaluate_is_the_token_mean_over_uneven_batches():
     mean_of_batch_means = np.mean([losses[:4].mean(), losses[4:8].mean(), losses[8:].mean()])
     assert abs(expected - mean_of_batch_means) > 0.05  # the test's own premise: the two differ
     loss, _ = train.evaluate(model, dataset)
-    assert_close(float(loss), expected, "evaluate loss over batches of 4, 4 and 1 sequences: the mean over all "
-                 "tokens (not the mean of the per-batch means)", atol=1e-5)
+    assert_close(
+        float(loss),
+        expected,
+        "evaluate loss over batches of 4, 4 and 1 sequences: the mean over all "
+        "tokens (not the mean of the per-batch means)",
+        atol=1e-5,
+    )
 
 
 @pytest.mark.points(1)

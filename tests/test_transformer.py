@@ -8,15 +8,16 @@ core options are used here (LayerNorm, learned or sinusoidal positions, GELU, fu
 are graded in test_transformer_extensions.py. Sizes are tiny and all different (V=13, C=12, D=16, 4 heads of 4),
 so a swapped axis shows up as a shape.
 """
+
 import math
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from checks import assert_close, assert_shape
 
 from assignment import transformer
-from checks import assert_close, assert_shape
 
 V, C, D, NH, L = 13, 12, 16, 4, 2  # vocabulary, context length, width, heads, layers
 B, T = 2, 7  # batch, time
@@ -105,8 +106,12 @@ def test_attention_matches_numpy_reference():
         what = "with" if mask is not None else "without"
         assert_shape(weights, ref_weights.shape, f"attention weights (..., T, S) {what} a mask")
         assert_shape(out, ref_out.shape, f"attention output (..., T, hv) {what} a mask")
-        assert_close(weights, ref_weights, f"attention weights {what} a mask (softmax of q k^T / sqrt(hs) "
-                                           f"over the keys, the last axis)", atol=1e-5)
+        assert_close(
+            weights,
+            ref_weights,
+            f"attention weights {what} a mask (softmax of q k^T / sqrt(hs) over the keys, the last axis)",
+            atol=1e-5,
+        )
         assert_close(out, ref_out, f"attention output {what} a mask (weights times v)", atol=1e-5)
 
 
@@ -180,10 +185,14 @@ def test_multi_head_attention_matches_keras_with_the_same_weights():
     ref = _keras_attention_like(layer, x, num_heads=3, use_bias=True)
     out = layer(x)
     assert_shape(out, (2, 5, 12), "MultiHeadSelfAttention output (B, T, D)")
-    assert_close(out, ref(x, x, use_causal_mask=True),
-                 "MultiHeadSelfAttention vs keras.layers.MultiHeadAttention(use_causal_mask=True) with the same "
-                 "weights (project, split the last axis into (nh, hs), move heads before time, attend with the "
-                 "causal mask, merge heads back, project with wo)", atol=1e-5)
+    assert_close(
+        out,
+        ref(x, x, use_causal_mask=True),
+        "MultiHeadSelfAttention vs keras.layers.MultiHeadAttention(use_causal_mask=True) with the same "
+        "weights (project, split the last axis into (nh, hs), move heads before time, attend with the "
+        "causal mask, merge heads back, project with wo)",
+        atol=1e-5,
+    )
 
 
 @pytest.mark.points(1)
@@ -195,8 +204,12 @@ def test_multi_head_attention_output_never_depends_on_later_tokens():
     changed = tf.concat([x[:, :4], _normal((2, T - 4, D), 9)], axis=1)  # positions 4.. differ
     out, out_changed = layer(x), layer(changed)
     assert_shape(out, (2, T, D), "MultiHeadSelfAttention output (B, T, D)")
-    assert_close(out_changed[:, :4], out[:, :4], "attention outputs at positions 0-3 after changing positions 4-6 "
-                                                 "(the causal mask must hide the future)", atol=1e-6)
+    assert_close(
+        out_changed[:, :4],
+        out[:, :4],
+        "attention outputs at positions 0-3 after changing positions 4-6 (the causal mask must hide the future)",
+        atol=1e-6,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -259,8 +272,12 @@ def test_model_logits_never_depend_on_later_tokens():
             variants.append(changed)
         logits = np.asarray(model(tf.constant(np.stack(variants))))
         for row, t in ((1, 3), (2, 8)):
-            assert_close(logits[row, :t], logits[0, :t], f"{name} model: logits before position {t} after changing "
-                                                         f"the token at position {t}", atol=1e-5)
+            assert_close(
+                logits[row, :t],
+                logits[0, :t],
+                f"{name} model: logits before position {t} after changing the token at position {t}",
+                atol=1e-5,
+            )
             assert np.abs(logits[row, t] - logits[0, t]).max() > 1e-4, (
                 f"{name} model: changing the token at position {t} did not change the logits at position {t}"
             )
@@ -285,12 +302,20 @@ def test_tied_embeddings_are_one_matrix_used_for_input_and_output():
                 "with tie_embeddings=True the logits must be x times the transposed token embedding, so changing "
                 "token V-1's embedding must change its logits"
             )
-            assert_close(after[..., : V - 1], before[..., : V - 1], "tied model: logits of the other tokens after "
-                                                                    "changing token V-1's embedding", atol=1e-6)
+            assert_close(
+                after[..., : V - 1],
+                before[..., : V - 1],
+                "tied model: logits of the other tokens after changing token V-1's embedding",
+                atol=1e-6,
+            )
         else:
-            assert_close(after, before, "untied model: logits after changing the embedding of a token absent from "
-                                        "the input (the output projection must be lm_head, not the embedding)",
-                         atol=1e-6)
+            assert_close(
+                after,
+                before,
+                "untied model: logits after changing the embedding of a token absent from "
+                "the input (the output projection must be lm_head, not the embedding)",
+                atol=1e-6,
+            )
 
 
 @pytest.mark.points(1)
@@ -302,8 +327,11 @@ def test_every_weight_gets_a_gradient():
             logits = model(tokens, training=True)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(tokens, logits))
         grads = tape.gradient(loss, model.trainable_weights)
-        unused = [w.path for w, g in zip(model.trainable_weights, grads)
-                  if g is None or not np.any(np.asarray(tf.convert_to_tensor(g)))]
+        unused = [
+            w.path
+            for w, g in zip(model.trainable_weights, grads)
+            if g is None or not np.any(np.asarray(tf.convert_to_tensor(g)))
+        ]
         assert not unused, f"{name} model: these weights get no gradient, so the forward pass never uses them: {unused}"
 
 

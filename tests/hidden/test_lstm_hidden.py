@@ -1,11 +1,12 @@
 """Part 2b, hidden tests (2.5 of the 12 points): stacked layers, one token at a time, tf.function, bad input."""
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from checks import assert_close, assert_shape
 
 from assignment import lstm
-from checks import assert_close, assert_shape
 
 V, E, H = 11, 7, 5  # vocabulary, embedding width, hidden units
 B, T = 3, 6  # batch, time
@@ -62,8 +63,12 @@ def test_two_layers_match_stacked_keras_lstm():
             getattr(layer.cell, name).assign(getattr(cell, name))
         x, h, c = layer(x, initial_state=[h0, c0])  # (B, T, H), (B, H), (B, H)
         expected_states.append((h, c))
-    _assert_states_close(states, expected_states, "final states of a 2-layer model", "stacked keras.layers.LSTM; "
-                         "layer 1 reads the outputs of layer 0 and starts from states[1]")
+    _assert_states_close(
+        states,
+        expected_states,
+        "final states of a 2-layer model",
+        "stacked keras.layers.LSTM; layer 1 reads the outputs of layer 0 and starts from states[1]",
+    )
     expected = tf.matmul(x, model.output_layer.kernel) + model.output_layer.bias
     assert_close(logits, expected, "logits of a 2-layer model (reference: two stacked keras.layers.LSTM)")
 
@@ -79,8 +84,11 @@ def test_one_token_at_a_time_with_carried_state_equals_one_pass():
         step, states = model(tokens[:, t : t + 1], states=states, return_state=True)
         assert_shape(step, (B, 1, V), f"logits of a one-token call (step {t})")
         steps.append(step)
-    assert_close(tf.concat(steps, axis=1), logits, "logits read one token at a time with the carried state "
-                 "(reference: one pass over the whole sequence)")
+    assert_close(
+        tf.concat(steps, axis=1),
+        logits,
+        "logits read one token at a time with the carried state (reference: one pass over the whole sequence)",
+    )
 
 
 @pytest.mark.points(0.5)

@@ -1,4 +1,5 @@
 """Part 1, hidden tests (3 of the 15 points)."""
+
 import numpy as np
 import pytest
 

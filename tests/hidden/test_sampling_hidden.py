@@ -1,14 +1,15 @@
 """Part 3, hidden tests (4 of the 20 points): the filters on random rows, more statistics, greedy decoding and
 cropping to a context length in generate."""
+
 import math
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from checks import assert_shape
 
 from assignment import sampling
-from checks import assert_shape
 
 INF = float("inf")
 N_DRAWS = 20_000
@@ -48,6 +49,7 @@ def _chi2_critical(df, alpha=1e-6):
     """Returns x with P(X > x) = alpha for X ~ chi-square(df), integer df: the closed-form survival function
     (even df: exp(-h) sum_{i<df/2} h^i/i!; odd df: erfc(sqrt h) + exp(-h) sum_{i<(df-1)/2} h^(i+1/2)/Gamma(i+3/2),
     h = x/2) inverted by bisection. df=1 -> 23.928, df=2 -> 27.631, as in printed tables."""
+
     def survival(x):
         h = x / 2.0
         if df % 2 == 0:
@@ -123,8 +125,15 @@ def test_filters_match_a_reference_on_random_rows():
 def test_sample_distribution_with_each_setting_alone():
     row = np.array([0.5, -0.4, 1.2, 0.0, 0.9, -1.0], dtype=np.float32)
     logits = np.tile(row, (N_DRAWS, 1))
-    for seed, kwargs in enumerate([dict(temperature=0.5), dict(temperature=2.5), dict(top_k=3),
-                                   dict(top_p=0.6), dict(temperature=1.7, top_k=4, top_p=0.8)]):
+    for seed, kwargs in enumerate(
+        [
+            dict(temperature=0.5),
+            dict(temperature=2.5),
+            dict(top_k=3),
+            dict(top_p=0.6),
+            dict(temperature=1.7, top_k=4, top_p=0.8),
+        ]
+    ):
         expected = _reference_probs(row, **kwargs)
         ids = np.asarray(sampling.sample(logits, seed=100 + seed, **kwargs))
         assert_shape(ids, (N_DRAWS,), f"sample(**{kwargs})")
@@ -144,8 +153,9 @@ class BigramLM(keras.Model):
 
 @pytest.mark.points(1)
 def test_generate_greedy_decoding_and_seeds():
-    table = np.array([[0.0, 2.0, 1.0, 0.5], [0.1, 0.0, 0.3, 0.9], [1.5, 0.2, 0.0, 0.1], [0.0, 0.0, 2.0, 0.1]],
-                     dtype=np.float32)  # argmax chain: 0 -> 1 -> 3 -> 2 -> 0 -> ...
+    table = np.array(
+        [[0.0, 2.0, 1.0, 0.5], [0.1, 0.0, 0.3, 0.9], [1.5, 0.2, 0.0, 0.1], [0.0, 0.0, 2.0, 0.1]], dtype=np.float32
+    )  # argmax chain: 0 -> 1 -> 3 -> 2 -> 0 -> ...
     model = BigramLM(table)
     expected = [0, 1, 3, 2, 0, 1, 3]
     for kwargs in (dict(temperature=0), dict(greedy=True), dict(greedy=True, top_k=2, top_p=0.5)):

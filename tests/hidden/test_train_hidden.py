@@ -1,11 +1,12 @@
 """Part 5, hidden tests (4 points): padding weights in `train_step` and `evaluate`, and evaluation mode."""
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from checks import assert_close
 
 from assignment import train
-from checks import assert_close
 
 V, T = 7, 5
 
@@ -15,8 +16,9 @@ class TinyLM(keras.Model):
 
     def __init__(self, dropout=0.0):
         super().__init__()
-        self.table = self.add_weight(name="embedding", shape=(V, 4),
-                                     initializer=keras.initializers.RandomNormal(seed=11))
+        self.table = self.add_weight(
+            name="embedding", shape=(V, 4), initializer=keras.initializers.RandomNormal(seed=11)
+        )
         self.drop = keras.layers.Dropout(dropout, seed=11)
         self.out = keras.layers.Dense(V, kernel_initializer=keras.initializers.RandomNormal(seed=12))
 
@@ -58,8 +60,13 @@ def test_evaluate_counts_only_weighted_tokens():
     expected = (losses * weights).sum() / weights.sum()
     dataset = tf.data.Dataset.from_tensor_slices((inputs, labels, weights)).batch(3)  # batches of 3 and 1
     loss, perplexity = train.evaluate(model, dataset)
-    assert_close(float(loss), expected, "evaluate loss when the dataset yields (inputs, labels, weights): "
-                 "sum(w * ce) / sum(w) over the whole dataset, padding (w = 0) left out", atol=1e-5)
+    assert_close(
+        float(loss),
+        expected,
+        "evaluate loss when the dataset yields (inputs, labels, weights): "
+        "sum(w * ce) / sum(w) over the whole dataset, padding (w = 0) left out",
+        atol=1e-5,
+    )
     assert_close(float(perplexity), np.exp(expected), "perplexity", rtol=1e-5)
 
 
@@ -68,8 +75,7 @@ def test_train_step_ignores_padding_tokens():
     model = tiny_model()
     inputs, labels, weights = padded_batch(1)
     expected = (token_losses(model, inputs, labels) * weights).sum() / weights.sum()
-    loss, _ = train.train_step(model, keras.optimizers.SGD(0.1), inputs, labels, clip_norm=1.0,
-                               sample_weight=weights)
+    loss, _ = train.train_step(model, keras.optimizers.SGD(0.1), inputs, labels, clip_norm=1.0, sample_weight=weights)
     assert_close(float(loss), expected, "train_step loss with sample_weight: sum(w * ce) / sum(w)", atol=1e-5)
 
     # Changing the labels of padding positions must change nothing.
@@ -79,8 +85,12 @@ def test_train_step_ignores_padding_tokens():
     train.train_step(a, keras.optimizers.SGD(1.0), inputs, labels, clip_norm=100.0, sample_weight=weights)
     train.train_step(b, keras.optimizers.SGD(1.0), inputs, relabelled, clip_norm=100.0, sample_weight=weights)
     for va, vb in zip(a.trainable_variables, b.trainable_variables):
-        assert_close(va.numpy(), vb.numpy(), f"{va.path} after a step: labels at padding positions (weight 0) "
-                     "must not affect the update", atol=1e-6)
+        assert_close(
+            va.numpy(),
+            vb.numpy(),
+            f"{va.path} after a step: labels at padding positions (weight 0) must not affect the update",
+            atol=1e-6,
+        )
 
 
 @pytest.mark.points(1)
@@ -89,5 +99,10 @@ def test_evaluate_runs_the_model_in_inference_mode():
     inputs, labels, _ = padded_batch(2)
     expected = token_losses(model, inputs, labels).mean()  # training=False: dropout off
     loss, _ = train.evaluate(model, tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(2))
-    assert_close(float(loss), expected, "evaluate loss of a model with dropout: evaluate must call the model with "
-                 "training=False (no dropout), so the same data always gives the same loss", atol=1e-5)
+    assert_close(
+        float(loss),
+        expected,
+        "evaluate loss of a model with dropout: evaluate must call the model with "
+        "training=False (no dropout), so the same data always gives the same loss",
+        atol=1e-5,
+    )

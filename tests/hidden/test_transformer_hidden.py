@@ -1,13 +1,14 @@
 """Part 4, hidden tests (5 of the 25 points): batches of masks, other sizes, independent sequences, dropout."""
+
 import math
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from checks import assert_close, assert_shape
 
 from assignment import transformer
-from checks import assert_close, assert_shape
 
 V, C, D, NH, L = 11, 10, 12, 3, 2  # vocabulary, context length, width, heads (of 4), layers
 
@@ -64,8 +65,12 @@ def test_multi_head_attention_matches_keras_without_biases():
     layer.wk.assign(tf.reshape(ref.key_dense.kernel, (10, 10)))
     layer.wv.assign(tf.reshape(ref.value_dense.kernel, (10, 10)))
     layer.wo.assign(tf.reshape(ref.output_dense.kernel, (10, 10)))  # (nh, hs, D) -> (nh*hs, D)
-    assert_close(layer(x), ref(x, x, use_causal_mask=True),
-                 "MultiHeadSelfAttention(num_heads=2, use_bias=False) vs keras.layers.MultiHeadAttention", atol=1e-5)
+    assert_close(
+        layer(x),
+        ref(x, x, use_causal_mask=True),
+        "MultiHeadSelfAttention(num_heads=2, use_bias=False) vs keras.layers.MultiHeadAttention",
+        atol=1e-5,
+    )
 
 
 @pytest.mark.points(1)
@@ -74,8 +79,12 @@ def test_sequences_of_a_batch_do_not_mix():
     tokens = _tokens(3, C, seed=2)
     together = model(tokens)
     for i in range(3):
-        assert_close(together[i], model(tokens[i:i + 1])[0], f"logits of sequence {i} read in a batch of 3 vs alone "
-                                                             "(a reshape that mixes batch, time or heads?)", atol=1e-5)
+        assert_close(
+            together[i],
+            model(tokens[i : i + 1])[0],
+            f"logits of sequence {i} read in a batch of 3 vs alone (a reshape that mixes batch, time or heads?)",
+            atol=1e-5,
+        )
 
 
 @pytest.mark.points(1)
@@ -100,9 +109,12 @@ def test_dropout_is_active_only_when_training():
     for w, w0 in zip(with_dropout.weights, without.weights):
         w.assign(w0)
     tokens = _tokens(2, C, seed=4)
-    assert_close(with_dropout(tokens, training=False), without(tokens),
-                 "logits of a model with dropout=0.3 at inference (training=False) vs the same weights without "
-                 "dropout", atol=1e-6)
+    assert_close(
+        with_dropout(tokens, training=False),
+        without(tokens),
+        "logits of a model with dropout=0.3 at inference (training=False) vs the same weights without dropout",
+        atol=1e-6,
+    )
     assert np.abs(np.asarray(with_dropout(tokens, training=True)) - np.asarray(without(tokens))).max() > 1e-3, (
         "with dropout=0.3 and training=True the logits did not change: pass training=training to every dropout"
     )

@@ -1,4 +1,5 @@
 """The corpus loader: the offline default, local files, bad input, and downloads against a local HTTP server."""
+
 import hashlib
 import http.server
 import threading

@@ -1,6 +1,7 @@
 """The grader on a small synthetic course: results.json in Gradescope's schema, and every way a submission can go
 wrong (syntax error, crash at import, infinite loop at import or in a test, a crash, huge output, a missing file,
 a strange upload layout, edited tests) costing only what it breaks, each with a message that says what happened."""
+
 import json
 import os
 import shutil
@@ -10,9 +11,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from toy_project import ALPHA, BETA, PARTS, SETTINGS, make_toy
 
 from grading import grade, runner
-from toy_project import ALPHA, BETA, PARTS, SETTINGS, make_toy
 
 REPO = Path(__file__).resolve().parents[2]
 ALPHA_TESTS = 7  # visible and hidden
@@ -28,8 +29,19 @@ def check_schema(results):
     assert results.get("stdout_visibility", "hidden") in VISIBILITIES
     assert isinstance(results["tests"], list) and results["tests"]
     for test in results["tests"]:
-        assert set(test) <= {"score", "max_score", "status", "name", "name_format", "number", "output",
-                             "output_format", "tags", "visibility", "extra_data"}, set(test)
+        assert set(test) <= {
+            "score",
+            "max_score",
+            "status",
+            "name",
+            "name_format",
+            "number",
+            "output",
+            "output_format",
+            "tags",
+            "visibility",
+            "extra_data",
+        }, set(test)
         assert isinstance(test["name"], str) and test["name"]
         assert isinstance(test["score"], float) and isinstance(test["max_score"], float)
         assert 0 <= test["score"] and (test["score"] <= test["max_score"] or "bonus" in test["tags"])
@@ -150,8 +162,9 @@ def test_infinite_loop_in_a_test_costs_only_that_test(course, tmp_path):
 
 def test_a_hang_that_ignores_the_alarm_is_killed_and_the_run_goes_on(course, tmp_path):
     hang = ALPHA.replace(
-        "return 2 * x", "import signal\n        signal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
-        "        while True:\n            pass")
+        "return 2 * x",
+        "import signal\n        signal.signal(signal.SIGALRM, signal.SIG_IGN)\n        while True:\n            pass",
+    )
     tests, _ = run(course, submit(course, tmp_path, alpha=hang), tmp_path)
     assert tests["test_twice"]["extra_data"]["outcome"] == "timeout"
     assert "did not respond to interruption" in tests["test_twice"]["output"]
@@ -217,17 +230,27 @@ def test_a_zip_inside_the_submission_is_opened(course, tmp_path):
 def test_edited_tests_conftest_and_init_in_the_submission_change_nothing(course, tmp_path):
     cheat = "import pytest\n\n@pytest.fixture(autouse=True)\ndef _win():\n    pytest.skip('free points')\n"
     always_pass = "import pytest\n\n@pytest.mark.points(1)\ndef test_add():\n    pass\n"
-    sub = submit(course, tmp_path, alpha=ALPHA.replace("return a + b", "return 0"), extra={
-        "conftest.py": cheat, "tests/conftest.py": cheat, "tests/test_alpha.py": always_pass,
-        "assignment/conftest.py": cheat, "assignment/__init__.py": "raise SystemExit('no')\n",
-    })
+    sub = submit(
+        course,
+        tmp_path,
+        alpha=ALPHA.replace("return a + b", "return 0"),
+        extra={
+            "conftest.py": cheat,
+            "tests/conftest.py": cheat,
+            "tests/test_alpha.py": always_pass,
+            "assignment/conftest.py": cheat,
+            "assignment/__init__.py": "raise SystemExit('no')\n",
+        },
+    )
     tests, _ = run(course, sub, tmp_path)
     assert tests["test_add"]["status"] == "failed" and tests["test_twice"]["status"] == "passed"
 
 
 def test_a_helper_module_of_the_student_is_used(course, tmp_path):
     uses_helper = ALPHA.replace("return a + b", "from assignment.mathhelp import plus\n    return plus(a, b)")
-    sub = submit(course, tmp_path, alpha=uses_helper, extra={"assignment/mathhelp.py": "def plus(a, b):\n    return a + b\n"})
+    sub = submit(
+        course, tmp_path, alpha=uses_helper, extra={"assignment/mathhelp.py": "def plus(a, b):\n    return a + b\n"}
+    )
     tests, results = run(course, sub, tmp_path)
     assert tests["test_add"]["status"] == "passed" and "mathhelp.py" in results["output"]
 
@@ -279,8 +302,9 @@ def unprivileged_python():
         pwd.getpwnam("nobody")
     except KeyError:
         pytest.skip("no user nobody")
-    version = subprocess.run([str(system), "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
-                             text=True).stdout.strip()
+    version = subprocess.run(
+        [str(system), "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
+    ).stdout.strip()
     if version != str(tuple(sys.version_info[:2])):
         pytest.skip(f"/usr/bin/python3 is {version}, not {sys.version_info[:2]}")
     base = Path(tempfile.mkdtemp(prefix="grading-test-venv-"))
@@ -298,15 +322,23 @@ def unprivileged_python():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_as_root_the_tests_run_as_an_unprivileged_user_who_cannot_touch_the_bundle(course, tmp_path,
-                                                                                    unprivileged_python):
+def test_as_root_the_tests_run_as_an_unprivileged_user_who_cannot_touch_the_bundle(
+    course, tmp_path, unprivileged_python
+):
     root, manifest = course
     target = root / "tests" / "PWNED"
-    evil = ALPHA.replace("return a + b", f"import os\n    open({str(target)!r}, 'w').write(str(os.getuid()))\n"
-                                         "    return a + b")
+    evil = ALPHA.replace(
+        "return a + b", f"import os\n    open({str(target)!r}, 'w').write(str(os.getuid()))\n    return a + b"
+    )
     runner._USERS.clear()
-    results, _ = grade.grade(submit(course, tmp_path, alpha=evil), None, bundle=root, manifest=manifest,
-                             python=unprivileged_python, log=lambda line: None)
+    results, _ = grade.grade(
+        submit(course, tmp_path, alpha=evil),
+        None,
+        bundle=root,
+        manifest=manifest,
+        python=unprivileged_python,
+        log=lambda line: None,
+    )
     tests = {t["extra_data"]["nodeid"].split("::")[1]: t for t in results["tests"]}
     assert results["extra_data"]["user"] in runner.UNPRIVILEGED_USERS
     assert not target.exists()
@@ -318,9 +350,23 @@ def test_command_line_writes_results_json(course, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "out" / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "grading", "grade", str(root), "--bundle", str(root), "--manifest",
-         str(tmp_path / "manifest.json"), "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "grading",
+            "grade",
+            str(root),
+            "--bundle",
+            str(root),
+            "--manifest",
+            str(tmp_path / "manifest.json"),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     check_schema(json.loads(out.read_text()))
@@ -333,14 +379,18 @@ def test_build_commands_are_not_in_a_student_copy(tmp_path):
     for name in ("__init__.py", "__main__.py", "grade.py", "runner.py", "_child.py"):
         shutil.copy(REPO / "grading" / name, pkg / name)
     # -S: no site-packages, so no editable install of this repository can supply the missing modules
-    proc = subprocess.run([sys.executable, "-S", "-m", "grading", "verify"], cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-m", "grading", "verify"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "instructor tooling" in proc.stderr
 
 
 def _patch(name, description, path, old, new, text):
     import difflib
 
-    diff = difflib.unified_diff(text.splitlines(True), text.replace(old, new).splitlines(True), f"a/{path}", f"b/{path}")
+    diff = difflib.unified_diff(
+        text.splitlines(True), text.replace(old, new).splitlines(True), f"a/{path}", f"b/{path}"
+    )
     return name, description + "\n" + "".join(diff)
 
 
@@ -351,8 +401,9 @@ def test_verify_proves_the_toy_course_and_reports_what_is_wrong(tmp_path):
     root = make_toy(tmp_path / "course")
     for module, (name, text) in {
         "alpha": _patch("minus", "add subtracts.", "assignment/alpha.py", "return a + b", "return a - b", ALPHA),
-        "beta": _patch("harmless", "mean sums in another order.", "assignment/beta.py",
-                       "sum(xs)", "sum(reversed(xs))", BETA),
+        "beta": _patch(
+            "harmless", "mean sums in another order.", "assignment/beta.py", "sum(xs)", "sum(reversed(xs))", BETA
+        ),
     }.items():
         (root / "grading" / "bugs" / module).mkdir(parents=True)
         (root / "grading" / "bugs" / module / f"{name}.patch").write_text(text)
@@ -360,8 +411,10 @@ def test_verify_proves_the_toy_course_and_reports_what_is_wrong(tmp_path):
     report = verify.verify(root, parts=PARTS, settings=SETTINGS, min_bugs=2, log=lines.append)
     output = "\n".join(lines)
     failed = {c.name for c in report.checks if not c.ok}
-    assert failed == {"the points of each part add up to CONVENTIONS.md",  # beta has no hidden test
-                      "bug beta/harmless is caught by a test of its part"}, output
+    assert failed == {
+        "the points of each part add up to CONVENTIONS.md",  # beta has no hidden test
+        "bug beta/harmless is caught by a test of its part",
+    }, output
     assert "alpha/minus" in output and "test_add (visible)" in output and "NOT CAUGHT" in output
     assert "graded suite on one CPU" in output and "anonymous" in output
     assert lines[-1] == f"verify: {len(report.checks) - 2} passed, 2 failed"
@@ -369,10 +422,12 @@ def test_verify_proves_the_toy_course_and_reports_what_is_wrong(tmp_path):
 
 
 def test_headline_of_an_error_raised_inside_a_tf_function_is_the_exception_not_the_trace_header():
-    inside = ('NotImplementedError: in user code:\n\n    File "tests/test_train.py", line 106, in None  *\n'
-              '        lambda x, y: train.train_step(model, optimizer, x, y)\n\n'
-              '    NotImplementedError: train_step: 1. run the model — see the TODO above\n'
-              'tests/test_train.py:107: in test_train_step_lowers_the_loss\n')
+    inside = (
+        'NotImplementedError: in user code:\n\n    File "tests/test_train.py", line 106, in None  *\n'
+        "        lambda x, y: train.train_step(model, optimizer, x, y)\n\n"
+        "    NotImplementedError: train_step: 1. run the model — see the TODO above\n"
+        "tests/test_train.py:107: in test_train_step_lowers_the_loss\n"
+    )
     assert runner.headline(inside) == "NotImplementedError: train_step: 1. run the model — see the TODO above"
     plain = "\nAssertionError: loss did not decrease: 2.30 -> 2.31\nassert 2.31 < 2.30\n"
     assert runner.headline(plain) == "AssertionError: loss did not decrease: 2.30 -> 2.31"

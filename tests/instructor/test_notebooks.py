@@ -2,6 +2,7 @@
 
 The two runs take about two minutes on two cores; skip them with `pytest -m "not slow"`.
 """
+
 import io
 import re
 import shutil
@@ -43,8 +44,12 @@ def test_notebook_starts_with_the_todo_helper(path):
     nb = nbformat.read(str(path), as_version=4)
     first = next(cell for cell in nb.cells if cell.cell_type == "code")
     assert "def todo(" in first.source, f"{path.name}: the first code cell must define the `todo` helper"
-    helpers = {cell.source for cell in (next(c for c in nbformat.read(str(p), as_version=4).cells
-                                             if c.cell_type == "code") for p in NOTEBOOKS)}
+    helpers = {
+        cell.source
+        for cell in (
+            next(c for c in nbformat.read(str(p), as_version=4).cells if c.cell_type == "code") for p in NOTEBOOKS
+        )
+    }
     assert len(helpers) == 1, "every notebook must start with the same setup cell (copy it from 01_tokenization)"
 
 
@@ -63,8 +68,9 @@ def stubbed_copy(root, dest):
 @pytest.mark.timeout(900)
 def test_notebooks_run_on_the_reference():
     """`make notebooks`: every notebook runs to the end, and no cell's error is hidden by the todo helper."""
-    result = subprocess.run([sys.executable, "-m", "grading.run_notebooks"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=880)
+    result = subprocess.run(
+        [sys.executable, "-m", "grading.run_notebooks"], cwd=ROOT, capture_output=True, text=True, timeout=880
+    )
     assert result.returncode == 0, f"make notebooks failed:\n{result.stdout[-8000:]}\n{result.stderr[-2000:]}"
 
 
@@ -85,7 +91,8 @@ def test_notebooks_run_on_stubs_and_name_the_todo(tmp_path):
             module, function = match.groups()
             source = (copy / "assignment" / module).read_text(encoding="utf-8")
             assert f"def {function.split('.')[-1]}(" in source, (
-                f"{path.name}: the message names {function} in assignment/{module}, which has no such function")
+                f"{path.name}: the message names {function} in assignment/{module}, which has no such function"
+            )
 
 
 def test_run_all_reports_a_hidden_failure_on_the_reference(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
 """Every command the README quotes exists: `make` targets in the Makefile, `python -m` modules and scripts on disk."""
+
 import importlib.util
 import re
 from pathlib import Path

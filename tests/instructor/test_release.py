@@ -1,5 +1,6 @@
 """The release builder: markers become stubs in every place a region can sit, bad markers are refused with
 file:line, and nothing that must stay with the instructor reaches the student release or the autograder bundle."""
+
 import json
 import os
 import stat
@@ -9,9 +10,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from toy_project import PARTS, SETTINGS, make_toy
 
 from grading import autograder, grade, markers, release
-from toy_project import PARTS, SETTINGS, make_toy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -135,13 +136,13 @@ def test_region_without_todo_points_to_the_docstring():
 
 
 def test_quotes_and_backslashes_in_the_todo_make_a_valid_string():
-    source = '''
+    source = """
     def f():
         # TODO: write "\\ufffd" for 'unknown' ids
         # BEGIN SOLUTION
         return 1
         # END SOLUTION
-    '''
+    """
     assert run_stub(source, lambda ns: ns["f"]()) == "f: write \"\\ufffd\" for 'unknown' ids — see the TODO above"
 
 
@@ -150,24 +151,49 @@ def test_quotes_and_backslashes_in_the_todo_make_a_valid_string():
     [
         ("def f():\n    # BEGIN SOLUTION\n    return 1\n", 2, "never closed"),
         ("def f():\n    return 1\n    # END SOLUTION\n", 3, "without a matching"),
-        ("def f():\n    # BEGIN SOLUTION\n    x = 1\n    # BEGIN SOLUTION\n    return x\n    # END SOLUTION\n", 4,
-         "nested"),
+        (
+            "def f():\n    # BEGIN SOLUTION\n    x = 1\n    # BEGIN SOLUTION\n    return x\n    # END SOLUTION\n",
+            4,
+            "nested",
+        ),
         ("# BEGIN SOLUTION\nX = 1\n# END SOLUTION\n", 1, "module level"),
         ("class A:\n    # BEGIN SOLUTION\n    x = 1\n    # END SOLUTION\n", 2, "class A"),
-        ("def f():\n    class B:\n        # BEGIN SOLUTION\n        y = 2\n        # END SOLUTION\n    return B\n", 3,
-         "class B"),
+        (
+            "def f():\n    class B:\n        # BEGIN SOLUTION\n        y = 2\n        # END SOLUTION\n    return B\n",
+            3,
+            "class B",
+        ),
         ("def f():\n    x = 1  # BEGIN SOLUTION\n    return x\n    # END SOLUTION\n", 2, "whole-line"),
         ("def f():\n    #BEGIN SOLUTION\n    return 1\n    # END SOLUTION\n", 2, "malformed"),
         ("def f():\n    # end solution\n    return 1\n", 2, "malformed"),
         ("def f():\n    # BEGIN SOLUTION\n    return 1\n  # END SOLUTION\n", 4, "indented differently"),
-        ("def f():\n    x = g(\n        # BEGIN SOLUTION\n        1,\n        # END SOLUTION\n    )\n    return x\n", 3,
-         "cuts a statement"),
+        (
+            "def f():\n    x = g(\n        # BEGIN SOLUTION\n        1,\n        # END SOLUTION\n    )\n    return x\n",
+            3,
+            "cuts a statement",
+        ),
         ("def f():\n    # BEGIN SOLUTION\n    # END SOLUTION\n    return 1\n", 2, "empty"),
-        ("def f():\n    if True:\n        # BEGIN SOLUTION\n        x = 1\n    # END SOLUTION\n    return x\n", 5,
-         "indented differently"),
+        (
+            "def f():\n    if True:\n        # BEGIN SOLUTION\n        x = 1\n    # END SOLUTION\n    return x\n",
+            5,
+            "indented differently",
+        ),
     ],
-    ids=["unclosed", "unopened", "nested", "module", "class", "class-in-function", "trailing", "no-space",
-         "lowercase", "end-indent", "inside-call", "empty", "dedented-end"],
+    ids=[
+        "unclosed",
+        "unopened",
+        "nested",
+        "module",
+        "class",
+        "class-in-function",
+        "trailing",
+        "no-space",
+        "lowercase",
+        "end-indent",
+        "inside-call",
+        "empty",
+        "dedented-end",
+    ],
 )
 def test_bad_markers_are_refused_naming_file_and_line(source, line, words):
     with pytest.raises(markers.MarkerError) as info:
@@ -207,11 +233,28 @@ def toy_release(toy, tmp_path_factory):
 def test_release_holds_the_stubbed_package_visible_tests_and_its_own_tooling(toy_release):
     out = toy_release.out
     files = set(toy_release.files)
-    assert {"assignment/__init__.py", "assignment/alpha.py", "assignment/beta.py", "tests/conftest.py",
-            "tests/checks.py", "tests/test_alpha.py", "tests/test_beta.py", "tests/test_beta_extensions.py",
-            "notebooks/walkthrough.ipynb", "data/corpora.json", "README.md", "Makefile", "pyproject.toml",
-            ".gitignore", "grading/__init__.py", "grading/__main__.py", "grading/grade.py", "grading/runner.py",
-            "grading/_child.py", "grading/manifest.json"} == files
+    assert {
+        "assignment/__init__.py",
+        "assignment/alpha.py",
+        "assignment/beta.py",
+        "tests/conftest.py",
+        "tests/checks.py",
+        "tests/test_alpha.py",
+        "tests/test_beta.py",
+        "tests/test_beta_extensions.py",
+        "notebooks/walkthrough.ipynb",
+        "data/corpora.json",
+        "README.md",
+        "Makefile",
+        "pyproject.toml",
+        ".gitignore",
+        "grading/__init__.py",
+        "grading/__main__.py",
+        "grading/grade.py",
+        "grading/runner.py",
+        "grading/_child.py",
+        "grading/manifest.json",
+    } == files
     alpha = (out / "assignment" / "alpha.py").read_text()
     assert "return a + b" not in alpha and "SOLUTION" not in alpha
     assert 'raise NotImplementedError("add: add the two numbers (~1 line) — see the TODO above")' in alpha
@@ -271,13 +314,21 @@ def test_leaks_stop_the_build(toy, tmp_path, where, text, expected):
 
 
 def test_leak_scan_flags_files_that_must_not_ship(tmp_path):
-    for name in ("tests/hidden/test_x_hidden.py", "tests/instructor/test_y.py", "grading/verify.py",
-                 "grading/bugs/x/y.patch"):
+    for name in (
+        "tests/hidden/test_x_hidden.py",
+        "tests/instructor/test_y.py",
+        "grading/verify.py",
+        "grading/bugs/x/y.patch",
+    ):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x = 1\n")
     leaks = "\n".join(release.leak_scan(tmp_path, set()))
-    for name in ("tests/hidden/test_x_hidden.py: hidden", "tests/instructor/test_y.py: instructor",
-                 "grading/verify.py: grading internals", "grading/bugs/x/y.patch"):
+    for name in (
+        "tests/hidden/test_x_hidden.py: hidden",
+        "tests/instructor/test_y.py: instructor",
+        "grading/verify.py: grading internals",
+        "grading/bugs/x/y.patch",
+    ):
         assert name in leaks
 
 
@@ -313,10 +364,19 @@ def test_autograder_bundle_has_gradescope_scripts_all_tests_and_no_reference(toy
     with zipfile.ZipFile(tmp_path / "autograder.zip") as z:
         names = set(z.namelist())
         modes = {i.filename: (i.external_attr >> 16) for i in z.infolist()}
-    assert {"setup.sh", "run_autograder", "requirements.txt", "tests/hidden/test_alpha_hidden.py",
-            "tests/test_alpha.py", "grading/manifest.json", "grading/grade.py", "assignment/alpha.py"} <= names
-    assert not any(n.startswith(("tests/instructor", "grading/bugs")) or n.endswith(("verify.py", "release.py"))
-                   for n in names)
+    assert {
+        "setup.sh",
+        "run_autograder",
+        "requirements.txt",
+        "tests/hidden/test_alpha_hidden.py",
+        "tests/test_alpha.py",
+        "grading/manifest.json",
+        "grading/grade.py",
+        "assignment/alpha.py",
+    } <= names
+    assert not any(
+        n.startswith(("tests/instructor", "grading/bugs")) or n.endswith(("verify.py", "release.py")) for n in names
+    )
     for script in ("setup.sh", "run_autograder"):
         assert modes[script] & stat.S_IXUSR, f"{script} must be executable in the zip"
         check = subprocess.run(["bash", "-n", str(out / script)], capture_output=True, text=True)

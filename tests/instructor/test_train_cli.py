@@ -4,6 +4,7 @@ train, resume, already done, generate, TensorBoard logs, clear errors, fine-tuni
 The first training run and the fine-tuning run are real subprocesses; the other invocations call the same
 `main(argv)` in this process (what `python -m` runs), which saves TensorFlow's start-up time.
 """
+
 import os
 import shutil
 import subprocess
@@ -22,10 +23,18 @@ TINY = ["--config", "tiny", "--no-progress", "--no-jit"]
 
 def cli(module, *args, expect=0, timeout=240):
     """Runs `python -m module args` from the repository root; returns the process after checking its exit code."""
-    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
-    assert proc.returncode == expect, (f"`{module} {' '.join(map(str, args))}` exited {proc.returncode}, expected "
-                                       f"{expect}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == expect, (
+        f"`{module} {' '.join(map(str, args))}` exited {proc.returncode}, expected "
+        f"{expect}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    )
     return proc
 
 
@@ -52,8 +61,19 @@ def test_every_flag_has_help():
         for action in parser._actions:
             assert action.help and len(action.help) > 10, f"{parser.prog}: {action.option_strings} has no help"
     out = cli("assignment.train", "--help").stdout
-    for flag in ("--model", "--config", "--preset", "--corpus", "--steps", "--run-dir", "--optimizer", "--init-from",
-                 "--freeze", "--strategy", "--overwrite"):
+    for flag in (
+        "--model",
+        "--config",
+        "--preset",
+        "--corpus",
+        "--steps",
+        "--run-dir",
+        "--optimizer",
+        "--init-from",
+        "--freeze",
+        "--strategy",
+        "--overwrite",
+    ):
         assert flag in out
 
 
@@ -75,8 +95,16 @@ def test_tensorboard_logs_hold_scalars_and_samples(trained):
     for path in (run_dir / "logs").glob("events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             tags.update(value.tag for value in event.summary.value)
-    expected = {"train/loss", "train/perplexity", "train/grad_norm", "train/lr", "train/tokens_per_sec", "val/loss",
-                "val/perplexity", "sample"}
+    expected = {
+        "train/loss",
+        "train/perplexity",
+        "train/grad_norm",
+        "train/lr",
+        "train/tokens_per_sec",
+        "val/loss",
+        "val/perplexity",
+        "sample",
+    }
     assert expected <= tags, f"missing TensorBoard tags: {expected - tags}"
 
 
@@ -89,8 +117,7 @@ def test_rerun_says_done_then_extends_and_generate_reads_the_run(trained, tmp_pa
     more, _ = main(capsys, train, *TINY, "--run-dir", copy, "--sample-tokens", 0, "--steps", 24)
     assert "restored from step 20" in more and "done: step 24" in more
     first, _ = main(capsys, generate, "--run-dir", copy, "--max-new-tokens", 30, "--seed", 3)
-    second, _ = main(capsys, generate, "--run-dir", copy, "--max-new-tokens", 30, "--seed", 3,
-                     "--checkpoint", "latest")
+    second, _ = main(capsys, generate, "--run-dir", copy, "--max-new-tokens", 30, "--seed", 3, "--checkpoint", "latest")
     assert first.startswith("The ") and len(first.rstrip("\n")) == len("The ") + 30, repr(first)
     assert second == first  # val loss still falls at step 24, so the best checkpoint is the latest; same seed
     _, missing = main(capsys, generate, "--run-dir", tmp_path / "nothing", expect=2)
@@ -110,8 +137,22 @@ def test_another_model_or_config_in_a_run_directory_is_a_clear_error(trained, ca
 def test_overwrite_starts_again(tmp_path, capsys):
     run_dir = tmp_path / "run"
     main(capsys, train, *TINY, "--run-dir", run_dir, "--steps", 2, "--eval-every", 2, "--sample-tokens", 0)
-    out, _ = main(capsys, train, *TINY, "--run-dir", run_dir, "--model", "rnn", "--overwrite", "--steps", 2,
-                  "--eval-every", 2, "--sample-tokens", 0)
+    out, _ = main(
+        capsys,
+        train,
+        *TINY,
+        "--run-dir",
+        run_dir,
+        "--model",
+        "rnn",
+        "--overwrite",
+        "--steps",
+        2,
+        "--eval-every",
+        2,
+        "--sample-tokens",
+        0,
+    )
     assert "starting from scratch" in out and "done: step 2" in out
     assert '"model": "rnn"' in (run_dir / "config.json").read_text()
 
@@ -131,8 +172,25 @@ def test_fine_tuning_keeps_frozen_weights_unchanged(trained, tmp_path):
     corpus = tmp_path / "other.txt"
     corpus.write_text("def add(x, y):\n    return x + y\n\n" * 200)
     tuned = tmp_path / "tuned"
-    out = cli("assignment.train", *TINY, "--init-from", run_dir, "--corpus", corpus, "--freeze", "embeddings", 1,
-              "--run-dir", tuned, "--sample-tokens", 0, "--steps", 10, "--eval-every", 10).stdout
+    out = cli(
+        "assignment.train",
+        *TINY,
+        "--init-from",
+        run_dir,
+        "--corpus",
+        corpus,
+        "--freeze",
+        "embeddings",
+        1,
+        "--run-dir",
+        tuned,
+        "--sample-tokens",
+        0,
+        "--steps",
+        10,
+        "--eval-every",
+        10,
+    ).stdout
     assert "initialized from" in out and "frozen:" in out
     source, _, _, _ = train.load_run(run_dir, "best")
     result, _, config, _ = train.load_run(tuned, "latest")

@@ -1,5 +1,6 @@
 """Scale-out: the loop under `tf.distribute.MirroredStrategy` on two logical CPU devices (in a subprocess, since the
 CPU must be split before TensorFlow starts) trains the same weights as one device, and the CLI runs with it."""
+
 import json
 import os
 import subprocess
@@ -67,8 +68,9 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.timeout(600)
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_cpus_trains_the_same_weights_as_one_device(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
@@ -82,10 +84,33 @@ def test_mirrored_strategy_on_two_cpus_trains_the_same_weights_as_one_device(tmp
 @pytest.mark.timeout(600)
 @pytest.mark.slow
 def test_cli_trains_and_samples_under_mirrored_strategy(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "assignment.train", "--config", "tiny", "--no-progress",
-                           "--strategy", "mirrored", "--cpu-replicas", "2", "--steps", "2", "--eval-every", "2",
-                           "--sample-tokens", "5", "--run-dir", str(tmp_path / "run")],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "assignment.train",
+            "--config",
+            "tiny",
+            "--no-progress",
+            "--strategy",
+            "mirrored",
+            "--cpu-replicas",
+            "2",
+            "--steps",
+            "2",
+            "--eval-every",
+            "2",
+            "--sample-tokens",
+            "5",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "done: step 2" in proc.stdout and "sample:\nThe " in proc.stdout
 
@@ -107,17 +132,42 @@ def _free_ports(n):
 def test_multi_worker_strategy_with_two_local_workers_matches_one_device(tmp_path, capsys):
     from assignment import train
 
-    args = ["--config", "tiny", "--no-progress", "--steps", "4", "--eval-every", "4", "--sample-tokens", "0",
-            "--clip-norm", "1000"]  # no clipping: each replica clips its own gradient, one device the whole
+    args = [
+        "--config",
+        "tiny",
+        "--no-progress",
+        "--steps",
+        "4",
+        "--eval-every",
+        "4",
+        "--sample-tokens",
+        "0",
+        "--clip-norm",
+        "1000",
+    ]  # no clipping: each replica clips its own gradient, one device the whole
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
-    workers = [subprocess.Popen([sys.executable, "-m", "assignment.train", *args, "--strategy", "multiworker",
-                                 "--run-dir", str(tmp_path / "multi")], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True,
-                                env=dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster,
-                                                                     "task": {"type": "worker", "index": i}})))
-               for i in range(2)]
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "assignment.train",
+                *args,
+                "--strategy",
+                "multiworker",
+                "--run-dir",
+                str(tmp_path / "multi"),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})),
+        )
+        for i in range(2)
+    ]
     outputs = [w.communicate(timeout=500) for w in workers]
-    for w, (out, err) in zip(workers, outputs):
+    for w, (_out, err) in zip(workers, outputs):
         assert w.returncode == 0, err
     assert train.main([*args, "--no-jit", "--run-dir", str(tmp_path / "single")]) == 0
     single = capsys.readouterr().out

@@ -1,5 +1,6 @@
 """The training loop in process, on a tiny model defined here: resume exactness, checkpoint retention, the best
 checkpoint, freezing, optimizers, and a corpus too small for one batch."""
+
 import json
 
 import keras
@@ -19,9 +20,15 @@ class BlocksLM(keras.Model):
         super().__init__()
         init = keras.initializers.RandomNormal(stddev=0.3, seed=1)
         self.embedding = keras.layers.Embedding(V, dim, embeddings_initializer=init, name="embedding")
-        self.blocks = [keras.layers.Dense(dim, activation="tanh", name=f"block_{i}",
-                                          kernel_initializer=keras.initializers.RandomNormal(stddev=0.3, seed=2 + i))
-                       for i in range(num_blocks)]
+        self.blocks = [
+            keras.layers.Dense(
+                dim,
+                activation="tanh",
+                name=f"block_{i}",
+                kernel_initializer=keras.initializers.RandomNormal(stddev=0.3, seed=2 + i),
+            )
+            for i in range(num_blocks)
+        ]
         self.drop = keras.layers.Dropout(dropout, seed=7)
         self.head = keras.layers.Dense(V, name="head", kernel_initializer=keras.initializers.RandomNormal(seed=9))
 
@@ -38,12 +45,24 @@ def token_stream(n=3000, seed=0):
     ids = (np.arange(n) % V).astype(np.int32)
     noise = rng.random(n) < 0.2
     ids[noise] = rng.integers(0, V, noise.sum())
-    return ids[: n * 9 // 10], ids[n * 9 // 10:]
+    return ids[: n * 9 // 10], ids[n * 9 // 10 :]
 
 
 def config(**overrides):
-    values = dict(steps=20, batch_size=4, seq_len=8, lr=1e-2, warmup_steps=3, eval_every=10, eval_batch_size=8,
-                  log_every=5, save_every_steps=5, save_every_minutes=0, keep_last=3, jit_compile=False)
+    values = dict(
+        steps=20,
+        batch_size=4,
+        seq_len=8,
+        lr=1e-2,
+        warmup_steps=3,
+        eval_every=10,
+        eval_batch_size=8,
+        log_every=5,
+        save_every_steps=5,
+        save_every_minutes=0,
+        keep_last=3,
+        jit_compile=False,
+    )
     values.update(overrides)
     return train.TrainConfig(**values)
 
@@ -68,8 +87,13 @@ def test_resumed_run_equals_straight_run(tmp_path):
     assert resumed["step"] == straight["step"] == 20
     assert int(resumed["optimizer"].iterations) == int(straight["optimizer"].iterations) == 20
     for a, b, v in zip(weights(straight["model"]), weights(resumed["model"]), straight["model"].weights):
-        np.testing.assert_allclose(b, a, atol=1e-6, err_msg=f"{v.path} differs between the straight and the "
-                                   "resumed run (dropout on, so the dropout RNG state must resume too)")
+        np.testing.assert_allclose(
+            b,
+            a,
+            atol=1e-6,
+            err_msg=f"{v.path} differs between the straight and the "
+            "resumed run (dropout on, so the dropout RNG state must resume too)",
+        )
     assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-6)
 
 
@@ -92,8 +116,7 @@ def test_retention_keeps_the_last_n_checkpoints_every_k_steps(tmp_path):
 def test_retention_saves_every_m_minutes(tmp_path, monkeypatch):
     clock = iter(float(60 * i) for i in range(10_000))  # each reading of the clock is one minute later
     monkeypatch.setattr(train.time, "monotonic", lambda: next(clock))
-    result, _ = run(tmp_path, config(steps=7, save_every_steps=0, save_every_minutes=1.5, keep_last=10,
-                                     eval_every=100))
+    result, _ = run(tmp_path, config(steps=7, save_every_steps=0, save_every_minutes=1.5, keep_last=10, eval_every=100))
     steps = result["checkpoints"].saved_steps
     assert len(steps) >= 3 and steps[-1] == 7, steps  # saved by time alone, not only at the end
 
@@ -136,8 +159,9 @@ def test_freezing_keeps_frozen_weights_bit_identical(tmp_path):
         setup.before = {v.path: v.numpy().copy() for v in model.weights}
 
     result, _ = run(tmp_path, config(steps=10, weight_decay=0.5), setup_fn=setup)
-    assert sorted(frozen_paths) == sorted(v.path for v in result["model"].embedding.weights +
-                                          result["model"].blocks[0].weights)
+    assert sorted(frozen_paths) == sorted(
+        v.path for v in result["model"].embedding.weights + result["model"].blocks[0].weights
+    )
     for v in result["model"].weights:
         if v.path in frozen_paths:
             np.testing.assert_array_equal(v.numpy(), setup.before[v.path], err_msg=f"frozen {v.path} changed")
@@ -194,8 +218,9 @@ def test_schedule_free_trains_at_y_and_evaluates_at_the_average_x(compiled):
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2, use_bias=False)])
     w0 = np.array([[1.0, -2.0]], np.float32)
     model.layers[0].kernel.assign(w0)
-    optimizer = train.make_optimizer("schedulefree", lr, steps=100, warmup_steps=warmup, weight_decay=0.0,
-                                     beta_1=b1, beta_2=b2)
+    optimizer = train.make_optimizer(
+        "schedulefree", lr, steps=100, warmup_steps=warmup, weight_decay=0.0, beta_1=b1, beta_2=b2
+    )
     optimizer.build(model.trainable_variables)  # eagerly, as the loop does: z starts at the weights
 
     def step():
@@ -211,7 +236,7 @@ def test_schedule_free_trains_at_y_and_evaluates_at_the_average_x(compiled):
         step()
         g = 2 * y
         v = b2 * v + (1 - b2) * g * g
-        z = z - lr * min(t / warmup, 1.0) * g / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        z = z - lr * min(t / warmup, 1.0) * g / (np.sqrt(v / (1 - b2**t)) + eps)
         x = (1 - 1 / t) * x + z / t
         y = (1 - b1) * z + b1 * x
         np.testing.assert_allclose(model.layers[0].kernel.numpy(), y, atol=1e-5, err_msg=f"y after step {t}")

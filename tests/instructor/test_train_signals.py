@@ -1,6 +1,7 @@
 """Reliability: a run killed with SIGKILL resumes from its latest checkpoint with the same command and ends where a
 run that was never killed ends; a kill in the middle of a checkpoint write never leaves an unreadable checkpoint;
 Ctrl-C (SIGINT) saves a checkpoint before exiting."""
+
 import json
 import os
 import signal
@@ -21,8 +22,20 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 
 
 def command(run_dir, *extra):
-    return [sys.executable, "-m", "assignment.train", "--config", "tiny", "--no-progress", "--no-jit",
-            "--sample-tokens", "0", "--run-dir", str(run_dir), *map(str, extra)]
+    return [
+        sys.executable,
+        "-m",
+        "assignment.train",
+        "--config",
+        "tiny",
+        "--no-progress",
+        "--no-jit",
+        "--sample-tokens",
+        "0",
+        "--run-dir",
+        str(run_dir),
+        *map(str, extra),
+    ]
 
 
 def latest_step(run_dir):
@@ -42,21 +55,22 @@ def wait_for(predicate, proc, timeout=180):
 @pytest.mark.slow
 def test_sigkill_then_same_command_resumes_and_matches_an_unkilled_run(tmp_path):
     args = ("--steps", 24, "--save-every-steps", 1, "--eval-every", 12)
-    straight = subprocess.run(command(tmp_path / "straight", *args), cwd=ROOT, env=ENV, capture_output=True,
-                              text=True, timeout=300)
+    straight = subprocess.run(
+        command(tmp_path / "straight", *args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert straight.returncode == 0, straight.stderr
 
     killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen(command(killed_dir, *args), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command(killed_dir, *args), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_for(lambda: latest_step(killed_dir) >= 6, proc)
     proc.send_signal(signal.SIGKILL)  # with a save every step, often in the middle of writing one
     proc.wait(timeout=30)
     killed_at = latest_step(killed_dir)
     assert 6 <= killed_at < 24
 
-    resumed = subprocess.run(command(killed_dir, *args), cwd=ROOT, env=ENV, capture_output=True, text=True,
-                             timeout=300)
+    resumed = subprocess.run(command(killed_dir, *args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     restored = [line for line in resumed.stdout.splitlines() if line.startswith("restored from step")]
     assert restored and int(restored[0].split()[3]) >= killed_at, resumed.stdout
@@ -65,8 +79,12 @@ def test_sigkill_then_same_command_resumes_and_matches_an_unkilled_run(tmp_path)
     a, _, _, _ = train.load_run(tmp_path / "straight", "latest")
     b, _, _, _ = train.load_run(killed_dir, "latest")
     for va, vb in zip(a.variables, b.variables):
-        np.testing.assert_allclose(vb.numpy(), va.numpy(), atol=1e-5, err_msg=f"{va.path}: killed-and-resumed run "
-                                   "differs from the straight run")
+        np.testing.assert_allclose(
+            vb.numpy(),
+            va.numpy(),
+            atol=1e-5,
+            err_msg=f"{va.path}: killed-and-resumed run differs from the straight run",
+        )
     history = [json.loads(line) for line in (killed_dir / "history.jsonl").read_text().splitlines()]
     assert [record["step"] for record in history] == [12, 24]  # an evaluation after the kill is not repeated
 
@@ -103,8 +121,14 @@ SAVER = BIG_MODEL + textwrap.dedent("""
 def test_sigkill_during_checkpoint_writes_never_leaves_an_unreadable_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
     for attempt in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)], cwd=ROOT, env=ENV,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SAVER, str(tmp_path)],
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         for _ in range(3):
             assert proc.stdout.readline(), "the saver died"
         time.sleep(rng.uniform(0, 0.2))  # land anywhere in a save
@@ -128,8 +152,14 @@ def test_sigkill_during_checkpoint_writes_never_leaves_an_unreadable_checkpoint(
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(command(run_dir, "--steps", 100000, "--eval-every", 5, "--save-every-steps", 100000),
-                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command(run_dir, "--steps", 100000, "--eval-every", 5, "--save-every-steps", 100000),
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("step 5:"):
             break

@@ -1,4 +1,5 @@
 """The transformer's scaffolding (not graded): presets, config validation and JSON, bad input, XLA, the KV cache API."""
+
 import json
 
 import keras
@@ -18,20 +19,84 @@ def _tokens(batch, time, vocab=11, seed=0):
 
 # -- presets: the rows of the lecture's table ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, expected", [
-    ("gpt2", dict(norm="layernorm", positions="learned", bias="all", block="sequential", activation="gelu",
-                  tie_embeddings=True, num_kv_heads=4)),
-    ("olmo", dict(norm="nonparametric", positions="rope", bias="none", block="sequential", activation="swiglu",
-                  tie_embeddings=False, num_kv_heads=4)),
-    ("llama2", dict(norm="rmsnorm", positions="rope", bias="none", block="sequential", activation="swiglu",
-                    tie_embeddings=False, num_kv_heads=2)),
-    ("openlm", dict(norm="layernorm", positions="rope", bias="norm_only", block="sequential", activation="swiglu",
-                    tie_embeddings=False, num_kv_heads=4)),
-    ("falcon", dict(norm="layernorm", positions="rope", bias="norm_only", block="parallel", activation="gelu",
-                    tie_embeddings=False, num_kv_heads=1)),
-    ("palm", dict(norm="layernorm", positions="rope", bias="none", block="parallel", activation="swiglu",
-                  tie_embeddings=True, num_kv_heads=1)),
-])
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (
+            "gpt2",
+            dict(
+                norm="layernorm",
+                positions="learned",
+                bias="all",
+                block="sequential",
+                activation="gelu",
+                tie_embeddings=True,
+                num_kv_heads=4,
+            ),
+        ),
+        (
+            "olmo",
+            dict(
+                norm="nonparametric",
+                positions="rope",
+                bias="none",
+                block="sequential",
+                activation="swiglu",
+                tie_embeddings=False,
+                num_kv_heads=4,
+            ),
+        ),
+        (
+            "llama2",
+            dict(
+                norm="rmsnorm",
+                positions="rope",
+                bias="none",
+                block="sequential",
+                activation="swiglu",
+                tie_embeddings=False,
+                num_kv_heads=2,
+            ),
+        ),
+        (
+            "openlm",
+            dict(
+                norm="layernorm",
+                positions="rope",
+                bias="norm_only",
+                block="sequential",
+                activation="swiglu",
+                tie_embeddings=False,
+                num_kv_heads=4,
+            ),
+        ),
+        (
+            "falcon",
+            dict(
+                norm="layernorm",
+                positions="rope",
+                bias="norm_only",
+                block="parallel",
+                activation="gelu",
+                tie_embeddings=False,
+                num_kv_heads=1,
+            ),
+        ),
+        (
+            "palm",
+            dict(
+                norm="layernorm",
+                positions="rope",
+                bias="none",
+                block="parallel",
+                activation="swiglu",
+                tie_embeddings=True,
+                num_kv_heads=1,
+            ),
+        ),
+    ],
+)
 def test_presets_follow_the_table(name, expected):
     config = TransformerConfig.preset(name, **TINY)
     for field, value in expected.items():
@@ -60,18 +125,22 @@ def test_config_round_trips_through_json():
 
 # -- bad input: a ValueError naming the value and what is valid ---------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(d_model=128, num_heads=3), ["num_heads=3", "d_model=128", "must divide"]),
-    (dict(num_heads=4, num_kv_heads=3), ["num_kv_heads=3", "num_heads=4", "[1, 2, 4]"]),
-    (dict(norm="batchnorm"), ["norm='batchnorm'", "'rmsnorm'"]),
-    (dict(positions="alibi"), ["positions='alibi'", "'rope'"]),
-    (dict(bias="some"), ["bias='some'", "'norm_only'"]),
-    (dict(block="fused"), ["block='fused'", "'parallel'"]),
-    (dict(activation="relu"), ["activation='relu'", "'swiglu'"]),
-    (dict(vocab_size=0), ["vocab_size=0"]),
-    (dict(dropout=1.0), ["dropout=1.0"]),
-    (dict(d_model=12, num_heads=4, positions="rope"), ["head size", "even"]),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(d_model=128, num_heads=3), ["num_heads=3", "d_model=128", "must divide"]),
+        (dict(num_heads=4, num_kv_heads=3), ["num_kv_heads=3", "num_heads=4", "[1, 2, 4]"]),
+        (dict(norm="batchnorm"), ["norm='batchnorm'", "'rmsnorm'"]),
+        (dict(positions="alibi"), ["positions='alibi'", "'rope'"]),
+        (dict(bias="some"), ["bias='some'", "'norm_only'"]),
+        (dict(block="fused"), ["block='fused'", "'parallel'"]),
+        (dict(activation="relu"), ["activation='relu'", "'swiglu'"]),
+        (dict(vocab_size=0), ["vocab_size=0"]),
+        (dict(dropout=1.0), ["dropout=1.0"]),
+        (dict(d_model=12, num_heads=4, positions="rope"), ["head size", "even"]),
+    ],
+)
 def test_bad_config_raises_a_value_error_naming_the_value(kwargs, words):
     with pytest.raises(ValueError) as info:
         TransformerConfig(**kwargs)
@@ -107,6 +176,7 @@ def test_attention_refuses_heads_that_do_not_divide_the_width():
 
 
 # -- compilation, the cache API, serialization ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["gpt2", "llama2", "falcon"])
 def test_train_step_compiles_with_xla_and_matches_graph_mode(name):

@@ -3,6 +3,7 @@
 `make_toy(root)` writes it: assignment/alpha.py and assignment/beta.py with solution markers in functions, methods,
 a decorated static method and a nested function; visible, hidden and bonus tests with points. Not collected by
 pytest itself (its name does not start with test_)."""
+
 import json
 from pathlib import Path
 
@@ -98,11 +99,11 @@ import pytest
 def _quiet():
     yield
 ''',
-    "tests/checks.py": '''\
+    "tests/checks.py": """\
 def assert_equal(got, expected, what="value"):
     assert got == expected, f"expected {what} {expected!r}, got {got!r}"
-''',
-    "tests/test_alpha.py": '''\
+""",
+    "tests/test_alpha.py": """\
 import pytest
 
 from assignment import alpha
@@ -135,8 +136,8 @@ def test_twice():
 @pytest.mark.points(0.5)
 def test_scaler(k):
     assert_equal(alpha.make_scaler(k)(5), 5 * k, f"make_scaler({k})(5)")
-''',
-    "tests/hidden/test_alpha_hidden.py": '''\
+""",
+    "tests/hidden/test_alpha_hidden.py": """\
 import pytest
 
 from assignment import alpha
@@ -145,8 +146,8 @@ from assignment import alpha
 @pytest.mark.points(1)
 def test_add_floats_hidden():
     assert alpha.add(0.5, 0.25) == 0.75
-''',
-    "tests/test_beta.py": '''\
+""",
+    "tests/test_beta.py": """\
 import pytest
 
 from assignment import beta
@@ -160,8 +161,8 @@ def test_mean():
 @pytest.mark.points(1)
 def test_spread():
     assert beta.spread([4, 1, 9]) == 8
-''',
-    "tests/test_beta_extensions.py": '''\
+""",
+    "tests/test_beta_extensions.py": """\
 import pytest
 
 from assignment import beta
@@ -171,7 +172,7 @@ from assignment import beta
 @pytest.mark.points(3)
 def test_mean_of_floats_bonus():
     assert beta.mean([0.5, 1.5]) == 1.0
-''',
+""",
 }
 
 
@@ -183,10 +184,18 @@ def make_toy(root):
     files["data/corpora.json"] = '{"toy": {"url": "http://127.0.0.1/toy.txt", "sha256": "0"}}\n'
     files["README.md"] = "# Toy course (instructor copy)\n"
     notebook = {
-        "cells": [{"cell_type": "code", "execution_count": 3, "metadata": {},
-                   "outputs": [{"output_type": "stream", "name": "stdout", "text": ["5\n"]}],
-                   "source": ["from assignment import alpha\n", "print(alpha.add(2, 3))"]}],
-        "metadata": {}, "nbformat": 4, "nbformat_minor": 5,
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": 3,
+                "metadata": {},
+                "outputs": [{"output_type": "stream", "name": "stdout", "text": ["5\n"]}],
+                "source": ["from assignment import alpha\n", "print(alpha.add(2, 3))"],
+            }
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
     }
     files["notebooks/walkthrough.ipynb"] = json.dumps(notebook, indent=1)
     for name, text in files.items():
