@@ -8,7 +8,7 @@ SUBMISSION ?= dist/student
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test train generate tensorboard compare data bench student autograder verify grade notebooks clean
+.PHONY: help install test lint train generate tensorboard compare data bench student autograder verify grade notebooks clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,6 +23,10 @@ install: $(STAMP)  ## create .venv and install the package with its test tools
 
 test: $(STAMP)  ## run the whole test suite (graded, hidden and instructor tests)
 	$(PY) -m pytest
+
+lint: $(STAMP)  ## ruff: lint and format check (what CI runs)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 train: $(STAMP)  ## main job: train the reference transformer on the offline default corpus (RUN=runs/main)
 	$(PY) -m assignment.train --model transformer --corpus pyref --run-dir $(RUN) $(ARGS)
