@@ -9,15 +9,14 @@ Runs resume like any training run, so a second `make compare` only redraws the t
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from assignment.cli import Parser
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m assignment.compare",
         description="Train several models (or optimizers) on one token budget and compare them: a table and PNG "
         "plots of validation loss against step and against training time.",
@@ -121,46 +120,41 @@ def table(rows):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from assignment import train
+    from assignment import runs
+    from assignment.checkpoints import CheckpointError
+    from assignment.data import CorpusTooSmall
+    from assignment.train import Diverged
 
     out_dir = Path(args.runs_dir)
     rows = []
     for model in args.models:
         for optimizer in args.optimizers:
             name = model if len(args.optimizers) == 1 else f"{model}-{optimizer}"
-            flags = [
-                "--model",
-                model,
-                "--config",
-                args.config,
-                "--corpus",
-                args.corpus,
-                "--optimizer",
-                optimizer,
-                "--run-dir",
-                str(out_dir / name),
-                "--steps",
-                str(args.steps),
-                "--eval-every",
-                str(args.eval_every),
-                "--sample-tokens",
-                "0",
-            ]
-            for flag, value in (("--batch-size", args.batch_size), ("--context-length", args.context_length)):
-                if value is not None:
-                    flags += [flag, str(value)]
-            flags += ["--overwrite"] * args.overwrite + ["--no-progress"] * args.no_progress
+            request = runs.RunRequest(
+                run_dir=str(out_dir / name),
+                model=model,
+                config=args.config,
+                corpus=args.corpus,
+                optimizer=optimizer,
+                steps=args.steps,
+                eval_every=args.eval_every,
+                batch_size=args.batch_size,
+                context_length=args.context_length,
+                sample_tokens=0,
+                overwrite=args.overwrite,
+                no_progress=args.no_progress,
+            )
             print(f"== {name}")
             try:
-                result = train.run(train.build_parser().parse_args(flags))
-            except (train.UsageError, train.CorpusTooSmall) as error:
+                result = runs.run(request)
+            except (runs.UsageError, CorpusTooSmall, CheckpointError, Diverged) as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
             history = result["history"]
             if not history:
                 print(f"error: {out_dir / name} has no evaluation yet", file=sys.stderr)
                 return 2
-            config = train.read_run_config(out_dir / name)
+            config = runs.read_run_config(out_dir / name)
             last = history[-1]
             rows.append(
                 dict(

@@ -6,15 +6,14 @@ read: the model is rebuilt from its config, its weights restored from the best c
 """
 
 import argparse
-import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from assignment.cli import Parser
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m assignment.generate",
         description="Generate text with a model trained by `python -m assignment.train` (or `make train`).",
         epilog="examples:\n"
@@ -70,14 +69,34 @@ def build_parser():
     return parser
 
 
+def check_args(args):
+    """Returns what is wrong with the flags, naming the flag, its value and what is allowed; None when nothing."""
+    if args.num_samples < 1:
+        return f"--num-samples must be at least 1; got --num-samples {args.num_samples}"
+    if args.max_new_tokens < 0:
+        return f"--max-new-tokens must be >= 0; got --max-new-tokens {args.max_new_tokens}"
+    if not args.temperature >= 0 or args.temperature == float("inf"):
+        return f"--temperature must be a finite number >= 0 (0: greedy); got --temperature {args.temperature}"
+    if args.top_k is not None and args.top_k < 1:
+        return f"--top-k must be at least 1 (the number of tokens kept); got --top-k {args.top_k}"
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        return f"--top-p must be in (0, 1] (the probability mass kept); got --top-p {args.top_p}"
+    return None
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from assignment import sampling
-    from assignment.train import UsageError, load_run
+    from assignment.checkpoints import CheckpointError
+    from assignment.runs import UsageError, load_run
 
+    problem = check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         model, tokenizer, config, path = load_run(args.run_dir, args.checkpoint)
-    except (UsageError, FileNotFoundError) as error:
+    except (UsageError, CheckpointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.unk_id]

@@ -114,7 +114,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from assignment.corpus import load_corpus
-    from assignment.train import load_run
+    from assignment.runs import load_run
 
     model, tokenizer, config, checkpoint = load_run(args.run_dir, args.which)
     corpus_words = set(load_corpus(config.get("corpus", "pyref")).split())

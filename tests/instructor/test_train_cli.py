@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assignment import generate, train
+from assignment import cli, generate, runs
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 TINY = ["--config", "tiny", "--no-progress", "--no-jit"]
 
 
-def cli(module, *args, expect=0, timeout=240):
+def run_module(module, *args, expect=0, timeout=240):
     """Runs `python -m module args` from the repository root; returns the process after checking its exit code."""
     proc = subprocess.run(
         [sys.executable, "-m", module, *map(str, args)],
@@ -50,17 +50,17 @@ def main(capsys, module, *args, expect=0):
 def trained(tmp_path_factory):
     """A run directory trained by the CLI for 20 steps, and the output of that run."""
     run_dir = tmp_path_factory.mktemp("cli") / "run"
-    proc = cli("assignment.train", *TINY, "--run-dir", run_dir, "--sample-tokens", 20)
+    proc = run_module("assignment.train", *TINY, "--run-dir", run_dir, "--sample-tokens", 20)
     return run_dir, proc.stdout
 
 
 @pytest.mark.timeout(600)
 @pytest.mark.slow
 def test_every_flag_has_help():
-    for parser in (train.build_parser(), generate.build_parser()):
+    for parser in (cli.build_parser(), generate.build_parser()):
         for action in parser._actions:
             assert action.help and len(action.help) > 10, f"{parser.prog}: {action.option_strings} has no help"
-    out = cli("assignment.train", "--help").stdout
+    out = run_module("assignment.train", "--help").stdout
     for flag in (
         "--model",
         "--config",
@@ -112,9 +112,9 @@ def test_rerun_says_done_then_extends_and_generate_reads_the_run(trained, tmp_pa
     run_dir, _ = trained
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)  # the fixture's run stays as it is for the other tests
-    again, _ = main(capsys, train, *TINY, "--run-dir", copy, "--sample-tokens", 0)
+    again, _ = main(capsys, cli, *TINY, "--run-dir", copy, "--sample-tokens", 0)
     assert "restored from step 20" in again and "already trained to step 20 of 20" in again
-    more, _ = main(capsys, train, *TINY, "--run-dir", copy, "--sample-tokens", 0, "--steps", 24)
+    more, _ = main(capsys, cli, *TINY, "--run-dir", copy, "--sample-tokens", 0, "--steps", 24)
     assert "restored from step 20" in more and "done: step 24" in more
     first, _ = main(capsys, generate, "--run-dir", copy, "--max-new-tokens", 30, "--seed", 3)
     second, _ = main(capsys, generate, "--run-dir", copy, "--max-new-tokens", 30, "--seed", 3, "--checkpoint", "latest")
@@ -126,20 +126,20 @@ def test_rerun_says_done_then_extends_and_generate_reads_the_run(trained, tmp_pa
 
 def test_another_model_or_config_in_a_run_directory_is_a_clear_error(trained, capsys):
     run_dir, _ = trained
-    _, other = main(capsys, train, *TINY, "--run-dir", run_dir, "--model", "lstm", expect=2)
+    _, other = main(capsys, cli, *TINY, "--run-dir", run_dir, "--model", "lstm", expect=2)
     assert "holds a run of another model or config" in other
     assert "model: 'lstm' here, 'transformer' in the run" in other
     assert "--run-dir" in other and "--overwrite" in other
-    _, wider = main(capsys, train, *TINY, "--run-dir", run_dir, "--d-model", 64, expect=2)
+    _, wider = main(capsys, cli, *TINY, "--run-dir", run_dir, "--d-model", 64, expect=2)
     assert "model_config.d_model: 64 here, 32 in the run" in wider
 
 
 def test_overwrite_starts_again(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    main(capsys, train, *TINY, "--run-dir", run_dir, "--steps", 2, "--eval-every", 2, "--sample-tokens", 0)
+    main(capsys, cli, *TINY, "--run-dir", run_dir, "--steps", 2, "--eval-every", 2, "--sample-tokens", 0)
     out, _ = main(
         capsys,
-        train,
+        cli,
         *TINY,
         "--run-dir",
         run_dir,
@@ -160,7 +160,7 @@ def test_overwrite_starts_again(tmp_path, capsys):
 def test_corpus_too_small_for_one_batch_is_a_clear_error(tmp_path, capsys):
     corpus = tmp_path / "small.txt"
     corpus.write_text("A short text.\n" * 4)
-    _, err = main(capsys, train, *TINY, "--corpus", corpus, "--run-dir", tmp_path / "run", expect=2)
+    _, err = main(capsys, cli, *TINY, "--corpus", corpus, "--run-dir", tmp_path / "run", expect=2)
     assert "too small for one batch" in err and "--batch-size" in err
     assert not (tmp_path / "run").exists()
 
@@ -172,7 +172,7 @@ def test_fine_tuning_keeps_frozen_weights_unchanged(trained, tmp_path):
     corpus = tmp_path / "other.txt"
     corpus.write_text("def add(x, y):\n    return x + y\n\n" * 200)
     tuned = tmp_path / "tuned"
-    out = cli(
+    out = run_module(
         "assignment.train",
         *TINY,
         "--init-from",
@@ -191,9 +191,10 @@ def test_fine_tuning_keeps_frozen_weights_unchanged(trained, tmp_path):
         "--eval-every",
         10,
     ).stdout
-    assert "initialized from" in out and "frozen:" in out
-    source, _, _, _ = train.load_run(run_dir, "best")
-    result, _, config, _ = train.load_run(tuned, "latest")
+    assert f"fine-tuning: starting at step 0 from the best weights of {run_dir}" in out and "frozen:" in out
+    assert "starting from scratch" not in out and "(gpt2, " in out, out  # the source run's preset, not 'custom'
+    source, _, _, _ = runs.load_run(run_dir, "best")
+    result, _, config, _ = runs.load_run(tuned, "latest")
     assert config["init_from"] == str(run_dir) and config["freeze"] == {"embeddings": True, "first_layers": 1}
     changed = []
     for a, b in zip(source.variables, result.variables):

@@ -130,7 +130,7 @@ def _free_ports(n):
 @pytest.mark.timeout(600)
 @pytest.mark.slow
 def test_multi_worker_strategy_with_two_local_workers_matches_one_device(tmp_path, capsys):
-    from assignment import train
+    from assignment import cli
 
     args = [
         "--config",
@@ -169,7 +169,7 @@ def test_multi_worker_strategy_with_two_local_workers_matches_one_device(tmp_pat
     outputs = [w.communicate(timeout=500) for w in workers]
     for w, (_out, err) in zip(workers, outputs):
         assert w.returncode == 0, err
-    assert train.main([*args, "--no-jit", "--run-dir", str(tmp_path / "single")]) == 0
+    assert cli.main([*args, "--no-jit", "--run-dir", str(tmp_path / "single")]) == 0
     single = capsys.readouterr().out
 
     def val_loss(out):

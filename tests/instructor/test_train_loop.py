@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from assignment import train
+from assignment import checkpoints, data, optim, train
 
 V = 11
 
@@ -115,7 +115,7 @@ def test_retention_keeps_the_last_n_checkpoints_every_k_steps(tmp_path):
 
 def test_retention_saves_every_m_minutes(tmp_path, monkeypatch):
     clock = iter(float(60 * i) for i in range(10_000))  # each reading of the clock is one minute later
-    monkeypatch.setattr(train.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(checkpoints.time, "monotonic", lambda: next(clock))
     result, _ = run(tmp_path, config(steps=7, save_every_steps=0, save_every_minutes=1.5, keep_last=10, eval_every=100))
     steps = result["checkpoints"].saved_steps
     assert len(steps) >= 3 and steps[-1] == 7, steps  # saved by time alone, not only at the end
@@ -124,7 +124,7 @@ def test_retention_saves_every_m_minutes(tmp_path, monkeypatch):
 def test_best_checkpoint_keeps_the_lowest_validation_loss(tmp_path):
     model = BlocksLM()
     model(tf.zeros((1, 4), tf.int32))
-    ckpts = train.Checkpoints(tmp_path, model, keep_last=2)
+    ckpts = checkpoints.Checkpoints(tmp_path, model, keep_last=2)
     saved = {}
     for step, val_loss in enumerate([3.0, 2.0, 2.5, 1.5, 1.8, 1.6], start=1):
         ckpts.step.assign(step)
@@ -137,7 +137,7 @@ def test_best_checkpoint_keeps_the_lowest_validation_loss(tmp_path):
     assert len(list((tmp_path / "best").glob("best-*.index"))) == 1
     fresh = BlocksLM()
     fresh(tf.zeros((1, 4), tf.int32))
-    train.load_weights(fresh, tmp_path, "best")
+    checkpoints.load_weights(fresh, tmp_path, "best")
     for a, b in zip(weights(fresh), saved[4]):
         np.testing.assert_array_equal(a, b)
 
@@ -155,7 +155,7 @@ def test_freezing_keeps_frozen_weights_bit_identical(tmp_path):
     frozen_paths = []
 
     def setup(model):
-        frozen_paths.extend(v.path for v in train.freeze(model, embeddings=True, first_layers=1))
+        frozen_paths.extend(v.path for v in checkpoints.freeze(model, embeddings=True, first_layers=1))
         setup.before = {v.path: v.numpy().copy() for v in model.weights}
 
     result, _ = run(tmp_path, config(steps=10, weight_decay=0.5), setup_fn=setup)
@@ -173,10 +173,10 @@ def test_freeze_rejects_more_layers_than_the_model_has():
     model = BlocksLM(num_blocks=2)
     model(tf.zeros((1, 4), tf.int32))
     with pytest.raises(ValueError, match="first 3 blocks/layers: the model has 2"):
-        train.freeze(model, first_layers=3)
+        checkpoints.freeze(model, first_layers=3)
 
 
-@pytest.mark.parametrize("name", train.OPTIMIZERS)
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
 def test_every_optimizer_trains(tmp_path, name):
     lr = {"sgd": 0.3}.get(name, 1e-2)
     result, _ = run(tmp_path, config(steps=30, eval_every=30, optimizer=name, lr=lr, save_every_steps=0))
@@ -185,15 +185,15 @@ def test_every_optimizer_trains(tmp_path, name):
 
 
 def test_corpus_too_small_for_one_batch_is_a_clear_error(tmp_path):
-    with pytest.raises(train.CorpusTooSmall, match="too small for one batch.*needs at least 33 training tokens"):
+    with pytest.raises(data.CorpusTooSmall, match="too small for one batch.*needs at least 33 training tokens"):
         train.train(BlocksLM, np.arange(20) % V, np.arange(20) % V, config(), tmp_path, progress=False)
     assert not (tmp_path / "ckpt").exists()
 
 
 def test_random_windows_restart_anywhere():
     ids = np.arange(500, dtype=np.int32)
-    whole = [tuple(t.numpy() for t in b) for b in train.random_windows(ids, 3, 8, seed=5).take(6)]
-    tail = [tuple(t.numpy() for t in b) for b in train.random_windows(ids, 3, 8, seed=5, start=4).take(2)]
+    whole = [tuple(t.numpy() for t in b) for b in data.random_windows(ids, 3, 8, seed=5).take(6)]
+    tail = [tuple(t.numpy() for t in b) for b in data.random_windows(ids, 3, 8, seed=5, start=4).take(2)]
     for (x, y), (x2, y2) in zip(whole[4:], tail):
         np.testing.assert_array_equal(x, x2)
         np.testing.assert_array_equal(y, y2)
@@ -218,7 +218,7 @@ def test_schedule_free_trains_at_y_and_evaluates_at_the_average_x(compiled):
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2, use_bias=False)])
     w0 = np.array([[1.0, -2.0]], np.float32)
     model.layers[0].kernel.assign(w0)
-    optimizer = train.make_optimizer(
+    optimizer = optim.make_optimizer(
         "schedulefree", lr, steps=100, warmup_steps=warmup, weight_decay=0.0, beta_1=b1, beta_2=b2
     )
     optimizer.build(model.trainable_variables)  # eagerly, as the loop does: z starts at the weights
@@ -240,6 +240,6 @@ def test_schedule_free_trains_at_y_and_evaluates_at_the_average_x(compiled):
         x = (1 - 1 / t) * x + z / t
         y = (1 - b1) * z + b1 * x
         np.testing.assert_allclose(model.layers[0].kernel.numpy(), y, atol=1e-5, err_msg=f"y after step {t}")
-    with train.evaluation_weights(model, optimizer):
+    with optim.evaluation_weights(model, optimizer):
         np.testing.assert_allclose(model.layers[0].kernel.numpy(), x, atol=1e-5, err_msg="x, the evaluated weights")
     np.testing.assert_allclose(model.layers[0].kernel.numpy(), y, atol=1e-5, err_msg="y after the evaluation")

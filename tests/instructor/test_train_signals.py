@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from assignment import train
+from assignment import checkpoints, runs
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
@@ -76,8 +76,8 @@ def test_sigkill_then_same_command_resumes_and_matches_an_unkilled_run(tmp_path)
     assert restored and int(restored[0].split()[3]) >= killed_at, resumed.stdout
     assert "done: step 24" in resumed.stdout
 
-    a, _, _, _ = train.load_run(tmp_path / "straight", "latest")
-    b, _, _, _ = train.load_run(killed_dir, "latest")
+    a, _, _, _ = runs.load_run(tmp_path / "straight", "latest")
+    b, _, _, _ = runs.load_run(killed_dir, "latest")
     for va, vb in zip(a.variables, b.variables):
         np.testing.assert_allclose(
             vb.numpy(),
@@ -103,10 +103,10 @@ BIG_MODEL = textwrap.dedent("""
 
 SAVER = BIG_MODEL + textwrap.dedent("""
     import sys
-    from assignment import train
+    from assignment import checkpoints
 
     model = Big()
-    ckpts = train.Checkpoints(sys.argv[1], model, keep_last=2, save_every_steps=1)
+    ckpts = checkpoints.Checkpoints(sys.argv[1], model, keep_last=2, save_every_steps=1)
     ckpts.restore()
     while True:
         ckpts.step.assign_add(1)
@@ -139,13 +139,20 @@ def test_sigkill_during_checkpoint_writes_never_leaves_an_unreadable_checkpoint(
         namespace = {}
         exec(BIG_MODEL, namespace)
         model = namespace["Big"]()
-        ckpts = train.Checkpoints(tmp_path, model, keep_last=2)
+        ckpts = checkpoints.Checkpoints(tmp_path, model, keep_last=2)
         step = ckpts.restore()  # raises if the checkpoint the index names is incomplete
         assert step is not None and step >= 3 * (attempt + 1)
         np.testing.assert_array_equal(model.w.numpy()[[0, -1], [0, -1]], [step, step])  # the weights of that step
         left = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+        listed = {Path(p).name for p in ckpts.latest.checkpoints}
         assert not [name for name in left if name.endswith("_temp")], f"unfinished writes left behind: {left}"
-        assert len(left) <= 1 + 2 * 2, left  # the index and the two kept checkpoints (index + data files)
+        strays = [name for name in left if name != "checkpoint" and name.split(".")[0] not in listed]
+        assert not strays, f"files no checkpoint of the index owns: {strays} (index: {sorted(listed)})"
+        for prefix in ckpts.latest.checkpoints:
+            assert checkpoints.unreadable(prefix) is None, prefix
+        ckpts.step.assign_add(1)
+        ckpts.save()  # the next save drops what is beyond keep_last
+        assert len(ckpts.latest.checkpoints) == 2 and len(list((tmp_path / "ckpt").iterdir())) == 1 + 2 * 2
 
 
 @pytest.mark.timeout(600)

@@ -1,0 +1,230 @@
+"""The command line of training: `python -m assignment.train` (given, not graded).
+
+`build_parser()` turns flags into a `runs.RunRequest`; `main(argv)` runs it and turns every error a user can cause
+(a bad flag, a damaged run directory, a full disk, a diverging run, a part not written yet) into one line on stderr
+and exit status 2, without a traceback.
+"""
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from assignment.checkpoints import CheckpointError
+from assignment.configs import ARCHITECTURES, CONFIGS, MODELS
+from assignment.data import CorpusTooSmall
+from assignment.optim import OPTIMIZERS
+from assignment.runs import RunRequest, UsageError, run
+from assignment.train import Diverged
+
+
+class Parser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors are one line: what is wrong, and where the flags are listed."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+EXAMPLES = """\
+examples:
+  python -m assignment.train                                     # `make train`: the main job (--config main)
+  python -m assignment.train --config nanogpt-cpu --run-dir runs/nanogpt --corpus shakespeare
+  python -m assignment.train --model lstm --run-dir runs/lstm --steps 1000
+  python -m assignment.train --preset palm --run-dir runs/palm      # a tiny PaLM (parallel blocks, MQA)
+  python -m assignment.train --preset gpt2 --set norm=rmsnorm --run-dir runs/gpt2-rms
+  python -m assignment.train --optimizer lion --run-dir runs/lion
+  python -m assignment.train --init-from runs/main --corpus my.txt --freeze embeddings 2 --run-dir runs/ft
+  python -m assignment.train --strategy mirrored --cpu-replicas 2 --run-dir runs/mirrored
+
+Running the same command again resumes from the latest checkpoint (or says the run is done); Ctrl-C saves a
+checkpoint first. A run directory written by another model or config is an error, never a silent fresh start.
+"""
+
+
+def build_parser():
+    parser = Parser(
+        prog="python -m assignment.train",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a character- or word-level language model (RNN, LSTM or transformer), with "
+        "checkpoints that resume, TensorBoard logs (--run-dir/logs) and a sample at the end. Flags "
+        "left out come from --config.",
+    )
+    what = parser.add_argument_group("what to train")
+    what.add_argument(
+        "--model", choices=MODELS, default=None, help="model kind (default: transformer, or the --init-from run's)"
+    )
+    what.add_argument(
+        "--config",
+        choices=sorted(CONFIGS),
+        default="main",
+        help="named configuration giving every default below: 'main' is `make train` (~3-4 min on "
+        "2 cores), 'nanogpt-cpu' nanoGPT's CPU run of tiny Shakespeare, 'tiny' a seconds-long "
+        "smoke test (default: main)",
+    )
+    what.add_argument(
+        "--preset",
+        default=None,
+        metavar="ARCH",
+        help=f"transformer architecture from the lecture's table: {', '.join(ARCHITECTURES)} "
+        f"(default: the config's: llama2 for main, gpt2 for nanogpt-cpu and tiny)",
+    )
+    what.add_argument("--d-model", type=int, help="transformer width D")
+    what.add_argument("--num-heads", type=int, help="transformer attention heads")
+    what.add_argument("--num-layers", type=int, help="transformer blocks, or stacked RNN/LSTM layers")
+    what.add_argument(
+        "--context-length", type=int, help="tokens per training sequence T (the transformer's context length)"
+    )
+    what.add_argument("--dropout", type=float, help="transformer dropout rate")
+    what.add_argument("--embed-dim", type=int, help="RNN/LSTM embedding width")
+    what.add_argument("--hidden-dim", type=int, help="RNN/LSTM hidden state width")
+    what.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other TransformerConfig field, e.g. --set norm=rmsnorm --set num_kv_heads=1 (repeatable)",
+    )
+
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--corpus",
+        default="pyref",
+        help="'pyref' (the Python Language Reference, offline; default), 'shakespeare' "
+        "(downloaded once into data/), or the path of a UTF-8 text file",
+    )
+    data.add_argument("--tokenizer", choices=("char", "word"), default="char", help="tokenizer (default: char)")
+    data.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the corpus (its end) held out for validation (default: 0.1)",
+    )
+
+    opt = parser.add_argument_group("optimization")
+    opt.add_argument("--steps", type=int, help="total optimizer steps; raise it to train a finished run further")
+    opt.add_argument("--batch-size", type=int, help="sequences per step (global batch under a strategy)")
+    opt.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="adamw (default), lion, muon, schedulefree (schedule-free AdamW), adam or sgd "
+        "(with Nesterov momentum); all but schedulefree follow warmup + cosine decay",
+    )
+    opt.add_argument(
+        "--lr",
+        type=float,
+        help="peak learning rate (default: the config's, scaled per optimizer: lion x0.3, schedulefree x2, sgd x100)",
+    )
+    opt.add_argument("--min-lr-ratio", type=float, help="final learning rate as a share of the peak (default 0.1)")
+    opt.add_argument("--warmup-steps", type=int, help="steps of linear warmup")
+    opt.add_argument("--weight-decay", type=float, help="decoupled weight decay of the matrices")
+    opt.add_argument("--beta1", type=float, help="first-moment decay (Adam, AdamW, Lion, Muon's Adam part)")
+    opt.add_argument("--beta2", type=float, help="second-moment decay")
+    opt.add_argument("--clip-norm", type=float, help="clip the gradients to this global norm (default 1.0)")
+    opt.add_argument("--seed", type=int, help="seed of the initial weights and of the batch order (default 0)")
+    opt.add_argument("--no-jit", action="store_true", help="do not compile the train step with XLA")
+
+    loop = parser.add_argument_group("evaluation, logging and checkpoints")
+    loop.add_argument(
+        "--run-dir",
+        default="runs/main",
+        help="run directory: config, tokenizer, checkpoints, logs (default: runs/main)",
+    )
+    loop.add_argument("--overwrite", action="store_true", help="delete the run directory first and start again")
+    loop.add_argument("--eval-every", type=int, help="evaluate on the validation split every N steps")
+    loop.add_argument("--eval-batch-size", type=int, help="validation sequences per forward pass")
+    loop.add_argument(
+        "--eval-batches",
+        type=int,
+        help="validation batches of each evaluation but the last, which uses the whole validation "
+        "split (0: all, the default; nanogpt-cpu: 4, as many tokens as nanoGPT's estimate)",
+    )
+    loop.add_argument("--log-every", type=int, help="update the progress bar and TensorBoard every N steps")
+    loop.add_argument("--save-every-steps", type=int, help="checkpoint every N steps")
+    loop.add_argument("--save-every-minutes", type=float, help="also checkpoint every M minutes")
+    loop.add_argument("--keep-last", type=int, help="checkpoints kept in ckpt/ (the best is kept in best/)")
+    loop.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="MINUTES",
+        help="stop after this many minutes of training, with a checkpoint and an evaluation, even "
+        "before --steps (rerun to continue); 0: no limit (default: the config's, 4.25 for main)",
+    )
+    loop.add_argument("--sample-prompt", default="The ", help="prompt of the samples (default: 'The ')")
+    loop.add_argument(
+        "--sample-tokens",
+        type=int,
+        default=200,
+        help="tokens of the sample printed at the end (default 200); the samples logged to "
+        "TensorBoard at each evaluation have at most 100, within the context (0: no samples)",
+    )
+    loop.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
+
+    tune = parser.add_argument_group("fine-tuning and scale-out")
+    tune.add_argument(
+        "--init-from",
+        metavar="RUN_DIR",
+        help="start from the best weights of another run (same model and tokenizer), e.g. to "
+        "continue on another --corpus",
+    )
+    tune.add_argument(
+        "--freeze",
+        nargs="+",
+        metavar="ITEM",
+        help="keep parts fixed: 'embeddings' and/or N (the first N transformer blocks or "
+        "RNN/LSTM layers), e.g. --freeze embeddings 2",
+    )
+    tune.add_argument(
+        "--strategy",
+        choices=("default", "mirrored", "multiworker"),
+        default="default",
+        help="tf.distribute strategy: one device (default), MirroredStrategy over the GPUs of one "
+        "machine (or --cpu-replicas CPUs), MultiWorkerMirroredStrategy over machines (TF_CONFIG)",
+    )
+    tune.add_argument(
+        "--cpu-replicas",
+        type=int,
+        default=0,
+        help="split the CPU into N logical devices (to try --strategy mirrored without GPUs)",
+    )
+    return parser
+
+
+def not_written_yet(error):
+    """Returns one line saying which TODO a `NotImplementedError` from a stub comes from, and where it is."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    message = lines[-1] if lines else type(error).__name__
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "assignment" in Path(f.filename).parts]
+    where = f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})" if frames else ""
+    return f"a part you write is not done yet: {message}{where}; `make test PART=<module>` checks it"
+
+
+def main(argv=None):
+    """Trains as the command line says; returns the exit status (0 done, 2 error, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    try:
+        run(RunRequest(**vars(args)))
+    except (UsageError, CorpusTooSmall, CheckpointError, Diverged) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except NotImplementedError as error:
+        print(f"error: {not_written_yet(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def run_main():
+    """Runs `main` as a program and exits with its status."""
+    code = main()
+    if code == 130:  # interrupted: the checkpoint is saved and the logs flushed; do not wait on TensorFlow's
+        sys.stdout.flush()  # threads at exit, which can hang after an interrupted input pipeline
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    run_main()
