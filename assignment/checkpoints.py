@@ -270,28 +270,23 @@ class Checkpoints:
         return path
 
     def _save_failed(self, directory, name, error):
+        """Removes what a failed save half-wrote; returns the `CheckpointError` to raise."""
         step = int(self.step)
-        written = 0
         for path in [*directory.glob(f"{name}-{step}.*"), *directory.glob(f"{name}-{step}_temp*")]:
-            if path.is_dir():
-                written += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                written += path.stat().st_size
-                path.unlink(missing_ok=True)
-        previous = newest_readable(directory, name, log=lambda _: None)
-        needed = max(written, sum(v.numpy().nbytes for v in self.checkpoint_variables()))
-        free = shutil.disk_usage(directory).free if directory.exists() else 0
-        reason = str(error).strip().splitlines()[0][:160]
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        latest = self._root / "ckpt"
+        previous = newest_readable(latest, "ckpt", log=lambda _: None)
+        if previous is not None:  # the last good checkpoint's size is what the next one needs
+            needed = sum(p.stat().st_size for p in latest.glob(Path(previous).name + ".*"))
+        else:
+            needed = sum(v.numpy().nbytes for v in self.checkpoint.model.values) * 3  # weights and Adam's moments
+        free = shutil.disk_usage(directory if directory.exists() else self._root).free
+        reason = "the disk is full" if free < needed else str(error).strip().splitlines()[-1][:160]
         return CheckpointError(
-            f"could not write checkpoint {name}-{step} into {directory} ({reason}): {free / 2**20:.1f} MB free, "
-            f"a checkpoint needs about {needed / 2**20:.1f} MB; the last good checkpoint is "
-            f"{previous or 'none yet'}. Free some space and run the same command to resume."
+            f"could not write checkpoint {name}-{step} into {directory}: {reason} ({free / 2**20:.1f} MB free, a "
+            f"checkpoint needs about {needed / 2**20:.1f} MB). The last good checkpoint, {previous or 'none yet'}, "
+            f"is kept: free some space and run the same command to resume."
         )
-
-    def checkpoint_variables(self):
-        """Returns the variables a checkpoint of `ckpt/` holds (for its size)."""
-        return [v for v in self.checkpoint.model.values] + [self.step, self.data_position]
 
     def maybe_save(self):
         """Saves when the step is a multiple of `save_every_steps` or `save_every_minutes` have passed."""
