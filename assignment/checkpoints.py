@@ -1,4 +1,4 @@
-"""Checkpoints of a run directory that survive kills, damage and full disks; loading weights; freezing (given).
+"""Checkpoints that survive kills, damage and full disks; loading weights; freezing (given, not graded).
 
 A checkpoint is a pair of files, `ckpt-N.index` and `ckpt-N.data-00000-of-00001`, written by
 `tf.train.CheckpointManager`, plus one small index file (`checkpoint`) naming the latest ones. The files on disk are

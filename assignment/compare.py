@@ -1,4 +1,4 @@
-"""Compare the RNN, the LSTM and the transformer on one token budget (`make compare`).
+"""Compare the RNN, the LSTM and the transformer on one token budget, `make compare` (given, not graded).
 
 Every model trains through the same loop (`assignment.train`) on the same corpus, the same batches and the same
 number of steps, so all of them see exactly the same tokens. The script prints a table (parameters, tokens/s,

@@ -1,4 +1,4 @@
-"""Named configurations (`python -m assignment.train --config NAME`): model sizes per kind and training settings.
+"""Named configurations for `python -m assignment.train --config NAME` (given, not graded).
 
 Any flag overrides them. Each setting carries its reason beside it. Given, not graded.
 """

@@ -1,4 +1,4 @@
-"""Corpora: the offline default (`pyref`), named corpora downloaded on request, or any UTF-8 text file.
+"""Corpora: the offline default, named corpora downloaded on request, or any UTF-8 file (given, not graded).
 
 `load_corpus(name_or_path)` is the one way in. Named corpora are listed in `data/corpora.json` with their URL,
 size and SHA-256; a download goes to a temporary file with a progress bar and is renamed into `data/` only once

@@ -1,4 +1,4 @@
-"""The training loop's data: random windows of a token stream for training, fixed windows for validation (given).
+"""The training loop's batches: random windows for training, fixed windows for validation (given, not graded).
 
 Training batches are cut at random offsets (nanoGPT's `get_batch`) from stateless random numbers, so the stream
 restarts exactly at any position: a resumed run sees the same batches as a run that never stopped.

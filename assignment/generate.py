@@ -1,4 +1,4 @@
-"""Sample text from a trained run directory: `python -m assignment.generate --run-dir runs/main --prompt "The "`.
+"""Sample text from a trained run directory, `python -m assignment.generate` (given, not graded).
 
 The run directory holds everything needed (config.json, tokenizer.json and the checkpoints), so nothing else is
 read: the model is rebuilt from its config, its weights restored from the best checkpoint (or the latest), and

@@ -1,5 +1,4 @@
-"""Named configurations and run directories: what `python -m assignment.train`, `generate` and `compare` share
-(given, not graded).
+"""Run directories: what `python -m assignment.train`, `generate` and `compare` share (given, not graded).
 
 `RunRequest` holds everything a training run is asked for (the command line's flags, with the same defaults);
 `run(request)` checks it, prepares the run directory (config.json, tokenizer.json), trains through

@@ -1,4 +1,4 @@
-"""The transformer's configuration: one typed dataclass whose options are the rows of the lecture's table of 7B models.
+"""The transformer's configuration, a dataclass of the lecture's table of 7B models (given, not graded).
 
 Import it from `assignment.transformer` (``from assignment.transformer import TransformerConfig``); it lives in its
 own file only to keep `transformer.py` about the model.
