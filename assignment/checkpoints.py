@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -26,7 +27,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, restored or written; the message names the file and what to do."""
 
 
-def model_state(model):
+def model_state(model: keras.Model) -> tf.Module:
     """Returns a trackable object holding every variable of `model`, in order, for `tf.train.Checkpoint`.
 
     Keras 3 layers keep lists of sublayers (a transformer's `blocks`, a recurrent model's `cells`) in Keras' own
@@ -44,7 +45,7 @@ def model_state(model):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def unreadable(prefix):
+def unreadable(prefix) -> str | None:
     """Returns why the checkpoint at `prefix` (e.g. `runs/main/ckpt/ckpt-200`) does not read back whole, or None
     when every tensor in it reads."""
     try:
@@ -56,7 +57,7 @@ def unreadable(prefix):
     return None
 
 
-def scan(directory, name):
+def scan(directory, name: str) -> tuple[dict[int, str], list[Path]]:
     """Returns `(complete, debris)` of a checkpoint folder: `{step: prefix}` of the checkpoints whose files are all
     there, and the paths that cannot be part of any checkpoint (unfinished `_temp` writes, a data file without
     its index, an index without its data)."""
@@ -80,7 +81,7 @@ def scan(directory, name):
     return complete, debris
 
 
-def read_index(directory):
+def read_index(directory) -> list[int] | None:
     """Returns the steps of the checkpoints the index file of `directory` lists, oldest first, or None when the
     index is missing or cannot be parsed."""
     path = Path(directory) / "checkpoint"
@@ -98,7 +99,7 @@ def read_index(directory):
     return [int(m[1]) for m in steps] if steps and all(steps) else None
 
 
-def write_index(directory, prefixes):
+def write_index(directory, prefixes: list[str]) -> None:
     """Rewrites the index file of `directory` to list `prefixes` (oldest first; the last is the latest)."""
     names = [Path(p).name for p in prefixes]  # relative to `directory`, as CheckpointManager writes them
     # CheckpointManager deletes only the checkpoints whose time stamp is after `last_preserved_timestamp`.
@@ -114,7 +115,7 @@ def write_index(directory, prefixes):
     os.replace(tmp, Path(directory) / "checkpoint")  # atomic, as TensorFlow writes it
 
 
-def tidy(directory, name, log=print):
+def tidy(directory, name: str, log: Callable[[str], None] = print) -> dict[int, str]:
     """Removes the debris of interrupted saves and deletions from a checkpoint folder, and rebuilds its index from
     the checkpoint files when it is missing, damaged or does not list them; returns the complete `{step: prefix}`."""
     directory = Path(directory)
@@ -138,7 +139,7 @@ def tidy(directory, name, log=print):
     return complete
 
 
-def newest_readable(directory, name, log=print, set_aside=False):
+def newest_readable(directory, name: str, log: Callable[[str], None] = print, set_aside: bool = False) -> str | None:
     """Returns the prefix of the newest checkpoint of `directory` that reads back whole, or None; says which ones
     it skipped and why. With `set_aside`, the files of a skipped checkpoint are renamed `*.unreadable`."""
     complete, _ = scan(directory, name)
@@ -235,7 +236,7 @@ class Checkpoints:
             self.best_checkpoint, str(self._root / "best"), max_to_keep=1, checkpoint_name="best"
         )
 
-    def restore(self):
+    def restore(self) -> int | None:
         """Restores the newest checkpoint that reads back whole and returns its step, or returns None when there
         is none at all (a fresh run)."""
         directory = self.directory / "ckpt"
@@ -255,7 +256,7 @@ class Checkpoints:
         self._last_saved_step = int(self.step)
         return int(self.step)
 
-    def save(self):
+    def save(self) -> str:
         """Saves a checkpoint numbered by the step (dropping the oldest beyond `keep_last`) and returns its path.
 
         A save that fails (a full disk) removes what it half-wrote and raises `CheckpointError` naming the folder,
@@ -337,7 +338,7 @@ def _step(prefix):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_weights(model, run_dir, which="best", log=print):
+def load_weights(model: keras.Model, run_dir, which: str = "best", log: Callable[[str], None] = print) -> str:
     """Restores the weights of a built `model` from a run directory's `best` or `latest` checkpoint (or a
     checkpoint path) and returns the path.
 
@@ -392,7 +393,7 @@ def _stack(model):
     )
 
 
-def freeze(model, embeddings=False, first_layers=0):
+def freeze(model: keras.Model, embeddings: bool = False, first_layers: int = 0) -> list:
     """Marks the embeddings and/or the first `first_layers` blocks (transformer) or recurrent layers (RNN, LSTM)
     of a built `model` as not trainable, and returns the frozen variables.
 

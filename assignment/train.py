@@ -24,8 +24,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -38,7 +40,7 @@ from assignment.optim import evaluation_weights, make_optimizer
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def split_batch(batch):
+def split_batch(batch: tuple) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Returns `(inputs, labels, weights)` from a batch of `(inputs, labels)` or `(inputs, labels, weights)`.
 
     `inputs` and `labels` are int32 `(B, T)`; `weights` is float32 `(B, T)`, the weight of every label token:
@@ -55,7 +57,14 @@ def split_batch(batch):
     return inputs, labels, weights
 
 
-def train_step(model, optimizer, inputs, labels, clip_norm=1.0, sample_weight=None):
+def train_step(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    inputs: tf.Tensor,
+    labels: tf.Tensor,
+    clip_norm: float = 1.0,
+    sample_weight: tf.Tensor | None = None,
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Returns `(loss, grad_norm)` after one optimizer update of `model` on one batch.
 
     Args:
@@ -104,7 +113,7 @@ def train_step(model, optimizer, inputs, labels, clip_norm=1.0, sample_weight=No
     return loss, grad_norm
 
 
-def evaluate(model, dataset):
+def evaluate(model: keras.Model, dataset: Iterable) -> tuple[float, float]:
     """Returns `(loss, perplexity)` of `model` over the whole `dataset`, as Python floats.
 
     `loss` is the mean cross-entropy per label token over the *whole* dataset, each token counted once with its
@@ -172,7 +181,14 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in fields})
 
 
-def compile_train_step(model, optimizer, clip_norm, counters=(), strategy=None, jit_compile=True):
+def compile_train_step(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    clip_norm: float,
+    counters=(),
+    strategy: tf.distribute.Strategy | None = None,
+    jit_compile: bool = True,
+) -> Callable:
     """Returns `step(inputs, labels) -> (loss, grad_norm)`: `train_step` compiled into one graph.
 
     `counters` are int64 variables incremented in the same graph, so they always agree with the weights. Under a
@@ -221,7 +237,7 @@ class History:
         self.path = Path(path)
         self.writer = writer
 
-    def read(self):
+    def read(self) -> list[dict]:
         """Returns the records, oldest first; a line a kill cut short (the last one) is left out."""
         if not self.path.exists():
             return []
@@ -235,7 +251,7 @@ class History:
                 records.append(record)
         return records
 
-    def truncate(self, step):
+    def truncate(self, step: int) -> None:
         """Drops the records after `step` (written after the checkpoint a resumed run restarts from) and any torn
         line, rewriting the file atomically."""
         if self.writer and self.path.exists():
@@ -244,7 +260,7 @@ class History:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
             os.replace(tmp, self.path)
 
-    def append(self, record):
+    def append(self, record: dict) -> None:
         if self.writer:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -274,7 +290,7 @@ class _StopRequests:
             signal.signal(sig, handler)
 
 
-def is_chief(strategy):
+def is_chief(strategy: tf.distribute.Strategy | None) -> bool:
     """Returns whether this process writes the run directory (always, except on non-chief multi-worker tasks)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "task_type", None):
@@ -286,19 +302,19 @@ def is_chief(strategy):
 
 
 def train(
-    model_fn,
+    model_fn: Callable[[], keras.Model],
     train_ids,
     val_ids,
-    config,
+    config: "TrainConfig",
     run_dir,
-    strategy=None,
-    setup_fn=None,
-    sample_fn=None,
-    progress=True,
-    log=print,
-    stop_at=None,
-    fresh_start="starting from scratch",
-):
+    strategy: tf.distribute.Strategy | None = None,
+    setup_fn: Callable[[keras.Model], None] | None = None,
+    sample_fn: Callable[[keras.Model], str] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    stop_at: int | None = None,
+    fresh_start: str = "starting from scratch",
+) -> dict:
     """Trains the model of `model_fn` up to `config.steps` steps, resuming from `run_dir` when it holds a
     checkpoint, and returns a dict of results (`step`, `val_loss`, `val_perplexity`, `tokens_per_sec`, `model`, ...).
 
