@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import json
 import os
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -138,9 +139,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     names = sorted(_manifest()) if "all" in args.download else args.download
     for name in names:
-        path = fetch(name)
+        try:
+            path = fetch(name)
+        except (OSError, ValueError) as error:
+            url = _manifest().get(name, {}).get("url", "")
+            print(
+                f"error: {error}; nothing was written. Check the network and run it again, or download {url} "
+                f"yourself and train with --corpus PATH",
+                file=sys.stderr,
+            )
+            return 2
         print(f"{name}: {path} ({path.stat().st_size:,} bytes, SHA-256 verified)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

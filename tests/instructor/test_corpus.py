@@ -86,3 +86,15 @@ def test_shakespeare_manifest_matches_the_design():
     entry = corpus._manifest()["shakespeare"]
     assert entry["bytes"] == 1115394
     assert entry["sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+def test_make_data_offline_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    closed = "http://127.0.0.1:9/input.txt"  # the discard port: nothing listens, the connection is refused
+    manifest = {"tiny": {"url": closed, "bytes": len(PAYLOAD), "sha256": SHA, "file": "tiny.txt"}}
+    monkeypatch.setattr(corpus, "_manifest", lambda: manifest)
+    monkeypatch.setattr(corpus, "DATA_DIR", tmp_path)
+    assert corpus.main(["--download", "all"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: could not download tiny.txt") and closed in lines[0], err
+    assert list(tmp_path.iterdir()) == []
