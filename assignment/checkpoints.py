@@ -193,6 +193,7 @@ class Checkpoints:
         if keep_last < 1:
             raise CheckpointError(f"keep_last must be at least 1 (the checkpoint a run resumes from); got {keep_last}")
         self.directory = Path(directory)
+        self.model = model
         self.keep_last = keep_last
         self.save_every_steps = save_every_steps
         self.save_every_minutes = save_every_minutes
@@ -251,6 +252,7 @@ class Checkpoints:
                 self._open_managers()
         if path is None:
             return None
+        check_fits(self.model, path)
         _assert_matched(self.checkpoint.restore(path), path)
         self.restored_path = path
         self._last_saved_step = int(self.step)
@@ -364,9 +366,30 @@ def load_weights(model: keras.Model, run_dir, which: str = "best", log: Callable
         problem = unreadable(path)
         if problem:
             raise CheckpointError(f"checkpoint {path} does not read back ({problem}); choose another one")
+    check_fits(model, path)
     status = tf.train.Checkpoint(model=model_state(model)).restore(path).expect_partial()
     _assert_matched(status, path)
     return path
+
+
+def check_fits(model: keras.Model, path) -> None:
+    """Raises `CheckpointError` naming the first variable whose shape differs between `model` and the checkpoint
+    at `path` (written through `model_state`), before anything is restored."""
+    saved = dict(tf.train.list_variables(str(path)))
+    variables = model.variables
+    count = sum(1 for key in saved if key.startswith("model/values/"))
+    if count != len(variables):
+        raise CheckpointError(
+            f"checkpoint {path} holds {count} model variables, the model built from its run's config.json has "
+            f"{len(variables)}: it was written by another model or config"
+        )
+    for i, v in enumerate(variables):
+        shape = tuple(saved.get(f"model/values/{i}/.ATTRIBUTES/VARIABLE_VALUE", ()))
+        if shape != tuple(v.shape):
+            raise CheckpointError(
+                f"checkpoint {path} does not fit the model built from its run's config.json: {v.path} has shape "
+                f"{tuple(v.shape)} in the model but {shape} in the checkpoint (was config.json edited?)"
+            )
 
 
 def _assert_matched(status, path):

@@ -251,3 +251,12 @@ def test_no_tensorflow_start_up_lines_on_stderr(tmp_path):
         if line.startswith(("I0000", "W0000", "E0000", "WARNING: All log messages")) or "cuInit" in line
     ]
     assert not noise, "TensorFlow's start-up lines reached the user:\n" + "\n".join(noise)
+
+
+def test_a_config_json_that_does_not_fit_the_checkpoints_is_one_line(copy_of, capsys):
+    run_dir = copy_of()
+    config = json.loads((run_dir / "config.json").read_text())
+    config["model_config"]["d_model"] = 48
+    (run_dir / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, generate, "--run-dir", run_dir, "--max-new-tokens", 5)
+    assert_one_line_error(code, err, "does not fit", "token_embedding has shape", "in the checkpoint")
