@@ -9,7 +9,7 @@ A filter never renormalises anything itself: it sets the logits of the tokens it
     logits (B, V) -> apply_temperature -> top_k_filter -> top_p_filter -> draw -> next ids (B,)
 
 `generate` runs that recipe in a loop, feeding each new token back to the model through the generation
-protocol (CONVENTIONS.md): a KV cache (`prefill` / `decode_step`), a carried recurrent state
+protocol (the docstring of `generate` below): a KV cache (`prefill` / `decode_step`), a carried recurrent state
 (`call(tokens, states=..., return_state=True)`), or, for any other model, re-reading the context.
 """
 
@@ -269,7 +269,7 @@ def _last_step(logits, what):
     if logits.shape.rank != 3:
         raise ValueError(
             f"{what} must return logits of shape (B, T, V); got shape {tuple(logits.shape)} "
-            "(see 'The generation protocol' in CONVENTIONS.md)"
+            "(see the generation protocol in the docstring of sampling.generate)"
         )
     return logits[:, -1, :]  # (B, V)
 
@@ -354,7 +354,7 @@ class _ContextReader:
 
 
 def _reader_for(model):
-    """Returns the reader of the first protocol `model` follows (CONVENTIONS.md, 'The generation protocol')."""
+    """Returns the reader of the first protocol `model` follows (the generation protocol: see `generate`)."""
     if hasattr(model, "prefill") and hasattr(model, "decode_step"):
         return _CachedReader(model)
     call = getattr(model, "call", model)
@@ -390,7 +390,7 @@ def generate(
     """Returns the prompt followed by the generated tokens: int32 NumPy array of the prompt's rank,
     `(T + n,)` or `(B, T + n)` with `n <= max_new_tokens`.
 
-    Works for every model of the package through the generation protocol (CONVENTIONS.md), checked in order:
+    Works for every model of the package through the generation protocol, checked in order:
     a model with `prefill` and `decode_step` uses its KV cache (and re-reads a context cropped to
     `model.config.context_length` once the cache is full); a model whose `call` takes `states` and
     `return_state` reads the prompt once and then carries its state; any other model re-reads the whole

@@ -1,11 +1,12 @@
 """The student release: `python -m grading build-student` -> dist/student/ and dist/student.zip.
 
 What goes in: assignment/ with every solution region stubbed, the visible tests with their conftest and helpers,
-the notebooks (outputs cleared), data/, a README, Makefile and pyproject of its own, and the grade runner behind
-`make grade` with a manifest of the visible tests. What never goes in: hidden and instructor tests, the bug
-catalogue, the builder, the verifier, the reference. The build refuses to finish if a marker is malformed, a stub
-module does not parse or import, or anything leaks (a marker, a line found only inside solution regions, a hidden
-test's name).
+the notebooks (outputs cleared), data/, a README, Makefile and pyproject of its own, the grade runner behind
+`make grade` with a manifest of the visible tests, and the notebook runner and zipper behind `make notebooks` and
+`make submission`. What never goes in: hidden and instructor tests, the bug catalogue, the builder, the verifier,
+the reference. The build refuses to finish if a marker is malformed, a stub module does not parse or import,
+anything leaks (a marker, a line found only inside solution regions, a hidden test's name), or a file of the release
+names a `make` target, a Markdown document or a project file the release does not have.
 """
 
 import ast
@@ -24,6 +25,8 @@ from grading import markers
 TEMPLATES = Path(__file__).with_name("templates")
 # The grading modules a release or a bundle carries: exactly what `python -m grading grade` needs.
 RUNTIME = ("__main__.py", "grade.py", "runner.py", "_child.py")
+# What only the student release adds: `make notebooks` and `make submission`.
+STUDENT_TOOLS = ("run_notebooks.py", "submission.py")
 RUNTIME_INIT = '"""The grader behind `make grade`, the same one Gradescope runs. Nothing to edit here."""\n'
 SKIP_PARTS = {".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".ipynb_checkpoints", "dist", "build", "runs"}
 MAX_DATA_FILE = 2 * 2**20  # larger data files (downloaded corpora) stay out of the release
@@ -150,13 +153,13 @@ def render(template, **values):
     return text
 
 
-def write_runtime(dest, manifest):
-    """The grade runner: grading/{__init__,__main__,grade,runner,_child}.py and manifest.json."""
+def write_runtime(dest, manifest, runtime=RUNTIME):
+    """The grade runner: grading/{__init__,__main__,grade,runner,_child}.py (and `runtime`'s others), manifest.json."""
     pkg = Path(dest) / "grading"
     pkg.mkdir(parents=True, exist_ok=True)
     here = Path(__file__).parent
     (pkg / "__init__.py").write_text(RUNTIME_INIT)
-    for name in RUNTIME:
+    for name in runtime:
         shutil.copy(here / name, pkg / name)
     (pkg / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
@@ -239,6 +242,42 @@ def leak_scan(dest, solution_only, *, hidden_names=(), allow_hidden=False, runti
             elif hidden_re is not None and not allow_hidden and hidden_re.search(line):
                 leaks.append(f"{rel}:{number}: names a hidden test: {line.strip()[:80]}")
     return leaks
+
+
+# What a release's files tell the student to open or run; each must exist in the release.
+MAKE_IN_BACKTICKS = re.compile(r"`make ([a-z][\w-]*)")
+MAKE_COMMAND_LINE = re.compile(r"^\s*make ([a-z][\w-]*)")  # a command line in a Markdown code block
+DOC_NAME = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[A-Z][A-Z0-9_-]*\.md)\b")  # README.md, CONVENTIONS.md, ../x/DESIGN.md
+PROJECT_PATH = re.compile(
+    r"(?<![\w/.-])((?:assignment|tests|notebooks|grading|bench|docs)/[\w./-]*\w\.(?:py|ipynb|md|png))\b"
+)
+
+
+def make_targets(makefile):
+    """Returns the targets a Makefile defines (`name:` at the start of a line)."""
+    text = Path(makefile).read_text(encoding="utf-8") if Path(makefile).exists() else ""
+    return set(re.findall(r"^([a-z][\w-]*)\s*:(?!=)", text, re.M))
+
+
+def reference_scan(dest):
+    """Returns `path:line: what` for every `make X`, Markdown document or project file a release's file names that
+    the release does not have: a student must be able to run and open everything its files tell them to."""
+    dest = Path(dest)
+    targets = make_targets(dest / "Makefile")
+    problems = []
+    for path in sorted(p for p in dest.rglob("*") if p.is_file()):
+        rel = path.relative_to(dest).as_posix()
+        markdown = path.suffix == ".md" or path.name == "Makefile"
+        for number, line in enumerate(_text_lines(path), 1):
+            named = set(MAKE_IN_BACKTICKS.findall(line))
+            if markdown:
+                named |= set(MAKE_COMMAND_LINE.findall(line))
+            for target in sorted(named - targets):
+                problems.append(f"{rel}:{number}: names `make {target}`, which the release's Makefile does not have")
+            for name in sorted(set(DOC_NAME.findall(line)) | set(PROJECT_PATH.findall(line))):
+                if not (dest / name).is_file() and not (path.parent / name).is_file():
+                    problems.append(f"{rel}:{number}: names {name}, which the release does not ship")
+    return problems
 
 
 IMPORT_CHECK = r"""
@@ -371,7 +410,7 @@ def build_student(
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, target)
-    write_runtime(out, manifest)
+    write_runtime(out, manifest, RUNTIME + STUDENT_TOOLS)
     deps = _dependencies(root)
     (out / "README.md").write_text(
         render(
@@ -379,6 +418,7 @@ def build_student(
             PARTS=_part_rows(manifest),
             TODOS=_todo_list(manifest, build.regions),
             TIMEOUT=f"{manifest['settings']['timeout']:g}",
+            GRADED_FILES=", ".join(f"`assignment/{m}.py`" for m in sorted(set(manifest["files"].values()))),
         )
     )
     (out / "Makefile").write_text(render("student/Makefile"))
@@ -392,7 +432,8 @@ def build_student(
     (out / ".gitignore").write_text(render("student/gitignore"))
     problems += check_parses(out)
     solution = solution_only_lines(root, build.regions, shipped_tests)
-    problems += leak_scan(out, solution, hidden_names=hidden_test_names(root))
+    problems += leak_scan(out, solution, hidden_names=hidden_test_names(root), runtime=RUNTIME + STUDENT_TOOLS)
+    problems += reference_scan(out)
     if check_import:
         for name, error in import_check(out, python).items():
             problems.append(f"{name} does not import in the release:\n{error}")
@@ -422,6 +463,9 @@ def main(args):
     print(f"stubbed {count} solution regions in {len(build.regions)} modules:")
     for path, found in build.regions.items():
         print(f"  {path}: {', '.join(r.qualname for r in found)}")
-    print(f"checked: markers, every module parses{'' if args.no_import_check else ' and imports'}, no leaks")
+    print(
+        f"checked: markers, every module parses{'' if args.no_import_check else ' and imports'}, no leaks, "
+        "every `make` target and file the release names exists"
+    )
     print(f"wrote {out} ({len(build.files)} files)" + (f" and {zip_path}" if zip_path else ""))
     return 0

@@ -3,7 +3,7 @@
 Filters are checked on hand-made logits against the exact kept sets; `sample` is checked by drawing 20,000 tokens
 and comparing their frequencies with the exact filtered distribution (a chi-square test that a correct
 implementation fails with probability below one in a million); `generate` is checked with tiny models defined
-here, one per branch of the generation protocol (CONVENTIONS.md).
+here, one per branch of the generation protocol (the docstring of `sampling.generate`).
 """
 
 import math
