@@ -69,13 +69,13 @@ class LSTMCell(keras.layers.Layer):
         self.bias = self.add_weight(shape=(4 * units,), initializer=forget_bias_one, name="bias")
 
     def call(self, x_t, state):
-        # TODO: one LSTM step, with the equations of the class docstring (~6 lines).
-        #   1. h_prev, c_prev = state                                              # each (B, H)
-        #   2. z = x_t @ kernel + h_prev @ recurrent_kernel + bias                 # (B, 4H)
-        #   3. split z into four (B, H) slices in the order i, f, g, o (tf.split(z, 4, axis=-1))
-        #   4. i, f, o through tf.sigmoid; g through tf.tanh                        # each (B, H)
-        #   5. c_t = f * c_prev + i * g;  h_t = o * tanh(c_t)                        # each (B, H)
-        #   6. return (h_t, c_t), h first
+        # TODO: one LSTM step, with the equations of the class docstring (~6 lines)
+        #   1. h_prev, c_prev = state -> each (B, H)
+        #   2. z = x_t @ kernel + h_prev @ recurrent_kernel + bias -> (B, 4H)
+        #   3. split z in the order i, f, g, o (tf.split(z, 4, axis=-1)) -> four (B, H)
+        #   4. i, f, o through tf.sigmoid; g through tf.tanh -> each (B, H)
+        #   5. c_t = f * c_prev + i * g;  h_t = o * tanh(c_t) -> each (B, H)
+        #   6. return (h_t, c_t), h first -> a pair of (B, H)
         # BEGIN SOLUTION
         h_prev, c_prev = state
         z = tf.matmul(x_t, self.kernel) + tf.matmul(h_prev, self.recurrent_kernel) + self.bias  # (B, 4H)
@@ -101,15 +101,15 @@ def lstm_forward(cell, inputs, state):
         outputs: float tensor of shape `(B, T, H)`; `outputs[:, t]` is h_t, after reading `inputs[:, t]`.
         last_state: pair `(h_T, c_T)`, two float tensors of shape `(B, H)`, the state after the last step.
     """
-    # TODO: run the cell over time from `state`, calling LSTMCell through `cell(x_t, (h, c))` at each step (~3 lines).
-    # The recipe of rnn_forward (part 2a), with a pair (h, c) for the state:
-    #   1. put time first: xs = tf.transpose(inputs, [1, 0, 2])                          # (T, B, D)
-    #   2. (h_t, c_t) = cell(x_t, (h_{t-1}, c_{t-1})) for each step's x_t (B, D)         # each (B, H)
-    #      tf.scan(lambda s, x_t: ..., xs, initializer=(h0, c0)) returns the pair hs, cs  # each (T, B, H)
+    # TODO: run the cell over time from `state`, calling LSTMCell through `cell(x_t, (h, c))` at each step (~3 lines)
+    #   The recipe of rnn_forward (part 2a), with a pair (h, c) for the state:
+    #   1. put time first: xs = tf.transpose(inputs, [1, 0, 2]) -> (T, B, D)
+    #   2. (h_t, c_t) = cell(x_t, (h_{t-1}, c_{t-1})) for each step's x_t (B, D) -> each (B, H);
+    #      tf.scan(lambda s, x_t: ..., xs, initializer=(h0, c0)) returns the pair hs, cs -> each (T, B, H)
     #      (tf.scan needs fn to return a tuple exactly like its initializer: wrap the result in tuple(...);
     #      in a Python loop, iterate over tf.unstack(xs), not xs[t], whose gradients cost O(T^2))
-    #   3. put batch first again: outputs = tf.transpose(hs, [1, 0, 2])                   # (B, T, H)
-    #   4. return outputs and the last state (hs[-1], cs[-1])                             # (B, H) each
+    #   3. put batch first again: outputs = tf.transpose(hs, [1, 0, 2]) -> (B, T, H)
+    #   4. return outputs and the last state (hs[-1], cs[-1]) -> (B, T, H) and a pair of (B, H)
     # BEGIN SOLUTION
     # The loop tf.scan builds, written out: measured 10-25% faster to train than tf.scan on a 2-core CPU.
     num_steps = tf.shape(inputs)[1]

@@ -119,8 +119,9 @@ class CharTokenizer(_Tokenizer):
         """
         if self.lowercase:
             text = text.lower()
-        # TODO: collect the distinct characters of `text` in a fixed order (e.g. sorted) and pass them to
-        # self._set_vocab, which puts `<unk>` first and builds self.token_to_id (~1 line)
+        # TODO: build the vocabulary from the distinct characters of `text` (~1 line)
+        #   1. the distinct characters of `text` in a fixed order (e.g. sorted) -> a list of V - 1 strings
+        #   2. pass them to self._set_vocab, which puts `<unk>` first and builds self.token_to_id -> V entries
         # BEGIN SOLUTION
         self._set_vocab(sorted(set(text)))
         # END SOLUTION
@@ -134,7 +135,8 @@ class CharTokenizer(_Tokenizer):
         self._check_fitted()
         if self.lowercase:
             text = text.lower()
-        # TODO: look each character up in self.token_to_id, falling back to self.unk_id (~1 line)
+        # TODO: map each character to its id (~1 line)
+        #   1. look each character up in self.token_to_id, falling back to self.unk_id -> (len(text),) int32
         # BEGIN SOLUTION
         return np.array([self.token_to_id.get(ch, self.unk_id) for ch in text], dtype=np.int32)
         # END SOLUTION
@@ -147,7 +149,8 @@ class CharTokenizer(_Tokenizer):
         """
         ids = _as_id_list(ids)
         self._check_ids(ids)
-        # TODO: join the characters of the ids, writing "\ufffd" for the unknown id (~1 line)
+        # TODO: turn the ids back into text (~1 line)
+        #   1. join the characters of the ids, writing "\ufffd" for the unknown id -> a str of len(ids) characters
         # BEGIN SOLUTION
         return "".join("\ufffd" if i == self.unk_id else self.vocab[i] for i in ids)
         # END SOLUTION
@@ -192,10 +195,11 @@ class WordTokenizer(_Tokenizer):
         The vocabulary is `<unk>` (id 0), then the tokens seen at least `min_freq` times, most frequent first
         (ties broken alphabetically), cut so that `vocab_size <= max_vocab`.
         """
-        # TODO: 1. count the tokens of self.tokenize(text) (collections.Counter)
-        #       2. keep those with count >= self.min_freq, sorted by (-count, token)
-        #       3. keep at most self.max_vocab - 1 of them (room for <unk>) when max_vocab is set
-        #       4. pass them to self._set_vocab (~5 lines)
+        # TODO: build the vocabulary from the most frequent tokens of `text` (~5 lines)
+        #   1. count the tokens of self.tokenize(text) (collections.Counter) -> {token: count}
+        #   2. keep those with count >= self.min_freq, sorted by (-count, token) -> a list of tokens
+        #   3. keep at most self.max_vocab - 1 of them (room for <unk>) when max_vocab is set -> <= max_vocab - 1
+        #   4. pass them to self._set_vocab, which puts `<unk>` first -> V entries
         # BEGIN SOLUTION
         counts = collections.Counter(self.tokenize(text))
         tokens = sorted((t for t, c in counts.items() if c >= self.min_freq), key=lambda t: (-counts[t], t))
@@ -208,7 +212,9 @@ class WordTokenizer(_Tokenizer):
     def encode(self, text):
         """Returns the ids of the tokens of `text`: int32 array of shape `(num_tokens,)`; unknown -> `unk_id`."""
         self._check_fitted()
-        # TODO: map each token of self.tokenize(text) to its id, falling back to self.unk_id (~1 line)
+        # TODO: map each token to its id (~1 line)
+        #   1. look each token of self.tokenize(text) up in self.token_to_id, falling back to self.unk_id
+        #      -> (num_tokens,) int32
         # BEGIN SOLUTION
         return np.array([self.token_to_id.get(t, self.unk_id) for t in self.tokenize(text)], dtype=np.int32)
         # END SOLUTION
@@ -221,7 +227,8 @@ class WordTokenizer(_Tokenizer):
         """
         ids = _as_id_list(ids)
         self._check_ids(ids)
-        # TODO: concatenate the token strings, writing " <unk>" for the unknown id (~1 line)
+        # TODO: turn the ids back into text (~1 line)
+        #   1. concatenate the token strings, writing " <unk>" for the unknown id -> a str
         # BEGIN SOLUTION
         return "".join(" " + UNK if i == self.unk_id else self.vocab[i] for i in ids)
         # END SOLUTION
@@ -264,9 +271,10 @@ def make_sequences(ids, seq_len, stride=None):
     stride = seq_len if stride is None else stride
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
         raise ValueError(f"stride must be a positive integer or None; got stride={stride!r}")
-    # TODO: 1. find the start of every window that fits whole: 0, stride, 2 * stride, ... (N starts)
-    #       2. gather the windows of seq_len + 1 tokens -> (N, seq_len + 1)
-    #       3. inputs = all but the last token, labels = all but the first, each (N, seq_len), int32 (~5 lines)
+    # TODO: cut the stream into windows of seq_len + 1 tokens, then into inputs and labels (~5 lines)
+    #   1. the start of every window that fits whole: 0, stride, 2 * stride, ... -> (N,)
+    #   2. gather the windows of seq_len + 1 tokens -> (N, seq_len + 1)
+    #   3. inputs = all but the last token, labels = all but the first, as int32 -> (N, seq_len) each
     # BEGIN SOLUTION
     num_windows = (len(ids) - (seq_len + 1)) // stride + 1
     starts = np.arange(num_windows) * stride  # (N,)
@@ -290,7 +298,9 @@ def train_val_split(ids, val_fraction=0.1):
     ids = np.asarray(ids)
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be strictly between 0 and 1; got val_fraction={val_fraction!r}")
-    # TODO: cut the stream at int(len(ids) * (1 - val_fraction)) into a training head and a validation tail (~2 lines)
+    # TODO: split the stream into a training head and a validation tail (~2 lines)
+    #   1. cut = int(len(ids) * (1 - val_fraction)) -> an int
+    #   2. train_ids = the tokens before cut, val_ids = the rest -> (cut,) and (num_tokens - cut,)
     # BEGIN SOLUTION
     cut = int(len(ids) * (1 - val_fraction))
     train_ids, val_ids = ids[:cut], ids[cut:]
@@ -319,9 +329,11 @@ def make_dataset(inputs, labels, batch_size, shuffle=True, seed=0, drop_remainde
         raise ValueError(f"inputs and labels must both have shape (N, T); got {inputs.shape} and {labels.shape}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got batch_size={batch_size!r}")
-    # TODO: 1. build a dataset of (input, label) pairs from the arrays (tf.data.Dataset.from_tensor_slices)
-    #       2. if shuffle: shuffle over the whole data set with `seed`, reshuffling each epoch
-    #       3. batch (with drop_remainder) and prefetch (~6 lines)
+    # TODO: a shuffled, batched tf.data pipeline of (input, label) pairs (~6 lines)
+    #   1. a dataset of (input, label) pairs from the int32 arrays (tf.data.Dataset.from_tensor_slices)
+    #      -> elements ((T,), (T,))
+    #   2. if shuffle: shuffle over the whole data set with `seed`, reshuffling each epoch -> elements ((T,), (T,))
+    #   3. batch (with drop_remainder) and prefetch -> elements ((B, T), (B, T)), in a variable named dataset
     # BEGIN SOLUTION
     dataset = tf.data.Dataset.from_tensor_slices((inputs.astype(np.int32), labels.astype(np.int32)))
     if shuffle:

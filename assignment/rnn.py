@@ -53,8 +53,10 @@ class RNNCell(keras.layers.Layer):
         self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
 
     def call(self, x_t, h_prev):
-        # TODO: return h_t = tanh(x_t @ kernel + h_prev @ recurrent_kernel + bias), of shape (B, H) (~1 line).
-        #   x_t @ kernel: (B, H); h_prev @ recurrent_kernel: (B, H); bias (H,) broadcasts over the batch.
+        # TODO: one RNN step, h_t = tanh(x_t @ kernel + h_prev @ recurrent_kernel + bias) (~1 line)
+        #   1. x_t @ kernel -> (B, H); h_prev @ recurrent_kernel -> (B, H)
+        #   2. add them and the bias (H,), which broadcasts over the batch -> (B, H)
+        #   3. return tf.tanh of the sum -> (B, H)
         # BEGIN SOLUTION
         return tf.tanh(tf.matmul(x_t, self.kernel) + tf.matmul(h_prev, self.recurrent_kernel) + self.bias)
         # END SOLUTION
@@ -75,13 +77,13 @@ def rnn_forward(cell, inputs, h0):
         outputs: float tensor of shape `(B, T, H)`; `outputs[:, t]` is h_t, the state after reading `inputs[:, t]`.
         h_last: float tensor of shape `(B, H)`, the state after the last step (equal to `outputs[:, -1]`).
     """
-    # TODO: run the cell over time from h0, calling RNNCell through `cell(x_t, h)` at each step (~3 lines).
-    #   1. put time first: xs = tf.transpose(inputs, [1, 0, 2])                         # (T, B, D)
-    #   2. h_t = cell(x_t, h_{t-1}) for each step's input x_t (B, D), keeping every h_t  # each (B, H)
-    #      tf.scan(lambda h, x_t: ..., xs, initializer=h0) does this in one compiled op # (T, B, H)
+    # TODO: run the cell over time from h0, calling RNNCell through `cell(x_t, h)` at each step (~3 lines)
+    #   1. put time first: xs = tf.transpose(inputs, [1, 0, 2]) -> (T, B, D)
+    #   2. h_t = cell(x_t, h_{t-1}) for each step's input x_t (B, D), keeping every h_t -> each (B, H);
+    #      tf.scan(lambda h, x_t: ..., xs, initializer=h0) does this in one compiled op -> hs (T, B, H)
     #      (a Python loop also works: iterate over tf.unstack(xs), not xs[t], whose gradients cost O(T^2))
-    #   3. put batch first again: outputs = tf.transpose(hs, [1, 0, 2])                  # (B, T, H)
-    #   4. return outputs and the last state hs[-1]                                      # (B, H)
+    #   3. put batch first again: outputs = tf.transpose(hs, [1, 0, 2]) -> (B, T, H)
+    #   4. return outputs and the last state hs[-1] -> (B, T, H) and (B, H)
     # BEGIN SOLUTION
     # The loop tf.scan builds, written out: measured 10-25% faster to train than tf.scan on a 2-core CPU.
     num_steps = tf.shape(inputs)[1]

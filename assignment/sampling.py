@@ -102,9 +102,9 @@ def greedy(logits):
 
     When a row has several maximal logits, any of them is a valid answer.
     """
-    # TODO: the index of the largest logit of each row (~2 lines):
-    #   1. logits = _check_logits(logits)                                     # (B, V), checked
-    #   2. argmax over the vocabulary axis, as int32                          # (B,)
+    # TODO: the index of the largest logit of each row (~2 lines)
+    #   1. logits = _check_logits(logits) -> (B, V), checked
+    #   2. argmax over the vocabulary axis, as int32 -> (B,)
     # BEGIN SOLUTION
     logits = _check_logits(logits)
     return tf.argmax(logits, axis=-1, output_type=tf.int32)  # (B,)
@@ -126,9 +126,9 @@ def apply_temperature(logits, temperature):
     Raises:
         ValueError: if `temperature <= 0`, or `logits` is not 2-D or holds a NaN.
     """
-    # TODO: divide the logits by the temperature (~3 lines):
-    #   1. logits = _check_logits(logits); temperature = _check_temperature(temperature)
-    #   2. divide the logits, not the probabilities                           # (B, V)
+    # TODO: divide the logits by the temperature (~3 lines)
+    #   1. logits = _check_logits(logits); temperature = _check_temperature(temperature) -> (B, V) and a float
+    #   2. divide the logits, not the probabilities -> (B, V)
     # BEGIN SOLUTION
     logits = _check_logits(logits)
     temperature = _check_temperature(temperature)
@@ -152,10 +152,11 @@ def top_k_filter(logits, k):
     Raises:
         ValueError: if `k` is not an integer >= 1, or `logits` is not 2-D or holds a NaN.
     """
-    # TODO: keep every logit >= the k-th largest of its row, -inf elsewhere (~6 lines):
-    #   1. logits = _check_logits(logits); k = _check_k(k); if k >= V, return the logits unchanged
-    #   2. the k-th largest logit of each row (tf.math.top_k(...).values)     # (B, 1)
-    #   3. keep the logits >= that value, NEG_INF elsewhere (tf.where)        # (B, V)
+    # TODO: keep every logit >= the k-th largest of its row, -inf elsewhere (~6 lines)
+    #   1. logits = _check_logits(logits); k = _check_k(k); if k >= V, return the logits unchanged -> (B, V)
+    #   2. the k largest logits of each row, largest first (tf.math.top_k(logits, k=k).values) -> (B, k)
+    #   3. the k-th largest: the last column, kept 2-D so it broadcasts against the row (values[:, -1:]) -> (B, 1)
+    #   4. keep the logits >= that value, NEG_INF elsewhere (tf.where) -> (B, V)
     # BEGIN SOLUTION
     logits = _check_logits(logits)
     k = _check_k(k)
@@ -184,14 +185,14 @@ def top_p_filter(logits, p):
     Raises:
         ValueError: if `p` is outside `(0, 1]`, or `logits` is not 2-D or holds a NaN.
     """
-    # TODO: keep the most probable tokens while the mass before each is < p, -inf elsewhere (~9 lines):
-    #   1. logits = _check_logits(logits); p = _check_p(p); if p == 1, return the logits unchanged
-    #   2. probabilities sorted in descending order (tf.nn.softmax, tf.sort)  # (B, V)
-    #   3. the mass of the tokens before each one (tf.cumsum, exclusive=True) # (B, V)
-    #   4. keep where that mass is < p: a prefix of each sorted row           # (B, V) bool, sorted order
+    # TODO: keep the most probable tokens while the mass before each is < p, -inf elsewhere (~9 lines)
+    #   1. logits = _check_logits(logits); p = _check_p(p); if p == 1, return the logits unchanged -> (B, V)
+    #   2. probabilities sorted in descending order (tf.nn.softmax, tf.sort) -> (B, V)
+    #   3. the mass of the tokens before each one (tf.cumsum, exclusive=True) -> (B, V)
+    #   4. keep where that mass is < p: a prefix of each sorted row -> (B, V) bool, in sorted order
     #   5. map the decision back to vocabulary order: the smallest kept probability of a row is a
-    #      threshold (or scatter with the indices of tf.argsort)              # (B, V)
-    #   6. kept logits unchanged, NEG_INF elsewhere (tf.where)                # (B, V)
+    #      threshold (or scatter with the indices of tf.argsort) -> (B, 1) threshold, or (B, V) bool
+    #   6. kept logits unchanged, NEG_INF elsewhere (tf.where) -> (B, V)
     # BEGIN SOLUTION
     logits = _check_logits(logits)
     p = _check_p(p)
@@ -225,13 +226,13 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, seed=None):
     Raises:
         ValueError: for a bad `temperature`, `top_k`, `top_p` or `seed`, or `logits` that are not 2-D or hold a NaN.
     """
-    # TODO: filter, then draw one token per row (~10 lines):
-    #   1. logits = _check_logits(logits); seed = _check_seed(seed)
+    # TODO: filter, then draw one token per row (~10 lines)
+    #   1. logits = _check_logits(logits); seed = _check_seed(seed) -> (B, V) and an int or None
     #   2. apply_temperature, then top_k_filter if top_k is not None, then top_p_filter if top_p is not None,
-    #      each on the result of the previous one                             # (B, V)
+    #      each on the result of the previous one -> (B, V)
     #   3. draw: with a seed, tf.random.stateless_categorical(..., seed=[seed, 0]), so the same seed gives
-    #      the same draws; without one, tf.random.categorical                 # (B, 1) int32
-    #   4. return the draws as (B,) int32                                     # (B,)
+    #      the same draws; without one, tf.random.categorical -> (B, 1) int32
+    #   4. return the draws as int32 -> (B,)
     # BEGIN SOLUTION
     logits = _check_logits(logits)
     seed = _check_seed(seed)

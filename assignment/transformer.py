@@ -55,10 +55,9 @@ def causal_mask(seq_len):
     causal_mask(3)  # [[True, False, False], [True, True, False], [True, True, True]]
     ```
     """
-    # TODO: compare a column of query positions with a row of key positions (tf.range, broadcasting):
-    # 1. positions = 0 .. T-1 -> (T,)
-    # 2. mask[i, j] = j <= i -> (T, T), bool
-    # (~2 lines)
+    # TODO: compare a column of query positions with a row of key positions (~2 lines)
+    #   1. positions = 0 .. T-1 (tf.range) -> (T,)
+    #   2. mask[i, j] = j <= i, by broadcasting positions[:, None] against positions[None, :] -> (T, T) bool
     # BEGIN SOLUTION
     positions = tf.range(seq_len)  # (T,)
     return positions[:, None] >= positions[None, :]  # (T, T)
@@ -69,10 +68,10 @@ def scaled_dot_product_attention(q, k, v, mask=None):
     """Returns `(output, weights)`: softmax(q k^T / sqrt(hs)) v over the last two axes.
 
     Args:
-        q: float tensor `(..., T, hs)`, the queries.
-        k: float tensor `(..., S, hs)`, the keys.
-        v: float tensor `(..., S, hv)`, the values.
-        mask: optional bool tensor broadcastable to `(..., T, S)`: True where query t may attend to key s.
+        q: float tensor or NumPy array `(..., T, hs)`, the queries.
+        k: float tensor or NumPy array `(..., S, hs)`, the keys, of q's dtype.
+        v: float tensor or NumPy array `(..., S, hv)`, the values, of q's dtype.
+        mask: optional bool tensor or array broadcastable to `(..., T, S)`: True where query t may attend to key s.
             The leading axes `...` of q, k, v and mask broadcast as in `tf.matmul`.
 
     Returns:
@@ -87,15 +86,18 @@ def scaled_dot_product_attention(q, k, v, mask=None):
     out.shape, w.shape                                   # (2, 4, 5, 8), (2, 4, 5, 5)
     ```
     """
-    # TODO: attention weights and output, in five steps:
-    # 1. scores = q k^T / sqrt(hs), hs being the size of q's last axis (tf.matmul with transpose_b=True) -> (..., T, S)
-    # 2. with a mask, replace the scores where it is False by a very negative *finite* number such as
-    #    q.dtype.min (tf.where; -inf would turn a fully masked row into NaN) -> (..., T, S)
-    # 3. weights = softmax over the last axis, the keys -> (..., T, S)
-    # 4. with a mask, set the masked weights to exactly 0 (tf.where again: a fully masked row was uniform)
-    #    -> (..., T, S)
-    # 5. output = weights v -> (..., T, hv)
-    # (~8 lines)
+    q, k, v = (tf.convert_to_tensor(t) for t in (q, k, v))  # NumPy arrays too: below, q.dtype is a tf.DType
+    if mask is not None:
+        mask = tf.convert_to_tensor(mask)
+    # TODO: attention weights and output, softmax(q k^T / sqrt(hs)) v (~8 lines)
+    #   1. scores = q k^T / sqrt(hs), hs being the size of q's last axis (tf.matmul with transpose_b=True)
+    #      -> (..., T, S)
+    #   2. with a mask, replace the scores where it is False by a very negative *finite* number such as
+    #      q.dtype.min (tf.where; -inf would turn a fully masked row into NaN) -> (..., T, S)
+    #   3. weights = softmax over the last axis, the keys -> (..., T, S)
+    #   4. with a mask, set the masked weights to exactly 0 (tf.where again: a fully masked row was uniform)
+    #      -> (..., T, S)
+    #   5. output = weights v; return (output, weights) -> (..., T, hv) and (..., T, S)
     # BEGIN SOLUTION
     head_size = tf.cast(tf.shape(q)[-1], q.dtype)
     scores = tf.matmul(q, k, transpose_b=True) / tf.sqrt(head_size)  # (..., T, S)
@@ -129,12 +131,15 @@ def apply_rope(x, positions, base=10000.0):
     Returns:
         float tensor `(..., T, hs)`, same dtype as x; position 0 is left unchanged.
     """
-    # TODO (bonus, RoPE), with pairs (p, p + hs/2):
-    # 1. frequencies base^(-2p / hs) for p = 0 .. hs/2 - 1 -> (hs/2,)
-    # 2. angles = positions (as floats) times frequencies, an outer product -> (T, hs/2); take their cos and sin
-    # 3. split x into its halves x1 = x[..., :hs/2], x2 = x[..., hs/2:] -> (..., T, hs/2) each
-    # 4. rotate each pair: x1 cos - x2 sin and x1 sin + x2 cos, concatenated on the last axis -> (..., T, hs)
-    # (~8 lines)
+    # TODO: (bonus, RoPE) rotate pair p of every vector by position * base^(-2p / hs) (~8 lines)
+    #   Either pairing of the docstring passes; the steps use halves, pair p = (p, p + hs/2). For LLaMA's
+    #   (2p, 2p + 1), take x1 = x[..., 0::2], x2 = x[..., 1::2] in step 3 and interleave the two rotated
+    #   halves again in step 4 (tf.stack on a new last axis, then reshape to (..., T, hs)).
+    #   1. frequencies base^(-2p / hs) for p = 0 .. hs/2 - 1 -> (hs/2,)
+    #   2. angles = positions (as floats) times frequencies, an outer product -> (T, hs/2); their cos and sin
+    #      -> (T, hs/2) each, cast to x's dtype
+    #   3. the two members of every pair: x1 = x[..., :hs/2], x2 = x[..., hs/2:] -> (..., T, hs/2) each
+    #   4. rotate each pair: x1 cos - x2 sin and x1 sin + x2 cos, concatenated on the last axis -> (..., T, hs)
     # BEGIN SOLUTION
     half = x.shape[-1] // 2
     frequencies = base ** (-tf.range(half, dtype=tf.float32) * 2.0 / (2 * half))  # (hs/2,)
@@ -158,8 +163,8 @@ def expand_kv_heads(x, num_groups):
     Returns:
         float tensor `(B, nkv * g, S, hs)`.
     """
-    # TODO (bonus, GQA/MQA): repeat each head g times in place along the head axis (tf.repeat) -> (B, nh, S, hs)
-    # (~1 line)
+    # TODO: (bonus, GQA/MQA) repeat each key/value head g times in place along the head axis (~1 line)
+    #   1. tf.repeat along axis 1, so heads [a, b] become [a, a, b, b] for g = 2 -> (B, nkv * g, S, hs)
     # BEGIN SOLUTION
     return tf.repeat(x, num_groups, axis=1)  # (B, nkv * g, S, hs)
     # END SOLUTION
@@ -179,12 +184,12 @@ def update_kv_cache(cache, new, index):
     Returns:
         float tensor `(B, nkv, C, hs)`.
     """
-    # TODO (bonus, KV cache): write `new` into its T slots, for a Python int or a tensor `index`. Either
-    # a. tf.tensor_scatter_nd_update(cache, indices, new), indices (B, nkv, T, 3) holding (b, h, index + t) for
-    #    every b, h, t (tf.meshgrid of three tf.range, indexing="ij", stacked on a last axis) -> (B, nkv, C, hs); or
-    # b. one-hot rows = tf.one_hot(index + tf.range(T), C) -> (T, C); placed = tf.einsum("tc,bhtd->bhcd", rows, new)
-    #    -> (B, nkv, C, hs); keep the other slots: cache * (1 - rows summed over t)[:, None] + placed
-    # (~4 lines)
+    # TODO: (bonus, KV cache) write `new` into slots index .. index + T - 1, for an int or a tensor index (~4 lines)
+    #   1. the slot of every new row: (b, h, index + t) for every b, h, t (tf.meshgrid of three tf.range,
+    #      indexing="ij", stacked on a last axis) -> indices (B, nkv, T, 3)
+    #   2. tf.tensor_scatter_nd_update(cache, indices, new) -> (B, nkv, C, hs)
+    #   (Or with one-hot rows = tf.one_hot(index + tf.range(T), C) -> (T, C): placed = tf.einsum("tc,bhtd->bhcd",
+    #   rows, new) -> (B, nkv, C, hs), kept = cache * (1 - rows summed over t)[:, None] -> (B, nkv, C, hs); add them.)
     # BEGIN SOLUTION
     shape = tf.shape(new)  # (B, nkv, T, hs)
     b, h, t = tf.meshgrid(tf.range(shape[0]), tf.range(shape[1]), index + tf.range(shape[2]), indexing="ij")
@@ -204,8 +209,9 @@ def cached_attention_mask(index, num_queries, length):
         num_queries: int32 scalar, T.
         length: int, C, the cache length.
     """
-    # TODO (bonus, KV cache): query t (at position index + t) may attend to cache position c iff c <= index + t.
-    # Broadcast a column of query positions against a row of cache positions -> (T, C) (~2 lines)
+    # TODO: (bonus, KV cache) query t, at position index + t, may attend to cache slot c iff c <= index + t (~2 lines)
+    #   1. the positions of the queries: index + tf.range(num_queries) -> (T,)
+    #   2. a row of cache positions tf.range(length) (C,) against a column of query positions -> (T, C) bool
     # BEGIN SOLUTION
     query_positions = index + tf.range(num_queries)  # (T,)
     return tf.range(length)[None, :] <= query_positions[:, None]  # (T, C)
@@ -286,14 +292,14 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             x: float tensor `(B, T, D)`.
             positions: int32 tensor `(T,)`, the position of each token (RoPE uses them).
         """
-        # TODO: project x and split the projections into heads:
-        # 1. project: q = x wq (+ bq when self.use_bias) -> (B, T, nh * hs); k, v with wk, wv -> (B, T, nkv * hs)
-        #    (tf.matmul(x, w) works; linear(x, w, b) above does the same, faster)
-        # 2. split heads: reshape the last axis into (heads, hs) -> (B, T, nh, hs) (k, v: nkv heads), keeping the
-        #    batch and time sizes (use tf.shape(x) for them: they may be unknown while tracing)
-        # 3. move the head axis before time -> (B, nh, T, hs) (tf.transpose); k, v -> (B, nkv, T, hs)
-        # (~10 lines; a small helper for steps 2-3, used three times, keeps it short; leave the results in q, k, v:
-        # the lines after the region apply RoPE and return them)
+        # TODO: project x and split the projections into heads, leaving them in q, k, v (~10 lines)
+        #   The lines after the region apply RoPE and return q, k, v; a small helper for steps 2-3, used three
+        #   times, keeps it short.
+        #   1. project: q = x wq (+ bq when self.use_bias) -> (B, T, nh * hs); k, v with wk, wv -> (B, T, nkv * hs)
+        #      (tf.matmul(x, w) works; linear(x, w, b) above does the same, faster)
+        #   2. split heads: reshape the last axis into (heads, hs), keeping the batch and time sizes (use
+        #      tf.shape(x) for them: they may be unknown while tracing) -> (B, T, nh, hs); k, v -> (B, T, nkv, hs)
+        #   3. move the head axis before time (tf.transpose) -> (B, nh, T, hs); k, v -> (B, nkv, T, hs)
         # BEGIN SOLUTION
         batch, time = tf.shape(x)[0], tf.shape(x)[1]
 
@@ -322,11 +328,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         """
         if self.num_groups > 1:  # bonus (GQA/MQA): query head h reads key/value head h // g
             k, v = expand_kv_heads(k, self.num_groups), expand_kv_heads(v, self.num_groups)  # (B, nh, S, hs)
-        # TODO: attend within each head, merge the heads, project:
-        # 1. attend with scaled_dot_product_attention(q, k, v, mask) -> (B, nh, T, hs) (ignore the weights)
-        # 2. merge heads: move the head axis after time -> (B, T, nh, hs), then reshape -> (B, T, nh * hs)
-        # 3. project: out = merged wo (+ bo when self.use_bias) -> (B, T, D)
-        # (~6 lines)
+        # TODO: attend within each head, merge the heads, project (~6 lines)
+        #   1. attend with scaled_dot_product_attention(q, k, v, mask), ignoring the weights -> (B, nh, T, hs)
+        #   2. merge heads: move the head axis after time -> (B, T, nh, hs), then reshape -> (B, T, nh * hs)
+        #   3. project and return: merged wo (+ bo when self.use_bias) -> (B, T, D)
         # BEGIN SOLUTION
         out, _ = scaled_dot_product_attention(q, k, v, mask)  # (B, nh, T, hs)
         out = tf.transpose(out, [0, 2, 1, 3])  # (B, T, nh, hs)
@@ -385,11 +390,10 @@ class RMSNorm(keras.layers.Layer):
         self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer="ones")
 
     def call(self, x):
-        # TODO (bonus, RMSNorm): divide by the root mean square over the last axis, then scale:
-        # 1. the mean of the squares over the last axis, kept for broadcasting -> (..., 1)
-        # 2. divide x by the root of (mean square + self.epsilon) (tf.math.rsqrt) -> (..., D)
-        # 3. multiply by self.scale -> (..., D)
-        # (~3 lines)
+        # TODO: (bonus, RMSNorm) divide by the root mean square over the last axis, then scale (~3 lines)
+        #   1. the mean of the squares over the last axis, kept for broadcasting -> (..., 1)
+        #   2. divide x by the root of (mean square + self.epsilon) (tf.math.rsqrt) -> (..., D)
+        #   3. multiply by self.scale (D,) and return -> (..., D)
         # BEGIN SOLUTION
         mean_square = tf.reduce_mean(tf.square(x), axis=-1, keepdims=True)  # (..., 1)
         return x * tf.math.rsqrt(mean_square + self.epsilon) * self.scale  # (..., D)
@@ -409,7 +413,8 @@ def swiglu(gate, up):
     Returns:
         float tensor `(..., F)`.
     """
-    # TODO (bonus, SwiGLU): silu(gate) = gate * sigmoid(gate), times up (~1 line)
+    # TODO: (bonus, SwiGLU) silu(gate) times up, elementwise (~1 line)
+    #   1. silu(gate) = gate * sigmoid(gate) (or tf.nn.silu), times up; return it -> (..., F)
     # BEGIN SOLUTION
     return tf.nn.silu(gate) * up  # (..., F)
     # END SOLUTION
@@ -542,14 +547,14 @@ class DecoderBlock(keras.layers.Layer):
             out, updated[0] = self.attention(h, training=training, cache=cache, cache_index=cache_index)
             return out
 
-        # TODO: the residual branches, with attend (self-attention) and self.mlp, each branch's output passed
-        # through self.dropout(..., training=training) before it is added to x:
-        # if self.config.block == "sequential" (GPT-2, LLaMA):
+        # TODO: the two residual branches, attention (attend) and MLP (self.mlp), leaving the output in x (~7 lines)
+        #   Each branch's output goes through self.dropout(..., training=training) before it is added to x.
+        #   If self.config.block == "sequential" (GPT-2, LLaMA):
         #   1. x = x + attend(self.norm1(x)) -> (B, T, D)
         #   2. x = x + self.mlp(self.norm2(x)) -> (B, T, D)
-        # else, parallel (Falcon, PaLM): both branches read the same h = self.norm1(x):
-        #   1. x = x + attend(h) + self.mlp(h) -> (B, T, D)
-        # (~7 lines; the block's output stays in x, returned below)
+        #   Else, parallel (Falcon, PaLM): both branches read the same normalized input:
+        #   1. h = self.norm1(x) -> (B, T, D)
+        #   2. x = x + attend(h) + self.mlp(h) -> (B, T, D)
         # BEGIN SOLUTION
         if self.config.block == "sequential":
             x = x + self.dropout(attend(self.norm1(x)), training=training)  # (B, T, D)
@@ -689,16 +694,15 @@ class TransformerLanguageModel(keras.Model):
             updated.append(layer_cache)
             return x
 
-        # TODO: the forward pass, from token ids to logits:
-        # 1. look up the token embeddings: tf.gather(self.token_embedding, tokens) -> (B, T, D)
-        # 2. unless self.config.positions == "rope" (RoPE rotates q and k inside attention instead), add
-        #    self.position_embeddings(start + tf.range(T)) -> (T, D), broadcast over the batch -> (B, T, D)
-        # 3. x = self.embedding_dropout(x, training=training) -> (B, T, D)
-        # 4. run the blocks in order: x = run_block(i, x) for i in range(self.config.num_layers) -> (B, T, D)
-        # 5. x = self.final_norm(x) -> (B, T, D)
-        # 6. project to the vocabulary: x times the transposed token embedding when self.config.tie_embeddings,
-        #    else x times self.lm_head (D, V) -> (B, T, V), in a variable named logits (returned below)
-        # (~10 lines)
+        # TODO: the forward pass, from token ids to logits, left in a variable named logits (~10 lines)
+        #   1. look up the token embeddings: tf.gather(self.token_embedding, tokens) -> (B, T, D)
+        #   2. unless self.config.positions == "rope" (RoPE rotates q and k inside attention instead), add
+        #      self.position_embeddings(start + tf.range(T)) -> (T, D), broadcast over the batch -> (B, T, D)
+        #   3. x = self.embedding_dropout(x, training=training) -> (B, T, D)
+        #   4. run the blocks in order: x = run_block(i, x) for i in range(self.config.num_layers) -> (B, T, D)
+        #   5. x = self.final_norm(x) -> (B, T, D)
+        #   6. project to the vocabulary: x times the transposed token embedding when self.config.tie_embeddings,
+        #      else x times self.lm_head (D, V) -> logits (B, T, V), returned below
         # BEGIN SOLUTION
         x = tf.gather(self.token_embedding, tokens)  # (B, T, D)
         if self.config.positions != "rope":

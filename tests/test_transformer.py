@@ -96,7 +96,7 @@ def test_causal_mask_allows_exactly_the_past_and_present():
         )
 
 
-@pytest.mark.points(2)
+@pytest.mark.points(1)
 def test_attention_matches_numpy_reference():
     # (B, nh, T, hs) queries against (B, nh, S, hs) keys and (B, nh, S, hv) values: T, S, hs, hv all differ
     q, k, v = _normal((2, 3, 4, 5), 1), _normal((2, 3, 6, 5), 2), _normal((2, 3, 6, 7), 3)
@@ -113,6 +113,26 @@ def test_attention_matches_numpy_reference():
             atol=1e-5,
         )
         assert_close(out, ref_out, f"attention output {what} a mask (weights times v)", atol=1e-5)
+
+
+@pytest.mark.points(1)
+def test_attention_accepts_numpy_arrays():
+    # The notebooks and students call attention on NumPy arrays too; they have no `.dtype.min`, tensors do.
+    q, k, v = _normal((2, 4, 5), 1).numpy(), _normal((2, 6, 5), 2).numpy(), _normal((2, 6, 3), 3).numpy()
+    mask = _random_mask((4, 6), seed=4).numpy()
+    for name, args in (("q, k, v", (q, k, v, None)), ("q, k, v and mask", (q, k, v, mask))):
+        try:
+            out, weights = transformer.scaled_dot_product_attention(*args)
+        except Exception as error:  # any error is the failure this test reports
+            pytest.fail(
+                f"scaled_dot_product_attention must accept NumPy arrays as {name}, as tensors; it raised "
+                f"{type(error).__name__}: {error} (tf.convert_to_tensor turns an array into a tensor)"
+            )
+        ref_out, ref_weights = reference_attention(*args)
+        assert_shape(weights, ref_weights.shape, f"attention weights (..., T, S) of NumPy {name}")
+        assert_shape(out, ref_out.shape, f"attention output (..., T, hv) of NumPy {name}")
+        assert_close(weights, ref_weights, f"attention weights of NumPy {name}", atol=1e-5)
+        assert_close(out, ref_out, f"attention output of NumPy {name}", atol=1e-5)
 
 
 @pytest.mark.points(1)
