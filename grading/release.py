@@ -6,7 +6,7 @@ the notebooks (outputs cleared), data/, a README, Makefile and pyproject of its 
 `make submission`. What never goes in: hidden and instructor tests, the bug catalogue, the builder, the verifier,
 the reference. The build refuses to finish if a marker is malformed, a stub module does not parse or import,
 anything leaks (a marker, a line found only inside solution regions, a hidden test's name), or a file of the release
-names a `make` target, a Markdown document or a project file the release does not have.
+names a `make` target, a Markdown document, a notebook or a file of bench/ or docs/ the release does not have.
 """
 
 import ast
@@ -248,9 +248,8 @@ def leak_scan(dest, solution_only, *, hidden_names=(), allow_hidden=False, runti
 MAKE_IN_BACKTICKS = re.compile(r"`make ([a-z][\w-]*)")
 MAKE_COMMAND_LINE = re.compile(r"^\s*make ([a-z][\w-]*)")  # a command line in a Markdown code block
 DOC_NAME = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[A-Z][A-Z0-9_-]*\.md)\b")  # README.md, CONVENTIONS.md, ../x/DESIGN.md
-PROJECT_PATH = re.compile(
-    r"(?<![\w/.-])((?:assignment|tests|notebooks|grading|bench|docs)/[\w./-]*\w\.(?:py|ipynb|md|png))\b"
-)
+UNSHIPPED_PATH = re.compile(r"(?<![\w/.-])((?:bench|docs)/[\w./-]*\w\.\w+)\b")  # folders a release never has
+NOTEBOOK_NAME = re.compile(r"(?<![\w/.-])((?:notebooks/)?[\w-]+\.ipynb)\b")
 
 
 def make_targets(makefile):
@@ -260,8 +259,9 @@ def make_targets(makefile):
 
 
 def reference_scan(dest):
-    """Returns `path:line: what` for every `make X`, Markdown document or project file a release's file names that
-    the release does not have: a student must be able to run and open everything its files tell them to."""
+    """Returns `path:line: what` for every `make X`, Markdown document, notebook, or file of bench/ or docs/ that a
+    file of the release names and the release does not have: a student must be able to run and open everything its
+    files tell them to."""
     dest = Path(dest)
     targets = make_targets(dest / "Makefile")
     problems = []
@@ -274,8 +274,10 @@ def reference_scan(dest):
                 named |= set(MAKE_COMMAND_LINE.findall(line))
             for target in sorted(named - targets):
                 problems.append(f"{rel}:{number}: names `make {target}`, which the release's Makefile does not have")
-            for name in sorted(set(DOC_NAME.findall(line)) | set(PROJECT_PATH.findall(line))):
-                if not (dest / name).is_file() and not (path.parent / name).is_file():
+            names = set(DOC_NAME.findall(line)) | set(UNSHIPPED_PATH.findall(line)) | set(NOTEBOOK_NAME.findall(line))
+            for name in sorted(names):
+                places = (dest / name, path.parent / name, dest / "notebooks" / Path(name).name)
+                if not any(place.is_file() for place in places):
                     problems.append(f"{rel}:{number}: names {name}, which the release does not ship")
     return problems
 

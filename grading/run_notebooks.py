@@ -11,7 +11,8 @@ a temporary directory.
 A notebook wraps the cells that call the student's code in `with todo(...)`, which turns a stub's
 NotImplementedError into "Not implemented yet: ..." (and a cell left without its inputs into "Skipped: ...").
 On the reference solution every function is implemented, so such a message means the notebook hid a real
-failure, and it fails the run; on a release they are expected, and counted.
+failure, and it fails the run; on a release they are expected, and each notebook lists the TODOs it waits for.
+On the reference a notebook also fails when its outputs show TensorFlow's C++ start-up lines.
 """
 
 import argparse
@@ -26,6 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ANSI_COLOR = re.compile(r"\x1b\[[0-9;]*m")
 TODO_MESSAGES = ("Not implemented yet:", "Skipped:")  # printed by the `todo` helper in each notebook's first cell
 TODO_LOCATION = re.compile(r"Not implemented yet: finish the TODO in (.+?), then re-run")
+# TensorFlow's C++ start-up lines (absl: "I0000 00:00:1796024212.169594   14583 port.cc:153] oneDNN custom ...",
+# "E0000 ... cuda_platform.cc:52] failed call to cuInit ..."), which importing `assignment` first filters out.
+TF_STARTUP_LINE = re.compile(
+    r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.-]+:\d+\]|WARNING: All log messages before absl::InitializeLog)"
+)
 # A solution region's opening marker, spelled as a pattern: this file ships with the student release, whose leak
 # scan refuses the marker's literal text anywhere.
 SOLUTION_BEGIN = re.compile(r"^[ \t]*#[ \t]*BEGIN[ \t]+SOLUTION[ \t]*$", re.M)
@@ -48,6 +54,16 @@ def todo_messages(nb):
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream":
                 lines += [line for line in output.get("text", "").splitlines() if line.startswith(TODO_MESSAGES)]
+    return lines
+
+
+def startup_noise(nb):
+    """Returns the lines of TensorFlow's C++ start-up logging in a notebook's outputs (none when it starts quietly)."""
+    lines = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                lines += [line for line in output.get("text", "").splitlines() if TF_STARTUP_LINE.match(line)]
     return lines
 
 
@@ -135,6 +151,16 @@ def run_all(paths=None, root=ROOT, timeout=300, executed_dir=None, out=sys.stdou
             executed_dir.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, str(executed_dir / path.name))
         messages = todo_messages(nb)
+        noise = startup_noise(nb)
+        if reference and noise:  # on a student's machine another TensorFlow may log other lines: only CI checks
+            failed += 1
+            print(
+                f"FAIL {name} in {seconds:.1f} s: its outputs show TensorFlow's start-up logging (import `assignment` "
+                f"before anything imports tensorflow or keras):\n  " + "\n  ".join(line[:160] for line in noise[:5]),
+                file=out,
+                flush=True,
+            )
+            continue
         if reference and messages:
             failed += 1
             print(

@@ -253,6 +253,8 @@ def test_release_holds_the_stubbed_package_visible_tests_and_its_own_tooling(toy
         "grading/grade.py",
         "grading/runner.py",
         "grading/_child.py",
+        "grading/run_notebooks.py",
+        "grading/submission.py",
         "grading/manifest.json",
     } == files
     alpha = (out / "assignment" / "alpha.py").read_text()
@@ -275,6 +277,51 @@ def test_release_grades_itself_with_make_grade_path(toy_release, tmp_path):
     assert results["score"] == 0 and len(results["tests"]) == 9
     assert all("NotImplementedError" in e["output"] for e in results["tests"])
     assert all(e["visibility"] == "visible" for e in results["tests"])
+
+
+# Every command the release's files tell a student to run: its Makefile must have them all.
+STUDENT_TARGETS = {"install", "test", "grade", "submission", "train", "generate", "tensorboard", "compare", "data"}
+STUDENT_TARGETS |= {"notebooks", "lab", "help", "clean"}
+
+
+def test_release_makefile_has_every_target_its_files_name(toy_release):
+    out = toy_release.out
+    targets = release.make_targets(out / "Makefile")
+    assert STUDENT_TARGETS <= targets, f"the release's Makefile lacks {sorted(STUDENT_TARGETS - targets)}"
+    named = set()
+    for path in (p for p in out.rglob("*") if p.is_file()):
+        for line in release._text_lines(path):
+            named |= set(release.MAKE_IN_BACKTICKS.findall(line))
+    named |= set(release.MAKE_COMMAND_LINE.findall((out / "README.md").read_text()))
+    assert {"test", "grade", "submission", "notebooks", "lab", "train"} <= named, "the README names its commands"
+    assert named <= targets, f"the release names make targets its Makefile lacks: {sorted(named - targets)}"
+    assert release.reference_scan(out) == []
+
+
+def test_make_submission_zips_exactly_the_graded_files(toy_release, tmp_path):
+    """`make submission` in a student's folder full of other things: the zip holds the graded modules only."""
+    import shutil
+    import sys
+
+    folder = tmp_path / "student"
+    shutil.copytree(toy_release.out, folder)
+    (folder / ".venv").mkdir()
+    (folder / ".venv" / ".installed").touch()  # `make install` done: make must not build a venv here
+    (folder / ".venv" / "big.bin").write_bytes(b"0" * 1000)
+    (folder / "runs" / "main").mkdir(parents=True)
+    (folder / "runs" / "main" / "ckpt").write_text("weights")
+    (folder / "assignment" / "helpers_scratch.py").write_text("x = 1\n")
+    (folder / "notes.md").write_text("my notes\n")
+    run = subprocess.run(
+        ["make", "submission", f"PY={sys.executable}"], cwd=folder, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, f"make submission failed:\n{run.stdout}\n{run.stderr}"
+    with zipfile.ZipFile(folder / "submission.zip") as z:
+        names = sorted(z.namelist())
+        assert names == ["assignment/alpha.py", "assignment/beta.py"], f"submission.zip holds {names}"
+        assert z.read("assignment/alpha.py") == (folder / "assignment" / "alpha.py").read_bytes()
+    assert "assignment/alpha.py" in run.stdout and "TODO not done yet: add" in run.stdout, run.stdout
+    assert "submission.zip" in (folder / ".gitignore").read_text()
 
 
 def _broken_course(toy, tmp_path, edit):
@@ -311,6 +358,33 @@ def test_leaks_stop_the_build(toy, tmp_path, where, text, expected):
     with pytest.raises(release.BuildError) as info:
         release.build_student(root, tmp_path / "out", manifest=toy[1], check_import=False)
     assert f"{where}:" in str(info.value) and expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "where, text, expected",
+    [
+        ("data/notes.txt", "then run `make frobnicate`\n", "names `make frobnicate`, which the release's Makefile"),
+        ("tests/checks.py", "# see CONVENTIONS.md for the rules\n", "names CONVENTIONS.md, which the release does not"),
+        ("tests/checks.py", "# as in ../shared/DESIGN.md\n", "names ../shared/DESIGN.md, which the release does not"),
+        ("tests/checks.py", "# bench/bench_x.py measures it\n", "names bench/bench_x.py, which the release does not"),
+        ("notebooks/walkthrough.ipynb", None, "names `make train-all`, which the release's Makefile does not have"),
+    ],
+    ids=["make-target", "document", "outside-the-repository", "unshipped-script", "target-in-notebook"],
+)
+def test_a_release_naming_what_it_does_not_ship_is_refused(toy, tmp_path, where, text, expected):
+    def edit(root):
+        path = root / where
+        if text is None:
+            nb = json.loads(path.read_text())
+            nb["cells"].append({"cell_type": "markdown", "metadata": {}, "source": ["Then `make train-all`."]})
+            path.write_text(json.dumps(nb))
+        else:
+            path.write_text(path.read_text() + text if path.exists() else text)
+
+    root = _broken_course(toy, tmp_path, edit)
+    with pytest.raises(release.BuildError) as info:
+        release.build_student(root, tmp_path / "out", manifest=toy[1], check_import=False)
+    assert f"{where}:" in str(info.value) and expected in str(info.value), str(info.value)
 
 
 def test_leak_scan_flags_files_that_must_not_ship(tmp_path):
