@@ -155,8 +155,9 @@ def run_all(paths=None, root=ROOT, timeout=300, executed_dir=None, out=sys.stdou
         if reference and noise:  # on a student's machine another TensorFlow may log other lines: only CI checks
             failed += 1
             print(
-                f"FAIL {name} in {seconds:.1f} s: its outputs show TensorFlow's start-up logging (import `assignment` "
-                f"before anything imports tensorflow or keras):\n  " + "\n  ".join(line[:160] for line in noise[:5]),
+                f"FAIL {name} in {seconds:.1f} s: its outputs show TensorFlow's start-up logging: the notebook "
+                f"must import `assignment` (which imports TensorFlow quietly) before tensorflow or keras:\n  "
+                + "\n  ".join(line[:160] for line in noise[:5]),
                 file=out,
                 flush=True,
             )
