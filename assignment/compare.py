@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from assignment.cli import Parser
+from assignment.cli import Parser, not_written_yet
 
 
 def build_parser():
@@ -149,6 +149,9 @@ def main(argv=None):
                 result = runs.run(request)
             except (runs.UsageError, CorpusTooSmall, CheckpointError, Diverged) as error:
                 print(f"error: {error}", file=sys.stderr)
+                return 2
+            except NotImplementedError as error:
+                print(f"error: {not_written_yet(error)}", file=sys.stderr)
                 return 2
             history = result["history"]
             if not history:

@@ -76,7 +76,8 @@ def train_step(
             are scaled down to this norm when their norm is larger (clipping by *global* norm, so the direction
             of the update is kept).
         sample_weight: float tensor of shape `(B, T)` or None: the weight of each label token (0 for padding).
-            None means every token has weight 1.
+            None means every token has weight 1. At least one weight must be > 0 (the loop's batches always
+            have one); with every weight 0 the mean is 0 / 0, which nothing here defines.
 
     Returns:
         loss: float32 scalar tensor, the weighted mean cross-entropy per token, computed *before* the update:
@@ -85,15 +86,16 @@ def train_step(
 
     Runs eagerly and inside `tf.function` (the loop compiles it), so use TensorFlow ops, not NumPy.
     """
-    # TODO: 1. under a tf.GradientTape, run the model in training mode: logits (B, T, V)
-    #       2. per-token cross-entropy from the logits (B, T): keras.losses.sparse_categorical_crossentropy
-    #          with from_logits=True, or tf.nn.sparse_softmax_cross_entropy_with_logits
-    #       3. loss = sum(w * ce) / sum(w), with w = sample_weight, or all ones when it is None (scalar)
-    #       4. gradients of the loss with respect to model.trainable_variables (outside the tape's block)
-    #       5. clip them together with tf.clip_by_global_norm, which also returns the norm before clipping
-    #          (an embedding's gradient is a tf.IndexedSlices: tf.convert_to_tensor makes it dense, so its norm
-    #          is exact when an id repeats in the batch)
-    #       6. optimizer.apply_gradients(zip(clipped gradients, variables)) (~10 lines)
+    # TODO: one update: weighted mean cross-entropy under a tape, gradients clipped by global norm (~10 lines)
+    #   1. under a tf.GradientTape, run the model in training mode -> logits (B, T, V)
+    #   2. per-token cross-entropy from the logits: keras.losses.sparse_categorical_crossentropy with
+    #      from_logits=True, or tf.nn.sparse_softmax_cross_entropy_with_logits -> (B, T)
+    #   3. loss = sum(w * ce) / sum(w), with w = sample_weight, or all ones when it is None -> scalar
+    #   4. gradients of the loss with respect to model.trainable_variables, outside the tape's block -> a list
+    #   5. clip them together with tf.clip_by_global_norm, which also returns the norm before clipping (an
+    #      embedding's gradient is a tf.IndexedSlices: tf.convert_to_tensor makes it dense, so its norm is exact
+    #      when an id repeats in the batch) -> clipped list, scalar norm
+    #   6. optimizer.apply_gradients(zip(clipped gradients, variables))
     # BEGIN SOLUTION
     if sample_weight is None:
         sample_weight = tf.ones(tf.shape(labels), tf.float32)
@@ -124,12 +126,14 @@ def evaluate(model: keras.Model, dataset: Iterable) -> tuple[float, float]:
     Args:
         model: a `keras.Model` mapping int32 tokens `(B, T)` to logits `(B, T, V)`; run it with `training=False`.
         dataset: an iterable (e.g. a `tf.data.Dataset`) of batches `(inputs, labels)` or
-            `(inputs, labels, weights)`, each `(B, T)`; `split_batch(batch)` gives all three.
+            `(inputs, labels, weights)`, each `(B, T)`; `split_batch(batch)` gives all three. It must hold at
+            least one token of weight > 0 (the loop checks the validation split is long enough before training).
     """
-    # TODO: 1. for each batch: inputs, labels, weights = split_batch(batch); logits = model(..., training=False)
-    #       2. per-token cross-entropy from the logits (B, T), as in train_step
-    #       3. add sum(weights * ce) to a running total and sum(weights) to a running token count
-    #       4. loss = total / count as a Python float, perplexity = math.exp(loss) (~8 lines)
+    # TODO: the weighted mean cross-entropy per token over every batch, and its exponential (~8 lines)
+    #   1. for each batch: inputs, labels, weights = split_batch(batch); model(inputs, training=False) -> (B, T, V)
+    #   2. per-token cross-entropy from the logits, as in train_step -> (B, T)
+    #   3. add sum(weights * ce) to a running total and sum(weights) to a running token count -> two floats
+    #   4. loss = total / count as a Python float, perplexity = math.exp(loss) -> two floats
     # BEGIN SOLUTION
     total, count = 0.0, 0.0
     for batch in dataset:

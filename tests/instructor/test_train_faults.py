@@ -260,3 +260,41 @@ def test_a_config_json_that_does_not_fit_the_checkpoints_is_one_line(copy_of, ca
     (run_dir / "config.json").write_text(json.dumps(config))
     code, _, err = run_cli(capsys, generate, "--run-dir", run_dir, "--max-new-tokens", 5)
     assert_one_line_error(code, err, "does not fit", "token_embedding has shape", "in the checkpoint")
+
+
+@pytest.fixture(scope="module")
+def student_release(tmp_path_factory):
+    """The student release as `make student` builds it: every graded region a stub."""
+    out = tmp_path_factory.mktemp("release") / "student"
+    subprocess.run(
+        [sys.executable, "-m", "grading", "build-student", "--out", str(out), "--no-zip", "--no-import-check"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return out
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command",
+    [["assignment.train", *TINY], ["assignment.compare", "--config", "tiny", "--steps", "2", "--no-progress"]],
+    ids=["train", "compare"],
+)
+def test_commands_on_the_stub_release_name_the_missing_todo_in_one_line(command, student_release, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            *command,
+            *(["--run-dir"] if command[0] == "assignment.train" else ["--runs-dir"]),
+            str(tmp_path / "runs"),
+        ],
+        cwd=student_release,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert_one_line_error(proc.returncode, proc.stderr, "not done yet", "CharTokenizer.fit", "preprocess.py, line")
