@@ -1381,10 +1381,10 @@ def build_parser():
     p.add_argument(
         "--train-fraction",
         type=_number("--train-fraction", 0, 1, low_in=False),
-        default=0.5,
-        help="share of the p^2 pairs trained on, in (0, 1) (default: 0.5)",
+        default=0.2,
+        help="share of the p^2 pairs trained on, in (0, 1) (default: 0.2)",
     )
-    p.add_argument("--steps", type=_positive_int("--steps"), default=6000, help="optimizer steps (default: 6000)")
+    p.add_argument("--steps", type=_positive_int("--steps"), default=5000, help="optimizer steps (default: 5000)")
     p.add_argument(
         "--batch-size", type=_positive_int("--batch-size"), default=512, help="pairs per step (default: 512)"
     )
@@ -1392,7 +1392,7 @@ def build_parser():
         "--d-model", type=_positive_int("--d-model"), default=64, help="width, a multiple of 4 (default: 64)"
     )
     p.add_argument("--num-layers", type=_positive_int("--num-layers"), default=1, help="blocks (default: 1)")
-    p.add_argument("--lr", type=_number("--lr", 0, 1, low_in=False), default=1e-3, help="learning rate (default: 1e-3)")
+    p.add_argument("--lr", type=_number("--lr", 0, 1, low_in=False), default=3e-3, help="learning rate (default: 3e-3)")
     p.add_argument(
         "--weight-decay",
         type=_number("--weight-decay", 0, 10),
