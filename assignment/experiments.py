@@ -573,7 +573,7 @@ def ablate(args):
     """Trains the base and every variant with each seed on the same tokens; writes ablate.md/.csv and a plot."""
     from assignment import runs
 
-    d_model, layers, heads, context, batch = (16, 1, 2, 16, 4) if args.quick else (96, 3, 4, 64, 16)
+    d_model, layers, heads, context, batch = (16, 1, 2, 16, 4) if args.quick else (64, 2, 4, 64, 16)
     steps = 6 if args.quick else args.steps
     rows = args.rows or (["norm-layernorm", "embeddings-tied"] if args.quick else [_slug(n) for n in ABLATIONS])
     names = ["llama2 (base)"] + [n for n in list(ABLATIONS)[1:] if _slug(n) in rows]
@@ -1347,7 +1347,7 @@ def build_parser():
         "--seeds", type=_positive_int("--seeds"), default=2, help="seeds per variant, at least 2 (default: 2)"
     )
     p.add_argument(
-        "--steps", type=_positive_int("--steps"), default=600, help="steps of 16 x 64 tokens per run (default: 600)"
+        "--steps", type=_positive_int("--steps"), default=400, help="steps of 16 x 64 tokens per run (default: 400)"
     )
     p.add_argument(
         "--rows",
