@@ -8,7 +8,7 @@ SUBMISSION ?= dist/student
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint train generate tensorboard compare data bench student autograder verify grade notebooks clean
+.PHONY: help install test lint train generate tensorboard compare experiments data bench student autograder verify grade notebooks clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ tensorboard: $(STAMP)  ## serve the TensorBoard logs under runs/
 
 compare: $(STAMP)  ## train RNN, LSTM and transformer on one token budget; print a table, save a plot
 	$(PY) -m assignment.compare $(ARGS)
+
+experiments: $(STAMP)  ## the lecture's questions by experiment: scaling, ablate, quantize, grok (ARGS=--quick: seconds)
+	@for e in scaling ablate quantize grok; do echo "== $$e"; $(PY) -m assignment.experiments $$e $(ARGS) || exit 1; done
 
 data: $(STAMP)  ## download and verify the named corpora into data/
 	$(PY) -m assignment.corpus --download all

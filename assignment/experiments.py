@@ -827,6 +827,7 @@ def quantize_run(args):
             run_dir=str(run_dir),
             config="tiny" if args.quick else "main",
             corpus=quick_corpus(out) if args.quick else "pyref",
+            time_budget=0,  # the whole schedule, however busy the machine
             sample_tokens=0,
             no_progress=args.no_progress,
             no_jit=args.quick,
