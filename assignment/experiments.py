@@ -74,6 +74,35 @@ def power_law(x, fit):
     return fit["a"] * np.asarray(x, np.float64) ** -fit["alpha"] + fit["l_inf"]
 
 
+def fit_loss_surface(n, d, loss, grid=60):
+    """Returns `dict(e, a, b, alpha, beta, sse)`: the least-squares fit of `loss = e + a / n**alpha + b / d**beta`
+    (Chinchilla's approach 3). For fixed exponents the model is linear in `(e, a, b)`, so we scan a grid of
+    `(alpha, beta)` in [0.05, 1.5]^2, solve each by linear least squares and keep the best with `a, b >= 0`."""
+    n, d, loss = (np.asarray(v, np.float64) for v in (n, d, loss))
+    if not n.shape == d.shape == loss.shape or len(n) < 5:
+        raise ValueError("fit_loss_surface needs n, d and loss of the same shape (m,), m >= 5")
+    best = None
+    for alpha in np.linspace(0.05, 1.5, grid):
+        for beta in np.linspace(0.05, 1.5, grid):
+            design = np.stack([np.ones_like(n), n**-alpha, d**-beta], axis=1)  # (m, 3)
+            (e, a, b), *_ = np.linalg.lstsq(design, loss, rcond=None)
+            if a < 0 or b < 0:
+                continue
+            sse = float(((design @ np.array([e, a, b]) - loss) ** 2).sum())
+            if best is None or sse < best["sse"]:
+                best = dict(e=float(e), a=float(a), b=float(b), alpha=float(alpha), beta=float(beta), sse=sse)
+    if best is None:
+        raise ValueError("no fit with non-negative a and b")
+    return best
+
+
+def optimal_allocation(fit, compute):
+    """Returns `(n_opt, d_opt)`: the split of `compute = 6 n d` FLOPs that minimises the fitted loss surface."""
+    g = (fit["alpha"] * fit["a"] / (fit["beta"] * fit["b"])) ** (1 / (fit["alpha"] + fit["beta"]))
+    n_opt = g * (np.asarray(compute, np.float64) / 6) ** (fit["beta"] / (fit["alpha"] + fit["beta"]))
+    return n_opt, np.asarray(compute, np.float64) / (6 * n_opt)
+
+
 def pareto_frontier(compute, loss):
     """Returns the indices, by increasing compute, of the runs no cheaper-or-equal run beats: the compute-optimal
     frontier."""
@@ -462,7 +491,22 @@ def analyse_scaling(rows, samples=1000):
             f"Compute-optimal tokens per non-embedding parameter on the frontier: median {np.median(ratios):.1f} "
             f"(from {min(ratios):.1f} to {max(ratios):.1f} over {len(ratios)} frontier runs) against Chinchilla's ~20 "
             f"(Chinchilla counts all parameters; with them the median is "
-            f"{np.median([r['tokens'] / r['params'] for r in frontier]):.1f})."
+            f"{np.median([r['tokens'] / r['params'] for r in frontier]):.1f}). With budgets a factor 2 apart, "
+            f"the frontier is coarse: each of its points is only the best run at or below its compute."
+        )
+    if len(rows) >= 5:
+        surface = fit_loss_surface(
+            [r["non_embedding_params"] for r in rows], [r["tokens"] for r in rows], [r["val_loss"] for r in rows]
+        )
+        compute = np.array([min(r["compute"] for r in rows), max(r["compute"] for r in rows)])
+        n_opt, d_opt = optimal_allocation(surface, compute)
+        summary.update(surface=surface, optimal_tokens_per_param=(d_opt / n_opt).tolist())
+        lines.append(
+            f"Fitted over all {len(rows)} runs (Chinchilla's approach 3): L(N, D) = {surface['e']:.3f} + "
+            f"{surface['a']:.3g} / N^{surface['alpha']:.2f} + {surface['b']:.3g} / D^{surface['beta']:.2f}. Its "
+            f"compute-optimal split gives N_opt ~ C^{surface['beta'] / (surface['alpha'] + surface['beta']):.2f} and "
+            f"D/N = {d_opt[0] / n_opt[0]:.1f} tokens per non-embedding parameter at C = {compute[0]:.2g}, "
+            f"{d_opt[1] / n_opt[1]:.1f} at C = {compute[1]:.2g} (Chinchilla: ~20, N_opt ~ C^0.5)."
         )
     summary["text"] = "\n\n".join(lines)
     return summary
@@ -1201,30 +1245,26 @@ def _table_steps(records):
 
 
 def first_step(records, key, threshold):
-    """Returns the first step whose `key` is at least `threshold` and stays there to the end, or None."""
-    found = None
-    for r in records:
-        if r[key] >= threshold:
-            found = r["step"] if found is None else found
-        else:
-            found = None
-    return found
+    """Returns the first step whose `key` is at least `threshold`, or None."""
+    return next((r["step"] for r in records if r[key] >= threshold), None)
 
 
 def summarize_grok(records, settings):
-    """Returns when each split reached 99% accuracy (for good) and a text saying what that shows."""
+    """Returns when each split first reached 99% accuracy and a text saying what that shows."""
     train_at = first_step(records, "train_acc", 0.99)
     val_at = first_step(records, "val_acc", 0.99)
     last = records[-1]
     if train_at is not None and val_at is not None:
+        after = min(r["val_acc"] for r in records if r["step"] >= val_at)
         verdict = (
-            f"Training accuracy reached 99% at step {train_at:,} and validation accuracy at step {val_at:,}, "
+            f"Training accuracy first reached 99% at step {train_at:,} and validation accuracy at step {val_at:,}, "
             f"{val_at / max(train_at, 1):.1f}x later: "
-            + ("grokking." if val_at >= 3 * max(train_at, 1) else "too close together to call it grokking.")
+            + ("grokking" if val_at >= 3 * max(train_at, 1) else "too close together to call it grokking")
+            + f" (after that, validation accuracy stays at or above {after:.1%})."
         )
     elif train_at is not None:
         verdict = (
-            f"Training accuracy reached 99% at step {train_at:,}; validation accuracy had not (it ends at "
+            f"Training accuracy first reached 99% at step {train_at:,}; validation accuracy did not (it ends at "
             f"{last['val_acc']:.1%} after {last['step']:,} steps): memorised, not (yet) generalised in this budget."
         )
     else:

@@ -129,6 +129,17 @@ def test_fit_without_a_floor_and_its_bootstrap():
     assert low < 0.3 < high and high - low < 0.2
 
 
+def test_loss_surface_fit_recovers_known_parameters_and_its_optimal_split():
+    n, d = np.meshgrid(np.geomspace(1e3, 1e6, 6), np.geomspace(1e5, 1e7, 4))
+    n, d = n.reshape(-1), d.reshape(-1)
+    fit = ex.fit_loss_surface(n, d, 1.1 + 8.0 / n**0.4 + 300.0 / d**0.5, grid=59)
+    assert fit["alpha"] == pytest.approx(0.4, abs=0.05) and fit["beta"] == pytest.approx(0.5, abs=0.05)
+    assert fit["e"] == pytest.approx(1.1, abs=0.05)
+    n_opt, d_opt = ex.optimal_allocation(dict(e=0, a=1.0, b=1.0, alpha=0.5, beta=0.5), np.array([6e6, 6e10]))
+    np.testing.assert_allclose(n_opt, d_opt)  # equal exponents and coefficients: N = D
+    np.testing.assert_allclose(6 * n_opt * d_opt, [6e6, 6e10])
+
+
 def test_pareto_frontier_keeps_runs_no_cheaper_run_beats():
     compute = [1, 2, 2, 4, 8, 16]
     loss = [3.0, 2.5, 2.7, 2.6, 2.0, 2.1]
@@ -289,10 +300,10 @@ def test_grok_quick_writes_curves_and_resumes_as_done(tmp_path, capsys):
     assert len(_csv(out / "grok_history.csv")) == len(history)
 
 
-def test_first_step_needs_the_threshold_to_hold_to_the_end():
-    records = [dict(step=s, acc=a) for s, a in [(0, 0.1), (10, 1.0), (20, 0.5), (30, 0.995), (40, 1.0)]]
-    assert ex.first_step(records, "acc", 0.99) == 30
-    assert ex.first_step(records[:3], "acc", 0.99) is None
+def test_first_step_is_the_first_record_reaching_the_threshold():
+    records = [dict(step=s, acc=a) for s, a in [(0, 0.1), (10, 0.98), (20, 0.995), (30, 0.5), (40, 1.0)]]
+    assert ex.first_step(records, "acc", 0.99) == 20
+    assert ex.first_step(records[:2], "acc", 0.99) is None
 
 
 def test_modular_addition_split_covers_every_pair_once():
