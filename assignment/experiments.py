@@ -364,6 +364,14 @@ def _pyplot():
     return plt
 
 
+def _plain_log_ticks(axis):
+    """Labels a logarithmic loss axis 1.4, 1.6, ... rather than 1.4 x 10^0."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    axis.set_major_formatter(FormatStrFormatter("%.1f"))
+    axis.set_minor_formatter(FormatStrFormatter("%.1f"))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Scaling laws
 # ----------------------------------------------------------------------------------------------------------------
@@ -553,6 +561,7 @@ def plot_scaling(rows, summary, out):
     ax.set_yscale("log")
     ax.set_xlabel("training compute C = 6 N D (FLOPs)")
     ax.set_ylabel("validation loss (nats per character)")
+    _plain_log_ticks(ax.yaxis)
     ax.set_title("loss against compute, one curve per model size")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
@@ -571,6 +580,7 @@ def plot_scaling(rows, summary, out):
     ax.set_yscale("log")
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("validation loss (nats per character)")
+    _plain_log_ticks(ax.yaxis)
     ax.set_title(f"loss against size at the largest budget ({top[0]['tokens']:,} tokens)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
