@@ -667,6 +667,7 @@ def ablate(args):
         ("val loss mean", "mean"),
         ("seed spread (max - min)", "spread"),
         ("vs base", "delta"),
+        ("vs base, seed by seed", "per_seed"),
         ("beyond seed spread?", "verdict"),
         ("tokens/s", "tokens_per_sec", ",.0f"),
     ]
@@ -675,8 +676,8 @@ def ablate(args):
         f"{len(seeds)} seeds per variant (the seed sets the initial weights and the batches; seed s gives every "
         f"variant the same batches), {steps} steps of {batch} x {context} characters = {steps * batch * context:,} "
         f"tokens each; width {d_model}, {layers} layers, {heads} heads. 'Beyond seed spread' means the variant's "
-        f"range of losses over seeds does not overlap the base's ({base['low']:.4f} to {base['high']:.4f}).\n\n"
-        + NOT_EXPRESSIBLE
+        f"range of losses over seeds does not overlap the base's ({base['low']:.4f} to {base['high']:.4f}); "
+        f"'seed by seed' subtracts the base's loss with the same seed (the same batches).\n\n" + NOT_EXPRESSIBLE
     )
     text = write_table(out, "ablate", header, rows, notes=notes)
     plot_ablation(rows, runs_by_name, out)
@@ -707,6 +708,8 @@ def summarize_ablation(runs_by_name):
     base = rows[0]
     for row in rows:
         row["delta"] = "-" if row is base else f"{row['mean'] - base['mean']:+.4f}"
+        pairs = zip(row["losses"], base["losses"])  # seed by seed: the same batches
+        row["per_seed"] = "-" if row is base else " / ".join(f"{mine - theirs:+.3f}" for mine, theirs in pairs)
         if row is base:
             row["verdict"] = "-"
         elif row["low"] > base["high"]:
@@ -1006,12 +1009,12 @@ def plot_quantization(weight_rows, kv_rows, out):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=120)
     for ax, rows, what in ((axes[0], weight_rows, "weights"), (axes[1], kv_rows, "KV cache")):
         ax.plot([r["bytes"] / 1024 for r in rows], [r["val_perplexity"] for r in rows], "o")
-        for r in rows:
+        for i, r in enumerate(rows):  # labels alternate above and below: neighbours of equal size do not overlap
             ax.annotate(
                 r["name"],
                 (r["bytes"] / 1024, r["val_perplexity"]),
                 fontsize=7,
-                xytext=(3, 3),
+                xytext=(3, 3 if i % 2 == 0 else -10),
                 textcoords="offset points",
             )
         ax.set_xscale("log")
@@ -1145,7 +1148,7 @@ def grok(args):
 
     @tf.function(jit_compile=True)
     def step_fn(picked):  # picked: int32 (B,), the training pairs of this step
-        x, y, w = (tf.gather(t, picked) for t in (inputs, labels, weights))
+        x, y, w = tf.gather(inputs, picked), tf.gather(labels, picked), tf.gather(weights, picked)
         loss, _ = train_step(model, optimizer, x, y, clip_norm=1.0, sample_weight=w)
         ckpts.step.assign_add(1)
         return loss
