@@ -1524,6 +1524,13 @@ def main(argv=None):
     except (ExperimentError, CheckpointError, CorpusTooSmall, Diverged) as error:
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: run the same command again to resume (finished runs are re-used; {args.out}/sweep.log "
+            f"has every run's messages)",
+            file=sys.stderr,
+        )
+        return 130
     print(f"{args.experiment}: {time.perf_counter() - started:.0f} s")
     return 0
 
