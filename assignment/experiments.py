@@ -274,7 +274,12 @@ class Sweep:
         try:
             result = runs.run(request, log=self.log)
         except runs.UsageError as error:
-            raise ExperimentError(f"{name}: {str(error).splitlines()[0]}") from None
+            lines = str(error).splitlines()
+            first_difference = f" ({lines[1].strip()})" if len(lines) > 1 else ""
+            raise ExperimentError(
+                f"{lines[0].rstrip(':')}{first_difference}; pass --out DIR for a new sweep, or --overwrite to start "
+                f"this one again"
+            ) from None
         config = runs.read_run_config(request.run_dir)
         history = result["history"]
         if not history:

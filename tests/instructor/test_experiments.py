@@ -2,6 +2,7 @@
 errors, and `--quick` runs of the four experiments (slow), including a sweep interrupted and resumed."""
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -252,6 +253,15 @@ def test_an_interrupted_sweep_resumes_and_never_trains_a_finished_run_twice(tmp_
     rows = _csv(out / "ablate.csv")
     assert [r["variant"] for r in rows] == ["llama2 (base)", "norm: LayerNorm"]
     assert (out / "ablate_val_loss.png").exists()
+
+    config_path = out / "norm-layernorm-seed1" / "config.json"  # a run directory of other settings: one line
+    config = json.loads(config_path.read_text())
+    config["train"]["lr"] = 0.5
+    config_path.write_text(json.dumps(config))
+    assert ex.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lr" in err and "--out" in err and "--overwrite" in err, err
+    assert len(trainings) == 4
 
 
 @pytest.mark.slow
