@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from assignment import experiments as ex
+from assignment.experiments import fits, grok, quantization, quantize, scaling
+from assignment.experiments.__main__ import main
 
 # ----------------------------------------------------------------------------------------------------------------
 # Quantization helpers
@@ -20,14 +21,14 @@ from assignment import experiments as ex
 def test_quantize_round_trip_is_within_half_a_step(bits, group_size):
     rng = np.random.default_rng(0)
     w = rng.normal(size=(6, 70)).astype(np.float32) * rng.uniform(0.01, 3, size=(6, 1)).astype(np.float32)
-    q, scales = ex.quantize(w, bits, group_size)
+    q, scales = quantization.quantize(w, bits, group_size)
     qmax = 2 ** (bits - 1) - 1
     g = 70 if group_size is None else group_size
     assert q.shape == w.shape and q.dtype == np.int8
     assert scales.shape == (6, math.ceil(70 / g)) and scales.dtype == np.float16
     assert np.abs(q).max() <= qmax, f"codes must lie in [-{qmax}, {qmax}]; got up to {np.abs(q).max()}"
     per_element = np.repeat(scales.astype(np.float32), g, axis=1)[:, :70]
-    error = np.abs(ex.dequantize(q, scales, group_size) - w)
+    error = np.abs(quantization.dequantize(q, scales, group_size) - w)
     assert (error <= per_element / 2 * (1 + 1e-5) + 1e-12).all(), (
         f"round trip off by more than half a step: worst {float((error / per_element).max()):.3f} steps"
     )
@@ -43,43 +44,45 @@ def test_quantize_groups_are_independent_and_the_last_may_be_short():
     rng = np.random.default_rng(1)
     w = rng.normal(size=(1, 40)).astype(np.float32) * 0.1
     w[0, 3] = 50.0  # an outlier in the first group only
-    q, scales = ex.quantize(w, 4, 16)
+    q, scales = quantization.quantize(w, 4, 16)
     assert scales.shape == (1, 3), f"40 values in groups of 16 make 3 groups (16, 16, 8); got {scales.shape}"
     assert float(scales[0, 0]) == pytest.approx(50 / 7, rel=1e-3)
     assert float(scales[0, 1]) == pytest.approx(np.abs(w[0, 16:32]).max() / 7, rel=1e-3)
     assert float(scales[0, 2]) == pytest.approx(np.abs(w[0, 32:]).max() / 7, rel=1e-3), "the short last group"
-    restored = ex.dequantize(q, scales, 16)
+    restored = quantization.dequantize(q, scales, 16)
     assert np.abs(restored[0, 16:] - w[0, 16:]).max() < 0.02, "the outlier must not spoil the other groups"
-    per_channel = ex.dequantize(*ex.quantize(w, 4, None), None)
+    per_channel = quantization.dequantize(*quantization.quantize(w, 4, None), None)
     assert np.abs(per_channel[0, 16:] - w[0, 16:]).max() > 0.1, "one scale per row lets the outlier flatten it"
 
 
 def test_quantize_all_zero_group_and_bad_arguments():
-    q, scales = ex.quantize(np.zeros((2, 8), np.float32), 8, 4)
-    assert (q == 0).all() and (ex.dequantize(q, scales, 4) == 0).all()
+    q, scales = quantization.quantize(np.zeros((2, 8), np.float32), 8, 4)
+    assert (q == 0).all() and (quantization.dequantize(q, scales, 4) == 0).all()
     with pytest.raises(ValueError, match="bits"):
-        ex.quantize(np.ones((2, 2)), 9)
+        quantization.quantize(np.ones((2, 2)), 9)
     with pytest.raises(ValueError, match="group_size"):
-        ex.quantize(np.ones((2, 2)), 4, 0)
+        quantization.quantize(np.ones((2, 2)), 4, 0)
 
 
 def test_int4_packing_two_per_byte_low_nibble_first():
     values = np.arange(-8, 8, dtype=np.int8)
-    packed = ex.pack_int4(values)
+    packed = quantization.pack_int4(values)
     assert packed.dtype == np.uint8 and packed.shape == (8,)
-    assert ex.pack_int4(np.array([1, -1], np.int8)).tolist() == [0xF1], "element 0 in the low nibble, 1 in the high"
-    assert ex.unpack_int4(packed, 16).tolist() == values.tolist()
+    assert quantization.pack_int4(np.array([1, -1], np.int8)).tolist() == [0xF1], (
+        "element 0 in the low nibble, 1 in the high"
+    )
+    assert quantization.unpack_int4(packed, 16).tolist() == values.tolist()
     odd = np.array([7, -8, 3], np.int8)
-    assert ex.pack_int4(odd).shape == (2,), "3 values take ceil(3 / 2) = 2 bytes"
-    assert ex.unpack_int4(ex.pack_int4(odd), 3).tolist() == [7, -8, 3]
+    assert quantization.pack_int4(odd).shape == (2,), "3 values take ceil(3 / 2) = 2 bytes"
+    assert quantization.unpack_int4(quantization.pack_int4(odd), 3).tolist() == [7, -8, 3]
     with pytest.raises(ValueError, match="int4"):
-        ex.pack_int4(np.array([8], np.int8))
+        quantization.pack_int4(np.array([8], np.int8))
 
 
 def test_stored_size_counts_codes_and_float16_scales():
-    assert ex.stored_bytes(1024, 8, 32) == 1024 + 64
-    assert ex.stored_bytes(1024, 4, 32) == 512 + 64  # 4.5 bits per weight with groups of 32
-    assert 8 * ex.stored_bytes(1024, 4, 32) / 1024 == 4.5
+    assert quantization.stored_bytes(1024, 8, 32) == 1024 + 64
+    assert quantization.stored_bytes(1024, 4, 32) == 512 + 64  # 4.5 bits per weight with groups of 32
+    assert 8 * quantization.stored_bytes(1024, 4, 32) / 1024 == 4.5
 
 
 def test_quantized_kv_cache_at_full_precision_matches_the_full_forward_pass():
@@ -93,13 +96,13 @@ def test_quantized_kv_cache_at_full_precision_matches_the_full_forward_pass():
     windows = np.random.default_rng(0).integers(0, 13, size=(3, 13)).astype(np.int32)
     logits = model(tf.constant(windows[:, :-1]))
     full = float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=windows[:, 1:], logits=logits)))
-    assert ex.cached_loss(ex.QuantizedKVCache(model, 32), windows) == pytest.approx(full, abs=1e-4)
-    int4 = ex.cached_loss(ex.QuantizedKVCache(model, 4), windows)
+    assert quantize.cached_loss(quantize.QuantizedKVCache(model, 32), windows) == pytest.approx(full, abs=1e-4)
+    int4 = quantize.cached_loss(quantize.QuantizedKVCache(model, 4), windows)
     assert int4 != pytest.approx(full, abs=1e-7), "an int4 cache must change the logits a little"
     assert int4 == pytest.approx(full, abs=0.05)
     config = model.config  # 2 layers x (K, V) x 2 kv heads x 12 positions x head size 8
-    assert ex.kv_cache_bytes(config, 32) == 2 * 2 * 2 * 12 * 8 * 4
-    assert ex.kv_cache_bytes(config, 4) == 2 * 2 * 2 * 12 * 8 // 2 + 2 * (2 * 2 * 2 * 12)
+    assert quantize.kv_cache_bytes(config, 32) == 2 * 2 * 2 * 12 * 8 * 4
+    assert quantize.kv_cache_bytes(config, 4) == 2 * 2 * 2 * 12 * 8 // 2 + 2 * (2 * 2 * 2 * 12)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -109,22 +112,22 @@ def test_quantized_kv_cache_at_full_precision_matches_the_full_forward_pass():
 
 def test_fit_recovers_known_power_law():
     c = np.geomspace(1e9, 1e13, 12)
-    exact = ex.fit_power_law(c, 40.0 * c**-0.12 + 1.3)
+    exact = fits.fit_power_law(c, 40.0 * c**-0.12 + 1.3)
     assert exact["alpha"] == pytest.approx(0.12, abs=0.003)
     assert exact["l_inf"] == pytest.approx(1.3, abs=0.01)
     assert exact["a"] == pytest.approx(40.0, rel=0.1)
     noisy = 40.0 * c**-0.12 + 1.3 + np.random.default_rng(0).normal(0, 0.005, c.shape)
-    fit = ex.fit_power_law(c, noisy)
+    fit = fits.fit_power_law(c, noisy)
     assert fit["alpha"] == pytest.approx(0.12, abs=0.03) and fit["l_inf"] == pytest.approx(1.3, abs=0.1)
 
 
 def test_fit_without_a_floor_and_its_bootstrap():
     n = np.geomspace(1e3, 1e6, 8)
-    fit = ex.fit_power_law(n, 5.0 * n**-0.3)
+    fit = fits.fit_power_law(n, 5.0 * n**-0.3)
     assert fit["alpha"] == pytest.approx(0.3, abs=0.005) and fit["l_inf"] == pytest.approx(0.0, abs=0.01)
     rng = np.random.default_rng(1)
     rows = [dict(x=x, val_loss=5.0 * x**-0.3 + 0.5 + rng.normal(0, 0.002)) for x in np.geomspace(1e3, 1e6, 10)]
-    alphas = ex.bootstrap_exponent(rows, "x", lambda rs: rs, samples=200)
+    alphas = fits.bootstrap_exponent(rows, "x", lambda rs: rs, samples=200)
     assert len(alphas) > 150
     low, high = np.percentile(alphas, [2.5, 97.5])
     assert low < 0.3 < high and high - low < 0.2
@@ -133,10 +136,10 @@ def test_fit_without_a_floor_and_its_bootstrap():
 def test_loss_surface_fit_recovers_known_parameters_and_its_optimal_split():
     n, d = np.meshgrid(np.geomspace(1e3, 1e6, 6), np.geomspace(1e5, 1e7, 4))
     n, d = n.reshape(-1), d.reshape(-1)
-    fit = ex.fit_loss_surface(n, d, 1.1 + 8.0 / n**0.4 + 300.0 / d**0.5, grid=59)
+    fit = fits.fit_loss_surface(n, d, 1.1 + 8.0 / n**0.4 + 300.0 / d**0.5, grid=59)
     assert fit["alpha"] == pytest.approx(0.4, abs=0.05) and fit["beta"] == pytest.approx(0.5, abs=0.05)
     assert fit["e"] == pytest.approx(1.1, abs=0.05)
-    n_opt, d_opt = ex.optimal_allocation(dict(e=0, a=1.0, b=1.0, alpha=0.5, beta=0.5), np.array([6e6, 6e10]))
+    n_opt, d_opt = fits.optimal_allocation(dict(e=0, a=1.0, b=1.0, alpha=0.5, beta=0.5), np.array([6e6, 6e10]))
     np.testing.assert_allclose(n_opt, d_opt)  # equal exponents and coefficients: N = D
     np.testing.assert_allclose(6 * n_opt * d_opt, [6e6, 6e10])
 
@@ -144,7 +147,7 @@ def test_loss_surface_fit_recovers_known_parameters_and_its_optimal_split():
 def test_pareto_frontier_keeps_runs_no_cheaper_run_beats():
     compute = [1, 2, 2, 4, 8, 16]
     loss = [3.0, 2.5, 2.7, 2.6, 2.0, 2.1]
-    assert ex.pareto_frontier(compute, loss) == [0, 1, 4]
+    assert fits.pareto_frontier(compute, loss) == [0, 1, 4]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -168,7 +171,7 @@ def test_pareto_frontier_keeps_runs_no_cheaper_run_beats():
 )
 def test_bad_flags_are_one_line_naming_the_flag(argv, flag, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        ex.main(argv + ["--out", str(tmp_path / "out")] if argv[0] != "sideways" else argv)
+        main(argv + ["--out", str(tmp_path / "out")] if argv[0] != "sideways" else argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, f"expected one line, got:\n{err}"
@@ -178,7 +181,7 @@ def test_bad_flags_are_one_line_naming_the_flag(argv, flag, capsys, tmp_path):
 
 def test_overwrite_refuses_a_directory_that_is_not_an_experiments(capsys, tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
-    assert ex.main(["grok", "--quick", "--overwrite", "--out", str(tmp_path)]) == 2
+    assert main(["grok", "--quick", "--overwrite", "--out", str(tmp_path)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "precious.txt").exists()
 
@@ -197,11 +200,11 @@ def _csv(path):
 @pytest.mark.timeout(900)
 def test_scaling_quick_writes_table_fits_and_plots(tmp_path, capsys):
     out = tmp_path / "scaling"
-    assert ex.main(["scaling", "--quick", "--no-progress", "--out", str(out)]) == 0
+    assert main(["scaling", "--quick", "--no-progress", "--out", str(out)]) == 0
     rows = _csv(out / "scaling.csv")
-    assert len(rows) == len(ex.QUICK_SIZES) * len(ex.QUICK_STEPS)
+    assert len(rows) == len(scaling.QUICK_SIZES) * len(scaling.QUICK_STEPS)
     sizes = sorted({int(r["non-embedding params N"]) for r in rows})
-    assert len(sizes) == len(ex.QUICK_SIZES) and sizes[-1] / sizes[0] >= 30
+    assert len(sizes) == len(scaling.QUICK_SIZES) and sizes[-1] / sizes[0] >= 30
     for r in rows:  # C = 6 N D
         assert float(r["compute C = 6ND"]) == pytest.approx(6 * int(r["non-embedding params N"]) * int(r["tokens D"]))
     assert any(r["frontier"] == "yes" for r in rows)
@@ -232,21 +235,21 @@ def test_an_interrupted_sweep_resumes_and_never_trains_a_finished_run_twice(tmp_
     out = tmp_path / "ablate"
     argv = ["ablate", "--quick", "--no-progress", "--rows", "norm-layernorm", "--out", str(out)]  # 2 x 2 runs
     interrupt_at = 2
-    assert ex.main(argv) == 130
+    assert main(argv) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     assert len(trainings) == 2
     first = list(trainings)
 
     interrupt_at = None
     capsys.readouterr()
-    assert ex.main(argv) == 0
+    assert main(argv) == 0
     output = capsys.readouterr().out
     assert len(trainings) == 4, f"the resumed sweep trains only the 2 runs left; trained {trainings[2:]}"
     assert not set(first) & set(trainings[2:]), "a finished run was trained again"
     assert output.count("already trained") == 2
     assert "trained 2 runs, re-used 2" in output
 
-    assert ex.main(argv) == 0
+    assert main(argv) == 0
     assert len(trainings) == 4, "a finished sweep trains nothing"
     output = capsys.readouterr().out
     assert output.count("already trained") == 4
@@ -258,7 +261,7 @@ def test_an_interrupted_sweep_resumes_and_never_trains_a_finished_run_twice(tmp_
     config = json.loads(config_path.read_text())
     config["train"]["lr"] = 0.5
     config_path.write_text(json.dumps(config))
-    assert ex.main(argv) == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "lr" in err and "--out" in err and "--overwrite" in err, err
     assert len(trainings) == 4
@@ -268,7 +271,7 @@ def test_an_interrupted_sweep_resumes_and_never_trains_a_finished_run_twice(tmp_
 @pytest.mark.timeout(900)
 def test_ablate_quick_table_has_mean_spread_and_verdict(tmp_path):
     out = tmp_path / "ablate"
-    assert ex.main(["ablate", "--quick", "--no-progress", "--out", str(out)]) == 0
+    assert main(["ablate", "--quick", "--no-progress", "--out", str(out)]) == 0
     rows = _csv(out / "ablate.csv")
     assert [r["variant"] for r in rows] == ["llama2 (base)", "norm: LayerNorm", "embeddings: tied"]
     tied = rows[2]
@@ -282,7 +285,7 @@ def test_ablate_quick_table_has_mean_spread_and_verdict(tmp_path):
 @pytest.mark.timeout(900)
 def test_quantize_quick_reports_sizes_perplexities_and_samples(tmp_path):
     out = tmp_path / "quantize"
-    assert ex.main(["quantize", "--quick", "--no-progress", "--out", str(out)]) == 0
+    assert main(["quantize", "--quick", "--no-progress", "--out", str(out)]) == 0
     rows = {r["weights"]: r for r in _csv(out / "quantize.csv")}
     assert float(rows["float32"]["bits per weight (matrices, with scales)"]) == 32
     assert float(rows["int4, groups of 32"]["bits per weight (matrices, with scales)"]) == pytest.approx(4.5)
@@ -299,25 +302,25 @@ def test_quantize_quick_reports_sizes_perplexities_and_samples(tmp_path):
 @pytest.mark.timeout(900)
 def test_grok_quick_writes_curves_and_resumes_as_done(tmp_path, capsys):
     out = tmp_path / "grok"
-    assert ex.main(["grok", "--quick", "--no-progress", "--out", str(out)]) == 0
+    assert main(["grok", "--quick", "--no-progress", "--out", str(out)]) == 0
     history = _csv(out / "grok_history.csv")
     assert history[0]["step"] == "0" and history[-1]["step"] == "30"
     assert all(0 <= float(r["train_acc"]) <= 1 and 0 <= float(r["val_acc"]) <= 1 for r in history)
     assert (out / "grok.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
-    assert ex.main(["grok", "--quick", "--no-progress", "--out", str(out)]) == 0
+    assert main(["grok", "--quick", "--no-progress", "--out", str(out)]) == 0
     assert "already trained" in capsys.readouterr().out
     assert len(_csv(out / "grok_history.csv")) == len(history)
 
 
 def test_first_step_is_the_first_record_reaching_the_threshold():
     records = [dict(step=s, acc=a) for s, a in [(0, 0.1), (10, 0.98), (20, 0.995), (30, 0.5), (40, 1.0)]]
-    assert ex.first_step(records, "acc", 0.99) == 20
-    assert ex.first_step(records[:2], "acc", 0.99) is None
+    assert grok.first_step(records, "acc", 0.99) == 20
+    assert grok.first_step(records[:2], "acc", 0.99) is None
 
 
 def test_modular_addition_split_covers_every_pair_once():
-    (tx, ty, tw), (vx, vy, vw) = ex.modular_addition(7, 0.4)
+    (tx, ty, tw), (vx, vy, vw) = grok.modular_addition(7, 0.4)
     pairs = {tuple(x[:2]) for x in np.concatenate([tx, vx])}
     assert len(pairs) == 49 and len(tx) == round(0.4 * 49)
     assert ((tx[:, 0] + tx[:, 1]) % 7 == ty[:, 2]).all() and (tx[:, 2] == 7).all()

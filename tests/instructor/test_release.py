@@ -478,5 +478,9 @@ def test_the_real_course_builds_a_release_and_a_bundle(tmp_path):
     build = release.build_student(REPO, tmp_path / "student", manifest=manifest)
     assert sum(len(r) for r in build.regions.values()) > 0
     assert not any(name.startswith("tests/hidden") for name in build.files)
+    package = {
+        p.relative_to(REPO).as_posix() for p in (REPO / "assignment").rglob("*.py") if "__pycache__" not in p.parts
+    }
+    assert package <= set(build.files), f"subpackages ship whole; missing: {sorted(package - set(build.files))}"
     autograder.build_autograder(REPO, tmp_path / "autograder", manifest=manifest, check_import=False)
     assert os.access(tmp_path / "autograder" / "run_autograder", os.X_OK)
