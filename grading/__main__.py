@@ -27,7 +27,12 @@ def _parser():
     p.add_argument("--cpu", type=int, help="pin the tests to this CPU (taskset)")
     p.add_argument("--maxfail", type=int, help="stop after this many failed tests")
     p.add_argument("--total-timeout", type=float, help="seconds for the whole run (default: the manifest's)")
-    p.add_argument("--no-drop-privileges", action="store_true", help="run the tests as the current user, even root")
+    p.add_argument(
+        "--no-drop-privileges",
+        action="store_true",
+        help="run the student's code as the current user, even root (trusted code only: the reference, the bugs)",
+    )
+    p.add_argument("--runner-user", help="the unprivileged user the student's code runs as (default: student)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work directory")
     p.add_argument("--quiet", action="store_true", help="print nothing; only write results.json")
 

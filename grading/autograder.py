@@ -47,14 +47,14 @@ def build_autograder(
     log=print,
 ):
     """Builds the bundle into `out` (and `zip_path`); returns the manifest used. Raises release.BuildError."""
-    from grading import grade
+    from grading import manifest as manifest_builder
 
     root = Path(root).resolve()
-    out = release._fresh(out)
+    out = release.fresh_folder(out)
     regions = release.stub_package(root, out)
     problems = []
     if manifest is None:
-        manifest, problems = grade.build_manifest(root, python=python, log=log)
+        manifest, problems = manifest_builder.build_manifest(root, python=python, log=log)
     shipped_tests = []
     for rel in release.project_files(root):
         parts = Path(rel).parts

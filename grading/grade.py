@@ -11,21 +11,41 @@ in. The tests run in a child process (see runner.py); results.json follows Grade
 - `score` is the sum of the tests' scores, bonus included; `output` is the score table of the visible tests.
 """
 
+import errno
+import io
 import json
 import os
+import pwd
+import resource
 import shutil
+import stat
+import subprocess
 import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
 
-from grading import runner
+from grading import runner, sandbox
 
 MESSAGE_LIMIT = 4_000  # characters of a failure message kept in results.json
 FAILURES_SHOWN = 4  # failed tests listed per part by `make grade`
 # Never taken from a submission even inside assignment/: they would change how the package or pytest behave.
 NEVER_TAKEN = {"__init__", "conftest", "sitecustomize", "usercustomize", "setup"}
+JUDGE_INI = """\
+[pytest]
+markers =
+    points(n): graded test worth n points
+    bonus: graded test counted as bonus
+    slow: long test
+    timeout(n): the test's time limit (the judge enforces it on each probe)
+filterwarnings =
+    ignore::DeprecationWarning
+"""
+MAX_FILE_BYTES = 2 * 2**20  # one module file of the submission
+MAX_UPLOAD_BYTES = 50 * 2**20  # a zip in the submission, and what is unpacked from it
+MAX_UPLOAD_FILES = 5_000  # entries of the upload looked at
+MAX_HELPERS = 20  # helper modules taken beside the graded ones
 SKIP_DIRS = {"__MACOSX", "__pycache__", ".git", ".venv", "venv", "env", "site-packages", "node_modules", "tests"}
 
 
@@ -38,132 +58,104 @@ def bundle_root():
 # The manifest: every graded test with its part, points, visibility and timeout, fixed when the bundle is built.
 
 
-def graded_test_files(root):
-    """Visible (tests/test_*.py) then hidden (tests/hidden/test_*.py) test files, relative to `root`."""
-    root = Path(root)
-    visible = sorted(p.relative_to(root).as_posix() for p in (root / "tests").glob("test_*.py"))
-    hidden = sorted(p.relative_to(root).as_posix() for p in (root / "tests" / "hidden").glob("test_*.py"))
-    return visible + hidden
-
-
-def module_of(test_file, modules):
-    """The module a test file grades: the longest `m` with the file named test_<m>.py or test_<m>_*.py."""
-    stem = Path(test_file).stem
-    matches = [m for m in modules if stem == f"test_{m}" or stem.startswith(f"test_{m}_")]
-    return max(matches, key=len) if matches else None
-
-
 def load_manifest(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def build_manifest(root, *, parts=None, settings=None, hidden=True, python=sys.executable, log=None):
-    """Collects the graded tests of `root` against its own assignment/ (the reference) and returns the manifest."""
-    from grading import config
-
-    root = Path(root).resolve()
-    parts = parts if parts is not None else config.PARTS
-    settings = dict(settings or {})
-    settings.setdefault("timeout", config.TEST_TIMEOUT)
-    settings.setdefault("collect_timeout", config.COLLECT_TIMEOUT)
-    settings.setdefault("total_timeout", config.TOTAL_TIMEOUT)
-    settings.setdefault("preimport", list(config.PREIMPORT))
-    modules = sorted(p.stem for p in (root / "assignment").glob("*.py") if p.stem != "__init__")
-    files = [f for f in graded_test_files(root) if hidden or not f.startswith("tests/hidden/")]
-    problems = []
-    file_modules = {}
-    for f in files:
-        m = module_of(f, modules)
-        if m is None:
-            problems.append(f"{f} grades no module: there is no assignment/{Path(f).stem[5:]}.py")
-        else:
-            file_modules[f] = m
-    files = [f for f in files if f in file_modules]
-    work = Path(tempfile.mkdtemp(prefix="grading-collect-"))
-    try:
-        found = {m: root / "assignment" / f"{m}.py" for m in set(file_modules.values())}
-        assemble(work, root, files, found, settings["timeout"])
-        spec = runner.RunSpec(
-            root=work,
-            files=files,
-            tests=[],
-            file_modules=file_modules,
-            timeout=settings["timeout"],
-            collect_timeout=max(settings["collect_timeout"], 120),
-            total_timeout=600,
-            preimport=tuple(settings["preimport"]),
-            python=python,
-            collect_only=True,
-            drop_privileges=False,
-            log=log,
-        )
-        run = runner.run(spec)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    for f, message in run.collect_errors.items():
-        problems.append(f"{f} does not collect against the reference:\n{message[:3000]}")
-    problems += run.notes
-    tests = []
-    for item in run.items:
-        f = item["id"].split("::")[0]
-        if item["points"] is None:
-            problems.append(f"{item['id']} has no @pytest.mark.points(n): every graded test needs one")
-            continue
-        tests.append(
-            {
-                "id": item["id"],
-                "file": f,
-                "name": item["name"],
-                "module": file_modules[f],
-                "points": float(item["points"]),
-                "bonus": bool(item["bonus"]),
-                "hidden": f.startswith("tests/hidden/"),
-                "timeout": float(item["timeout"]) if item["timeout"] is not None else settings["timeout"],
-            }
-        )
-    used = {t["module"] for t in tests} | set(file_modules.values())
-    known = {p.module for p in parts}
-    part_list = [
-        {"module": p.module, "label": p.label, "title": p.title, "points": p.points, "bonus": p.bonus}
-        for p in parts
-        if p.module in used
-    ] + [{"module": m, "label": m, "title": m, "points": None, "bonus": 0} for m in sorted(used - known)]
-    order = {p["module"]: i for i, p in enumerate(part_list)}
-    file_order = {f: i for i, f in enumerate(files)}
-    tests.sort(key=lambda t: (order[t["module"]], t["hidden"], t["bonus"], file_order[t["file"]]))
-    manifest = {"format": 1, "parts": part_list, "files": file_modules, "tests": tests, "settings": settings}
-    return manifest, problems
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The submission: find the student's module files wherever the upload put them.
 
 
-def _candidate_dirs(submission, modules):
+def read_regular(path, limit=MAX_FILE_BYTES):
+    """Returns (bytes, "") of a regular file of at most `limit` bytes, or (None, reason): never follows a symbolic
+    link, never opens a device or a pipe (a link to /dev/zero or to a root-only file is refused by name)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, "it is a symbolic link (only regular files are taken)"
+        return None, f"it cannot be read ({exc.strerror})"
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None, "it is not a regular file (only regular files are taken)"
+        if info.st_size > limit:
+            return None, f"it is {info.st_size} bytes, more than the limit of {limit}"
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            return None, f"it is larger than the limit of {limit} bytes"
+        return data, ""
+    finally:
+        os.close(fd)
+
+
+def _is_regular(path):
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _candidate_dirs(submission, modules, notes=None):
+    """{folder: modules whose <module>.py is a regular file in it}; walks at most MAX_UPLOAD_FILES entries."""
     found = {}
-    for dirpath, dirnames, filenames in os.walk(submission):
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(submission):  # never descends into a linked folder
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
-        present = {m for m in modules if f"{m}.py" in filenames}
+        seen += len(filenames) + len(dirnames)
+        if seen > MAX_UPLOAD_FILES:
+            if notes is not None:
+                notes.append(f"the upload holds more than {MAX_UPLOAD_FILES} files: only the first ones were looked at")
+            break
+        present = set()
+        for m in modules:
+            if f"{m}.py" in filenames:
+                if _is_regular(os.path.join(dirpath, f"{m}.py")):
+                    present.add(m)
+                elif notes is not None:
+                    rel = _rel(Path(dirpath) / f"{m}.py", submission)
+                    notes.append(f"ignored {rel}: it is a symbolic link or not a regular file")
         if present:
             found[Path(dirpath)] = present
     return found
 
 
-def _extract_zips(submission, into):
-    """Unpacks any .zip at the top of the submission (a student who uploaded a zip inside a zip)."""
+def _extract_zips(submission, into, notes=None):
+    """Unpacks the .py files of any .zip at the top of the submission (a student who uploaded a zip inside a zip):
+    regular files only, each and all together capped, never outside `into`."""
     extracted = []
     for archive in sorted(Path(submission).glob("*.zip")):
         target = Path(into) / archive.stem
+        data, reason = read_regular(archive, MAX_UPLOAD_BYTES)
+        if data is None:
+            if notes is not None:
+                notes.append(f"ignored {archive.name}: {reason}")
+            continue
+        total = 0
         try:
-            with zipfile.ZipFile(archive) as z:
-                for member in z.infolist():
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                for member in z.infolist()[:MAX_UPLOAD_FILES]:
                     name = Path(member.filename)
-                    if name.is_absolute() or ".." in name.parts or member.file_size > 20 * 2**20:
+                    mode = member.external_attr >> 16
+                    if (
+                        not member.filename.endswith(".py")
+                        or name.is_absolute()
+                        or ".." in name.parts
+                        or stat.S_IFMT(mode) not in (0, stat.S_IFREG)  # a link or a device: only regular files
+                    ):
                         continue
-                    z.extract(member, target)
+                    with z.open(member) as f:
+                        content = f.read(MAX_FILE_BYTES + 1)
+                    total += len(content)
+                    if len(content) > MAX_FILE_BYTES or total > MAX_UPLOAD_BYTES:
+                        continue
+                    dest = target / name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(content)
             extracted.append(target)
-        except (zipfile.BadZipFile, OSError):
+        except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, ValueError):
             continue
     return extracted
 
@@ -176,9 +168,9 @@ def locate_submission(submission, modules, scratch=None, known=()):
     beside them, except those in `known` (the bundle's own scaffolding and other graded modules)."""
     submission = Path(submission)
     notes = []
-    candidates = _candidate_dirs(submission, modules)
+    candidates = _candidate_dirs(submission, modules, notes)
     if not candidates and scratch is not None:
-        for target in _extract_zips(submission, scratch):
+        for target in _extract_zips(submission, scratch, notes):
             candidates.update(_candidate_dirs(target, modules))
         if candidates:
             notes.append("found the files inside a .zip in the submission")
@@ -202,8 +194,12 @@ def locate_submission(submission, modules, scratch=None, known=()):
     helpers = sorted(
         p
         for p in primary.glob("*.py")
-        if p.stem not in modules and p.stem not in known and p.stem not in NEVER_TAKEN and p.stem.isidentifier()
-    )
+        if p.stem not in modules
+        and p.stem not in known
+        and p.stem not in NEVER_TAKEN
+        and p.stem.isidentifier()
+        and _is_regular(p)
+    )[:MAX_HELPERS]
     return found, notes, helpers
 
 
@@ -227,8 +223,8 @@ def _rel(path, base):
 # The work directory: the bundle's scaffolding and tests, with the student's module files dropped in.
 
 
-def assemble(work, bundle, files, found, timeout, helpers=(), graded=None):
-    """Fills `work` with assignment/ (bundle scaffolding + the student's files), the bundle's tests and pytest.ini.
+def assemble_package(work, bundle, found, helpers=(), graded=None):
+    """Fills `work`/assignment with the bundle's scaffolding and the student's module files (regular files only).
 
     `graded` names the modules that must come from the submission: the bundle's copy of a graded module the
     student did not submit is left out, never used in its place."""
@@ -238,15 +234,25 @@ def assemble(work, bundle, files, found, timeout, helpers=(), graded=None):
     graded = set(graded if graded is not None else found)
     for src in sorted((bundle / "assignment").glob("*.py")):
         if src.stem not in graded:
-            shutil.copy(src, package / src.name)
+            shutil.copyfile(src, package / src.name)
     if not (package / "__init__.py").exists():
         (package / "__init__.py").write_text("")
     scaffolding = {p.stem for p in package.glob("*.py")}
     for module, path in found.items():
-        shutil.copy(path, package / f"{module}.py")
+        data, _ = read_regular(path)
+        if data is not None:
+            (package / f"{module}.py").write_bytes(data)
     for path in helpers:
-        if path.stem not in scaffolding:
-            shutil.copy(path, package / path.name)
+        data, _ = read_regular(path)
+        if path.stem not in scaffolding and data is not None:
+            (package / path.name).write_bytes(data)
+    for path in [work, package, *package.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def copy_tests(work, bundle, files):
+    """Copies the bundle's tests (tests/hidden/ only when `files` has a hidden test) into `work`/tests."""
+    work, bundle = Path(work), Path(bundle)
     want_hidden = any(f.startswith("tests/hidden/") for f in files)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
     (work / "tests").mkdir(exist_ok=True)
@@ -258,6 +264,13 @@ def assemble(work, bundle, files, found, timeout, helpers=(), graded=None):
                 shutil.copytree(src, work / "tests" / src.name, ignore=ignore, dirs_exist_ok=True)
         else:
             shutil.copy(src, work / "tests" / src.name)
+
+
+def assemble(work, bundle, files, found, timeout, helpers=(), graded=None):
+    """Fills `work` with assignment/, the bundle's tests and pytest.ini (how the legacy runner and the manifest's
+    collection see a submission)."""
+    assemble_package(work, bundle, found, helpers, graded)
+    copy_tests(work, bundle, files)
     runner.write_pytest_ini(work, timeout)
 
 
@@ -292,7 +305,7 @@ def build_results(manifest, outcomes, *, notes=(), wall=0.0, extra=None):
         if passed:
             output = f"passed in {outcome.duration:.1f} s"
         else:
-            output = runner._truncate(outcome.message.strip() or outcome.outcome, MESSAGE_LIMIT)
+            output = runner.truncate(outcome.message.strip() or outcome.outcome, MESSAGE_LIMIT)
         entries.append(
             {
                 "name": _name(test, part),
@@ -373,12 +386,13 @@ def grade(
     maxfail=None,
     total_timeout=None,
     drop_privileges=True,
+    runner_user=None,
     keep_workdir=False,
     python=sys.executable,
     log=print,
 ):
     """Grades one submission and returns (results, run): results.json's content (also written to `out`) and the
-    RunResult with timings and memory."""
+    RunResult with timings and memory. Raises sandbox.SandboxRefused when root cannot drop privileges."""
     started = time.monotonic()
     bundle = Path(bundle or bundle_root()).resolve()
     if manifest is None:
@@ -386,6 +400,8 @@ def grade(
         if shipped.exists():
             manifest = load_manifest(shipped)
         else:
+            from grading.manifest import build_manifest
+
             log("collecting the graded tests against the reference (no manifest.json in this bundle)")
             manifest, problems = build_manifest(bundle, python=python, log=log)
             for p in problems:
@@ -398,26 +414,37 @@ def grade(
     settings = manifest["settings"]
     modules = sorted({t["module"] for t in tests})
     parts = {p["module"]: p for p in manifest["parts"]}
+    user, sandbox_note = sandbox.sandbox_policy(drop_privileges, runner_user or sandbox.RUNNER_USER)
+    sandbox.python_for(user, python)
 
     work = Path(tempfile.mkdtemp(prefix="grading-"))
-    os.chmod(work, 0o755)
+    os.chmod(work, 0o711)
     notes = []
     try:
         graded = sorted(set(manifest["files"].values()))  # every graded module, even those this run leaves out
         known = {p.stem for p in (bundle / "assignment").glob("*.py")} | set(graded)
-        found, located_notes, helpers = locate_submission(submission, graded, scratch=work / ".unzipped", known=known)
+        unzipped = work / "unzipped"
+        unzipped.mkdir(mode=0o700)
+        found, located_notes, helpers = locate_submission(submission, graded, scratch=unzipped, known=known)
         notes += located_notes
+        refused = {}
+        for m, path in list(found.items()):
+            data, reason = read_regular(path)
+            if data is None:
+                refused[m] = f"assignment/{m}.py was not taken: {reason}"
+                notes.append(refused[m])
+                del found[m]
         missing = [m for m in modules if m not in found]
         if helpers:
             notes.append("also used your helper module(s): " + ", ".join(p.name for p in helpers))
         files = [f for f in dict.fromkeys(t["file"] for t in tests)]
         file_modules = {f: manifest["files"][f] for f in files}
-        assemble(work, bundle, files, found, settings["timeout"], helpers, graded=graded)
-        shutil.rmtree(work / ".unzipped", ignore_errors=True)
+        judged = set(manifest.get("judged", ()))
         outcomes = {}
         for m in missing:
             seen = _python_files(submission)
-            message = (
+            message = refused.get(m, "") + (". " if m in refused else "")
+            message += (
                 f"assignment/{m}.py is missing from your submission, so none of the tests of part "
                 f"{parts[m]['label']} ({m}) could run. Submit your assignment/*.py files"
                 + (f" (found only: {', '.join(seen)})." if seen else " (no .py file was found at all).")
@@ -426,27 +453,53 @@ def grade(
             for t in tests:
                 if t["module"] == m:
                     outcomes[t["id"]] = runner.TestOutcome("missing", message)
-        to_run = [t["id"] for t in tests if t["id"] not in outcomes]
+        to_run = [t for t in tests if t["id"] not in outcomes]
         total = total_timeout if total_timeout is not None else settings["total_timeout"]
-        spec = runner.RunSpec(
-            root=work,
-            files=[f for f in files if file_modules[f] not in missing],
-            tests=to_run,
-            file_modules=file_modules,
-            timeouts={t["id"]: t["timeout"] for t in tests},
-            timeout=settings["timeout"],
-            collect_timeout=settings["collect_timeout"],
-            total_timeout=total,
-            grace=settings.get("grace", runner.GRACE),
-            preimport=tuple(settings["preimport"]),
-            python=python,
-            cpu=cpu,
-            drop_privileges=drop_privileges,
-            maxfail=maxfail,
-            log=log,
-        )
-        run = runner.run(spec) if to_run else runner.RunResult()
-        outcomes.update(run.outcomes)
+        assemble_package(work / "package", bundle, found, helpers, graded)
+        shutil.rmtree(unzipped, ignore_errors=True)
+
+        run = runner.RunResult(user=user.name if user else pwd.getpwuid(os.geteuid()).pw_name)
+        to_judge = [t for t in to_run if t["file"] in judged]
+        if to_judge:
+            judged_run = run_judge(
+                work, bundle, to_judge, file_modules, settings, total, user, python=python, cpu=cpu, maxfail=maxfail
+            )
+            outcomes.update(judged_run.outcomes)
+            run.notes += judged_run.notes
+            run.collect_errors.update(judged_run.collect_errors)
+        legacy = [t for t in to_run if t["file"] not in judged]
+        if legacy:
+            legacy_files = [f for f in files if f not in judged and file_modules[f] not in missing]
+            legacy_work = work / "legacy"
+            legacy_work.mkdir(mode=0o711)
+            shutil.copytree(work / "package" / "assignment", legacy_work / "assignment")
+            copy_tests(legacy_work, bundle, legacy_files)
+            runner.write_pytest_ini(legacy_work, settings["timeout"])
+            spec = runner.RunSpec(
+                root=legacy_work,
+                files=legacy_files,
+                tests=[t["id"] for t in legacy],
+                file_modules={f: file_modules[f] for f in legacy_files},
+                timeouts={t["id"]: t["timeout"] for t in tests},
+                timeout=settings["timeout"],
+                collect_timeout=settings["collect_timeout"],
+                total_timeout=total,
+                grace=settings.get("grace", runner.GRACE),
+                preimport=tuple(settings["preimport"]),
+                python=python,
+                cpu=cpu,
+                user=user,
+                maxfail=maxfail,
+                log=log,
+            )
+            legacy_run = runner.run(spec)
+            outcomes.update(legacy_run.outcomes)
+            run.notes += legacy_run.notes
+            run.collect_errors.update(legacy_run.collect_errors)
+            run.peak_rss_mb = max(run.peak_rss_mb, legacy_run.peak_rss_mb)
+            run.peak_anon_mb = max(run.peak_anon_mb, legacy_run.peak_anon_mb)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        run.peak_rss_mb = max(run.peak_rss_mb, usage.ru_maxrss / 1024)
         for f, message in sorted(run.collect_errors.items()):
             m = file_modules.get(f)
             if m and not any(n.startswith(f"could not import assignment/{m}.py") for n in notes):
@@ -454,7 +507,9 @@ def grade(
                     f"could not import assignment/{m}.py: {runner.summary_line(message.split(':', 1)[-1])[:300]}"
                 )
         notes += run.notes
+        notes.append(sandbox_note)
         wall = time.monotonic() - started
+        run.wall = wall
         extra = {
             "wall_s": round(wall, 2),
             "peak_rss_mb": round(run.peak_rss_mb, 1),
@@ -473,17 +528,106 @@ def grade(
             extra[f"{key}_max"] += e["extra_data"]["points"]
         results["extra_data"] = extra
         if out:
-            out = Path(out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False))
-            os.replace(tmp, out)
+            write_results(results, out)
         return results, run
     finally:
+        sandbox.kill_user_processes(user)
         if keep_workdir:
             log(f"work directory kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def write_results(results, out):
+    """Writes results.json atomically; never through a link a student could have planted."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(results, indent=2, ensure_ascii=False))
+    os.replace(tmp, out)
+
+
+def run_judge(work, bundle, tests, file_modules, settings, total, user, *, python, cpu=None, maxfail=None):
+    """Runs the judged tests: `python -m grading.judge` (trusted, never imports the student's code) with the runner
+    sandboxed. Returns a RunResult with an outcome for every test asked for."""
+    judge_dir = work / "judge"
+    judge_dir.mkdir(mode=0o700)
+    files = list(dict.fromkeys(t["file"] for t in tests))
+    copy_tests(judge_dir, bundle, files)
+    (judge_dir / "pytest.ini").write_text(JUDGE_INI)
+    harness = sandbox.install_harness(work / "harness")
+    scratch = work / "scratch"
+    scratch.mkdir(mode=0o711)
+    package = work / "package"
+    spec = {
+        "root": str(judge_dir),
+        "files": files,
+        "tests": [t["id"] for t in tests],
+        "hidden": [t["id"] for t in tests if t["hidden"]],
+        "file_modules": {f: file_modules[f] for f in files},
+        "timeouts": {t["id"]: t["timeout"] for t in tests},
+        "timeout": settings["timeout"],
+        "collect_timeout": settings["collect_timeout"],
+        "total_timeout": total,
+        "maxfail": maxfail,
+        "out": str(judge_dir / "outcomes.json"),
+        "sandbox": {
+            "python": python,
+            "harness": str(harness),
+            "package": str(package / "assignment"),
+            "scratch": str(scratch),
+            "user": [user.uid, user.gid, user.name] if user else None,
+            "cpu": cpu,
+            "preimport": list(settings["preimport"]),
+        },
+    }
+    (judge_dir / "spec.json").write_text(json.dumps(spec))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYTEST"))}
+    env.update(
+        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+        PYTHONDONTWRITEBYTECODE="1",
+        PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
+        PYTHONHASHSEED="0",
+    )
+    result = runner.RunResult()
+    with open(judge_dir / "log.txt", "wb") as log_file:
+        try:
+            proc = subprocess.run(
+                [python, "-m", "grading.judge", str(judge_dir / "spec.json")],
+                cwd=judge_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                timeout=total + 2 * sandbox.STARTUP_TIMEOUT,
+            )
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+    try:
+        data = json.loads((judge_dir / "outcomes.json").read_text())
+    except (OSError, ValueError):
+        tail = (judge_dir / "log.txt").read_text(errors="replace")[-2000:]
+        data = {"outcomes": {}, "collect_errors": {}, "notes": [f"the judge failed (exit {code}):\n{tail}"]}
+    for nodeid, (outcome, message, duration) in data["outcomes"].items():
+        result.outcomes[nodeid] = runner.TestOutcome(outcome, message, duration)
+    for f, message in data["collect_errors"].items():
+        result.notes.append(f"the grader could not load {f} (tell the course staff): {message[:500]}")
+    result.notes += data["notes"]
+    for t in tests:
+        if t["id"] not in result.outcomes:
+            f = t["file"]
+            reason = (
+                "the grader could not load this test file (not your fault: tell the course staff)"
+                if f in data["collect_errors"]
+                else "not run: the run stopped at the first failure"
+                if maxfail
+                else "not run: the grader stopped before this test"
+            )
+            result.outcomes[t["id"]] = runner.TestOutcome("not_run", reason)
+    return result
 
 
 def print_report(results, out=None, show_hidden=True, log=print):
@@ -522,20 +666,40 @@ def print_report(results, out=None, show_hidden=True, log=print):
 
 def main(args):
     """The `grade` subcommand."""
-    results, run = grade(
-        args.submission,
-        args.out,
-        bundle=args.bundle,
-        manifest=args.manifest,
-        only=args.only or None,
-        visible_only=args.visible_only,
-        cpu=args.cpu,
-        maxfail=args.maxfail,
-        total_timeout=args.total_timeout,
-        drop_privileges=not args.no_drop_privileges,
-        keep_workdir=args.keep_workdir,
-        log=(lambda line: None) if args.quiet else print,
-    )
+    try:
+        results, run = grade(
+            args.submission,
+            args.out,
+            bundle=args.bundle,
+            manifest=args.manifest,
+            only=args.only or None,
+            visible_only=args.visible_only,
+            cpu=args.cpu,
+            maxfail=args.maxfail,
+            total_timeout=args.total_timeout,
+            drop_privileges=not args.no_drop_privileges,
+            runner_user=args.runner_user,
+            keep_workdir=args.keep_workdir,
+            log=(lambda line: None) if args.quiet else print,
+        )
+    except sandbox.SandboxRefused as exc:
+        message = (
+            "The autograder refused to run this submission: it never runs a student's code as root, and it could "
+            f"not start it as an unprivileged user. This is not your fault: please tell the course staff.\n\n"
+            f"For the staff: {exc}"
+        )
+        print(message, file=sys.stderr)
+        if args.out:
+            write_results({"score": 0, "output": message, "tests": [], "extra_data": {"refused": str(exc)}}, args.out)
+        return 3
+    except Exception as exc:  # the grader's own failure: say so in results.json (run_autograder ends in `exec`)
+        if args.out:
+            message = (
+                "The autograder itself failed before it could grade this submission. This is not your fault: please "
+                "tell the course staff."
+            )
+            write_results({"score": 0, "output": message, "tests": [], "extra_data": {"error": repr(exc)}}, args.out)
+        raise
     if not args.quiet:
         print_report(results, out=args.out)
     return 0

@@ -24,7 +24,17 @@ from grading import markers
 
 TEMPLATES = Path(__file__).with_name("templates")
 # The grading modules a release or a bundle carries: exactly what `python -m grading grade` needs.
-RUNTIME = ("__main__.py", "grade.py", "runner.py", "_child.py")
+RUNTIME = (
+    "__main__.py",
+    "grade.py",
+    "runner.py",
+    "pytest_child.py",
+    "judge.py",
+    "sandbox.py",
+    "probes.py",
+    "probe_runner.py",
+    "wire.py",
+)
 # What only the student release adds: `make notebooks` and `make submission`.
 STUDENT_TOOLS = ("run_notebooks.py", "submission.py")
 RUNTIME_INIT = '"""The grader behind `make grade`, the same one Gradescope runs. Nothing to edit here."""\n'
@@ -154,7 +164,7 @@ def render(template, **values):
 
 
 def write_runtime(dest, manifest, runtime=RUNTIME):
-    """The grade runner: grading/{__init__,__main__,grade,runner,_child}.py (and `runtime`'s others), manifest.json."""
+    """The grader: grading/{__init__,__main__}.py, the `runtime` modules (RUNTIME and more) and manifest.json."""
     pkg = Path(dest) / "grading"
     pkg.mkdir(parents=True, exist_ok=True)
     here = Path(__file__).parent
@@ -353,7 +363,7 @@ def write_zip(src, zip_path, prefix=""):
     return zip_path
 
 
-def _fresh(out):
+def fresh_folder(out):
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -365,10 +375,10 @@ def build_student(
     root=".", out="dist/student", *, zip_path=None, manifest=None, check_import=True, python=sys.executable, log=print
 ):
     """Builds the student release into `out` (and `zip_path`); returns a Build or raises BuildError."""
-    from grading import grade
+    from grading import manifest as manifest_builder
 
     root = Path(root).resolve()
-    out = _fresh(out)
+    out = fresh_folder(out)
     build = Build(out)
     build.regions = stub_package(root, out)
     problems = []
@@ -379,7 +389,7 @@ def build_student(
                     f"{path}:{region.begin}: {region.qualname} has no `# TODO:` line above its region"
                 )
     if manifest is None:
-        manifest, manifest_problems = grade.build_manifest(root, hidden=False, python=python, log=log)
+        manifest, manifest_problems = manifest_builder.build_manifest(root, hidden=False, python=python, log=log)
         problems += manifest_problems
     else:
         manifest = dict(

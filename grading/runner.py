@@ -1,6 +1,7 @@
 """Runs the tests of a prepared work directory in a child process, survives whatever the student's code does.
 
-The child (`_child.py`) reports each event on a JSON line. This side watches those lines and the clock:
+The child (`pytest_child.py`), which runs pytest as the runner's user in the legacy mode (test files not yet
+judged), reports each event on a JSON line. This side watches those lines and the clock:
 - a test that outlives its timeout (plus a grace period for pytest-timeout to act) is killed with its process, marked
   failed, and the run restarts with the tests that remain; so is a crash (segfault, `os._exit`, out of memory);
 - a test module whose import hangs or crashes the process fails all the tests of the module it grades;
@@ -16,16 +17,18 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CHILD = Path(__file__).with_name("_child.py")
+from grading import sandbox
+
+CHILD = Path(__file__).with_name("pytest_child.py")
 GRACE = 20.0  # seconds the watchdog allows past a timeout before it kills the child itself
 STARTUP_TIMEOUT = 300.0  # importing TensorFlow on a slow, shared CPU
 MAX_RESTARTS = 25
 FILE_SIZE_LIMIT = 256 * 2**20  # no file the tests write (captured output included) may grow past this
-UNPRIVILEGED_USERS = ("student", "nobody")
 PYTEST_INI = """\
 [pytest]
 markers =
@@ -73,13 +76,13 @@ class RunSpec:
     preimport: tuple = ()
     python: str = sys.executable
     cpu: int = None  # pin the child to one CPU (taskset)
-    drop_privileges: bool = True
+    user: object = None  # sandbox.RunnerUser to run as (None: the current user)
     maxfail: int = None
     collect_only: bool = False
     log: object = None  # callable(str) for progress lines
 
 
-def _truncate(text, limit):
+def truncate(text, limit):
     if len(text) <= limit:
         return text
     head, tail = int(limit * 0.6), int(limit * 0.3)
@@ -135,7 +138,7 @@ def write_pytest_ini(root, timeout):
 
 def _last_output(tail):
     tail = tail.strip()
-    return f"\n\nThe last output of the test process:\n{_truncate(tail, 3000)}" if tail else ""
+    return f"\n\nThe last output of the test process:\n{truncate(tail, 3000)}" if tail else ""
 
 
 def _signal_name(code):
@@ -145,53 +148,12 @@ def _signal_name(code):
         return f"exit code {code}"
 
 
-_USERS = {}  # python -> the pick_user answer, probed once per process
-
-
-def pick_user(python, root, log=None):
-    """Returns (uid, gid, name) of an unprivileged user that can run `python` here, or None (not root, or none)."""
-    if os.geteuid() != 0:
-        return None
-    if python not in _USERS:
-        _USERS[python] = _probe_users(python, root, log)
-    return _USERS[python]
-
-
-def _probe_users(python, root, log):
-    for name in UNPRIVILEGED_USERS:
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        try:
-            probe = subprocess.run(
-                [python, "-c", "import pytest"],
-                cwd=root,
-                user=entry.pw_uid,
-                group=entry.pw_gid,
-                extra_groups=[],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                timeout=120,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            probe = None
-            reason = str(exc)
-        else:
-            reason = probe.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {probe.returncode}"]
-            reason = reason[0]
-        if probe is not None and probe.returncode == 0:
-            return entry.pw_uid, entry.pw_gid, name
-        if log:
-            log(f"note: user {name!r} cannot run {python} ({reason}); trying the next one")
-    return None
-
-
 def _chown_tree(root, uid, gid):
-    for path, _dirs, files in os.walk(root):
-        os.chown(path, uid, gid)
-        for name in files:
-            os.chown(os.path.join(path, name), uid, gid)
+    """Gives `root` to the runner's user before any of its code runs: never follows a link (os.lchown)."""
+    for path, dirs, files in os.walk(root):
+        os.lchown(path, uid, gid)
+        for name in dirs + files:
+            os.lchown(os.path.join(path, name), uid, gid)
 
 
 def _memory_of(pid):
@@ -272,16 +234,8 @@ class _Attempt:
             MPLBACKEND="Agg",
             TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
         )
-        if user is not None:
-            _chown_tree(grader_dir, user[0], user[1])
-
-        def limits():
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
-
-        kwargs = {}
-        if user is not None:
-            kwargs = dict(user=user[0], group=user[1], extra_groups=[])
+        if user is not None:  # only the events file is the child's to write; its script and selection stay root's
+            os.lchown(self.events_path, user.uid, user.gid)
         self.out = open(self.stdout_path, "wb")
         self.proc = subprocess.Popen(
             cmd,
@@ -291,8 +245,7 @@ class _Attempt:
             stdout=self.out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=limits,
-            **kwargs,
+            preexec_fn=sandbox.drop_to(user, sandbox.Limits(file_size=FILE_SIZE_LIMIT), None),
         )
         self.offset = 0
         self.buffer = b""
@@ -332,23 +285,29 @@ def run(spec):
     log = spec.log or (lambda line: None)
     spec.root = Path(spec.root).resolve()
     result = RunResult()
-    grader_dir = spec.root / ".grader"
-    grader_dir.mkdir(exist_ok=True)
-    shutil.copy(CHILD, grader_dir / "child.py")
+    grader_dir = Path(tempfile.mkdtemp(prefix="grader-"))  # outside the work directory the child may write to
+    grader_dir.chmod(0o755)
+    try:
+        return _run(spec, result, grader_dir, log)
+    finally:
+        sandbox.kill_user_processes(spec.user)
+        shutil.rmtree(grader_dir, ignore_errors=True)
+
+
+def _run(spec, result, grader_dir, log):
+    shutil.copyfile(CHILD, grader_dir / "child.py")
     (grader_dir / "file_modules.json").write_text(json.dumps(spec.file_modules))
     for name in (".home", ".tmp"):
         (spec.root / name).mkdir(exist_ok=True)
     if not (spec.root / "pytest.ini").exists():
         write_pytest_ini(spec.root, spec.timeout)
 
-    user = pick_user(spec.python, spec.root, log) if spec.drop_privileges else None
+    user = spec.user
     if user is not None:
-        _chown_tree(spec.root, user[0], user[1])
-        result.user = user[2]
+        _chown_tree(spec.root, user.uid, user.gid)  # once, before any of the student's code runs
+        result.user = user.name
     else:
         result.user = pwd.getpwuid(os.geteuid()).pw_name
-        if os.geteuid() == 0 and spec.drop_privileges:
-            log("note: running the tests as root: no unprivileged user can run the interpreter here")
 
     start = time.monotonic()
     deadline = start + spec.total_timeout
@@ -449,6 +408,7 @@ def run(spec):
             watch["progress"],
         )
         child.proc.wait()
+        sandbox.kill_user_processes(user)
         child.out.close()
         tail = child.tail()
         tails.append(tail)
@@ -473,7 +433,7 @@ def run(spec):
                     result.outcomes[t] = TestOutcome("not_run", "not run: the run stopped at the first failure")
                 elif exitstatus in (2, 3, 4):
                     result.outcomes[t] = TestOutcome(
-                        "not_run", f"not run: pytest stopped with exit status {exitstatus}:\n{_truncate(tail, 3000)}"
+                        "not_run", f"not run: pytest stopped with exit status {exitstatus}:\n{truncate(tail, 3000)}"
                     )
                 else:
                     result.outcomes[t] = TestOutcome("not_run", "not run: pytest did not collect this test")
@@ -519,7 +479,7 @@ def run(spec):
                         result.outcomes[t] = TestOutcome("error", message)
             log(f"{f}: import {'hung' if killed_reason else 'crashed'}")
         elif spec.collect_only:
-            result.notes.append(f"collection {how}:\n{_truncate(tail, 3000)}")
+            result.notes.append(f"collection {how}:\n{truncate(tail, 3000)}")
             break
         else:
             # Died outside any test (start-up, between tests): if nothing progressed, retrying would loop forever.

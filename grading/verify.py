@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grading import config, grade, release
+from grading import manifest as manifest_builder
 
 MIN_BUGS = 25
 
@@ -137,6 +138,7 @@ def _run_reference(root, manifest_path, only, cpu, out):
         "--out",
         str(out),
         "--quiet",
+        "--no-drop-privileges",  # the reference and the bug catalogue are ours
     ]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
@@ -214,7 +216,9 @@ def verify(
     tmp = Path(tempfile.mkdtemp(prefix="grading-verify-"))
     try:
         log("collecting the graded tests against the reference ...")
-        manifest, problems = grade.build_manifest(root, parts=parts, settings=settings, log=lambda line: None)
+        manifest, problems = manifest_builder.build_manifest(
+            root, parts=parts, settings=settings, log=lambda line: None
+        )
         report.add("every graded test collects and carries @pytest.mark.points", not problems, "\n".join(problems))
         modules = [p["module"] for p in manifest["parts"] if not only or p["module"] in only]
         if only:
@@ -293,6 +297,7 @@ def verify(
                     manifest=manifest,
                     only=job.only,
                     maxfail=job.maxfail,
+                    drop_privileges=False,
                     cpu=cpu if _has_taskset() else None,
                     log=lambda line: None,
                 )

@@ -9,13 +9,9 @@ here, one per branch of the generation protocol (the docstring of `sampling.gene
 import math
 import re
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from checks import assert_shape
-
-from assignment import sampling
 
 INF = float("inf")
 N_DRAWS = 20_000  # draws per statistical test: enough to see a 2% shift in one token's probability
@@ -143,7 +139,7 @@ def _assert_filtered(filtered, logits, kept, what):
 
 
 @pytest.mark.points(1)
-def test_greedy_picks_the_argmax_of_each_row():
+def test_greedy_picks_the_argmax_of_each_row(student):
     logits = np.array(
         [
             [0.1, 0.5, -1.0, 0.2, 2.0],
@@ -152,18 +148,18 @@ def test_greedy_picks_the_argmax_of_each_row():
         ],
         dtype=np.float32,
     )
-    ids = np.asarray(sampling.greedy(logits))
+    ids = np.asarray(student.call("sampling.greedy", logits))
     assert_shape(ids, (3,), "greedy(logits) for logits of shape (3, 5): one id per row, argmax over the vocabulary")
     assert np.issubdtype(ids.dtype, np.integer), f"greedy must return integer ids, got dtype {ids.dtype}"
     assert ids.tolist() == [4, 0, 2], f"the largest logit of each row is at [4, 0, 2]; got {ids.tolist()}"
 
 
 @pytest.mark.points(1)
-def test_temperature_divides_logits_one_is_identity_and_limits():
+def test_temperature_divides_logits_one_is_identity_and_limits(student):
     logits = np.array([[1.0, 2.0, 0.5, -1.0], [0.0, 0.7, 3.0, -INF]], dtype=np.float32)
 
     def dist(temperature):
-        out = np.asarray(sampling.apply_temperature(logits, temperature), dtype=np.float64)
+        out = np.asarray(student.call("sampling.apply_temperature", logits, temperature), dtype=np.float64)
         assert_shape(out, (2, 4), f"apply_temperature(logits, {temperature})")
         return np.stack([_softmax(row) for row in out])
 
@@ -202,7 +198,7 @@ def test_temperature_divides_logits_one_is_identity_and_limits():
 
 
 @pytest.mark.points(1)
-def test_top_k_keeps_ties_at_the_kth_value():
+def test_top_k_keeps_ties_at_the_kth_value(student):
     logits = np.array(
         [
             [1.0, 3.0, 2.0, 2.0, 0.0],  # 2nd largest is 2, tied: keep 3, 2, 2
@@ -213,7 +209,7 @@ def test_top_k_keeps_ties_at_the_kth_value():
     )
     kept = [[0, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 0, 1, 0, 0]]
     _assert_filtered(
-        sampling.top_k_filter(logits, 2),
+        student.call("sampling.top_k_filter", logits, 2),
         logits,
         kept,
         "top_k_filter(logits, k=2) (keep every logit >= the 2nd largest, ties included)",
@@ -221,17 +217,19 @@ def test_top_k_keeps_ties_at_the_kth_value():
 
 
 @pytest.mark.points(1)
-def test_top_k_one_keeps_the_max_and_k_above_vocab_keeps_all():
+def test_top_k_one_keeps_the_max_and_k_above_vocab_keeps_all(student):
     logits = np.array([[0.2, 1.5, -0.3, 1.4], [2.0, 0.0, 2.0, -1.0]], dtype=np.float32)
     _assert_filtered(
-        sampling.top_k_filter(logits, 1),
+        student.call("sampling.top_k_filter", logits, 1),
         logits,
         [[0, 1, 0, 0], [1, 0, 1, 0]],
         "top_k_filter(logits, k=1) (only the largest logit, and any tie with it)",
     )
-    _assert_filtered(sampling.top_k_filter(logits, 4), logits, np.ones((2, 4)), "top_k_filter(logits, k=V=4)")
     _assert_filtered(
-        sampling.top_k_filter(logits, 10),
+        student.call("sampling.top_k_filter", logits, 4), logits, np.ones((2, 4)), "top_k_filter(logits, k=V=4)"
+    )
+    _assert_filtered(
+        student.call("sampling.top_k_filter", logits, 10),
         logits,
         np.ones((2, 4)),
         "top_k_filter(logits, k=10) with V=4 (k > V keeps every token)",
@@ -239,27 +237,27 @@ def test_top_k_one_keeps_the_max_and_k_above_vocab_keeps_all():
 
 
 @pytest.mark.points(1)
-def test_top_p_keeps_the_token_that_crosses_p():
+def test_top_p_keeps_the_token_that_crosses_p(student):
     probs = np.array([0.3, 0.1, 0.15, 0.45])
     # Sorted: 0.45, 0.3, 0.15, 0.1; mass before each: 0, 0.45, 0.75, 0.9. The rows are the same distribution
     # (shifting logits changes nothing), in another order, so a mask left in sorted order is caught.
     logits = np.stack([np.log(probs), np.log(probs) + 10.0, np.log(probs[[3, 2, 1, 0]])]).astype(np.float32)
     _assert_filtered(
-        sampling.top_p_filter(logits, 0.7),
+        student.call("sampling.top_p_filter", logits, 0.7),
         logits,
         [[1, 0, 0, 1], [1, 0, 0, 1], [1, 0, 0, 1]],
         "top_p_filter(logits, p=0.7) on probabilities [0.3, 0.1, 0.15, 0.45] (keep {0.45, 0.3}: "
         "0.3 is kept because the mass before it, 0.45, is below 0.7)",
     )
     _assert_filtered(
-        sampling.top_p_filter(logits, 0.8),
+        student.call("sampling.top_p_filter", logits, 0.8),
         logits,
         [[1, 0, 1, 1], [1, 0, 1, 1], [1, 1, 0, 1]],
         "top_p_filter(logits, p=0.8) on probabilities [0.3, 0.1, 0.15, 0.45] (keep {0.45, 0.3, 0.15}: "
         "the mass before 0.15 is 0.75 < 0.8)",
     )
     _assert_filtered(
-        sampling.top_p_filter(logits, 0.4),
+        student.call("sampling.top_p_filter", logits, 0.4),
         logits,
         [[0, 0, 0, 1], [0, 0, 0, 1], [1, 0, 0, 0]],
         "top_p_filter(logits, p=0.4) on probabilities [0.3, 0.1, 0.15, 0.45] (keep {0.45})",
@@ -267,7 +265,7 @@ def test_top_p_keeps_the_token_that_crosses_p():
 
 
 @pytest.mark.points(1)
-def test_top_p_one_keeps_all_and_the_most_probable_is_always_kept():
+def test_top_p_one_keeps_all_and_the_most_probable_is_always_kept(student):
     logits = np.array(
         [
             [0.3, -0.2, 0.1, 0.0, -0.4, 0.2, -0.1, 0.05],  # flat: the most probable token holds about 16%
@@ -275,9 +273,11 @@ def test_top_p_one_keeps_all_and_the_most_probable_is_always_kept():
         ],
         dtype=np.float32,
     )
-    _assert_filtered(sampling.top_p_filter(logits, 1.0), logits, np.ones((2, 8)), "top_p_filter(logits, p=1)")
     _assert_filtered(
-        sampling.top_p_filter(logits, 0.01),
+        student.call("sampling.top_p_filter", logits, 1.0), logits, np.ones((2, 8)), "top_p_filter(logits, p=1)"
+    )
+    _assert_filtered(
+        student.call("sampling.top_p_filter", logits, 0.01),
         logits,
         np.eye(8)[[0, 0]],
         "top_p_filter(logits, p=0.01) (the most probable token is always kept, even when it holds more than p)",
@@ -290,11 +290,11 @@ def test_top_p_one_keeps_all_and_the_most_probable_is_always_kept():
 
 
 @pytest.mark.points(1)
-def test_sample_applies_temperature_then_top_k_then_top_p_on_what_is_left():
+def test_sample_applies_temperature_then_top_k_then_top_p_on_what_is_left(student):
     # top_k=2 leaves 0.4 and 0.3, renormalised to 0.57 and 0.43; top_p=0.5 on that keeps only token 0.
     # (top-p on the full distribution, or before top-k, would keep tokens 0 and 1.)
     logits = np.tile(np.log([0.4, 0.3, 0.2, 0.1]), (2000, 1)).astype(np.float32)
-    ids = np.asarray(sampling.sample(logits, top_k=2, top_p=0.5, seed=0))
+    ids = np.asarray(student.call("sampling.sample", logits, top_k=2, top_p=0.5, seed=0))
     assert_shape(ids, (2000,), "sample(logits) for logits of shape (2000, 4)")
     assert set(ids.tolist()) == {0}, (
         "sample(top_k=2, top_p=0.5) on probabilities [0.4, 0.3, 0.2, 0.1] must always draw token 0: top-k keeps "
@@ -304,7 +304,7 @@ def test_sample_applies_temperature_then_top_k_then_top_p_on_what_is_left():
     # temperature 0.25 sharpens [0.5, 0.3, 0.2] to [0.87, 0.11, 0.02]: top_p=0.6 then keeps token 0 alone.
     # (top-p before the temperature would keep tokens 0 and 1.)
     logits = np.tile(np.log([0.5, 0.3, 0.2]), (2000, 1)).astype(np.float32)
-    ids = np.asarray(sampling.sample(logits, temperature=0.25, top_p=0.6, seed=0))
+    ids = np.asarray(student.call("sampling.sample", logits, temperature=0.25, top_p=0.6, seed=0))
     assert set(ids.tolist()) == {0}, (
         "sample(temperature=0.25, top_p=0.6) on probabilities [0.5, 0.3, 0.2] must always draw token 0: the "
         "temperature comes first and sharpens them to [0.87, 0.11, 0.02]. "
@@ -313,24 +313,24 @@ def test_sample_applies_temperature_then_top_k_then_top_p_on_what_is_left():
 
 
 @pytest.mark.points(1)
-def test_sample_same_seed_same_draws_and_no_seed_differs():
+def test_sample_same_seed_same_draws_and_no_seed_differs(student):
     logits = np.zeros((200, 10), dtype=np.float32)  # uniform over 10 tokens
-    first = np.asarray(sampling.sample(logits, seed=7))
+    first = np.asarray(student.call("sampling.sample", logits, seed=7))
     assert_shape(first, (200,), "sample(logits, seed=7) for logits of shape (200, 10)")
     assert first.dtype == np.int32, f"sample must return int32 ids, got dtype {first.dtype}"
-    again = np.asarray(sampling.sample(logits, seed=7))
+    again = np.asarray(student.call("sampling.sample", logits, seed=7))
     assert np.array_equal(first, again), (
         "the same seed must give the same draws on every call: derive the randomness from the seed alone "
         "(tf.random.stateless_categorical with seed=[seed, 0], or a generator created from the seed)"
     )
-    other = np.asarray(sampling.sample(logits, seed=8))
+    other = np.asarray(student.call("sampling.sample", logits, seed=8))
     assert not np.array_equal(first, other), "different seeds must give different draws"
-    a, b = np.asarray(sampling.sample(logits)), np.asarray(sampling.sample(logits))
+    a, b = np.asarray(student.call("sampling.sample", logits)), np.asarray(student.call("sampling.sample", logits))
     assert not np.array_equal(a, b), "without a seed, two calls must give different draws"
 
 
 @pytest.mark.points(2)
-def test_sample_matches_the_exact_filtered_distribution():
+def test_sample_matches_the_exact_filtered_distribution(student):
     row = np.array([2.0, 0.4, 1.1, -0.3, 1.6, 0.9, -1.2, 1.3], dtype=np.float32)
     temperature, top_k, top_p = 0.8, 5, 0.75
     expected = _reference_probs(row, temperature, top_k, top_p)
@@ -338,7 +338,9 @@ def test_sample_matches_the_exact_filtered_distribution():
     # the mass before token 2 is 0.778 >= 0.75, so top-p keeps {0, 4, 7}: token 7 crosses 0.75.
     assert np.flatnonzero(expected).tolist() == [0, 4, 7]
     logits = np.tile(row, (N_DRAWS, 1))
-    ids = np.asarray(sampling.sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, seed=2024))
+    ids = np.asarray(
+        student.call("sampling.sample", logits, temperature=temperature, top_k=top_k, top_p=top_p, seed=2024)
+    )
     assert_shape(ids, (N_DRAWS,), f"sample(logits) for logits of shape ({N_DRAWS}, 8)")
     _assert_draws_follow(ids, expected, f"sample(temperature={temperature}, top_k={top_k}, top_p={top_p})")
 
@@ -348,15 +350,101 @@ def test_sample_matches_the_exact_filtered_distribution():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class BigramLM(keras.Model):
-    """A model whose next-token logits depend only on the current token: logits[b, t] = table[tokens[b, t]]."""
+def _fakes():
+    """Returns the tiny models generate() is checked with, one per branch of the generation protocol (a probe helper:
+    it runs where the student's code runs, so it imports Keras itself)."""
+    import keras
+    import tensorflow as tf
 
-    def __init__(self, table):
-        super().__init__()
-        self.table = tf.constant(table, dtype=tf.float32)  # (V, V)
+    vocab = 7
 
-    def call(self, tokens):
-        return tf.gather(self.table, tf.cast(tokens, tf.int32))  # (B, T, V)
+    def next_token_logits(total):
+        """Logits `(..., V)` that make (3 * total + 1) mod V the clear favourite, from running sums of tokens."""
+        return 10.0 * tf.one_hot((3 * total + 1) % vocab, vocab)
+
+    class BigramLM(keras.Model):
+        """Next-token logits depend only on the current token: logits[b, t] = table[tokens[b, t]]."""
+
+        def __init__(self, table):
+            super().__init__()
+            self.table = tf.constant(table, dtype=tf.float32)  # (V, V)
+
+        def call(self, tokens):
+            return tf.gather(self.table, tf.cast(tokens, tf.int32))  # (B, T, V)
+
+    class RecurrentFake(keras.Model):
+        """A recurrent model whose state is the running sum of the tokens read."""
+
+        def __init__(self):
+            super().__init__()
+            self.reads = []  # (tokens read, whether a state came in), one entry per eager call
+
+        def call(self, tokens, states=None, return_state=False, training=False):
+            tokens = tf.cast(tokens, tf.int32)
+            start = tf.zeros([tf.shape(tokens)[0]], tf.int32) if states is None else states  # (B,)
+            totals = start[:, None] + tf.cumsum(tokens, axis=1)  # (B, T)
+            if tf.executing_eagerly():
+                self.reads.append((int(tokens.shape[1]), states is not None))
+            logits = next_token_logits(totals)  # (B, T, V)
+            return (logits, totals[:, -1]) if return_state else logits
+
+    class CachedFake(keras.Model):
+        """A model with the KV-cache protocol: prefill reads the prompt, decode_step one token with the cache; the
+        favourite next token is a function of the sum of the tokens in the context window, as in `call`."""
+
+        def __init__(self, context_length):
+            super().__init__()
+            self.config = type("Config", (), {"context_length": context_length})()
+            self.prefills, self.decodes, self.calls = [], [], []  # token shapes each entry point received
+
+        def call(self, tokens):
+            tokens = tf.cast(tokens, tf.int32)
+            if tf.executing_eagerly():
+                self.calls.append(tuple(tokens.shape))
+            return next_token_logits(tf.cumsum(tokens, axis=1))  # (B, T, V)
+
+        def prefill(self, tokens):
+            tokens = tf.cast(tokens, tf.int32)
+            self.prefills.append(tuple(tokens.shape))
+            assert tokens.shape[1] <= self.config.context_length, (
+                f"prefill got {tokens.shape[1]} tokens but the cache holds context_length="
+                f"{self.config.context_length}: crop the prompt"
+            )
+            totals = tf.cumsum(tokens, axis=1)  # (B, T)
+            return next_token_logits(totals), {"total": totals[:, -1], "length": int(tokens.shape[1])}
+
+        def decode_step(self, next_ids, cache):
+            next_ids = tf.cast(next_ids, tf.int32)
+            self.decodes.append(tuple(next_ids.shape))
+            assert next_ids.shape[1:] == (1,), (
+                f"decode_step takes next_ids of shape (B, 1); got {tuple(next_ids.shape)}"
+            )
+            assert cache["length"] < self.config.context_length, (
+                "decode_step was called with a full cache: once context_length tokens are cached, re-read a "
+                "cropped context instead"
+            )
+            total = cache["total"] + next_ids[:, 0]  # (B,)
+            return next_token_logits(total)[:, None, :], {"total": total, "length": cache["length"] + 1}
+
+    return {"bigram": BigramLM, "recurrent": RecurrentFake, "cached": CachedFake}
+
+
+def generate_with(kind, model_args, *args, **kwargs):
+    """Probe: generate() with a fake model of `_fakes()`; returns its output and what the model was asked to read."""
+    from assignment import sampling
+
+    model = _fakes()[kind](*model_args)
+    out = sampling.generate(model, *args, **kwargs)
+    seen = {
+        name: list(getattr(model, name)) for name in ("reads", "prefills", "decodes", "calls") if hasattr(model, name)
+    }
+    return {"out": out, "seen": seen}
+
+
+def _generate(student, kind, model_args, *args, **kwargs):
+    """Returns (output, what the model read) of generate() with the fake model `kind`."""
+    result = student.run(generate_with, kind, model_args, *args, uses=(_fakes,), **kwargs)
+    return np.asarray(result["out"]), result["seen"]
 
 
 # Each token may be followed only by the tokens listed; the others have logit -inf.
@@ -379,14 +467,14 @@ def _table(successors, vocab):
 
 
 @pytest.mark.points(1)
-def test_generate_returns_prompt_plus_new_tokens_the_model_allows():
-    model = BigramLM(_table(SUCCESSORS, 6))
-    out = np.asarray(sampling.generate(model, np.array([2, 4], dtype=np.int32), max_new_tokens=5, seed=1))
+def test_generate_returns_prompt_plus_new_tokens_the_model_allows(student):
+    table = _table(SUCCESSORS, 6)
+    out, _ = _generate(student, "bigram", [table], np.array([2, 4], dtype=np.int32), max_new_tokens=5, seed=1)
     assert_shape(out, (7,), "generate(model, prompt of shape (2,), max_new_tokens=5)")
     assert out[:2].tolist() == [2, 4], f"the output must start with the prompt [2, 4]; got {out.tolist()}"
 
     prompt = np.array([[0, 1], [5, 3], [2, 2]], dtype=np.int32)
-    out = np.asarray(sampling.generate(model, prompt, max_new_tokens=12, seed=2))
+    out, _ = _generate(student, "bigram", [table], prompt, max_new_tokens=12, seed=2)
     assert_shape(out, (3, 14), "generate(model, prompt of shape (3, 2), max_new_tokens=12)")
     assert np.array_equal(out[:, :2], prompt), f"each row must start with its prompt; got {out[:, :2].tolist()}"
     for row in out:
@@ -395,14 +483,16 @@ def test_generate_returns_prompt_plus_new_tokens_the_model_allows():
                 f"generated {b} after {a}, which the model gives probability 0: row {row.tolist()}. "
                 "Each new token must be drawn from the logits of the last position"
             )
-    unchanged = np.asarray(sampling.generate(model, prompt, max_new_tokens=0))
+    unchanged, _ = _generate(student, "bigram", [table], prompt, max_new_tokens=0)
     assert np.array_equal(unchanged, prompt), "max_new_tokens=0 must return the prompt unchanged"
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        sampling.generate(model, prompt, max_new_tokens=-1)
+    error = student.error(generate_with, "bigram", [table], prompt, max_new_tokens=-1, uses=(_fakes,))
+    assert error is not None and error.type_name == "ValueError" and "max_new_tokens" in error.message, (
+        f"generate(max_new_tokens=-1) must raise a ValueError naming max_new_tokens; got {error or 'no error'}"
+    )
 
 
 @pytest.mark.points(1)
-def test_generate_first_token_follows_the_models_filtered_distribution():
+def test_generate_first_token_follows_the_models_filtered_distribution(student):
     table = np.array(
         [
             [3.0, -2.0, -2.0, -2.0, 3.0],  # after token 0 (the first prompt token, which must not matter)
@@ -417,7 +507,7 @@ def test_generate_first_token_follows_the_models_filtered_distribution():
     expected = _reference_probs(table[1], temperature, top_p=top_p)
     assert np.flatnonzero(expected).tolist() == [0, 1, 3, 4]
     prompt = np.tile(np.array([[0, 1]], dtype=np.int32), (N_DRAWS, 1))
-    out = np.asarray(sampling.generate(BigramLM(table), prompt, 1, temperature=temperature, top_p=top_p, seed=11))
+    out, _ = _generate(student, "bigram", [table], prompt, 1, temperature=temperature, top_p=top_p, seed=11)
     assert_shape(out, (N_DRAWS, 3), f"generate(model, prompt of shape ({N_DRAWS}, 2), max_new_tokens=1)")
     _assert_draws_follow(
         out[:, 2],
@@ -427,87 +517,25 @@ def test_generate_first_token_follows_the_models_filtered_distribution():
 
 
 @pytest.mark.points(1)
-def test_generate_stops_each_row_at_stop_id():
+def test_generate_stops_each_row_at_stop_id(student):
     # 5 -> 4 -> 0 -> 1 -> 2 -> 3 -> 0: every token has one possible successor.
-    model = BigramLM(_table({0: {1: 0.0}, 1: {2: 0.0}, 2: {3: 0.0}, 3: {0: 0.0}, 4: {0: 0.0}, 5: {4: 0.0}}, 6))
+    table = _table({0: {1: 0.0}, 1: {2: 0.0}, 2: {3: 0.0}, 3: {0: 0.0}, 4: {0: 0.0}, 5: {4: 0.0}}, 6)
     prompt = np.array([[5], [0], [2]], dtype=np.int32)
-    out = np.asarray(sampling.generate(model, prompt, max_new_tokens=10, stop_id=3, seed=0))
+    out, _ = _generate(student, "bigram", [table], prompt, max_new_tokens=10, stop_id=3, seed=0)
     expected = [[5, 4, 0, 1, 2, 3], [0, 1, 2, 3, 3, 3], [2, 3, 3, 3, 3, 3]]
     assert out.tolist() == expected, (
         "with stop_id=3 a row stops when it produces 3 (kept), later positions of that row are filled with 3, "
         f"and generation ends once every row has stopped: expected {expected}, got {out.tolist()}"
     )
-    out = np.asarray(sampling.generate(model, prompt, max_new_tokens=2, stop_id=3, seed=0))
+    out, _ = _generate(student, "bigram", [table], prompt, max_new_tokens=2, stop_id=3, seed=0)
     assert out.tolist() == [[5, 4, 0], [0, 1, 2], [2, 3, 3]], f"max_new_tokens=2 with stop_id=3: got {out.tolist()}"
-    out = np.asarray(sampling.generate(model, [2], max_new_tokens=10, stop_id=3, seed=0))
+    out, _ = _generate(student, "bigram", [table], [2], max_new_tokens=10, stop_id=3, seed=0)
     assert out.tolist() == [2, 3], f"prompt [2] with stop_id=3 must give [2, 3]; got {out.tolist()}"
-    out = np.asarray(sampling.generate(model, prompt, max_new_tokens=10, seed=0))
+    out, _ = _generate(student, "bigram", [table], prompt, max_new_tokens=10, seed=0)
     assert_shape(out, (3, 11), "generate without stop_id (always max_new_tokens new tokens)")
 
 
 VOCAB = 7
-
-
-def _next_token_logits(total):
-    """Logits `(..., V)` that make (3 * total + 1) mod V the clear favourite, from running sums of tokens."""
-    return 10.0 * tf.one_hot((3 * total + 1) % VOCAB, VOCAB)
-
-
-class RecurrentFake(keras.Model):
-    """A recurrent model whose state is the running sum of the tokens read: its logits depend on carried state."""
-
-    def __init__(self):
-        super().__init__()
-        self.reads = []  # (tokens read, whether a state came in), one entry per eager call
-
-    def call(self, tokens, states=None, return_state=False, training=False):
-        tokens = tf.cast(tokens, tf.int32)
-        start = tf.zeros([tf.shape(tokens)[0]], tf.int32) if states is None else states  # (B,)
-        totals = start[:, None] + tf.cumsum(tokens, axis=1)  # (B, T)
-        if tf.executing_eagerly():
-            self.reads.append((int(tokens.shape[1]), states is not None))
-        logits = _next_token_logits(totals)  # (B, T, V)
-        return (logits, totals[:, -1]) if return_state else logits
-
-
-class CachedFake(keras.Model):
-    """A model with a KV-cache-like protocol: prefill reads the prompt, decode_step one token with the cache.
-
-    Full recomputation (`call`) and prefill/decode_step give the same logits: the favourite next token is a
-    function of the sum of the tokens in the context window.
-    """
-
-    def __init__(self, context_length):
-        super().__init__()
-        self.config = type("Config", (), {"context_length": context_length})()
-        self.prefills, self.decodes, self.calls = [], [], []  # token shapes each entry point received
-
-    def call(self, tokens):
-        tokens = tf.cast(tokens, tf.int32)
-        if tf.executing_eagerly():
-            self.calls.append(tuple(tokens.shape))
-        return _next_token_logits(tf.cumsum(tokens, axis=1))  # (B, T, V)
-
-    def prefill(self, tokens):
-        tokens = tf.cast(tokens, tf.int32)
-        self.prefills.append(tuple(tokens.shape))
-        assert tokens.shape[1] <= self.config.context_length, (
-            f"prefill got {tokens.shape[1]} tokens but the cache holds context_length="
-            f"{self.config.context_length}: crop the prompt"
-        )
-        totals = tf.cumsum(tokens, axis=1)  # (B, T)
-        return _next_token_logits(totals), {"total": totals[:, -1], "length": int(tokens.shape[1])}
-
-    def decode_step(self, next_ids, cache):
-        next_ids = tf.cast(next_ids, tf.int32)
-        self.decodes.append(tuple(next_ids.shape))
-        assert next_ids.shape[1:] == (1,), f"decode_step takes next_ids of shape (B, 1); got {tuple(next_ids.shape)}"
-        assert cache["length"] < self.config.context_length, (
-            "decode_step was called with a full cache: once context_length tokens are cached, re-read a cropped "
-            "context instead"
-        )
-        total = cache["total"] + next_ids[:, 0]  # (B,)
-        return _next_token_logits(total)[:, None, :], {"total": total, "length": cache["length"] + 1}
 
 
 def _expected_greedy(prompt, max_new_tokens, window=None):
@@ -521,37 +549,37 @@ def _expected_greedy(prompt, max_new_tokens, window=None):
 
 
 @pytest.mark.points(1)
-def test_generate_reads_the_prompt_once_then_carries_the_recurrent_state():
-    model = RecurrentFake()
+def test_generate_reads_the_prompt_once_then_carries_the_recurrent_state(student):
     prompt = np.array([[1, 2, 3], [4, 0, 6]], dtype=np.int32)
-    out = np.asarray(sampling.generate(model, prompt, max_new_tokens=6, greedy=True))
+    out, seen = _generate(student, "recurrent", [], prompt, max_new_tokens=6, greedy=True)
+    reads = seen["reads"]
     expected = _expected_greedy(prompt.tolist(), 6)
     assert out.tolist() == expected, (
         f"greedy generation with a recurrent model: expected {expected}, got {out.tolist()}. "
         "Carry the state returned by model(tokens, states=..., return_state=True) from one step to the next"
     )
-    assert model.reads[0] == (3, False), f"the first call must read the whole prompt; calls were {model.reads}"
-    assert all(read == (1, True) for read in model.reads[1:]) and len(model.reads) <= 6, (
+    assert reads[0] == (3, False), f"the first call must read the whole prompt; calls were {reads}"
+    assert all(read == (1, True) for read in reads[1:]) and len(reads) <= 6, (
         "after the prompt, a recurrent model must read one token per step together with its carried state "
-        f"(calls seen as (tokens read, state given): {model.reads})"
+        f"(calls seen as (tokens read, state given): {reads})"
     )
 
 
 @pytest.mark.points(1)
-def test_generate_uses_the_kv_cache_and_agrees_with_full_recomputation():
-    model = CachedFake(context_length=16)
+def test_generate_uses_the_kv_cache_and_agrees_with_full_recomputation(student):
     prompt = np.array([[1, 2, 3], [4, 0, 6]], dtype=np.int32)
-    out = np.asarray(sampling.generate(model, prompt, max_new_tokens=6, greedy=True))
+    out, seen = _generate(student, "cached", [16], prompt, max_new_tokens=6, greedy=True)
     expected = _expected_greedy(prompt.tolist(), 6)
     assert out.tolist() == expected, (
         f"greedy generation with a cached model: expected {expected} (full recomputation), got {out.tolist()}. "
         "Feed decode_step the token just chosen and the cache returned by the previous call"
     )
-    assert model.prefills == [(2, 3)], f"prefill must read the prompt once; it read {model.prefills}"
-    assert model.decodes and all(shape == (2, 1) for shape in model.decodes) and 5 <= len(model.decodes) <= 6, (
-        f"each later step must go through decode_step with one token per row; decode_step read {model.decodes}"
+    prefills, decodes, calls = seen["prefills"], seen["decodes"], seen["calls"]
+    assert prefills == [(2, 3)], f"prefill must read the prompt once; it read {prefills}"
+    assert decodes and all(shape == (2, 1) for shape in decodes) and 5 <= len(decodes) <= 6, (
+        f"each later step must go through decode_step with one token per row; decode_step read {decodes}"
     )
-    assert model.calls == [], f"within the context length no full re-read is needed; call() read {model.calls}"
+    assert calls == [], f"within the context length no full re-read is needed; call() read {calls}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -559,14 +587,15 @@ def test_generate_uses_the_kv_cache_and_agrees_with_full_recomputation():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _raises(fn, names, value, what):
-    """Fails unless fn() raises ValueError whose message names the parameter and the value received.
+def _raises(error, names, value, what):
+    """Fails unless `error` (what the call raised, or None) is a ValueError whose message names the parameter and
+    quotes the value received.
 
     A name counts as a word of its own: `k` is found in "k=0" or "top_k must be..." but not in "mask".
     """
-    with pytest.raises(ValueError) as info:
-        fn()
-    message = str(info.value)
+    assert error is not None, f"{what}: expected a ValueError, but the call returned normally"
+    assert error.type_name == "ValueError", f"{what}: expected a ValueError, got {error}"
+    message = error.message
     assert any(re.search(rf"(?<![A-Za-z]){name}(?![A-Za-z])", message) for name in names), (
         f"{what}: the ValueError must name the parameter ({' or '.join(names)}); got: {message!r}"
     )
@@ -576,27 +605,44 @@ def _raises(fn, names, value, what):
 
 
 @pytest.mark.points(1)
-def test_invalid_parameters_raise_value_error_naming_them():
+def test_invalid_parameters_raise_value_error_naming_them(student):
     logits = np.array([[0.5, 1.0, -1.0], [0.0, 2.0, 1.0]], dtype=np.float32)
     for t in (0, -1.5):
-        _raises(lambda: sampling.apply_temperature(logits, t), ["temperature"], str(t), f"apply_temperature(T={t})")
-        _raises(lambda: sampling.sample(logits, temperature=t), ["temperature"], str(t), f"sample(temperature={t})")
+        _raises(
+            student.call_error("sampling.apply_temperature", logits, t),
+            ["temperature"],
+            str(t),
+            f"apply_temperature(T={t})",
+        )
+        _raises(
+            student.call_error("sampling.sample", logits, temperature=t),
+            ["temperature"],
+            str(t),
+            f"sample(temperature={t})",
+        )
     for k in (0, -2, 2.5):
-        _raises(lambda: sampling.top_k_filter(logits, k), ["k"], str(k), f"top_k_filter(k={k})")
-    _raises(lambda: sampling.sample(logits, top_k=0), ["k"], "0", "sample(top_k=0)")
+        _raises(student.call_error("sampling.top_k_filter", logits, k), ["k"], str(k), f"top_k_filter(k={k})")
+    _raises(student.call_error("sampling.sample", logits, top_k=0), ["k"], "0", "sample(top_k=0)")
     for p in (0, 1.5, -0.1):
-        _raises(lambda: sampling.top_p_filter(logits, p), ["p"], str(p), f"top_p_filter(p={p})")
-    _raises(lambda: sampling.sample(logits, top_p=1.2), ["p"], "1.2", "sample(top_p=1.2)")
+        _raises(student.call_error("sampling.top_p_filter", logits, p), ["p"], str(p), f"top_p_filter(p={p})")
+    _raises(student.call_error("sampling.sample", logits, top_p=1.2), ["p"], "1.2", "sample(top_p=1.2)")
     nan = logits.copy()
     nan[1, 2] = np.nan
     for name, fn in [
-        ("apply_temperature", lambda: sampling.apply_temperature(nan, 1.0)),
-        ("top_k_filter", lambda: sampling.top_k_filter(nan, 2)),
-        ("top_p_filter", lambda: sampling.top_p_filter(nan, 0.9)),
-        ("sample", lambda: sampling.sample(nan, seed=0)),
+        ("apply_temperature", student.call_error("sampling.apply_temperature", nan, 1.0)),
+        ("top_k_filter", student.call_error("sampling.top_k_filter", nan, 2)),
+        ("top_p_filter", student.call_error("sampling.top_p_filter", nan, 0.9)),
+        ("sample", student.call_error("sampling.sample", nan, seed=0)),
     ]:
         _raises(fn, ["logits"], "nan", f"{name} on logits holding a NaN")
     for shape in [(3,), (2, 1, 3)]:
         bad = np.zeros(shape, dtype=np.float32)
-        _raises(lambda: sampling.top_k_filter(bad, 1), ["logits"], "", f"top_k_filter on logits of shape {shape}")
-        _raises(lambda: sampling.sample(bad, seed=0), ["logits"], "", f"sample on logits of shape {shape}")
+        _raises(
+            student.call_error("sampling.top_k_filter", bad, 1),
+            ["logits"],
+            "",
+            f"top_k_filter on logits of shape {shape}",
+        )
+        _raises(
+            student.call_error("sampling.sample", bad, seed=0), ["logits"], "", f"sample on logits of shape {shape}"
+        )

@@ -2,14 +2,11 @@
 cropping to a context length in generate."""
 
 import math
+import re
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from checks import assert_shape
-
-from assignment import sampling
 
 INF = float("inf")
 N_DRAWS = 20_000
@@ -93,12 +90,12 @@ def _assert_draws_follow(draws, expected, what):
 
 
 @pytest.mark.points(1)
-def test_filters_match_a_reference_on_random_rows():
+def test_filters_match_a_reference_on_random_rows(student):
     rng = np.random.default_rng(4)  # a seed whose rows sit at least 7e-4 from every top-p boundary
     logits = (rng.normal(size=(16, 40)) * 2.0).astype(np.float32)
     logits[:4] = np.round(logits[:4])  # rows with many ties, for top-k
     for k in (1, 3, 7, 40, 100):
-        out = np.asarray(sampling.top_k_filter(logits, k), dtype=np.float64)
+        out = np.asarray(student.call("sampling.top_k_filter", logits, k), dtype=np.float64)
         assert_shape(out, logits.shape, f"top_k_filter(logits, {k})")
         for b, row in enumerate(logits):
             keep = _reference_keep(row, top_k=k)
@@ -109,7 +106,7 @@ def test_filters_match_a_reference_on_random_rows():
             np.testing.assert_allclose(out[b][keep], row[keep], rtol=1e-6, err_msg="kept logits must be unchanged")
     smooth = logits[4:]  # no ties: the top-p boundary is never in doubt
     for p in (0.05, 0.3, 0.6, 0.9, 1.0):
-        out = np.asarray(sampling.top_p_filter(smooth, p), dtype=np.float64)
+        out = np.asarray(student.call("sampling.top_p_filter", smooth, p), dtype=np.float64)
         assert_shape(out, smooth.shape, f"top_p_filter(logits, {p})")
         for b, row in enumerate(smooth):
             keep = _reference_keep(row, top_p=p)
@@ -122,7 +119,7 @@ def test_filters_match_a_reference_on_random_rows():
 
 
 @pytest.mark.points(1)
-def test_sample_distribution_with_each_setting_alone():
+def test_sample_distribution_with_each_setting_alone(student):
     row = np.array([0.5, -0.4, 1.2, 0.0, 0.9, -1.0], dtype=np.float32)
     logits = np.tile(row, (N_DRAWS, 1))
     for seed, kwargs in enumerate(
@@ -135,88 +132,116 @@ def test_sample_distribution_with_each_setting_alone():
         ]
     ):
         expected = _reference_probs(row, **kwargs)
-        ids = np.asarray(sampling.sample(logits, seed=100 + seed, **kwargs))
+        ids = np.asarray(student.call("sampling.sample", logits, seed=100 + seed, **kwargs))
         assert_shape(ids, (N_DRAWS,), f"sample(**{kwargs})")
         _assert_draws_follow(ids, expected, f"sample({', '.join(f'{k}={v}' for k, v in kwargs.items())})")
 
 
-class BigramLM(keras.Model):
-    """logits[b, t] = table[tokens[b, t]]: the next token depends only on the current one."""
+def _fakes():
+    """Returns the tiny models of these tests (a probe helper: it runs where the student's code runs)."""
+    import keras
+    import tensorflow as tf
 
-    def __init__(self, table):
-        super().__init__()
-        self.table = tf.constant(table, dtype=tf.float32)
+    vocab = 7
 
-    def call(self, tokens):
-        return tf.gather(self.table, tf.cast(tokens, tf.int32))
+    def next_token_logits(total):
+        return 10.0 * tf.one_hot((3 * total + 1) % vocab, vocab)
+
+    class BigramLM(keras.Model):
+        """logits[b, t] = table[tokens[b, t]]: the next token depends only on the current one."""
+
+        def __init__(self, table):
+            super().__init__()
+            self.table = tf.constant(table, dtype=tf.float32)
+
+        def call(self, tokens):
+            return tf.gather(self.table, tf.cast(tokens, tf.int32))
+
+    class WindowLM(keras.Model):
+        """A causal model whose favourite next token is a function of the sum of the tokens it reads."""
+
+        def __init__(self, context_length=None, in_config=False):
+            super().__init__()
+            if context_length is not None and in_config:
+                self.config = type("Config", (), {"context_length": context_length})()
+            elif context_length is not None:
+                self.context_length = context_length
+            self.limit = context_length
+            self.calls = []
+
+        def call(self, tokens):
+            tokens = tf.cast(tokens, tf.int32)
+            if tf.executing_eagerly():
+                self.calls.append(int(tokens.shape[1]))
+            return next_token_logits(tf.cumsum(tokens, axis=1))
+
+    class CachedWindowLM(WindowLM):
+        def __init__(self, context_length):
+            super().__init__(context_length, in_config=True)
+            self.prefills, self.decodes = [], []
+
+        def prefill(self, tokens):
+            tokens = tf.cast(tokens, tf.int32)
+            self.prefills.append(int(tokens.shape[1]))
+            assert tokens.shape[1] <= self.limit, f"prefill got {tokens.shape[1]} tokens, more than the cache holds"
+            totals = tf.cumsum(tokens, axis=1)
+            return next_token_logits(totals), (totals[:, -1], int(tokens.shape[1]))
+
+        def decode_step(self, next_ids, cache):
+            total, length = cache
+            assert length < self.limit, "decode_step called on a full cache: re-read a cropped context instead"
+            self.decodes.append(int(next_ids.shape[1]))
+            total = total + tf.cast(next_ids, tf.int32)[:, 0]
+            return next_token_logits(total)[:, None, :], (total, length + 1)
+
+    return {"bigram": BigramLM, "window": WindowLM, "cached": CachedWindowLM}
+
+
+def generate_with(kind, model_args, *args, **kwargs):
+    """Probe: generate() with a fake model of `_fakes()`; returns its output and what the model was asked to read."""
+    from assignment import sampling
+
+    model = _fakes()[kind](*model_args)
+    out = sampling.generate(model, *args, **kwargs)
+    seen = {name: list(getattr(model, name)) for name in ("prefills", "decodes", "calls") if hasattr(model, name)}
+    return {"out": out, "seen": seen}
+
+
+def _generate(student, kind, model_args, *args, **kwargs):
+    result = student.run(generate_with, kind, model_args, *args, uses=(_fakes,), **kwargs)
+    return np.asarray(result["out"]), result["seen"]
+
+
+def _value_error(student, kind, model_args, *args, **kwargs):
+    """The message of the ValueError generate() raised (fails the test if it raised none)."""
+    error = student.error(generate_with, kind, model_args, *args, uses=(_fakes,), **kwargs)
+    assert error is not None and error.type_name == "ValueError", (
+        f"generate(..., {kwargs}) must raise a ValueError; got {error or 'no error'}"
+    )
+    return error.message
 
 
 @pytest.mark.points(1)
-def test_generate_greedy_decoding_and_seeds():
+def test_generate_greedy_decoding_and_seeds(student):
     table = np.array(
         [[0.0, 2.0, 1.0, 0.5], [0.1, 0.0, 0.3, 0.9], [1.5, 0.2, 0.0, 0.1], [0.0, 0.0, 2.0, 0.1]], dtype=np.float32
     )  # argmax chain: 0 -> 1 -> 3 -> 2 -> 0 -> ...
-    model = BigramLM(table)
     expected = [0, 1, 3, 2, 0, 1, 3]
     for kwargs in (dict(temperature=0), dict(greedy=True), dict(greedy=True, top_k=2, top_p=0.5)):
-        out = np.asarray(sampling.generate(model, [0], max_new_tokens=6, **kwargs))
+        out, _ = _generate(student, "bigram", [table], [0], max_new_tokens=6, **kwargs)
         assert out.tolist() == expected, f"generate([0], 6, **{kwargs}) must follow the argmax: {expected}, got {out}"
     prompt = np.zeros((50, 1), dtype=np.int32)
-    a = np.asarray(sampling.generate(model, prompt, 8, seed=5))
-    b = np.asarray(sampling.generate(model, prompt, 8, seed=5))
+    a, _ = _generate(student, "bigram", [table], prompt, 8, seed=5)
+    b, _ = _generate(student, "bigram", [table], prompt, 8, seed=5)
     assert np.array_equal(a, b), "generate with the same seed must give the same output"
-    c, d = np.asarray(sampling.generate(model, prompt, 8)), np.asarray(sampling.generate(model, prompt, 8))
+    c, _ = _generate(student, "bigram", [table], prompt, 8)
+    d, _ = _generate(student, "bigram", [table], prompt, 8)
     assert not np.array_equal(c, d), "generate without a seed must give different outputs from call to call"
-    with pytest.raises(ValueError, match="temperature"):
-        sampling.generate(model, [0], 3, temperature=-1.0)
-    with pytest.raises(ValueError, match="top_k|k"):
-        sampling.generate(model, [0], 3, top_k=0)
+    assert re.search("temperature", _value_error(student, "bigram", [table], [0], 3, temperature=-1.0))
+    assert re.search("top_k|k", _value_error(student, "bigram", [table], [0], 3, top_k=0))
 
 
 VOCAB = 7
-
-
-def _next_token_logits(total):
-    return 10.0 * tf.one_hot((3 * total + 1) % VOCAB, VOCAB)
-
-
-class WindowLM(keras.Model):
-    """A causal model whose favourite next token is a function of the sum of the tokens it reads."""
-
-    def __init__(self, context_length=None, in_config=False):
-        super().__init__()
-        if context_length is not None and in_config:
-            self.config = type("Config", (), {"context_length": context_length})()
-        elif context_length is not None:
-            self.context_length = context_length
-        self.limit = context_length
-        self.calls = []
-
-    def call(self, tokens):
-        tokens = tf.cast(tokens, tf.int32)
-        if tf.executing_eagerly():
-            self.calls.append(int(tokens.shape[1]))
-        return _next_token_logits(tf.cumsum(tokens, axis=1))
-
-
-class CachedWindowLM(WindowLM):
-    def __init__(self, context_length):
-        super().__init__(context_length, in_config=True)
-        self.prefills, self.decodes = [], []
-
-    def prefill(self, tokens):
-        tokens = tf.cast(tokens, tf.int32)
-        self.prefills.append(int(tokens.shape[1]))
-        assert tokens.shape[1] <= self.limit, f"prefill got {tokens.shape[1]} tokens, more than the cache holds"
-        totals = tf.cumsum(tokens, axis=1)
-        return _next_token_logits(totals), (totals[:, -1], int(tokens.shape[1]))
-
-    def decode_step(self, next_ids, cache):
-        total, length = cache
-        assert length < self.limit, "decode_step called on a full cache: re-read a cropped context instead"
-        self.decodes.append(int(next_ids.shape[1]))
-        total = total + tf.cast(next_ids, tf.int32)[:, 0]
-        return _next_token_logits(total)[:, None, :], (total, length + 1)
 
 
 def _expected(prompt, n, window):
@@ -228,24 +253,23 @@ def _expected(prompt, n, window):
 
 
 @pytest.mark.points(1)
-def test_generate_crops_to_the_context_length_and_falls_back_when_the_cache_is_full():
+def test_generate_crops_to_the_context_length_and_falls_back_when_the_cache_is_full(student):
     prompt = np.array([[1, 2, 3, 4, 5, 6, 0, 2], [4, 0, 6, 1, 1, 2, 3, 5]], dtype=np.int32)
-    for model, window in [(WindowLM(), None), (WindowLM(4), 4), (WindowLM(4, in_config=True), 4)]:
-        out = np.asarray(sampling.generate(model, prompt, max_new_tokens=6, greedy=True))
+    for model_args, window in [([], None), ([4], 4), ([4, True], 4)]:
+        out, seen = _generate(student, "window", model_args, prompt, max_new_tokens=6, greedy=True)
         assert out.tolist() == _expected(prompt.tolist(), 6, window), (
             f"generate with a plain model (context length {window}) must re-read the context cropped to its last "
             f"{window} tokens at each step"
         )
         if window is not None:
-            assert max(model.calls) <= window, f"the model read {max(model.calls)} tokens; its context is {window}"
+            calls = seen["calls"]
+            assert max(calls) <= window, f"the model read {max(calls)} tokens; its context is {window}"
     for prompt_len in (3, 8):
-        model = CachedWindowLM(5)
-        out = np.asarray(sampling.generate(model, prompt[:, :prompt_len], max_new_tokens=7, greedy=True))
+        out, seen = _generate(student, "cached", [5], prompt[:, :prompt_len], max_new_tokens=7, greedy=True)
         assert out.tolist() == _expected(prompt[:, :prompt_len].tolist(), 7, 5), (
             f"a cached model with context_length 5 and a prompt of {prompt_len} tokens must give the same tokens "
             "as full recomputation on the last 5 tokens, also after its cache is full"
         )
-        assert model.prefills == [min(prompt_len, 5)], f"prefill read {model.prefills} tokens"
-        assert max(model.calls, default=0) <= 5
-    with pytest.raises(ValueError, match="prompt_ids"):
-        sampling.generate(WindowLM(4), np.zeros((2, 0), dtype=np.int32), 3)
+        assert seen["prefills"] == [min(prompt_len, 5)], f"prefill read {seen['prefills']} tokens"
+        assert max(seen["calls"], default=0) <= 5
+    assert "prompt_ids" in _value_error(student, "window", [4], np.zeros((2, 0), dtype=np.int32), 3)

@@ -14,6 +14,7 @@ import pytest
 from toy_project import ALPHA, BETA, PARTS, SETTINGS, make_toy
 
 from grading import grade, runner
+from grading import manifest as manifest_builder
 
 REPO = Path(__file__).resolve().parents[2]
 ALPHA_TESTS = 7  # visible and hidden
@@ -56,7 +57,7 @@ def check_schema(results):
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
     root = make_toy(tmp_path_factory.mktemp("toy") / "course")
-    manifest, problems = grade.build_manifest(root, parts=PARTS, settings=SETTINGS)
+    manifest, problems = manifest_builder.build_manifest(root, parts=PARTS, settings=SETTINGS)
     assert problems == []
     return root, manifest
 
@@ -78,6 +79,7 @@ def submit(course, tmp_path, alpha=ALPHA, beta=BETA, layout="assignment", extra=
 def run(course, submission, tmp_path, **kwargs):
     root, manifest = course
     out = tmp_path / "results.json"
+    kwargs.setdefault("drop_privileges", False)  # the toy course is ours; the sandbox has tests of its own
     results, result = grade.grade(submission, out, bundle=root, manifest=manifest, log=lambda line: None, **kwargs)
     assert json.loads(out.read_text()) == results
     check_schema(results)
@@ -267,80 +269,47 @@ def test_tests_that_never_ran_still_appear_as_failed(course, tmp_path):
 
 def test_the_reference_of_the_repository_never_answers_for_a_missing_module(course, tmp_path):
     """An editable install maps `assignment` to a repository: the child must not fall back to it."""
-    child = (REPO / "grading" / "_child.py").read_text()
+    child = (REPO / "grading" / "pytest_child.py").read_text()
     assert "_isolate(root)" in child
     sub = submit(course, tmp_path, beta=None)
     tests, _ = run(course, sub, tmp_path)
     assert all(t["extra_data"]["outcome"] == "missing" for t in by_part(tests, "beta"))
 
 
-def test_privileges_are_dropped_only_when_root_and_possible(course, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner.os, "geteuid", lambda: 1000)
-    assert runner.pick_user(sys.executable, tmp_path) is None, "not root: nothing to drop"
+def test_not_root_runs_unsandboxed_and_says_so_and_root_without_a_user_refuses(course, tmp_path, monkeypatch):
+    from grading import sandbox
+
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+    user, note = sandbox.sandbox_policy(True)
+    assert user is None and "unsandboxed" in note
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 0)
+    with pytest.raises(sandbox.SandboxRefused, match="never runs it as root"):
+        sandbox.sandbox_policy(True, "no-such-user-here")
     monkeypatch.undo()
-    _, results = run(course, course[0], tmp_path)
-    user = results["extra_data"]["user"]
     if os.geteuid() == 0:
-        picked = runner.pick_user(sys.executable, tmp_path)
-        assert user == (picked[2] if picked else "root")
-    else:
-        assert user != "root"
-
-
-@pytest.fixture
-def unprivileged_python():
-    """A Python that user `nobody` can run, with this venv's packages (the venv's own interpreter lives under
-    /root here): a venv of the system Python of the same version, pointed at our site-packages by a .pth file."""
-    import pwd
-    import sysconfig
-    import tempfile
-
-    system = Path("/usr/bin/python3")
-    if os.geteuid() != 0 or not system.exists():
-        pytest.skip("needs root and /usr/bin/python3")
-    try:
-        pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("no user nobody")
-    version = subprocess.run(
-        [str(system), "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
-    ).stdout.strip()
-    if version != str(tuple(sys.version_info[:2])):
-        pytest.skip(f"/usr/bin/python3 is {version}, not {sys.version_info[:2]}")
-    base = Path(tempfile.mkdtemp(prefix="grading-test-venv-"))
-    try:
-        subprocess.run([str(system), "-m", "venv", "--without-pip", str(base / "venv")], check=True)
-        site = next((base / "venv" / "lib").glob("python3*/site-packages"))
-        (site / "ours.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-        os.chmod(base, 0o755)
-        python = str(base / "venv" / "bin" / "python")
-        probe = subprocess.run([python, "-c", "import pytest, pytest_timeout"], user="nobody", capture_output=True)
-        if probe.returncode != 0:
-            pytest.skip(f"nobody cannot use our packages: {probe.stderr.decode()[-200:]}")
-        yield python
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+        with pytest.raises(sandbox.SandboxRefused):
+            run(course, course[0], tmp_path, drop_privileges=True, runner_user="no-such-user-here")
 
 
 def test_as_root_the_tests_run_as_an_unprivileged_user_who_cannot_touch_the_bundle(
-    course, tmp_path, unprivileged_python
+    course, tmp_path, unprivileged_python, runner_user
 ):
     root, manifest = course
     target = root / "tests" / "PWNED"
     evil = ALPHA.replace(
         "return a + b", f"import os\n    open({str(target)!r}, 'w').write(str(os.getuid()))\n    return a + b"
     )
-    runner._USERS.clear()
     results, _ = grade.grade(
         submit(course, tmp_path, alpha=evil),
         None,
         bundle=root,
         manifest=manifest,
         python=unprivileged_python,
+        runner_user=runner_user,
         log=lambda line: None,
     )
     tests = {t["extra_data"]["nodeid"].split("::")[1]: t for t in results["tests"]}
-    assert results["extra_data"]["user"] in runner.UNPRIVILEGED_USERS
+    assert results["extra_data"]["user"] == runner_user
     assert not target.exists()
     assert "PermissionError" in tests["test_add"]["output"] and tests["test_twice"]["status"] == "passed"
 
@@ -362,6 +331,7 @@ def test_command_line_writes_results_json(course, tmp_path):
             str(tmp_path / "manifest.json"),
             "--out",
             str(out),
+            "--no-drop-privileges",
         ],
         cwd=REPO,
         capture_output=True,
@@ -376,7 +346,7 @@ def test_command_line_writes_results_json(course, tmp_path):
 def test_build_commands_are_not_in_a_student_copy(tmp_path):
     pkg = tmp_path / "grading"
     pkg.mkdir()
-    for name in ("__init__.py", "__main__.py", "grade.py", "runner.py", "_child.py"):
+    for name in ("__init__.py", "__main__.py", "grade.py", "runner.py", "pytest_child.py"):
         shutil.copy(REPO / "grading" / name, pkg / name)
     # -S: no site-packages, so no editable install of this repository can supply the missing modules
     proc = subprocess.run(

@@ -13,6 +13,7 @@ import pytest
 from toy_project import PARTS, SETTINGS, make_toy
 
 from grading import autograder, grade, markers, release
+from grading import manifest as manifest_builder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -217,7 +218,7 @@ def test_marker_text_in_a_string_is_not_a_marker_but_is_caught_as_a_leak(tmp_pat
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = make_toy(tmp_path_factory.mktemp("toy") / "course")
-    manifest, problems = grade.build_manifest(root, parts=PARTS, settings=SETTINGS)
+    manifest, problems = manifest_builder.build_manifest(root, parts=PARTS, settings=SETTINGS)
     assert problems == []
     return root, manifest
 
@@ -252,7 +253,12 @@ def test_release_holds_the_stubbed_package_visible_tests_and_its_own_tooling(toy
         "grading/__main__.py",
         "grading/grade.py",
         "grading/runner.py",
-        "grading/_child.py",
+        "grading/pytest_child.py",
+        "grading/judge.py",
+        "grading/sandbox.py",
+        "grading/probes.py",
+        "grading/probe_runner.py",
+        "grading/wire.py",
         "grading/run_notebooks.py",
         "grading/submission.py",
         "grading/manifest.json",
@@ -273,7 +279,7 @@ def test_release_holds_the_stubbed_package_visible_tests_and_its_own_tooling(toy
 
 def test_release_grades_itself_with_make_grade_path(toy_release, tmp_path):
     out = toy_release.out
-    results, _ = grade.grade(out, tmp_path / "r.json", bundle=out, log=lambda line: None)
+    results, _ = grade.grade(out, tmp_path / "r.json", bundle=out, drop_privileges=False, log=lambda line: None)
     assert results["score"] == 0 and len(results["tests"]) == 9
     assert all("NotImplementedError" in e["output"] for e in results["tests"])
     assert all(e["visibility"] == "visible" for e in results["tests"])
@@ -474,7 +480,7 @@ def test_the_real_course_builds_a_release_and_a_bundle(tmp_path):
     """Every module of the repository stubs, parses and imports, and nothing leaks (what `make student` checks)."""
     if not any("BEGIN SOLUTION" in p.read_text() for p in (REPO / "assignment").glob("*.py")):
         pytest.skip("no solution regions in the repository yet")
-    manifest, problems = grade.build_manifest(REPO)
+    manifest, problems = manifest_builder.build_manifest(REPO)
     build = release.build_student(REPO, tmp_path / "student", manifest=manifest)
     assert sum(len(r) for r in build.regions.values()) > 0
     assert not any(name.startswith("tests/hidden") for name in build.files)

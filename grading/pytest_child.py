@@ -1,7 +1,9 @@
-"""The grader's child process: runs pytest on a prepared work directory and reports every event as a JSON line.
+"""The legacy child: runs pytest on a prepared work directory and reports every event as a JSON line.
 
-Self-contained on purpose (it imports nothing from `grading`): the grader copies it into the work directory and
-starts it as `python child.py --root WORKDIR --events FILE [...] -- PYTEST_ARGS`. It
+It serves the test files that do not call the student's code through the `student` fixture yet (the judge grades
+the others, see judge.py) and the manifest's collection. Self-contained on purpose (it imports nothing from
+`grading`): the grader copies it into a root-owned folder and starts it as
+`python child.py --root WORKDIR --events FILE [...] -- PYTEST_ARGS`. It
 - makes `assignment` resolve to the work directory only (an editable install of the repository would otherwise
   answer for a module the submission lacks);
 - imports the heavy libraries once, outside every timeout;
@@ -109,6 +111,7 @@ class GradingPlugin:
                         "points": points.args[0] if points is not None and points.args else None,
                         "bonus": item.get_closest_marker("bonus") is not None,
                         "timeout": timeout.args[0] if timeout is not None and timeout.args else None,
+                        "fixtures": list(getattr(item, "fixturenames", ())),
                     }
                 )
             self.events.emit("items", items=described)

@@ -1,0 +1,300 @@
+"""The judge: runs the graded tests with pytest, sends each probe to the runner, decides every outcome.
+
+`python -m grading.judge SPEC.json` (started by grade.py) never imports `assignment`, TensorFlow or Keras: an import
+hook refuses them, so a test file that needs them cannot be judged by mistake. The tests' `student` fixture
+(tests/conftest.py) asks this plugin for a RemoteStudent, whose `run(probe, *args)` crosses to the runner
+(sandbox.py, probe_runner.py) and comes back as plain data, or as StudentError / ProbeTimeout / ProbeCrashed.
+
+- Per-test deadline: a probe that does not answer before the test's time limit stops the runner (and every process
+  of its user); the test fails, the next probe starts a fresh runner.
+- A module that does not import (or hangs, or crashes while importing) fails the tests of its part, once each,
+  without importing it again.
+- Visible tests run first. Before the first hidden test the runner is stopped and a fresh one started in a fresh
+  folder; a hidden test's outcome reaches results.json as passed or failed, nothing more.
+- Messages are the judge's: the assertion message of the test (capped), never a traceback through the runner.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from grading import probes, sandbox
+
+FORBIDDEN = ("assignment", "tensorflow", "keras")
+MESSAGE_LIMIT = 1_500  # characters of a visible test's failure message
+HIDDEN_MESSAGE = "This hidden test did not pass."
+ACTIVE = None  # the Judge of this process, which tests/conftest.py's `student` fixture asks for a RemoteStudent
+
+
+class ForbiddenImport:
+    """A meta-path finder refusing the student's package and TensorFlow in the judge."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in FORBIDDEN:
+            raise ImportError(
+                f"the judge never imports {name!r}: call the student's code through `student.run(probe, ...)` "
+                "and keep TensorFlow inside probes"
+            )
+        return None
+
+
+class ModuleBroken(Exception):
+    """The module this test grades could not be imported by the runner."""
+
+
+class RemoteStudent(probes.Student):
+    """The `student` fixture under the grader: each probe crosses to the runner."""
+
+    mode = "runner"
+
+    def __init__(self, judge, test):
+        self.judge = judge
+        self.test = test
+
+    def run(self, probe, *args, uses=(), **kwargs):
+        req = probes.request(probe, args, kwargs, uses)
+        reply = self.judge.call(self.test, req)
+        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+            raise probes.ProbeCrashed("the runner answered something that is not a reply")
+        if reply["ok"]:
+            return reply.get("value")
+        raise probes.StudentError(reply.get("type", "Error"), reply.get("message", ""), reply.get("where", ""))
+
+
+class Test:
+    """What the judge knows of the test being run."""
+
+    def __init__(self, nodeid, module, timeout, hidden):
+        self.nodeid = nodeid
+        self.module = module
+        self.timeout = timeout
+        self.hidden = hidden
+        self.deadline = time.monotonic() + timeout
+        self.seeded = False
+
+
+class Judge:
+    """The pytest plugin: test order, the runner's life, the outcome of every test."""
+
+    def __init__(self, spec, sandbox_config):
+        self.spec = spec
+        self.sandbox = sandbox_config
+        self.selected = spec["tests"]
+        self.hidden = set(spec["hidden"])
+        self.runner = None
+        self.imported = set()
+        self.broken = {}  # module -> message
+        self.current = None
+        self.reports = {}
+        self.outcomes = {}
+        self.notes = []
+        self.collect_errors = {}
+        self.hidden_phase = False
+        self.deadline = time.monotonic() + spec["total_timeout"]
+
+    # -- the runner --------------------------------------------------------------------------------------------
+
+    def stop_runner(self):
+        if self.runner is not None:
+            self.runner.stop()
+        self.runner = None
+        self.imported = set()
+
+    def ensure_runner(self):
+        if self.runner is None:
+            try:
+                self.runner = sandbox.Runner(self.sandbox)
+            except sandbox.RunnerTimeout:
+                raise probes.ProbeCrashed("the process for the student's code did not start in time") from None
+            except sandbox.RunnerDied as exc:
+                raise probes.ProbeCrashed(f"the process for the student's code did not start ({exc.args[0]})") from None
+        return self.runner
+
+    def ensure_import(self, module):
+        if module in self.broken:
+            raise ModuleBroken(self.broken[module])
+        if module in self.imported:
+            return
+        runner = self.ensure_runner()
+        limit = self.spec["collect_timeout"]
+        what = f"assignment/{module}.py"
+        try:
+            reply = runner.call({"op": "import", "module": module}, time.monotonic() + limit)
+        except sandbox.RunnerTimeout:
+            self.stop_runner()
+            reply = {
+                "ok": False,
+                "message": f"importing {what} took longer than {limit:g} s: is there an infinite loop "
+                "or heavy work at the top level of the module?",
+            }
+        except sandbox.RunnerDied as exc:
+            self.stop_runner()
+            reply = {"ok": False, "message": f"importing {what} crashed its process ({exc.args[0]})"}
+        if isinstance(reply, dict) and reply.get("ok") is True:
+            self.imported.add(module)
+            return
+        reply = reply if isinstance(reply, dict) else {}
+        error = probes.StudentError(reply.get("type", ""), reply.get("message", ""), reply.get("where", ""))
+        text = str(error) if reply.get("type") else error.message
+        self.broken[module] = (
+            f"could not import {what}, so none of the tests of this part could run. The error:\n{text}"
+        )
+        raise ModuleBroken(self.broken[module])
+
+    def call(self, test, req):
+        self.ensure_import(test.module)
+        if not test.seeded:
+            req["seed"] = probes.SEED
+            test.seeded = True
+        runner = self.ensure_runner()
+        try:
+            return runner.call(req, test.deadline)
+        except sandbox.RunnerTimeout:
+            self.stop_runner()
+            raise probes.ProbeTimeout(
+                f"This test ran longer than its time limit of {test.timeout:g} s and was stopped: an infinite loop, "
+                "or an implementation far slower than needed?"
+            ) from None
+        except sandbox.RunnerDied as exc:
+            self.stop_runner()
+            raise probes.ProbeCrashed(
+                f"Your code crashed the process running it ({exc.args[0]}"
+                + (": out of memory?" if exc.args[0] == "SIGKILL" else "")
+                + ")."
+            ) from None
+
+    def student(self, item):
+        return RemoteStudent(self, self.current)
+
+    # -- pytest hooks -----------------------------------------------------------------------------------------
+
+    def pytest_collection_modifyitems(self, session, config, items):
+        order = {t: i for i, t in enumerate(self.selected)}
+        keep = [item for item in items if item.nodeid in order]
+        dropped = [item for item in items if item.nodeid not in order]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+        keep.sort(key=lambda item: (item.nodeid in self.hidden, order[item.nodeid]))
+        items[:] = keep
+
+    def pytest_collectreport(self, report):
+        if report.failed:
+            self.collect_errors[report.nodeid] = probes.cap(report.longreprtext, 3000)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item):
+        nodeid = item.nodeid
+        if nodeid in self.hidden and not self.hidden_phase:
+            self.hidden_phase = True  # every visible outcome is decided: a fresh runner for the hidden tests
+            self.stop_runner()
+        module = self.spec["file_modules"][nodeid.split("::")[0]]
+        timeout = float(self.spec["timeouts"].get(nodeid, self.spec["timeout"]))
+        self.current = Test(nodeid, module, timeout, nodeid in self.hidden)
+        self.reports[nodeid] = []
+        if time.monotonic() > self.deadline:
+            self.outcomes[nodeid] = ("not_run", "not run: the whole test run reached its time limit before this test")
+            pytest.skip("past the deadline")
+
+    def pytest_runtest_logreport(self, report):
+        self.reports.setdefault(report.nodeid, []).append(report)
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        if nodeid in self.outcomes:
+            return
+        reports = self.reports.pop(nodeid, [])
+        failed = [r for r in reports if r.failed]
+        duration = sum(getattr(r, "duration", 0.0) for r in reports)
+        if not reports:
+            self.outcomes[nodeid] = ("failed", "the test produced no report", duration)
+        elif not failed:
+            skipped = any(r.skipped for r in reports)
+            self.outcomes[nodeid] = ("skipped" if skipped else "passed", "", duration)
+        elif nodeid in self.hidden:
+            self.outcomes[nodeid] = ("failed", HIDDEN_MESSAGE, duration)
+        else:
+            kind, message = describe(failed[0])
+            self.outcomes[nodeid] = (kind, probes.cap(message, MESSAGE_LIMIT), duration)
+
+    def pytest_sessionfinish(self, session):
+        self.stop_runner()
+
+
+def describe(report):
+    """(outcome, message) of a failed visible test: its exception and the line of the test it came from."""
+    longrepr = report.longrepr
+    crash = getattr(longrepr, "reprcrash", None)
+    message = crash.message if crash is not None else str(longrepr)
+    kind = "failed"
+    for prefix, outcome in (
+        ("grading.probes.StudentError: ", "failed"),
+        ("grading.probes.ProbeTimeout: ", "timeout"),
+        ("grading.probes.ProbeCrashed: ", "crashed"),
+        ("grading.judge.ModuleBroken: ", "error"),
+        ("AssertionError: ", "failed"),
+    ):
+        if message.startswith(prefix):
+            message, kind = message[len(prefix) :], outcome
+            break
+    line = ""
+    entries = getattr(getattr(longrepr, "reprtraceback", None), "reprentries", [])
+    for entry in entries:
+        loc = getattr(entry, "reprfileloc", None)
+        if loc is not None and "tests/" in loc.path and "conftest" not in loc.path:
+            line = f"{loc.path[loc.path.rfind('tests/') :]}:{loc.lineno}"
+    if report.when != "call":
+        message = f"error during test {report.when}: {message}"
+    return kind, message + (f"\n(at {line})" if line and kind != "error" else "")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text())
+    sys.meta_path.insert(0, ForbiddenImport())
+    sys.dont_write_bytecode = True
+    box = spec["sandbox"]
+    user = sandbox.RunnerUser(*box["user"]) if box["user"] else None
+    config = sandbox.Sandbox(
+        python=box["python"],
+        harness=Path(box["harness"]),
+        package=Path(box["package"]),
+        scratch=Path(box["scratch"]),
+        user=user,
+        cpu=box["cpu"],
+        preimport=tuple(box["preimport"]),
+    )
+    global ACTIVE
+    judge = ACTIVE = Judge(spec, config)
+    root = spec["root"]
+    args = [
+        "-c",
+        str(Path(root) / "pytest.ini"),
+        "--rootdir",
+        root,
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--tb=short",
+        "--color=no",
+        "-W",
+        "ignore::DeprecationWarning",
+        "--continue-on-collection-errors",
+    ]
+    if spec.get("maxfail"):
+        args.append(f"--maxfail={spec['maxfail']}")
+    try:
+        code = pytest.main(args + [str(Path(root) / f) for f in spec["files"]], plugins=[judge])
+    finally:
+        judge.stop_runner()
+    outcomes = {k: list(v) + [0.0] * (3 - len(v)) for k, v in judge.outcomes.items()}
+    result = {"outcomes": outcomes, "collect_errors": judge.collect_errors, "notes": judge.notes, "exit": int(code)}
+    Path(spec["out"]).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    from grading import judge  # the module itself, not __main__: tests/conftest.py finds the Judge there
+
+    sys.exit(judge.main())

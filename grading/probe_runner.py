@@ -1,0 +1,91 @@
+"""The runner: the only process that imports the student's code. It runs probes and sends back plain data.
+
+Started by the judge (judge.py) as `python -I HARNESS/grading/probe_runner.py --root SANDBOX --in FD --out FD`, as an
+unprivileged user, in a scratch folder holding the student's package and nothing of the tests. It reads requests
+from one pipe and answers each on the other (wire.py: no pickle either way):
+
+- {"op": "import", "module": m} -> {"ok": true} or the error: imports `assignment.<m>` (so a module that does not
+  import fails its part once, quickly);
+- {"op": "run", "name", "sources", "args", "kwargs", "seed"} -> {"ok": true, "value": ...} or {"ok": false, "type",
+  "message", "where"}: compiles the probe's own source, calls it, returns what it returned.
+
+Nothing this process says is trusted: the judge checks the types of what comes back and decides every outcome.
+"""
+
+import argparse
+import os
+import sys
+import traceback
+
+
+def isolate(root):
+    """Makes `import assignment` find the scratch folder's package only (never an editable install's)."""
+    kept = []
+    for entry in sys.path:
+        full = os.path.abspath(entry or ".")
+        if "__editable__" in entry or (full != root and os.path.exists(os.path.join(full, "assignment"))):
+            continue
+        kept.append(entry)
+    sys.path[:] = [root] + kept
+    sys.meta_path[:] = [
+        finder
+        for finder in sys.meta_path
+        if "editable" not in (getattr(finder, "__module__", "") or "").lower()
+        and "editable" not in getattr(finder, "__name__", type(finder).__name__).lower()
+    ]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--harness", required=True)
+    parser.add_argument("--in", dest="fd_in", type=int, required=True)
+    parser.add_argument("--out", dest="fd_out", type=int, required=True)
+    parser.add_argument("--preimport", default="")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, args.harness)
+    from grading import probes, wire
+
+    root = os.path.abspath(args.root)
+    os.chdir(root)
+    isolate(root)
+    sys.path.insert(1, args.harness)
+    sys.dont_write_bytecode = True
+    for name in filter(None, args.preimport.split(",")):
+        try:
+            __import__(name)
+        except Exception:  # the probes that need it fail and say why
+            pass
+    wire.send(args.fd_out, {"ok": True, "uid": os.getuid(), "pid": os.getpid()})
+    while True:
+        try:
+            req = wire.receive(args.fd_in)
+        except EOFError:
+            break
+        try:
+            if req.get("seed") is not None:
+                probes.seed_everything(req["seed"])
+            if req["op"] == "import":
+                __import__(f"assignment.{req['module']}")
+                reply = {"ok": True}
+            else:
+                reply = {"ok": True, "value": probes.execute(req)}
+            body = wire.encode(reply)
+        except BaseException as exc:  # noqa: B036 - SystemExit and KeyboardInterrupt from the student's code too
+            where = probes.where_in_assignment(exc.__traceback__)
+            if isinstance(exc, SyntaxError) and exc.filename:
+                where = f"{os.path.relpath(exc.filename, root)}:{exc.lineno}"
+            try:
+                message = str(exc) if not isinstance(exc, SyntaxError) else str(exc.msg)
+            except Exception:
+                message = "(the exception could not be turned into text)"
+            if not message and isinstance(exc, AssertionError):
+                message = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            reply = {"ok": False, "type": type(exc).__name__, "message": message[:4000], "where": where}
+            body = wire.encode(reply)
+        wire.write_frame(args.fd_out, body)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
