@@ -6,109 +6,202 @@ import numpy as np
 import pytest
 from checks import assert_shape
 
-from assignment import preprocess
-
 TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer\n"
 
 
-def _ids_of(tokenizer, text):
-    ids = tokenizer.encode(text)
-    assert isinstance(ids, np.ndarray), f"encode must return a NumPy array, got {type(ids).__name__}"
-    assert ids.dtype == np.int32, f"encode must return int32 ids, got dtype {ids.dtype}"
-    return ids
+# ---------------------------------------------------------------------------------------------------------------
+# Probes: they run where the student's code runs and return plain data (see CONVENTIONS.md)
+# ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.points(1)
-def test_char_tokenizer_round_trips_known_text():
-    tok = preprocess.CharTokenizer().fit(TEXT)
-    ids = _ids_of(tok, TEXT)
-    assert_shape(ids, (len(TEXT),), "CharTokenizer.encode(text)")
-    assert tok.decode(ids) == TEXT, "decode(encode(text)) must give back the text the tokenizer was fitted on"
-    assert tok.decode(list(ids)) == TEXT, "decode must also accept a Python list of ids"
+def tokenizer_session(kind, options, fit_text, steps, save=False):
+    """Probe: fits `preprocess.<kind>(**options)` on `fit_text`, then calls each (method, args) of `steps` on it.
 
+    Returns its vocab_size and unk_id, and for each step the value with its type (or the exception it raised);
+    with `save`, also the saved JSON text and the same steps on the tokenizer loaded back."""
+    import os
+    import tempfile
 
-@pytest.mark.points(1)
-def test_char_vocab_has_one_id_per_character_plus_unknown():
-    tok = preprocess.CharTokenizer().fit("abcab")
-    assert tok.vocab_size == 4, (
-        f"'abcab' has 3 distinct characters plus <unk>: expected vocab_size 4, got {tok.vocab_size}"
-    )
-    ids = _ids_of(tok, "abc")
-    assert len(set(ids.tolist())) == 3, f"'a', 'b', 'c' must get three different ids, got {ids.tolist()}"
-    assert tok.unk_id not in ids.tolist(), "a known character must not be encoded as the unknown id"
-    assert all(0 <= i < tok.vocab_size for i in ids.tolist()), f"ids {ids.tolist()} must lie in [0, vocab_size)"
+    from assignment import preprocess
 
+    cls = getattr(preprocess, kind)
+    tok = cls(**options).fit(fit_text)
 
-@pytest.mark.points(0.5)
-def test_char_unknown_character_maps_to_unk_id():
-    tok = preprocess.CharTokenizer().fit("abc")
-    ids = _ids_of(tok, "azb")
-    assert ids.tolist()[1] == tok.unk_id, f"'z' was never seen: expected unk_id {tok.unk_id}, got {ids.tolist()[1]}"
-    assert ids.tolist()[0] != tok.unk_id and ids.tolist()[2] != tok.unk_id
+    def run(t):
+        results = []
+        for method, args in steps:
+            try:
+                value = getattr(t, method)(*args)
+            except Exception as exc:
+                results.append({"error": type(exc).__name__, "message": str(exc)[:300]})
+                continue
+            results.append({"value": value, "type": type(value).__name__, "dtype": str(getattr(value, "dtype", ""))})
+        return results
 
-
-@pytest.mark.points(1)
-def test_word_tokenizer_splits_words_and_punctuation_and_round_trips():
-    tok = preprocess.WordTokenizer().fit(TEXT)
-    ids = _ids_of(tok, "To be, or not")
-    assert_shape(ids, (5,), "WordTokenizer.encode('To be, or not') (tokens: 'To', ' be', ',', ' or', ' not')")
-    assert tok.decode(_ids_of(tok, TEXT)) == TEXT, "decode(encode(text)) must give back the fitted text"
-
-
-@pytest.mark.points(0.5)
-def test_word_tokenizer_lowercase_merges_cases():
-    lower = preprocess.WordTokenizer(lowercase=True).fit("Dog dog DOG")
-    assert lower.encode("DOG dOg").tolist() == lower.encode("dog dog").tolist()
-    assert lower.unk_id not in lower.encode("DOG dOg").tolist(), "with lowercase=True, 'DOG' is the known word 'dog'"
-    cased = preprocess.WordTokenizer().fit("Dog dog DOG")
-    assert cased.vocab_size == lower.vocab_size + 1, (
-        f"without lowercasing 'Dog', ' dog', ' DOG' are 3 tokens (vocab_size 4), with it 'dog', ' dog' are 2 "
-        f"(vocab_size 3); got {cased.vocab_size} and {lower.vocab_size}"
-    )
-
-
-@pytest.mark.points(1)
-def test_word_max_vocab_keeps_the_most_frequent_tokens():
-    text = " a" * 5 + " b" * 3 + " c"
-    tok = preprocess.WordTokenizer(max_vocab=3).fit(text)
-    assert tok.vocab_size == 3, f"max_vocab=3 counts <unk>: expected vocab_size 3, got {tok.vocab_size}"
-    assert tok.encode(" c").tolist() == [tok.unk_id], "' c' is the rarest token and must fall outside max_vocab=3"
-    assert tok.unk_id not in tok.encode(" a b").tolist(), "' a' and ' b' are the two most frequent tokens"
-
-
-@pytest.mark.points(0.5)
-def test_word_min_freq_drops_rare_tokens():
-    tok = preprocess.WordTokenizer(min_freq=2).fit(" a a a b b c")
-    assert tok.vocab_size == 3, (
-        f"with min_freq=2 only ' a' and ' b' (plus <unk>) remain; got vocab_size {tok.vocab_size}"
-    )
-    assert tok.encode(" c").tolist() == [tok.unk_id]
-
-
-@pytest.mark.points(1)
-def test_tokenizers_save_and_load_as_json(tmp_path):
-    for tok in (preprocess.CharTokenizer().fit(TEXT), preprocess.WordTokenizer(max_vocab=12).fit(TEXT)):
-        path = tmp_path / f"{type(tok).__name__}.json"
+    out = {"vocab_size": tok.vocab_size, "unk_id": getattr(tok, "unk_id", None), "results": run(tok)}
+    if save:
+        path = os.path.join(tempfile.mkdtemp(), "tokenizer.json")
         tok.save(path)
-        json.loads(path.read_text(encoding="utf-8"))  # must be JSON
-        again = type(tok).load(path)
-        assert again.vocab_size == tok.vocab_size, f"{type(tok).__name__}: vocab_size changed after save/load"
-        assert again.encode(TEXT).tolist() == tok.encode(TEXT).tolist(), f"{type(tok).__name__}: ids changed after load"
-        assert again.decode(tok.encode(TEXT)) == tok.decode(tok.encode(TEXT))
+        with open(path, encoding="utf-8") as f:
+            out["saved"] = f.read()
+        again = cls.load(path)
+        out["loaded"] = {"vocab_size": again.vocab_size, "results": run(again)}
+    return out
 
 
-@pytest.mark.points(0.5)
-def test_decode_rejects_ids_outside_the_vocabulary():
-    tok = preprocess.CharTokenizer().fit("abc")
-    with pytest.raises(ValueError, match=str(tok.vocab_size + 3)):
-        tok.decode([1, tok.vocab_size + 3])
-    with pytest.raises(ValueError):
-        tok.decode([-1])
+def dataset_batches(inputs, labels, kwargs, epochs=1):
+    """Probe: the (inputs, labels) batches of `preprocess.make_dataset(inputs, labels, **kwargs)`, per epoch."""
+    import numpy as np
+
+    from assignment import preprocess
+
+    dataset = preprocess.make_dataset(inputs, labels, **kwargs)
+    return [[(np.asarray(x), np.asarray(y)) for x, y in dataset] for _ in range(epochs)]
+
+
+def _session(student, kind, fit_text, steps, options=None, save=False):
+    return student.run(tokenizer_session, kind, options or {}, fit_text, steps, save=save)
+
+
+def _value(result, what):
+    """The value of one step of a tokenizer session; fails the test if the step raised."""
+    assert "error" not in result, f"{what} raised {result.get('error')}: {result.get('message')}"
+    return result["value"]
+
+
+def _ids(result, what):
+    """The ids `encode` returned in one step, checked to be an int32 NumPy array."""
+    ids = _value(result, what)
+    assert result["type"] == "ndarray", f"encode must return a NumPy array, got {result['type']}"
+    assert result["dtype"] == "int32", f"encode must return int32 ids, got dtype {result['dtype']}"
+    return np.asarray(ids)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizers
+# ---------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.points(1)
-def test_make_sequences_cuts_windows_with_labels_shifted_by_one():
-    inputs, labels = preprocess.make_sequences(np.arange(7), seq_len=3)
+def test_char_tokenizer_round_trips_known_text(student):
+    s = _session(student, "CharTokenizer", TEXT, [("encode", [TEXT])])
+    ids = _ids(s["results"][0], "CharTokenizer.encode(text)")
+    assert_shape(ids, (len(TEXT),), "CharTokenizer.encode(text)")
+    s = _session(student, "CharTokenizer", TEXT, [("decode", [ids]), ("decode", [ids.tolist()])])
+    assert _value(s["results"][0], "decode") == TEXT, (
+        "decode(encode(text)) must give back the text the tokenizer was fitted on"
+    )
+    assert _value(s["results"][1], "decode of a list") == TEXT, "decode must also accept a Python list of ids"
+
+
+@pytest.mark.points(1)
+def test_char_vocab_has_one_id_per_character_plus_unknown(student):
+    s = _session(student, "CharTokenizer", "abcab", [("encode", ["abc"])])
+    assert s["vocab_size"] == 4, (
+        f"'abcab' has 3 distinct characters plus <unk>: expected vocab_size 4, got {s['vocab_size']}"
+    )
+    ids = _ids(s["results"][0], "encode('abc')").tolist()
+    assert len(set(ids)) == 3, f"'a', 'b', 'c' must get three different ids, got {ids}"
+    assert s["unk_id"] is not None, "the tokenizer must have an unk_id"
+    assert s["unk_id"] not in ids, "a known character must not be encoded as the unknown id"
+    assert all(0 <= i < s["vocab_size"] for i in ids), f"ids {ids} must lie in [0, vocab_size)"
+
+
+@pytest.mark.points(0.5)
+def test_char_unknown_character_maps_to_unk_id(student):
+    s = _session(student, "CharTokenizer", "abc", [("encode", ["azb"])])
+    ids = _ids(s["results"][0], "encode('azb')").tolist()
+    unk = s["unk_id"]
+    assert ids[1] == unk, f"'z' was never seen: expected unk_id {unk}, got {ids[1]}"
+    assert ids[0] != unk and ids[2] != unk
+
+
+@pytest.mark.points(1)
+def test_word_tokenizer_splits_words_and_punctuation_and_round_trips(student):
+    s = _session(student, "WordTokenizer", TEXT, [("encode", ["To be, or not"]), ("encode", [TEXT])])
+    ids = _ids(s["results"][0], "WordTokenizer.encode('To be, or not')")
+    assert_shape(ids, (5,), "WordTokenizer.encode('To be, or not') (tokens: 'To', ' be', ',', ' or', ' not')")
+    all_ids = _ids(s["results"][1], "WordTokenizer.encode(text)")
+    s = _session(student, "WordTokenizer", TEXT, [("decode", [all_ids])])
+    assert _value(s["results"][0], "decode") == TEXT, "decode(encode(text)) must give back the fitted text"
+
+
+@pytest.mark.points(0.5)
+def test_word_tokenizer_lowercase_merges_cases(student):
+    lower = _session(
+        student, "WordTokenizer", "Dog dog DOG", [("encode", ["DOG dOg"]), ("encode", ["dog dog"])], {"lowercase": True}
+    )
+    shouting = _ids(lower["results"][0], "encode('DOG dOg')").tolist()
+    assert shouting == _ids(lower["results"][1], "encode('dog dog')").tolist()
+    assert lower["unk_id"] not in shouting, "with lowercase=True, 'DOG' is the known word 'dog'"
+    cased = _session(student, "WordTokenizer", "Dog dog DOG", [])
+    assert cased["vocab_size"] == lower["vocab_size"] + 1, (
+        f"without lowercasing 'Dog', ' dog', ' DOG' are 3 tokens (vocab_size 4), with it 'dog', ' dog' are 2 "
+        f"(vocab_size 3); got {cased['vocab_size']} and {lower['vocab_size']}"
+    )
+
+
+@pytest.mark.points(1)
+def test_word_max_vocab_keeps_the_most_frequent_tokens(student):
+    text = " a" * 5 + " b" * 3 + " c"
+    s = _session(student, "WordTokenizer", text, [("encode", [" c"]), ("encode", [" a b"])], {"max_vocab": 3})
+    assert s["vocab_size"] == 3, f"max_vocab=3 counts <unk>: expected vocab_size 3, got {s['vocab_size']}"
+    rare = _ids(s["results"][0], "encode(' c')").tolist()
+    assert rare == [s["unk_id"]], "' c' is the rarest token and must fall outside max_vocab=3"
+    assert s["unk_id"] not in _ids(s["results"][1], "encode(' a b')").tolist(), (
+        "' a' and ' b' are the two most frequent tokens"
+    )
+
+
+@pytest.mark.points(0.5)
+def test_word_min_freq_drops_rare_tokens(student):
+    s = _session(student, "WordTokenizer", " a a a b b c", [("encode", [" c"])], {"min_freq": 2})
+    assert s["vocab_size"] == 3, (
+        f"with min_freq=2 only ' a' and ' b' (plus <unk>) remain; got vocab_size {s['vocab_size']}"
+    )
+    assert _ids(s["results"][0], "encode(' c')").tolist() == [s["unk_id"]]
+
+
+@pytest.mark.points(1)
+def test_tokenizers_save_and_load_as_json(student):
+    for kind, options in (("CharTokenizer", {}), ("WordTokenizer", {"max_vocab": 12})):
+        s = _session(student, kind, TEXT, [("encode", [TEXT])], options, save=True)
+        json.loads(s["saved"])  # must be JSON
+        again = s["loaded"]
+        assert again["vocab_size"] == s["vocab_size"], f"{kind}: vocab_size changed after save/load"
+        ids = _ids(s["results"][0], f"{kind}.encode")
+        assert _ids(again["results"][0], f"{kind}.encode after load").tolist() == ids.tolist(), (
+            f"{kind}: ids changed after load"
+        )
+        s = _session(student, kind, TEXT, [("decode", [ids])], options, save=True)
+        assert _value(s["loaded"]["results"][0], "decode after load") == _value(s["results"][0], "decode")
+
+
+@pytest.mark.points(0.5)
+def test_decode_rejects_ids_outside_the_vocabulary(student):
+    s = _session(student, "CharTokenizer", "abc", [])
+    bad = s["vocab_size"] + 3
+    s = _session(student, "CharTokenizer", "abc", [("decode", [[1, bad]]), ("decode", [[-1]])])
+    for result, ids in zip(s["results"], ([1, bad], [-1])):
+        assert result.get("error") == "ValueError", f"decode({ids}) must raise ValueError; got {result}"
+    assert str(bad) in s["results"][0]["message"], (
+        f"the ValueError of decode([1, {bad}]) must quote the bad id {bad}; got {s['results'][0]['message']!r}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sequences, split, dataset
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _sequences(student, ids, seq_len, **kwargs):
+    inputs, labels = student.call("preprocess.make_sequences", ids, seq_len=seq_len, **kwargs)
+    return np.asarray(inputs), np.asarray(labels)
+
+
+@pytest.mark.points(1)
+def test_make_sequences_cuts_windows_with_labels_shifted_by_one(student):
+    inputs, labels = _sequences(student, np.arange(7), 3)
     assert_shape(inputs, (2, 3), "inputs")
     assert_shape(labels, (2, 3), "labels")
     assert inputs.dtype == np.int32 and labels.dtype == np.int32, f"expected int32, got {inputs.dtype}/{labels.dtype}"
@@ -119,11 +212,11 @@ def test_make_sequences_cuts_windows_with_labels_shifted_by_one():
 
 
 @pytest.mark.points(1)
-def test_make_sequences_stride_and_dropped_remainder():
-    inputs, labels = preprocess.make_sequences(np.arange(6), seq_len=3, stride=1)
+def test_make_sequences_stride_and_dropped_remainder(student):
+    inputs, labels = _sequences(student, np.arange(6), 3, stride=1)
     assert inputs.tolist() == [[0, 1, 2], [1, 2, 3], [2, 3, 4]], f"stride=1 on ids 0..5: got {inputs.tolist()}"
     assert labels.tolist() == [[1, 2, 3], [2, 3, 4], [3, 4, 5]]
-    inputs, labels = preprocess.make_sequences(np.arange(10), seq_len=4)
+    inputs, labels = _sequences(student, np.arange(10), 4)
     assert inputs.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]], (
         f"ids 0..9 with seq_len=4: the window starting at 8 lacks tokens and is dropped; got {inputs.tolist()}"
     )
@@ -131,34 +224,33 @@ def test_make_sequences_stride_and_dropped_remainder():
 
 
 @pytest.mark.points(0.5)
-def test_make_sequences_rejects_bad_lengths():
-    with pytest.raises(ValueError, match="seq_len"):
-        preprocess.make_sequences(np.arange(10), seq_len=0)
-    with pytest.raises(ValueError, match="seq_len"):
-        preprocess.make_sequences(np.arange(10), seq_len=10)  # needs 11 tokens
-    inputs, _ = preprocess.make_sequences(np.arange(10), seq_len=9)  # exactly enough
+def test_make_sequences_rejects_bad_lengths(student):
+    for seq_len in (0, 10):  # 10 needs 11 tokens
+        error = student.call_error("preprocess.make_sequences", np.arange(10), seq_len=seq_len)
+        assert error is not None and error.type_name == "ValueError" and "seq_len" in error.message, (
+            f"make_sequences(ids 0..9, seq_len={seq_len}) must raise a ValueError naming seq_len; got {error}"
+        )
+    inputs, _ = _sequences(student, np.arange(10), 9)  # exactly enough
     assert_shape(inputs, (1, 9), "inputs")
 
 
 @pytest.mark.points(1)
-def test_train_val_split_is_contiguous_and_complete():
+def test_train_val_split_is_contiguous_and_complete(student):
     ids = np.arange(100)
-    train, val = preprocess.train_val_split(ids, val_fraction=0.2)
+    train, val = student.call("preprocess.train_val_split", ids, val_fraction=0.2)
     assert len(train) == 80 and len(val) == 20, f"expected 80/20 tokens, got {len(train)}/{len(val)}"
     assert np.concatenate([train, val]).tolist() == ids.tolist(), "train + val must be the stream, in order"
     for bad in (0, 1, -0.1, 1.5):
-        with pytest.raises(ValueError, match="val_fraction"):
-            preprocess.train_val_split(ids, val_fraction=bad)
-
-
-def _batches(dataset):
-    return [(x.numpy(), y.numpy()) for x, y in dataset]
+        error = student.call_error("preprocess.train_val_split", ids, val_fraction=bad)
+        assert error is not None and error.type_name == "ValueError" and "val_fraction" in error.message, (
+            f"train_val_split(val_fraction={bad}) must raise a ValueError naming val_fraction; got {error}"
+        )
 
 
 @pytest.mark.points(1)
-def test_make_dataset_batches_keep_pairs_together():
-    inputs, labels = preprocess.make_sequences(np.arange(200), seq_len=4)  # 49 sequences
-    batches = _batches(preprocess.make_dataset(inputs, labels, batch_size=8, shuffle=True, seed=3))
+def test_make_dataset_batches_keep_pairs_together(student):
+    inputs, labels = _sequences(student, np.arange(200), 4)  # 49 sequences
+    (batches,) = student.run(dataset_batches, inputs, labels, {"batch_size": 8, "shuffle": True, "seed": 3})
     assert len(batches) == 7, f"49 sequences in batches of 8 make 7 batches (the last one smaller); got {len(batches)}"
     for x, _ in batches[:-1]:
         assert_shape(x, (8, 4), "a batch of inputs")
@@ -169,16 +261,13 @@ def test_make_dataset_batches_keep_pairs_together():
 
 
 @pytest.mark.points(0.5)
-def test_make_dataset_shuffle_is_seeded():
-    inputs, labels = preprocess.make_sequences(np.arange(400), seq_len=3)
-    order = lambda **kw: np.concatenate(
-        [
-            x[:, 0]
-            for x, _ in _batches(  # noqa: E731
-                preprocess.make_dataset(inputs, labels, batch_size=16, **kw)
-            )
-        ]
-    ).tolist()
+def test_make_dataset_shuffle_is_seeded(student):
+    inputs, labels = _sequences(student, np.arange(400), 3)
+
+    def order(**kw):
+        (batches,) = student.run(dataset_batches, inputs, labels, dict(batch_size=16, **kw))
+        return np.concatenate([x[:, 0] for x, _ in batches]).tolist()
+
     assert order(shuffle=False) == inputs[:, 0].tolist(), "shuffle=False must keep the original order"
     assert order(shuffle=True, seed=5) == order(shuffle=True, seed=5), "the same seed must give the same order"
     assert order(shuffle=True, seed=5) != order(shuffle=True, seed=6), "different seeds must give different orders"
