@@ -54,6 +54,9 @@ def _parser():
     p.add_argument("--no-bugs", action="store_true", help="skip the bug catalogue")
     p.add_argument("--bug", action="append", metavar="NAME", help="only this bug (module/name or name; repeatable)")
     p.add_argument("--no-timing", action="store_true", help="skip the one-CPU timing run of the reference")
+    p.add_argument("--no-attacks", action="store_true", help="skip the attack suite")
+    p.add_argument("--runner-user", help="the attack suite's runner user (default: student)")
+    p.add_argument("--runner-python", help="an interpreter the runner user can run (default: this one)")
     p.add_argument("--jobs", type=int, help="parallel runs (default: the number of CPUs)")
     p.add_argument(
         "--bugs-full", action="store_true", help="run every test on each bug (default: stop at the first failure)"

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grading import config, grade, release
+from grading import attacks as attack_suite
+from grading import config, grade, release, sandbox
 from grading import manifest as manifest_builder
 
 MIN_BUGS = 25
@@ -206,6 +207,9 @@ def verify(
     parts=None,
     settings=None,
     min_bugs=MIN_BUGS,
+    attacks=True,
+    runner_user=None,
+    runner_python=None,
     log=print,
 ):
     """Runs every check and prints the tables; returns the Report."""
@@ -365,6 +369,8 @@ def verify(
         if not no_bugs and not only and not bug_names:
             report.add(f"the bug catalogue holds at least {min_bugs} bugs", len(bugs) >= min_bugs, f"{len(bugs)} bugs")
         _print_tables(manifest, modules, part_rows, bugs, report, log, bugs_full)
+        if attacks and not bugs_only and stubs is not None and attack_suite.TARGET in modules:
+            _attacks(root, manifest, stubs, report, runner_user, runner_python, log)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     minutes, seconds = divmod(time.monotonic() - started, 60)
@@ -484,6 +490,40 @@ def _print_tables(manifest, modules, rows, bugs, report, log, bugs_full):
         log(timing)
 
 
+def _attacks(root, manifest, stubs, report, runner_user, runner_python, log):
+    """The attack suite: sandboxed when this is root with a runner user who can run the interpreter, else the
+    attacks that need the sandbox are skipped and said so."""
+    python = runner_python or sys.executable
+    try:
+        user, _ = sandbox.sandbox_policy(True, runner_user or sandbox.RUNNER_USER)
+        sandbox.python_for(user, python)
+        sandboxed = user is not None
+        why = "" if sandboxed else "not root"
+    except sandbox.SandboxRefused as exc:
+        sandboxed, why = False, str(exc)
+    log("")
+    log(f"attack suite ({'sandboxed as ' + (runner_user or sandbox.RUNNER_USER) if sandboxed else 'unsandboxed'}):")
+    outcomes = attack_suite.run_all(
+        root,
+        manifest,
+        stubs,
+        python=python,
+        runner_user=(runner_user or sandbox.RUNNER_USER) if sandboxed else None,
+        sandboxed=sandboxed,
+    )
+    ran = [o for o in outcomes if not o.skipped]
+    for o in outcomes:
+        state = "skipped" if o.skipped else "blocked" if o.blocked else "NOT BLOCKED"
+        log(f"  {o.attack.name:<20} {state:<11} {o.attack.what}" + (f": {'; '.join(o.problems)}" if o.problems else ""))
+        if not o.skipped:
+            report.add(f"attack {o.attack.name} is blocked", o.blocked, "; ".join(o.problems))
+    skipped = len(outcomes) - len(ran)
+    log(
+        f"attacks: {sum(o.blocked for o in ran)}/{len(ran)} blocked"
+        + (f" ({skipped} skipped: they need the sandbox: {why})" if skipped else "")
+    )
+
+
 def main(args):
     """The `verify` subcommand."""
     report = verify(
@@ -494,5 +534,8 @@ def main(args):
         bug_names=args.bug,
         jobs=args.jobs,
         bugs_full=args.bugs_full,
+        attacks=not args.no_attacks,
+        runner_user=args.runner_user,
+        runner_python=args.runner_python,
     )
     return 0 if report.ok else 1
