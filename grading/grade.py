@@ -467,6 +467,7 @@ def grade(
             outcomes.update(judged_run.outcomes)
             run.notes += judged_run.notes
             run.collect_errors.update(judged_run.collect_errors)
+            run.peak_rss_mb, run.peak_anon_mb = judged_run.peak_rss_mb, judged_run.peak_anon_mb
         legacy = [t for t in to_run if t["file"] not in judged]
         if legacy:
             legacy_files = [f for f in files if f not in judged and file_modules[f] not in missing]
@@ -616,6 +617,8 @@ def run_judge(work, bundle, tests, file_modules, settings, total, user, *, pytho
     for f, message in data["collect_errors"].items():
         result.notes.append(f"the grader could not load {f} (tell the course staff): {message[:500]}")
     result.notes += data["notes"]
+    result.peak_rss_mb = data.get("peak", {}).get("rss_mb", 0.0)
+    result.peak_anon_mb = data.get("peak", {}).get("anon_mb", 0.0)
     for t in tests:
         if t["id"] not in result.outcomes:
             f = t["file"]

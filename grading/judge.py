@@ -93,12 +93,14 @@ class Judge:
         self.notes = []
         self.collect_errors = {}
         self.hidden_phase = False
+        self.peak = {"rss_mb": 0.0, "anon_mb": 0.0}
         self.deadline = time.monotonic() + spec["total_timeout"]
 
     # -- the runner --------------------------------------------------------------------------------------------
 
     def stop_runner(self):
         if self.runner is not None:
+            self.sample_memory(self.runner)
             self.runner.stop()
         self.runner = None
         self.imported = set()
@@ -151,7 +153,9 @@ class Judge:
             test.seeded = True
         runner = self.ensure_runner()
         try:
-            return runner.call(req, test.deadline)
+            reply = runner.call(req, test.deadline)
+            self.sample_memory(runner)
+            return reply
         except sandbox.RunnerTimeout:
             self.stop_runner()
             raise probes.ProbeTimeout(
@@ -165,6 +169,16 @@ class Judge:
                 + (": out of memory?" if exc.args[0] == "SIGKILL" else "")
                 + ")."
             ) from None
+
+    def sample_memory(self, runner):
+        """Keeps the runner's peak resident and anonymous memory (what a container's limit charges), from /proc."""
+        try:
+            with open(f"/proc/{runner.proc.pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            self.peak["rss_mb"] = max(self.peak["rss_mb"], int(fields["VmHWM"].split()[0]) / 1024)
+            self.peak["anon_mb"] = max(self.peak["anon_mb"], int(fields["RssAnon"].split()[0]) / 1024)
+        except (OSError, KeyError, ValueError):
+            pass
 
     def student(self, item):
         return RemoteStudent(self, self.current)
@@ -289,7 +303,13 @@ def main(argv=None):
     finally:
         judge.stop_runner()
     outcomes = {k: list(v) + [0.0] * (3 - len(v)) for k, v in judge.outcomes.items()}
-    result = {"outcomes": outcomes, "collect_errors": judge.collect_errors, "notes": judge.notes, "exit": int(code)}
+    result = {
+        "outcomes": outcomes,
+        "collect_errors": judge.collect_errors,
+        "notes": judge.notes,
+        "exit": int(code),
+        "peak": judge.peak,
+    }
     Path(spec["out"]).write_text(json.dumps(result))
     return 0
 
