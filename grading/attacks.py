@@ -175,6 +175,7 @@ if os.fork() == 0:  # a racer that keeps forging while the tests run
     os._exit(0)
 _forge()
 """,
+        needs_sandbox=True,  # unsandboxed it would write into other gradings' folders on a shared machine
     ),
     Attack(
         "rewrite_harness",
