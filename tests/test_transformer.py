@@ -1,58 +1,33 @@
 """Part 4 (25 points with the hidden tests): causal mask, attention, multi-head attention, decoder block, the model.
 
-Attention is compared with a NumPy reference and multi-head attention with `keras.layers.MultiHeadAttention`
-holding the same weights; the decoder block is compared with its own sublayers wired by hand; the model is checked
-for invariants (a later token never changes an earlier logit, tied embeddings are one matrix) and for the sanity
-checks of a fresh language model (loss about ln V, a gradient for every weight, a tiny batch overfits). Only the
-core options are used here (LayerNorm, learned or sinusoidal positions, GELU, full attention); the bonus options
-are graded in test_transformer_extensions.py. Sizes are tiny and all different (V=13, C=12, D=16, 4 heads of 4),
-so a swapped axis shows up as a shape.
+Attention and multi-head attention are compared with NumPy references (multi-head attention computed from the
+weights the student's layer holds, as `keras.layers.MultiHeadAttention(use_causal_mask=True)` computes it); the
+decoder block is compared with its own sublayers wired by hand; the model is checked for invariants (a later token
+never changes an earlier logit, tied embeddings are one matrix) and for the sanity checks of a fresh language model
+(loss about ln V, a gradient for every weight, a tiny batch overfits). Only the core options are used here
+(LayerNorm, learned or sinusoidal positions, GELU, full attention); the bonus options are graded in
+test_transformer_extensions.py. Sizes are tiny and all different (V=13, C=12, D=16, 4 heads of 4), so a swapped
+axis shows up as a shape.
 """
 
 import math
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from checks import assert_close, assert_shape
-
-from assignment import transformer
 
 V, C, D, NH, L = 13, 12, 16, 4, 2  # vocabulary, context length, width, heads, layers
 B, T = 2, 7  # batch, time
+CORE = dict(vocab_size=V, context_length=C, d_model=D, num_heads=NH, num_layers=L)
 
 
 def _normal(shape, seed, scale=1.0):
-    return tf.constant(np.random.default_rng(seed).normal(0.0, scale, size=shape), tf.float32)
+    return np.random.default_rng(seed).normal(0.0, scale, size=shape).astype(np.float32)
 
 
 def _tokens(batch=B, time=T, seed=0):
     """Returns int32 token ids of shape (batch, time)."""
-    return tf.constant(np.random.default_rng(seed).integers(0, V, size=(batch, time)), tf.int32)
-
-
-def _config(**overrides):
-    """Returns a tiny TransformerConfig with only core options (GPT-2 style unless overridden)."""
-    options = dict(vocab_size=V, context_length=C, d_model=D, num_heads=NH, num_layers=L)
-    options.update(overrides)
-    return transformer.TransformerConfig(**options)
-
-
-def _randomize(layer, seed=1, scale=0.3):
-    """Gives every weight of `layer` random values (norm gains and biases included), so no term hides as 0 or 1."""
-    rng = np.random.default_rng(seed)
-    for w in layer.weights:
-        w.assign(rng.normal(0.0, scale, size=tuple(w.shape)).astype("float32"))
-
-
-def _model(randomize=True, **overrides):
-    """Returns a TransformerLanguageModel of `_config(**overrides)`, built, with random weights unless told not to."""
-    model = transformer.TransformerLanguageModel(_config(**overrides))
-    model(_tokens(1, 2))  # builds every weight, whatever the implementation
-    if randomize:
-        _randomize(model)
-    return model
+    return np.random.default_rng(seed).integers(0, V, size=(batch, time)).astype(np.int32)
 
 
 def reference_attention(q, k, v, mask=None):
@@ -74,7 +49,184 @@ def _random_mask(shape, seed):
     mask = rng.random(shape) < 0.5
     rows = mask.reshape(-1, shape[-1])
     rows[np.arange(rows.shape[0]), rng.integers(0, shape[-1], rows.shape[0])] = True
-    return tf.constant(rows.reshape(shape))
+    return rows.reshape(shape)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Probes: they run where the student's code runs and return plain data (see CONVENTIONS.md)
+
+
+def attention_session(q, k, v, mask, upstream):
+    """Probe: scaled_dot_product_attention(q, k, v, mask) and, with `upstream`, the gradients of
+    sum(out * upstream) with respect to q, k and v (None where no gradient flows)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import transformer
+
+    q, k, v = (tf.constant(a) for a in (q, k, v))
+    mask = None if mask is None else tf.constant(mask)
+    with tf.GradientTape() as tape:
+        tape.watch([q, k, v])
+        out, weights = transformer.scaled_dot_product_attention(q, k, v, mask)
+        loss = tf.reduce_sum(out * tf.constant(upstream)) if upstream is not None else None
+    grads = tape.gradient(loss, [q, k, v]) if upstream is not None else []
+    return {
+        "out": np.asarray(out),
+        "weights": np.asarray(weights),
+        "grads": [None if g is None else np.asarray(g) for g in grads],
+    }
+
+
+def attention_of_arrays(q, k, v, mask):
+    """Probe: scaled_dot_product_attention called on the NumPy arrays themselves (no tensors), as (out, weights)."""
+    import numpy as np
+
+    from assignment import transformer
+
+    out, weights = transformer.scaled_dot_product_attention(q, k, v, mask)
+    return np.asarray(out), np.asarray(weights)
+
+
+def mha_session(num_heads, x, weight_seed, changed=None):
+    """Probe: a MultiHeadSelfAttention(num_heads, use_bias=True) whose weights all get random values; returns its
+    weights (wq, wk, wv, wo, bq, bk, bv, bo) and its outputs on `x` (and on `changed`)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import transformer
+
+    layer = transformer.MultiHeadSelfAttention(num_heads=num_heads, use_bias=True)
+    x = tf.constant(x)
+    layer(x)
+    rng = np.random.default_rng(weight_seed)
+    for w in layer.weights:
+        w.assign(rng.normal(0.0, 0.5, size=tuple(w.shape)).astype("float32"))
+    out = {"weights": {n: np.asarray(getattr(layer, n)) for n in ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo")}}
+    out["out"] = np.asarray(layer(x))
+    if changed is not None:
+        out["changed"] = np.asarray(layer(tf.constant(changed)))
+    return out
+
+
+def block_session(config, x):
+    """Probe: a DecoderBlock(TransformerConfig(**config)) with random weights; returns its output and its own
+    sublayers (norm1, attention, norm2, mlp) wired by hand on `x` as the config's block says."""
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import transformer
+
+    block = transformer.DecoderBlock(transformer.TransformerConfig(**config))
+    x = tf.constant(x)
+    block(x)
+    rng = np.random.default_rng(1)
+    for w in block.weights:  # norm1 and norm2 get different gains and offsets
+        w.assign(rng.normal(0.0, 0.3, size=tuple(w.shape)).astype("float32"))
+    if config["block"] == "sequential":
+        wired = x + block.attention(block.norm1(x))
+        wired = wired + block.mlp(block.norm2(wired))
+    else:
+        h = block.norm1(x)
+        wired = x + block.attention(h) + block.mlp(h)
+    return {"out": np.asarray(block(x)), "wired": np.asarray(wired)}
+
+
+def _lm(config, randomize=True):
+    """A built TransformerLanguageModel(TransformerConfig(**config)), random weights (seed 1, scale 0.3) unless told
+    not to (a probe helper)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import transformer
+
+    model = transformer.TransformerLanguageModel(transformer.TransformerConfig(**config))
+    model(tf.zeros((1, 2), tf.int32))  # builds every weight, whatever the implementation
+    if randomize:
+        rng = np.random.default_rng(1)
+        for w in model.weights:
+            w.assign(rng.normal(0.0, 0.3, size=tuple(w.shape)).astype("float32"))
+    return model
+
+
+def lm_logits(config, batches, randomize=True):
+    """Probe: the logits of one model of `config` on each batch of tokens."""
+    import numpy as np
+    import tensorflow as tf
+
+    model = _lm(config, randomize)
+    return [np.asarray(model(tf.constant(tokens))) for tokens in batches]
+
+
+def lm_embedding_edit(config, tokens, row, delta):
+    """Probe: the shapes of the (V, D) / (D, V) weights of a model, its logits, then its logits after adding `delta`
+    to row `row` of its (V, D) weight."""
+    import numpy as np
+    import tensorflow as tf
+
+    model = _lm(config)
+    vocab, width = config["vocab_size"], config["d_model"]
+    matrices = [tuple(w.shape) for w in model.trainable_weights if tuple(w.shape) in ((vocab, width), (width, vocab))]
+    embedding = [w for w in model.trainable_weights if tuple(w.shape) == (vocab, width)][0]
+    tokens = tf.constant(tokens)
+    before = np.asarray(model(tokens))
+    embedding.assign(tf.tensor_scatter_nd_add(embedding, [[row]], tf.constant(delta)))
+    return {"matrices": matrices, "before": before, "after": np.asarray(model(tokens))}
+
+
+def lm_training(config, tokens, labels, what, steps=100, randomize=True):
+    """Probe: `what` = "gradients" (paths of the weights without a gradient), "loss" (the mean cross-entropy of a
+    fresh model) or "overfit" (first and last loss of `steps` Adam steps at 1e-2 on one batch)."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    model = _lm(config, randomize)
+    tokens, labels = tf.constant(tokens), tf.constant(labels)
+
+    def loss_of():
+        logits = model(tokens, training=True)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+
+    if what == "gradients":
+        with tf.GradientTape() as tape:
+            loss = loss_of()
+        grads = tape.gradient(loss, model.trainable_weights)
+        return [
+            w.path
+            for w, g in zip(model.trainable_weights, grads)
+            if g is None or not np.any(np.asarray(tf.convert_to_tensor(g)))
+        ]
+    if what == "loss":
+        return float(loss_of())
+    optimizer = keras.optimizers.Adam(learning_rate=1e-2)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = loss_of()
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_weights), model.trainable_weights))
+        return loss
+
+    first = float(step())
+    for _ in range(steps):
+        loss = step()
+    return first, float(loss)
+
+
+def reference_mha(x, w, num_heads):
+    """NumPy multi-head causal self-attention with the layer's weights: project, split the last axis into (nh, hs),
+    attend with the causal mask, merge the heads, project with wo (keras.layers.MultiHeadAttention's equation)."""
+    x = np.asarray(x, np.float64)
+    batch, time, _ = x.shape
+
+    def heads(z):  # (B, T, nh*hs) -> (B, nh, T, hs)
+        return z.reshape(batch, time, num_heads, -1).transpose(0, 2, 1, 3)
+
+    q, k, v = (heads(x @ w["w" + n] + w["b" + n]) for n in "qkv")
+    out, _ = reference_attention(q, k, v, np.tril(np.ones((time, time), bool)))
+    merged = out.transpose(0, 2, 1, 3).reshape(batch, time, -1)  # (B, T, nh*hs)
+    return merged @ w["wo"] + w["bo"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -82,11 +234,13 @@ def _random_mask(shape, seed):
 
 
 @pytest.mark.points(1)
-def test_causal_mask_allows_exactly_the_past_and_present():
+def test_causal_mask_allows_exactly_the_past_and_present(student):
     for length in (1, 2, 5):
-        mask = transformer.causal_mask(length)
+        mask = student.call("transformer.causal_mask", length)
         assert_shape(mask, (length, length), f"causal_mask({length})")
-        assert tf.as_dtype(mask.dtype) == tf.bool, f"causal_mask must be a bool tensor, got dtype {mask.dtype}"
+        assert np.asarray(mask).dtype == np.bool_, (
+            f"causal_mask must be a bool tensor, got dtype {np.asarray(mask).dtype}"
+        )
         expected = np.tril(np.ones((length, length), bool))
         got = np.asarray(mask)
         wrong = np.argwhere(got != expected)
@@ -97,11 +251,12 @@ def test_causal_mask_allows_exactly_the_past_and_present():
 
 
 @pytest.mark.points(1)
-def test_attention_matches_numpy_reference():
+def test_attention_matches_numpy_reference(student):
     # (B, nh, T, hs) queries against (B, nh, S, hs) keys and (B, nh, S, hv) values: T, S, hs, hv all differ
     q, k, v = _normal((2, 3, 4, 5), 1), _normal((2, 3, 6, 5), 2), _normal((2, 3, 6, 7), 3)
     for mask in (None, _random_mask((4, 6), seed=4)):
-        out, weights = transformer.scaled_dot_product_attention(q, k, v, mask)
+        result = student.run(attention_session, q, k, v, mask, None)
+        out, weights = result["out"], result["weights"]
         ref_out, ref_weights = reference_attention(q, k, v, mask)
         what = "with" if mask is not None else "without"
         assert_shape(weights, ref_weights.shape, f"attention weights (..., T, S) {what} a mask")
@@ -116,18 +271,17 @@ def test_attention_matches_numpy_reference():
 
 
 @pytest.mark.points(1)
-def test_attention_accepts_numpy_arrays():
+def test_attention_accepts_numpy_arrays(student):
     # The notebooks and students call attention on NumPy arrays too; they have no `.dtype.min`, tensors do.
-    q, k, v = _normal((2, 4, 5), 1).numpy(), _normal((2, 6, 5), 2).numpy(), _normal((2, 6, 3), 3).numpy()
-    mask = _random_mask((4, 6), seed=4).numpy()
+    q, k, v = _normal((2, 4, 5), 1), _normal((2, 6, 5), 2), _normal((2, 6, 3), 3)
+    mask = _random_mask((4, 6), seed=4)
     for name, args in (("q, k, v", (q, k, v, None)), ("q, k, v and mask", (q, k, v, mask))):
-        try:
-            out, weights = transformer.scaled_dot_product_attention(*args)
-        except Exception as error:  # any error is the failure this test reports
-            pytest.fail(
-                f"scaled_dot_product_attention must accept NumPy arrays as {name}, as tensors; it raised "
-                f"{type(error).__name__}: {error} (tf.convert_to_tensor turns an array into a tensor)"
-            )
+        error = student.error(attention_of_arrays, *args)
+        assert error is None, (
+            f"scaled_dot_product_attention must accept NumPy arrays as {name}, as tensors; it raised "
+            f"{error} (tf.convert_to_tensor turns an array into a tensor)"
+        )
+        out, weights = student.run(attention_of_arrays, *args)
         ref_out, ref_weights = reference_attention(*args)
         assert_shape(weights, ref_weights.shape, f"attention weights (..., T, S) of NumPy {name}")
         assert_shape(out, ref_out.shape, f"attention output (..., T, hv) of NumPy {name}")
@@ -136,12 +290,11 @@ def test_attention_accepts_numpy_arrays():
 
 
 @pytest.mark.points(1)
-def test_attention_rows_sum_to_one_and_masked_weights_are_exactly_zero():
+def test_attention_rows_sum_to_one_and_masked_weights_are_exactly_zero(student):
     q, k, v = _normal((2, 5, 8), 1, scale=3.0), _normal((2, 5, 8), 2, scale=3.0), _normal((2, 5, 8), 3)
-    mask = tf.constant(np.tril(np.ones((5, 5), bool)))  # causal, built here so a wrong causal_mask costs nothing
-    _, weights = transformer.scaled_dot_product_attention(q, k, v, mask)
-    weights = np.asarray(weights)
-    masked = weights[:, ~np.asarray(mask)]
+    mask = np.tril(np.ones((5, 5), bool))  # causal, built here so a wrong causal_mask costs nothing
+    weights = student.run(attention_session, q, k, v, mask, None)["weights"]
+    masked = weights[:, ~mask]
     assert np.all(masked == 0.0), (
         f"masked attention weights must be exactly 0 (largest {np.abs(masked).max():.3g}): fill the masked scores "
         "with a very negative number before the softmax"
@@ -150,22 +303,18 @@ def test_attention_rows_sum_to_one_and_masked_weights_are_exactly_zero():
 
 
 @pytest.mark.points(1)
-def test_attention_fully_masked_row_gives_zeros_not_nan():
+def test_attention_fully_masked_row_gives_zeros_not_nan(student):
     q, k, v = _normal((2, 4, 6), 1), _normal((2, 5, 6), 2), _normal((2, 5, 3), 3)
-    mask = np.asarray(_random_mask((4, 5), seed=5)).copy()
+    mask = _random_mask((4, 5), seed=5).copy()
     mask[1] = False  # query 1 may attend to nothing
-    with tf.GradientTape() as tape:
-        tape.watch([q, k, v])
-        out, weights = transformer.scaled_dot_product_attention(q, k, v, tf.constant(mask))
-        loss = tf.reduce_sum(out * _normal(out.shape, 6))
-    grads = tape.gradient(loss, [q, k, v])
-    out, weights = np.asarray(out), np.asarray(weights)
+    result = student.run(attention_session, q, k, v, mask, _normal((2, 4, 3), 6))
+    out, weights, grads = result["out"], result["weights"], result["grads"]
     assert np.all(np.isfinite(out)) and np.all(np.isfinite(weights)), (
         "a fully masked row produced NaN or inf: fill masked scores with a large negative finite number (not -inf) "
         "and set masked weights to 0 after the softmax"
     )
     for name, grad in zip("qkv", grads):
-        assert grad is not None and np.all(np.isfinite(np.asarray(grad))), (
+        assert grad is not None and np.all(np.isfinite(grad)), (
             f"the gradient with respect to {name} has NaN or inf when a row is fully masked: a -inf score makes the "
             "softmax NaN, and tf.where does not stop NaN from flowing back; use a large negative finite number"
         )
@@ -179,36 +328,16 @@ def test_attention_fully_masked_row_gives_zeros_not_nan():
 # MultiHeadSelfAttention
 
 
-def _keras_attention_like(layer, x, num_heads, use_bias, seed=7):
-    """Returns (keras MultiHeadAttention with random weights, the same weights loaded into `layer`)."""
-    d_model = x.shape[-1]
-    head_size = d_model // num_heads
-    ref = keras.layers.MultiHeadAttention(num_heads=num_heads, key_dim=head_size, use_bias=use_bias)
-    ref(x, x, use_causal_mask=True)
-    _randomize(ref, seed=seed, scale=0.5)
-    layer(x)  # builds wq, wk, wv, wo (and the biases)
-    width = num_heads * head_size
-    for name, dense in (("q", ref.query_dense), ("k", ref.key_dense), ("v", ref.value_dense)):
-        getattr(layer, "w" + name).assign(tf.reshape(dense.kernel, (d_model, width)))  # (D, nh, hs) -> (D, nh*hs)
-        if use_bias:
-            getattr(layer, "b" + name).assign(tf.reshape(dense.bias, (width,)))  # (nh, hs) -> (nh*hs,)
-    layer.wo.assign(tf.reshape(ref.output_dense.kernel, (width, d_model)))  # (nh, hs, D) -> (nh*hs, D)
-    if use_bias:
-        layer.bo.assign(ref.output_dense.bias)
-    return ref
-
-
 @pytest.mark.points(3)
-def test_multi_head_attention_matches_keras_with_the_same_weights():
+def test_multi_head_attention_matches_keras_with_the_same_weights(student):
     x = _normal((2, 5, 12), 1)  # B=2, T=5, D=12: 3 heads of 4
-    layer = transformer.MultiHeadSelfAttention(num_heads=3, use_bias=True)
-    ref = _keras_attention_like(layer, x, num_heads=3, use_bias=True)
-    out = layer(x)
+    result = student.run(mha_session, 3, x, 7)
+    out = result["out"]
     assert_shape(out, (2, 5, 12), "MultiHeadSelfAttention output (B, T, D)")
     assert_close(
         out,
-        ref(x, x, use_causal_mask=True),
-        "MultiHeadSelfAttention vs keras.layers.MultiHeadAttention(use_causal_mask=True) with the same "
+        reference_mha(x, result["weights"], 3),
+        "MultiHeadSelfAttention vs keras.layers.MultiHeadAttention(use_causal_mask=True)'s equation with the same "
         "weights (project, split the last axis into (nh, hs), move heads before time, attend with the "
         "causal mask, merge heads back, project with wo)",
         atol=1e-5,
@@ -216,13 +345,11 @@ def test_multi_head_attention_matches_keras_with_the_same_weights():
 
 
 @pytest.mark.points(1)
-def test_multi_head_attention_output_never_depends_on_later_tokens():
-    layer = transformer.MultiHeadSelfAttention(num_heads=NH, use_bias=True)
+def test_multi_head_attention_output_never_depends_on_later_tokens(student):
     x = _normal((2, T, D), 1)
-    layer(x)
-    _randomize(layer, scale=0.5)
-    changed = tf.concat([x[:, :4], _normal((2, T - 4, D), 9)], axis=1)  # positions 4.. differ
-    out, out_changed = layer(x), layer(changed)
+    changed = np.concatenate([x[:, :4], _normal((2, T - 4, D), 9)], axis=1)  # positions 4.. differ
+    result = student.run(mha_session, NH, x, 1, changed)
+    out, out_changed = result["out"], result["changed"]
     assert_shape(out, (2, T, D), "MultiHeadSelfAttention output (B, T, D)")
     assert_close(
         out_changed[:, :4],
@@ -237,29 +364,24 @@ def test_multi_head_attention_output_never_depends_on_later_tokens():
 
 
 @pytest.mark.points(2)
-def test_sequential_decoder_block_is_pre_norm_with_two_residuals():
-    block = transformer.DecoderBlock(_config(block="sequential"))
-    x = _normal((B, T, D), 1)
-    block(x)
-    _randomize(block)  # norm1 and norm2 get different gains and offsets
-    expected = x + block.attention(block.norm1(x))
-    expected = expected + block.mlp(block.norm2(expected))
-    out = block(x)
-    assert_shape(out, (B, T, D), "DecoderBlock output (B, T, D)")
-    assert_close(out, expected, "sequential DecoderBlock vs x + attention(norm1(x)), then + mlp(norm2(.))", atol=1e-5)
+def test_sequential_decoder_block_is_pre_norm_with_two_residuals(student):
+    result = student.run(block_session, dict(CORE, block="sequential"), _normal((B, T, D), 1))
+    assert_shape(result["out"], (B, T, D), "DecoderBlock output (B, T, D)")
+    assert_close(
+        result["out"],
+        result["wired"],
+        "sequential DecoderBlock vs x + attention(norm1(x)), then + mlp(norm2(.))",
+        atol=1e-5,
+    )
 
 
 @pytest.mark.points(1)
-def test_parallel_decoder_block_feeds_one_norm_to_both_branches():
-    block = transformer.DecoderBlock(_config(block="parallel"))
-    x = _normal((B, T, D), 1)
-    block(x)
-    _randomize(block)
-    h = block.norm1(x)
-    expected = x + block.attention(h) + block.mlp(h)
-    out = block(x)
-    assert_shape(out, (B, T, D), "DecoderBlock output (B, T, D)")
-    assert_close(out, expected, "parallel DecoderBlock vs x + attention(norm1(x)) + mlp(norm1(x))", atol=1e-5)
+def test_parallel_decoder_block_feeds_one_norm_to_both_branches(student):
+    result = student.run(block_session, dict(CORE, block="parallel"), _normal((B, T, D), 1))
+    assert_shape(result["out"], (B, T, D), "DecoderBlock output (B, T, D)")
+    assert_close(
+        result["out"], result["wired"], "parallel DecoderBlock vs x + attention(norm1(x)) + mlp(norm1(x))", atol=1e-5
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -273,24 +395,26 @@ CORE_CONFIGS = {  # core options only; the presets (RoPE, RMSNorm, SwiGLU, GQA) 
 
 
 @pytest.mark.points(1)
-def test_model_logits_have_shape_batch_time_vocab():
+def test_model_logits_have_shape_batch_time_vocab(student):
     for name, overrides in CORE_CONFIGS.items():
-        model = _model(**overrides)
-        for batch, time in ((B, T), (1, C)):
-            assert_shape(model(_tokens(batch, time)), (batch, time, V), f"logits (B, T, V) of the {name} model")
+        shapes = ((B, T), (1, C))
+        logits = student.run(
+            lm_logits, dict(CORE, **overrides), [_tokens(batch, time) for batch, time in shapes], uses=(_lm,)
+        )
+        for (batch, time), out in zip(shapes, logits):
+            assert_shape(out, (batch, time, V), f"logits (B, T, V) of the {name} model")
 
 
 @pytest.mark.points(2)
-def test_model_logits_never_depend_on_later_tokens():
+def test_model_logits_never_depend_on_later_tokens(student):
     for name, overrides in CORE_CONFIGS.items():
-        model = _model(**overrides)
-        tokens = np.asarray(_tokens(1, C))
+        tokens = _tokens(1, C)
         variants = [tokens[0]]
         for t in (3, 8):  # change the token at position t
             changed = tokens[0].copy()
             changed[t] = (changed[t] + 1) % V
             variants.append(changed)
-        logits = np.asarray(model(tf.constant(np.stack(variants))))
+        (logits,) = student.run(lm_logits, dict(CORE, **overrides), [np.stack(variants)], uses=(_lm,))
         for row, t in ((1, 3), (2, 8)):
             assert_close(
                 logits[row, :t],
@@ -304,19 +428,15 @@ def test_model_logits_never_depend_on_later_tokens():
 
 
 @pytest.mark.points(1)
-def test_tied_embeddings_are_one_matrix_used_for_input_and_output():
-    tokens = tf.constant(np.random.default_rng(0).integers(0, V - 1, size=(B, T)), tf.int32)  # never token V-1
+def test_tied_embeddings_are_one_matrix_used_for_input_and_output(student):
+    tokens = np.random.default_rng(0).integers(0, V - 1, size=(B, T)).astype(np.int32)  # never token V-1
     for tied in (True, False):
-        model = _model(tie_embeddings=tied, positions="sinusoidal")
-        matrices = [w for w in model.trainable_weights if tuple(w.shape) in ((V, D), (D, V))]
+        config = dict(CORE, tie_embeddings=tied, positions="sinusoidal")
+        result = student.run(lm_embedding_edit, config, tokens, V - 1, _normal((1, D), 3), uses=(_lm,))
+        matrices, before, after = result["matrices"], result["before"], result["after"]
         assert len(matrices) == (1 if tied else 2), (
-            f"tie_embeddings={tied}: expected {1 if tied else 2} weight(s) of shape (V, D) or (D, V), got "
-            f"{[tuple(w.shape) for w in matrices]}"
+            f"tie_embeddings={tied}: expected {1 if tied else 2} weight(s) of shape (V, D) or (D, V), got {matrices}"
         )
-        embedding = [w for w in model.trainable_weights if tuple(w.shape) == (V, D)][0]
-        before = np.asarray(model(tokens))
-        embedding.assign(tf.tensor_scatter_nd_add(embedding, [[V - 1]], _normal((1, D), 3)))  # token V-1's row
-        after = np.asarray(model(tokens))
         if tied:  # the output projection is the embedding: only the logits of token V-1 move
             assert np.abs(after[..., V - 1] - before[..., V - 1]).max() > 1e-3, (
                 "with tie_embeddings=True the logits must be x times the transposed token embedding, so changing "
@@ -339,30 +459,20 @@ def test_tied_embeddings_are_one_matrix_used_for_input_and_output():
 
 
 @pytest.mark.points(1)
-def test_every_weight_gets_a_gradient():
+def test_every_weight_gets_a_gradient(student):
+    tokens = _tokens()
     for name, overrides in (("gpt2-like", dict()), ("untied", dict(tie_embeddings=False))):
-        model = _model(**overrides)
-        tokens = _tokens()
-        with tf.GradientTape() as tape:
-            logits = model(tokens, training=True)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(tokens, logits))
-        grads = tape.gradient(loss, model.trainable_weights)
-        unused = [
-            w.path
-            for w, g in zip(model.trainable_weights, grads)
-            if g is None or not np.any(np.asarray(tf.convert_to_tensor(g)))
-        ]
+        unused = student.run(lm_training, dict(CORE, **overrides), tokens, tokens, "gradients", uses=(_lm,))
         assert not unused, f"{name} model: these weights get no gradient, so the forward pass never uses them: {unused}"
 
 
 @pytest.mark.points(1)
-def test_initial_loss_is_about_log_vocab_size():
+def test_initial_loss_is_about_log_vocab_size(student):
     vocab = 50
-    model = transformer.TransformerLanguageModel(_config(vocab_size=vocab, d_model=32))
     rng = np.random.default_rng(0)
-    tokens, labels = (tf.constant(rng.integers(0, vocab, size=(8, C)), tf.int32) for _ in range(2))
-    logits = model(tokens)
-    loss = float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)))
+    tokens, labels = (rng.integers(0, vocab, size=(8, C)).astype(np.int32) for _ in range(2))
+    config = dict(CORE, vocab_size=vocab, d_model=32)
+    loss = student.run(lm_training, config, tokens, labels, "loss", randomize=False, uses=(_lm,))
     assert abs(loss - math.log(vocab)) < 0.1, (
         f"a freshly initialized model should predict nearly uniformly, with loss about ln(V) = {math.log(vocab):.3f}; "
         f"got {loss:.3f}"
@@ -371,24 +481,11 @@ def test_initial_loss_is_about_log_vocab_size():
 
 @pytest.mark.points(2)
 @pytest.mark.timeout(60)
-def test_model_overfits_one_tiny_batch():
-    model = transformer.TransformerLanguageModel(_config(d_model=32))
-    inputs = _tokens(2, 8, seed=3)
-    labels = _tokens(2, 8, seed=4)
-    optimizer = keras.optimizers.Adam(learning_rate=1e-2)
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            logits = model(inputs, training=True)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_weights), model.trainable_weights))
-        return loss
-
-    first = float(step())
-    for _ in range(100):
-        loss = step()
-    loss = float(loss)
+def test_model_overfits_one_tiny_batch(student):
+    config = dict(CORE, d_model=32)
+    first, loss = student.run(
+        lm_training, config, _tokens(2, 8, seed=3), _tokens(2, 8, seed=4), "overfit", randomize=False, uses=(_lm,)
+    )
     assert loss < 0.1, (
         f"the loss on one tiny batch went from {first:.3f} to {loss:.3f} in 100 Adam steps; it should fall below 0.1 "
         "(do the gradients reach every weight? does each position see its own token and the ones before?)"
