@@ -1,36 +1,73 @@
 """Part 5, hidden tests (4 points): padding weights in `train_step` and `evaluate`, and evaluation mode."""
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from checks import assert_close
-
-from assignment import train
 
 V, T = 7, 5
 
 
-class TinyLM(keras.Model):
-    """Embedding (V, D) by a one-hot product -> optional dropout -> Dense(V): logits `(B, T, V)`."""
+def _tiny(vocab, length, dropout=0.0):
+    """A built TinyLM: embedding (V, D) by a one-hot product -> optional dropout -> Dense(V), logits `(B, T, V)`
+    (a probe helper)."""
+    import keras
+    import tensorflow as tf
 
-    def __init__(self, dropout=0.0):
-        super().__init__()
-        self.table = self.add_weight(
-            name="embedding", shape=(V, 4), initializer=keras.initializers.RandomNormal(seed=11)
-        )
-        self.drop = keras.layers.Dropout(dropout, seed=11)
-        self.out = keras.layers.Dense(V, kernel_initializer=keras.initializers.RandomNormal(seed=12))
+    class TinyLM(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.table = self.add_weight(
+                name="embedding", shape=(vocab, 4), initializer=keras.initializers.RandomNormal(seed=11)
+            )
+            self.drop = keras.layers.Dropout(dropout, seed=11)
+            self.out = keras.layers.Dense(vocab, kernel_initializer=keras.initializers.RandomNormal(seed=12))
 
-    def call(self, tokens, training=False):
-        x = tf.matmul(tf.one_hot(tokens, V), self.table)  # (B, T, D)
-        return self.out(self.drop(x, training=training))  # (B, T, V)
+        def call(self, tokens, training=False):
+            x = tf.matmul(tf.one_hot(tokens, vocab), self.table)  # (B, T, D)
+            return self.out(self.drop(x, training=training))  # (B, T, V)
 
-
-def tiny_model(**kwargs):
-    model = TinyLM(**kwargs)
-    model(tf.zeros((1, T), tf.int32))
+    model = TinyLM()
+    model(tf.zeros((1, length), tf.int32))
     return model
+
+
+def evaluate_on(model_kwargs, tensors, batch_size):
+    """Probe: the tiny model's weights and train.evaluate of it on the dataset of `tensors` in batches."""
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import train
+
+    model = _tiny(**model_kwargs)
+    dataset = tf.data.Dataset.from_tensor_slices(tuple(tensors)).batch(batch_size)
+    loss, perplexity = train.evaluate(model, dataset)
+    return [np.asarray(v) for v in model.trainable_variables], float(loss), float(perplexity)
+
+
+def weighted_steps(model_kwargs, inputs, label_sets, weights, learning_rate, clip_norm):
+    """Probe: for each labels of `label_sets`, a fresh tiny model (the same initial weights) and one SGD train_step
+    with sample_weight; returns the weights before, and each step's loss and weights after."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import train
+
+    results = []
+    before = None
+    for labels in label_sets:
+        model = _tiny(**model_kwargs)
+        before = [np.asarray(v) for v in model.trainable_variables]
+        loss, _ = train.train_step(
+            model,
+            keras.optimizers.SGD(learning_rate),
+            tf.constant(inputs),
+            tf.constant(labels),
+            clip_norm=clip_norm,
+            sample_weight=tf.constant(weights),
+        )
+        results.append({"loss": float(loss), "after": [np.asarray(v) for v in model.trainable_variables]})
+    return {"before": before, "results": results}
 
 
 def padded_batch(seed, size=4):
@@ -45,62 +82,65 @@ def padded_batch(seed, size=4):
     return inputs, labels, weights
 
 
-def token_losses(model, inputs, labels):
-    logits = np.asarray(model(inputs, training=False), np.float64)
+def token_losses(model_weights, inputs, labels):
+    """-log softmax(logits)[label] of the tiny model without dropout, `(B, T)`, in float64."""
+    table, kernel, bias = (np.asarray(w, np.float64) for w in model_weights)
+    logits = table[inputs] @ kernel + bias
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     return -np.take_along_axis(log_probs, labels[..., None].astype(np.int64), axis=-1)[..., 0]
 
 
 @pytest.mark.points(2)
-def test_evaluate_counts_only_weighted_tokens():
-    model = tiny_model()
+def test_evaluate_counts_only_weighted_tokens(student):
     inputs, labels, weights = padded_batch(0)
-    losses = token_losses(model, inputs, labels)
-    expected = (losses * weights).sum() / weights.sum()
-    dataset = tf.data.Dataset.from_tensor_slices((inputs, labels, weights)).batch(3)  # batches of 3 and 1
-    loss, perplexity = train.evaluate(model, dataset)
+    model_weights, loss, perplexity = student.run(
+        evaluate_on,
+        dict(vocab=V, length=T),
+        [inputs, labels, weights],
+        3,
+        uses=(_tiny,),  # batches of 3 and 1
+    )
+    expected = (token_losses(model_weights, inputs, labels) * weights).sum() / weights.sum()
     assert_close(
-        float(loss),
+        loss,
         expected,
         "evaluate loss when the dataset yields (inputs, labels, weights): "
         "sum(w * ce) / sum(w) over the whole dataset, padding (w = 0) left out",
         atol=1e-5,
     )
-    assert_close(float(perplexity), np.exp(expected), "perplexity", rtol=1e-5)
+    assert_close(perplexity, np.exp(expected), "perplexity", rtol=1e-5)
 
 
 @pytest.mark.points(1)
-def test_train_step_ignores_padding_tokens():
-    model = tiny_model()
+def test_train_step_ignores_padding_tokens(student):
     inputs, labels, weights = padded_batch(1)
-    expected = (token_losses(model, inputs, labels) * weights).sum() / weights.sum()
-    loss, _ = train.train_step(model, keras.optimizers.SGD(0.1), inputs, labels, clip_norm=1.0, sample_weight=weights)
-    assert_close(float(loss), expected, "train_step loss with sample_weight: sum(w * ce) / sum(w)", atol=1e-5)
+    result = student.run(weighted_steps, dict(vocab=V, length=T), inputs, [labels], weights, 0.1, 1.0, uses=(_tiny,))
+    expected = (token_losses(result["before"], inputs, labels) * weights).sum() / weights.sum()
+    loss = result["results"][0]["loss"]
+    assert_close(loss, expected, "train_step loss with sample_weight: sum(w * ce) / sum(w)", atol=1e-5)
 
     # Changing the labels of padding positions must change nothing.
     relabelled = np.where(weights == 0, (labels + 3) % V, labels).astype(np.int32)
-    a, b = tiny_model(), tiny_model()
-    b.set_weights(a.get_weights())
-    train.train_step(a, keras.optimizers.SGD(1.0), inputs, labels, clip_norm=100.0, sample_weight=weights)
-    train.train_step(b, keras.optimizers.SGD(1.0), inputs, relabelled, clip_norm=100.0, sample_weight=weights)
-    for va, vb in zip(a.trainable_variables, b.trainable_variables):
+    result = student.run(
+        weighted_steps, dict(vocab=V, length=T), inputs, [labels, relabelled], weights, 1.0, 100.0, uses=(_tiny,)
+    )
+    a, b = result["results"]
+    for name, va, vb in zip(("embedding", "kernel", "bias"), a["after"], b["after"]):
         assert_close(
-            va.numpy(),
-            vb.numpy(),
-            f"{va.path} after a step: labels at padding positions (weight 0) must not affect the update",
-            atol=1e-6,
+            va, vb, f"{name} after a step: labels at padding positions (weight 0) must not affect the update", atol=1e-6
         )
 
 
 @pytest.mark.points(1)
-def test_evaluate_runs_the_model_in_inference_mode():
-    model = tiny_model(dropout=0.5)
+def test_evaluate_runs_the_model_in_inference_mode(student):
     inputs, labels, _ = padded_batch(2)
-    expected = token_losses(model, inputs, labels).mean()  # training=False: dropout off
-    loss, _ = train.evaluate(model, tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(2))
+    model_weights, loss, _ = student.run(
+        evaluate_on, dict(vocab=V, length=T, dropout=0.5), [inputs, labels], 2, uses=(_tiny,)
+    )
+    expected = token_losses(model_weights, inputs, labels).mean()  # training=False: dropout off
     assert_close(
-        float(loss),
+        loss,
         expected,
         "evaluate loss of a model with dropout: evaluate must call the model with "
         "training=False (no dropout), so the same data always gives the same loss",
