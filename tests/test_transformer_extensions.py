@@ -1,54 +1,189 @@
 """Part 4, bonus (20 points): RoPE, grouped-query attention, RMSNorm and SwiGLU, the KV cache, and the presets.
 
 RoPE is checked by its properties (position 0 unchanged, lengths kept, scores that depend on relative position
-only, rotation angles m * base^(-2p / hs)), so either way of pairing dimensions passes. GQA is compared with full
-attention whose key/value weights are repeated for each group; the KV cache with a full recomputation, through the
-model's own `prefill` / `decode_step`. The presets use every option at once.
+only, rotation angles m * base^(-2p / hs)), so either way of pairing dimensions passes. GQA is compared with a NumPy
+full attention whose key/value heads are repeated for each group; the KV cache with a full recomputation, through
+the model's own `prefill` / `decode_step`. The presets use every option at once.
 """
+
+import math
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from checks import assert_close, assert_shape
-
-from assignment import transformer
 
 V, C, D, NH, L = 13, 12, 16, 4, 2  # vocabulary, context length, width, heads (of 4), layers
 B = 2
 PRESETS = ("gpt2", "olmo", "llama2", "openlm", "falcon", "palm")
+SIZES = dict(vocab_size=V, context_length=C, d_model=D, num_heads=NH, num_layers=L)
 
 
 def _normal(shape, seed, scale=1.0):
-    return tf.constant(np.random.default_rng(seed).normal(0.0, scale, size=shape), tf.float32)
+    return np.random.default_rng(seed).normal(0.0, scale, size=shape).astype(np.float32)
 
 
 def _tokens(batch, time, seed=0):
-    return tf.constant(np.random.default_rng(seed).integers(0, V, size=(batch, time)), tf.int32)
+    return np.random.default_rng(seed).integers(0, V, size=(batch, time)).astype(np.int32)
 
 
-def _randomize(layer, seed=1, scale=0.3):
-    rng = np.random.default_rng(seed)
-    for w in layer.weights:
-        w.assign(rng.normal(0.0, scale, size=tuple(w.shape)).astype("float32"))
+# ------------------------------------------------------------------------------------------------------------
+# Probes: they run where the student's code runs and return plain data (see CONVENTIONS.md)
 
 
-def _model(config, randomize=True):
+def call_with_tensors(name, args, tensors=()):
+    """Probe: assignment.transformer.<name>(*args) with the arguments at positions `tensors` made tf constants
+    (int32 for integers); returns the result as an array."""
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import transformer
+
+    args = [
+        (tf.constant(a, tf.int32) if np.asarray(a).dtype.kind in "iu" else tf.constant(a)) if i in tensors else a
+        for i, a in enumerate(args)
+    ]
+    return np.asarray(getattr(transformer, name)(*args))
+
+
+def _lm(spec, randomize=True):
+    """A built TransformerLanguageModel of spec = {"preset": name or None, **config options}, with random weights
+    (seed 1, scale 0.3) unless told not to (a probe helper)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import transformer
+
+    options = dict(spec)
+    preset = options.pop("preset", None)
+    config = (
+        transformer.TransformerConfig.preset(preset, **options) if preset else transformer.TransformerConfig(**options)
+    )
     model = transformer.TransformerLanguageModel(config)
-    model(_tokens(1, 2))
+    model(tf.zeros((1, 2), tf.int32))
     if randomize:
-        _randomize(model)
+        rng = np.random.default_rng(1)
+        for w in model.weights:
+            w.assign(rng.normal(0.0, 0.3, size=tuple(w.shape)).astype("float32"))
     return model
 
 
-def _preset(name, **overrides):
-    return transformer.TransformerConfig.preset(
-        name, vocab_size=V, context_length=C, d_model=D, num_heads=NH, num_layers=L, **overrides
-    )
+def lm_logits(spec, batches, randomize=True):
+    """Probe: the logits of one model of `spec` on each batch of tokens."""
+    import numpy as np
+    import tensorflow as tf
+
+    model = _lm(spec, randomize)
+    return [np.asarray(model(tf.constant(tokens))) for tokens in batches]
 
 
-def _rope(x, positions, base=10000.0):
-    out = transformer.apply_rope(tf.constant(x, tf.float32), tf.constant(positions, tf.int32), base)
+def cache_session(spec, tokens, prompt_lengths):
+    """Probe: model(tokens), then for each prompt length prefill(tokens[:, :n]) and decode_step one token at a time
+    to the end; returns the full logits, each run's logits per step, and the model's positions and kv heads."""
+    import numpy as np
+    import tensorflow as tf
+
+    model = _lm(spec)
+    tokens = tf.constant(tokens)
+    runs = []
+    for n in prompt_lengths:
+        logits, cache = model.prefill(tokens[:, :n])
+        steps = [np.asarray(logits)]
+        for t in range(n, tokens.shape[1]):
+            logits, cache = model.decode_step(tokens[:, t : t + 1], cache)
+            steps.append(np.asarray(logits))
+        runs.append(steps)
+    return {
+        "full": np.asarray(model(tokens)),
+        "runs": runs,
+        "positions": str(model.config.positions),
+        "kv_heads": str(model.config.kv_heads),
+    }
+
+
+def attention_weights(num_heads, x, num_kv_heads=None, cached=False):
+    """Probe: a MultiHeadSelfAttention(num_heads, num_kv_heads, use_bias=True) with random weights (seed 1, scale
+    0.5); its weights and output on `x`, and with `cached`, its outputs on x[:, :4] then x[:, 4:] with a KV cache
+    of 8 positions, and the cached keys' shape."""
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import transformer
+
+    layer = transformer.MultiHeadSelfAttention(num_heads=num_heads, num_kv_heads=num_kv_heads, use_bias=True)
+    x = tf.constant(x)
+    layer(x)
+    rng = np.random.default_rng(1)
+    for w in layer.weights:
+        w.assign(rng.normal(0.0, 0.5, size=tuple(w.shape)).astype("float32"))
+    out = {
+        "weights": {n: np.asarray(getattr(layer, n)) for n in ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo")},
+        "out": np.asarray(layer(x)),
+    }
+    if cached:
+        width = x.shape[-1]
+        empty = tf.zeros((x.shape[0], num_kv_heads or num_heads, 8, width // num_heads))  # (B, nkv, C=8, hs)
+        first, cache = layer(x[:, :4], cache=(empty, empty), cache_index=0)
+        second, cache = layer(x[:, 4:], cache=cache, cache_index=4)
+        out.update(first=np.asarray(first), second=np.asarray(second), cache_shape=tuple(cache[0].shape))
+    return out
+
+
+def rms_norm(x, scale):
+    """Probe: RMSNorm(epsilon=1e-5) with `scale` assigned, on `x`."""
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import transformer
+
+    layer = transformer.RMSNorm(epsilon=1e-5)
+    layer(tf.constant(x))
+    layer.scale.assign(scale)
+    return np.asarray(layer(tf.constant(x)))
+
+
+def swiglu_feed_forward(x, hidden_dim):
+    """Probe: FeedForward(hidden_dim, activation="swiglu", use_bias=False) with random weights (seed 1, scale 0.5):
+    its w_gate, w_in, w_out and output on `x`."""
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import transformer
+
+    mlp = transformer.FeedForward(hidden_dim=hidden_dim, activation="swiglu", use_bias=False)
+    x = tf.constant(x)
+    mlp(x)
+    rng = np.random.default_rng(1)
+    for w in mlp.weights:
+        w.assign(rng.normal(0.0, 0.5, size=tuple(w.shape)).astype("float32"))
+    return {
+        "weights": {n: np.asarray(getattr(mlp, n)) for n in ("w_gate", "w_in", "w_out")},
+        "out": np.asarray(mlp(x)),
+    }
+
+
+def _rope(student, x, positions, base=10000.0):
+    out = student.run(call_with_tensors, "apply_rope", [np.asarray(x, np.float32), positions, base], (0, 1))
     return np.asarray(out, np.float64)
+
+
+def reference_attention(x, w, num_heads, num_kv_heads=None):
+    """NumPy causal multi-head attention with the layer's weights; with fewer kv heads, each key/value head is
+    repeated for its group of num_heads // num_kv_heads query heads."""
+    x = np.asarray(x, np.float64)
+    batch, time, _ = x.shape
+    kv = num_kv_heads or num_heads
+
+    def heads(z, n):  # (B, T, n*hs) -> (B, n, T, hs)
+        return z.reshape(batch, time, n, -1).transpose(0, 2, 1, 3)
+
+    q = heads(x @ w["wq"] + w["bq"], num_heads)
+    k, v = (heads(x @ w[n] + w[b], kv).repeat(num_heads // kv, axis=1) for n, b in (("wk", "bk"), ("wv", "bv")))
+    scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
+    scores = np.where(np.tril(np.ones((time, time), bool)), scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    merged = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, time, -1)
+    return merged @ w["wo"] + w["bo"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -57,10 +192,10 @@ def _rope(x, positions, base=10000.0):
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_rope_keeps_position_zero_and_every_vector_length():
+def test_rope_keeps_position_zero_and_every_vector_length(student):
     x = np.random.default_rng(0).normal(size=(2, 3, 5, 8))  # (B, nh, T, hs)
     positions = [0, 1, 2, 7, 11]
-    out = _rope(x, positions)
+    out = _rope(student, x, positions)
     assert_shape(out, x.shape, "apply_rope output (..., T, hs)")
     assert_close(out[..., 0, :], x[..., 0, :], "RoPE at position 0 (a rotation by angle 0)", atol=1e-6)
     assert_close(
@@ -74,12 +209,12 @@ def test_rope_keeps_position_zero_and_every_vector_length():
 
 @pytest.mark.bonus
 @pytest.mark.points(2)
-def test_rope_scores_depend_only_on_relative_position():
+def test_rope_scores_depend_only_on_relative_position(student):
     rng = np.random.default_rng(1)
     q, k = rng.normal(size=8), rng.normal(size=8)
     positions = np.arange(16)
-    rotated_q = _rope(np.tile(q, (16, 1)), positions)  # (T, hs): q placed at every position
-    rotated_k = _rope(np.tile(k, (16, 1)), positions)
+    rotated_q = _rope(student, np.tile(q, (16, 1)), positions)  # (T, hs): q placed at every position
+    rotated_k = _rope(student, np.tile(k, (16, 1)), positions)
     scores = rotated_q @ rotated_k.T  # scores[m, n] = rope(q, m) . rope(k, n)
     assert_close(
         scores[1:, 1:],
@@ -92,9 +227,11 @@ def test_rope_scores_depend_only_on_relative_position():
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_rope_rotation_angles_are_position_times_frequency():
+def test_rope_rotation_angles_are_position_times_frequency(student):
     hs, base, position = 6, 100.0, 2
-    images = _rope(np.eye(hs)[:, None, :], [position], base)[:, 0, :]  # (hs, hs): the rotation applied to a basis
+    images = _rope(student, np.eye(hs)[:, None, :], [position], base)[
+        :, 0, :
+    ]  # (hs, hs): the rotation applied to a basis
     assert_close(
         images @ images.T, np.eye(hs), "RoPE as a matrix times its transpose (it must be a rotation)", atol=1e-5
     )
@@ -111,17 +248,12 @@ def test_rope_rotation_angles_are_position_times_frequency():
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_rope_model_knows_the_order_of_earlier_tokens():
-    model = _model(
-        transformer.TransformerConfig(
-            vocab_size=V, context_length=C, d_model=D, num_heads=NH, num_layers=L, positions="rope"
-        )
-    )
-    tokens = np.array(_tokens(1, 6, seed=2))
+def test_rope_model_knows_the_order_of_earlier_tokens(student):
+    tokens = _tokens(1, 6, seed=2)
     tokens[0, :2] = (1, 2)
     swapped = tokens.copy()
     swapped[0, :2] = (2, 1)
-    logits = np.asarray(model(tf.constant(np.concatenate([tokens, swapped]))))
+    (logits,) = student.run(lm_logits, dict(SIZES, positions="rope"), [np.concatenate([tokens, swapped])], uses=(_lm,))
     assert np.abs(logits[0, -1] - logits[1, -1]).max() > 1e-4, (
         "with positions='rope' and no position embeddings, swapping the first two tokens must change the last "
         "logits: are queries and keys rotated by their positions?"
@@ -134,11 +266,11 @@ def test_rope_model_knows_the_order_of_earlier_tokens():
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_expand_kv_heads_gives_query_head_h_the_kv_head_h_over_g():
+def test_expand_kv_heads_gives_query_head_h_the_kv_head_h_over_g(student):
     x = _normal((2, 3, 5, 4), 1)  # (B, nkv=3, S, hs)
-    out = transformer.expand_kv_heads(x, 2)
+    out = student.run(call_with_tensors, "expand_kv_heads", [x, 2], (0,))
     assert_shape(out, (2, 6, 5, 4), "expand_kv_heads(x (B, 3, S, hs), 2)")
-    expected = np.asarray(x)[:, [0, 0, 1, 1, 2, 2]]
+    expected = x[:, [0, 0, 1, 1, 2, 2]]
     assert_close(
         out,
         expected,
@@ -147,24 +279,15 @@ def test_expand_kv_heads_gives_query_head_h_the_kv_head_h_over_g():
     )
 
 
-def _check_gqa_equals_full(num_kv_heads):
-    """GQA with num_kv_heads equals full attention whose wk, wv, bk, bv repeat each kv head for its group."""
+def _check_gqa_equals_full(student, num_kv_heads):
+    """GQA with num_kv_heads equals full attention whose key/value heads repeat each kv head for its group."""
     x = _normal((B, 6, D), 3)
     hs, groups = D // NH, NH // num_kv_heads
-    gqa = transformer.MultiHeadSelfAttention(num_heads=NH, num_kv_heads=num_kv_heads, use_bias=True)
-    full = transformer.MultiHeadSelfAttention(num_heads=NH, use_bias=True)
-    gqa(x), full(x)
-    _randomize(gqa, scale=0.5)
-    assert_shape(gqa.wk, (D, num_kv_heads * hs), f"wk with num_kv_heads={num_kv_heads}")
-    for name in ("wq", "bq", "wo", "bo"):
-        getattr(full, name).assign(getattr(gqa, name))
-    for name in ("wk", "wv", "bk", "bv"):
-        w = np.asarray(getattr(gqa, name))
-        w = w.reshape(w.shape[:-1] + (num_kv_heads, hs)).repeat(groups, axis=-2)  # (..., nkv, hs) -> (..., nh, hs)
-        getattr(full, name).assign(w.reshape(w.shape[:-2] + (NH * hs,)))
+    result = student.run(attention_weights, NH, x, num_kv_heads)
+    assert_shape(result["weights"]["wk"], (D, num_kv_heads * hs), f"wk with num_kv_heads={num_kv_heads}")
     assert_close(
-        gqa(x),
-        full(x),
+        result["out"],
+        reference_attention(x, result["weights"], NH, num_kv_heads),
         f"attention with {NH} query heads and num_kv_heads={num_kv_heads} vs full attention "
         f"with each key/value head repeated for its group of {groups}",
         atol=1e-5,
@@ -173,15 +296,15 @@ def _check_gqa_equals_full(num_kv_heads):
 
 @pytest.mark.bonus
 @pytest.mark.points(2)
-def test_grouped_query_attention_equals_full_attention_with_repeated_kv_heads():
+def test_grouped_query_attention_equals_full_attention_with_repeated_kv_heads(student):
     for num_kv_heads in (NH, 2):  # num_kv_heads == num_heads is plain multi-head attention
-        _check_gqa_equals_full(num_kv_heads)
+        _check_gqa_equals_full(student, num_kv_heads)
 
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_multi_query_attention_shares_one_kv_head():
-    _check_gqa_equals_full(1)
+def test_multi_query_attention_shares_one_kv_head(student):
+    _check_gqa_equals_full(student, 1)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -190,14 +313,11 @@ def test_multi_query_attention_shares_one_kv_head():
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_rms_norm_matches_numpy():
-    x = np.asarray(_normal((2, 3, 8), 1)) + 2.0  # a non-zero mean: RMSNorm must not subtract it
-    layer = transformer.RMSNorm(epsilon=1e-5)
-    layer(tf.constant(x))
+def test_rms_norm_matches_numpy(student):
+    x = _normal((2, 3, 8), 1) + 2.0  # a non-zero mean: RMSNorm must not subtract it
     scale = np.random.default_rng(2).normal(size=8).astype("float32")
-    layer.scale.assign(scale)
     expected = x / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True) + 1e-5) * scale
-    out = layer(tf.constant(x))
+    out = student.run(rms_norm, x, scale)
     assert_shape(out, x.shape, "RMSNorm output")
     assert_close(
         out, expected, "RMSNorm vs x / sqrt(mean(x^2) + epsilon) * scale (over the last axis, no centering)", atol=1e-5
@@ -206,12 +326,12 @@ def test_rms_norm_matches_numpy():
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_swiglu_is_silu_of_the_gate_times_up():
+def test_swiglu_is_silu_of_the_gate_times_up(student):
     gate, up = _normal((2, 3, 5), 1, scale=2.0), _normal((2, 3, 5), 2)
-    g = np.asarray(gate, np.float64)
+    g = gate.astype(np.float64)
     assert_close(
-        transformer.swiglu(gate, up),
-        g / (1.0 + np.exp(-g)) * np.asarray(up),
+        student.run(call_with_tensors, "swiglu", [gate, up], (0, 1)),
+        g / (1.0 + np.exp(-g)) * up,
         "swiglu(gate, up) vs gate * sigmoid(gate) * up",
         atol=1e-5,
     )
@@ -219,15 +339,14 @@ def test_swiglu_is_silu_of_the_gate_times_up():
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_swiglu_feed_forward_matches_numpy():
+def test_swiglu_feed_forward_matches_numpy(student):
     x = _normal((2, 5, D), 1)
-    mlp = transformer.FeedForward(hidden_dim=24, activation="swiglu", use_bias=False)
-    mlp(x)
-    _randomize(mlp, scale=0.5)
-    x64 = np.asarray(x, np.float64)
-    gate, up = x64 @ np.asarray(mlp.w_gate), x64 @ np.asarray(mlp.w_in)
-    expected = (gate / (1.0 + np.exp(-gate)) * up) @ np.asarray(mlp.w_out)
-    assert_close(mlp(x), expected, "SwiGLU feed-forward vs (silu(x w_gate) * (x w_in)) w_out", atol=1e-4)
+    result = student.run(swiglu_feed_forward, x, 24)
+    w = result["weights"]
+    x64 = x.astype(np.float64)
+    gate, up = x64 @ w["w_gate"], x64 @ w["w_in"]
+    expected = (gate / (1.0 + np.exp(-gate)) * up) @ w["w_out"]
+    assert_close(result["out"], expected, "SwiGLU feed-forward vs (silu(x w_gate) * (x w_in)) w_out", atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -236,11 +355,11 @@ def test_swiglu_feed_forward_matches_numpy():
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_update_kv_cache_writes_only_the_new_positions():
-    cache = np.asarray(_normal((2, 3, 8, 4), 1))
-    new = np.asarray(_normal((2, 3, 2, 4), 2))
-    for index in (5, tf.constant(5)):
-        out = np.asarray(transformer.update_kv_cache(tf.constant(cache), tf.constant(new), index))
+def test_update_kv_cache_writes_only_the_new_positions(student):
+    cache = _normal((2, 3, 8, 4), 1)
+    new = _normal((2, 3, 2, 4), 2)
+    for tensors in ((0, 1), (0, 1, 2)):  # the index as a Python int, then as a tensor
+        out = student.run(call_with_tensors, "update_kv_cache", [cache, new, 5], tensors)
         assert_shape(out, cache.shape, "update_kv_cache output (the cache's own shape)")
         expected = cache.copy()
         expected[:, :, 5:7] = new
@@ -251,7 +370,7 @@ def test_update_kv_cache_writes_only_the_new_positions():
             "every other position unchanged)",
             atol=1e-6,
         )
-    out = np.asarray(transformer.update_kv_cache(tf.constant(cache), tf.constant(new[:, :, :1]), 0))
+    out = student.run(call_with_tensors, "update_kv_cache", [cache, new[:, :, :1], 0], (0, 1))
     expected = cache.copy()
     expected[:, :, :1] = new[:, :, :1]
     assert_close(out, expected, "cache after writing 1 new position at index 0", atol=1e-6)
@@ -259,9 +378,9 @@ def test_update_kv_cache_writes_only_the_new_positions():
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_cached_attention_mask_lets_each_query_see_up_to_its_own_position():
-    for index in (2, tf.constant(2)):
-        mask = transformer.cached_attention_mask(index, 3, 6)
+def test_cached_attention_mask_lets_each_query_see_up_to_its_own_position(student):
+    for tensors in ((), (0,)):  # the index as a Python int, then as a tensor
+        mask = student.run(call_with_tensors, "cached_attention_mask", [2, 3, 6], tensors)
         assert_shape(mask, (3, 6), "cached_attention_mask(index=2, T=3, C=6)")
         expected = np.arange(6)[None, :] <= (2 + np.arange(3))[:, None]
         np.testing.assert_array_equal(
@@ -273,48 +392,36 @@ def test_cached_attention_mask_lets_each_query_see_up_to_its_own_position():
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_attention_with_a_cache_equals_full_attention():
-    layer = transformer.MultiHeadSelfAttention(num_heads=NH, use_bias=True)
-    x = _normal((B, 6, D), 1)
-    full = layer(x)
-    _randomize(layer, scale=0.5)
-    full = np.asarray(layer(x))
-    empty = tf.zeros((B, NH, 8, D // NH))  # (B, nkv, C=8, hs)
-    first, cache = layer(x[:, :4], cache=(empty, empty), cache_index=0)
-    second, cache = layer(x[:, 4:], cache=cache, cache_index=4)
-    assert_shape(cache[0], (B, NH, 8, D // NH), "cached keys (B, nkv, C, hs)")
+def test_attention_with_a_cache_equals_full_attention(student):
+    result = student.run(attention_weights, NH, _normal((B, 6, D), 1), cached=True)
+    assert_shape(np.zeros(result["cache_shape"]), (B, NH, 8, D // NH), "cached keys (B, nkv, C, hs)")
     assert_close(
-        np.concatenate([first, second], axis=1),
-        full,
+        np.concatenate([result["first"], result["second"]], axis=1),
+        result["out"],
         "attention over positions 0-3 then 4-5 with a KV cache vs one pass over 0-5",
         atol=1e-5,
     )
 
 
-def _check_cache_equals_recomputation(model, prompt_length):
-    tokens = _tokens(B, C, seed=prompt_length)
-    full = np.asarray(model(tokens))
-    logits, cache = model.prefill(tokens[:, :prompt_length])
-    steps = [np.asarray(logits)]
-    for t in range(prompt_length, C):
-        logits, cache = model.decode_step(tokens[:, t : t + 1], cache)
-        assert_shape(logits, (B, 1, V), "decode_step logits (B, 1, V)")
-        steps.append(np.asarray(logits))
-    assert_close(
-        np.concatenate(steps, axis=1),
-        full,
-        f"logits of prefill({prompt_length} tokens) then decode_step one token at a time vs model(all "
-        f"{C} tokens) [{model.config.positions} positions, {model.config.kv_heads} kv heads]",
-        atol=1e-4,
-    )
+def _check_cache_equals_recomputation(student, spec, prompt_lengths):
+    tokens = _tokens(B, C, seed=prompt_lengths[0])
+    result = student.run(cache_session, spec, tokens, prompt_lengths, uses=(_lm,))
+    for prompt_length, steps in zip(prompt_lengths, result["runs"]):
+        for logits in steps[1:]:
+            assert_shape(logits, (B, 1, V), "decode_step logits (B, 1, V)")
+        assert_close(
+            np.concatenate(steps, axis=1),
+            result["full"],
+            f"logits of prefill({prompt_length} tokens) then decode_step one token at a time vs model(all "
+            f"{C} tokens) [{result['positions']} positions, {result['kv_heads']} kv heads]",
+            atol=1e-4,
+        )
 
 
 @pytest.mark.bonus
 @pytest.mark.points(2)
-def test_kv_cache_decoding_equals_full_recomputation():
-    model = _model(transformer.TransformerConfig(vocab_size=V, context_length=C, d_model=D, num_heads=NH, num_layers=L))
-    for prompt_length in (1, 4):
-        _check_cache_equals_recomputation(model, prompt_length)
+def test_kv_cache_decoding_equals_full_recomputation(student):
+    _check_cache_equals_recomputation(student, SIZES, (1, 4))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -323,20 +430,20 @@ def test_kv_cache_decoding_equals_full_recomputation():
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_every_preset_gives_logits_of_shape_batch_time_vocab():
+def test_every_preset_gives_logits_of_shape_batch_time_vocab(student):
     for name in PRESETS:
-        model = _model(_preset(name), randomize=False)
-        assert_shape(model(_tokens(B, 5)), (B, 5, V), f"logits (B, T, V) of the {name} preset")
+        (logits,) = student.run(lm_logits, dict(SIZES, preset=name), [_tokens(B, 5)], randomize=False, uses=(_lm,))
+        assert_shape(logits, (B, 5, V), f"logits (B, T, V) of the {name} preset")
 
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_every_preset_is_causal():
-    tokens = np.asarray(_tokens(1, C, seed=5))
+def test_every_preset_is_causal(student):
+    tokens = _tokens(1, C, seed=5)
     changed = tokens.copy()
     changed[0, 6] = (changed[0, 6] + 1) % V
     for name in PRESETS:
-        logits = np.asarray(_model(_preset(name))(tf.constant(np.concatenate([tokens, changed]))))
+        (logits,) = student.run(lm_logits, dict(SIZES, preset=name), [np.concatenate([tokens, changed])], uses=(_lm,))
         assert_close(
             logits[1, :6],
             logits[0, :6],
@@ -351,6 +458,6 @@ def test_every_preset_is_causal():
 @pytest.mark.bonus
 @pytest.mark.points(1)
 @pytest.mark.timeout(180)
-def test_kv_cache_equals_full_recomputation_for_every_preset():
+def test_kv_cache_equals_full_recomputation_for_every_preset(student):
     for name in PRESETS:
-        _check_cache_equals_recomputation(_model(_preset(name)), prompt_length=3)
+        _check_cache_equals_recomputation(student, dict(SIZES, preset=name), (3,))
