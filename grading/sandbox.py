@@ -26,6 +26,7 @@ RUNNER_USER = os.environ.get("GRADER_RUNNER_USER", "student")  # created by setu
 HARNESS_FILES = ("wire.py", "probes.py", "probe_runner.py")
 STARTUP_TIMEOUT = 300.0  # importing TensorFlow on a slow, shared CPU
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,10 @@ def drop_to(user, limits, cpu):
             os.setuid(user.uid)
             if os.getuid() == 0 or os.geteuid() == 0:
                 os._exit(97)
+        try:  # die with the judge, even when it is killed (set after the uid switch, which clears it)
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except Exception:
+            pass
 
     return preexec
 
