@@ -234,6 +234,12 @@ def verify(
 
         if not bugs_only:
             _check_points(manifest, modules, report)
+            unjudged = sorted(f for f, m in manifest["files"].items() if m in modules and f not in manifest["judged"])
+            report.add(
+                "every graded test file is judged (each of its tests takes the `student` fixture)",
+                not unjudged,
+                "not judged, so its tests could be forged from inside their own session: " + ", ".join(unjudged),
+            )
             try:
                 release.build_student(root, tmp / "release", manifest=manifest, check_import=False, log=lambda l: None)
                 report.add("the student release builds: markers, every module parses, nothing leaks", True)
