@@ -416,6 +416,11 @@ def grade(
     parts = {p["module"]: p for p in manifest["parts"]}
     user, sandbox_note = sandbox.sandbox_policy(drop_privileges, runner_user or sandbox.RUNNER_USER)
     sandbox.python_for(user, python)
+    if user is not None and (bundle / "tests").exists() and os.stat(bundle / "tests").st_mode & 0o005:
+        log(
+            f"warning (staff): {bundle / 'tests'} is readable by other users, the runner's user too: setup.sh makes "
+            "the bundle root's alone (chmod -R go-rwx)"
+        )
 
     work = Path(tempfile.mkdtemp(prefix="grading-"))
     os.chmod(work, 0o711)
