@@ -33,6 +33,12 @@ def _parser():
         help="run the student's code as the current user, even root (trusted code only: the reference, the bugs)",
     )
     p.add_argument("--runner-user", help="the unprivileged user the student's code runs as (default: student)")
+    p.add_argument(
+        "--sandbox-optional",
+        action="store_true",
+        help="as root without a runner user, run the student's code unsandboxed instead of refusing (your own "
+        "machine; never the autograder)",
+    )
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work directory")
     p.add_argument("--quiet", action="store_true", help="print nothing; only write results.json")
 

@@ -279,6 +279,8 @@ def test_the_reference_of_the_repository_never_answers_for_a_missing_module(cour
 def test_not_root_runs_unsandboxed_and_says_so_and_root_without_a_user_refuses(course, tmp_path, monkeypatch):
     from grading import sandbox
 
+    (tmp_path / "m.json").write_text(json.dumps(course[1]))
+
     monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
     user, note = sandbox.sandbox_policy(True)
     assert user is None and "unsandboxed" in note
@@ -289,6 +291,20 @@ def test_not_root_runs_unsandboxed_and_says_so_and_root_without_a_user_refuses(c
     if os.geteuid() == 0:
         with pytest.raises(sandbox.SandboxRefused):
             run(course, course[0], tmp_path, drop_privileges=True, runner_user="no-such-user-here")
+        _, results = run(
+            course, course[0], tmp_path, drop_privileges=True, runner_user="no-such-user-here", sandbox_required=False
+        )
+        assert results["extra_data"]["core_score"] == 8 and "unsandboxed, as root" in results["output"]
+        out = tmp_path / "refused.json"
+        proc = subprocess.run(
+            [sys.executable, "-m", "grading", "grade", str(course[0]), "--bundle", str(course[0])]
+            + ["--manifest", str(tmp_path / "m.json"), "--out", str(out), "--runner-user", "no-such-user-here"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 3 and "never runs a student's code as root" in json.loads(out.read_text())["output"]
 
 
 def test_as_root_the_tests_run_as_an_unprivileged_user_who_cannot_touch_the_bundle(
