@@ -95,3 +95,64 @@ def test_probes_are_top_level_and_student_text_is_capped():
     error = probes.StudentError("ValueError", "A" * 10_000, "assignment/x.py:1 in f")
     assert len(str(error)) < 500 and "characters cut" in error.message
     assert probes.InProcessStudent().run(_top_level, np.int64(2)) == 3
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The judged path end to end on the real course's sampling part (TensorFlow in the runner only)
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def sampling_manifest():
+    from grading import manifest as manifest_builder
+
+    built, problems = manifest_builder.build_manifest(REPO, log=lambda line: None)
+    assert problems == [] and "tests/test_sampling.py" in built["judged"]
+    built["tests"] = [dict(t, timeout=8.0) for t in built["tests"]]
+    return built
+
+
+def _grade_sampling(tmp_path, manifest, sampling_source):
+    sub = tmp_path / "submission" / "assignment"
+    sub.mkdir(parents=True)
+    (sub / "sampling.py").write_text(sampling_source)
+    results, _ = grade.grade(
+        tmp_path / "submission",
+        None,
+        bundle=REPO,
+        manifest=manifest,
+        only=["sampling"],
+        drop_privileges=False,
+        log=lambda line: None,
+    )
+    return {t["extra_data"]["nodeid"].split("::")[1]: t for t in results["tests"]}, results
+
+
+@pytest.mark.slow
+def test_a_judged_part_that_does_not_import_fails_each_test_once_with_the_error(tmp_path, sampling_manifest):
+    source = (REPO / "assignment" / "sampling.py").read_text().replace("def greedy(", "def greedy(((", 1)
+    tests, results = _grade_sampling(tmp_path, sampling_manifest, source)
+    assert results["score"] == 0 and len(tests) == len(
+        [t for t in sampling_manifest["tests"] if t["module"] == "sampling"]
+    )
+    visible = [t for t in tests.values() if not t["extra_data"]["hidden"]]
+    hidden = [t for t in tests.values() if t["extra_data"]["hidden"]]
+    assert all(t["extra_data"]["outcome"] == "error" for t in visible)
+    assert all(
+        "could not import assignment/sampling.py" in t["output"] and "SyntaxError" in t["output"] for t in visible
+    )
+    assert hidden and all(t["output"] == "This hidden test did not pass." for t in hidden), "hidden: pass or fail only"
+
+
+@pytest.mark.slow
+def test_a_judged_test_that_hangs_costs_only_itself(tmp_path, sampling_manifest):
+    source = (REPO / "assignment" / "sampling.py").read_text()
+    source += "\n\ndef greedy(logits, *args, **kwargs):\n    while True:\n        pass\n"
+    tests, results = _grade_sampling(tmp_path, sampling_manifest, source)
+    hung = tests["test_greedy_picks_the_argmax_of_each_row"]
+    assert hung["extra_data"]["outcome"] == "timeout" and "time limit of 8 s" in hung["output"]
+    others = [t for name, t in tests.items() if "greedy" not in name]
+    assert others and all(t["status"] == "passed" for t in others), [
+        t["output"][:200] for t in others if t["status"] != "passed"
+    ]
