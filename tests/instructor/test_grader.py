@@ -400,10 +400,11 @@ def test_verify_proves_the_toy_course_and_reports_what_is_wrong(tmp_path):
     assert failed == {
         "the points of each part add up to CONVENTIONS.md",  # beta has no hidden test
         "bug beta/harmless is caught by a test of its part",
+        "every graded test file is judged (each of its tests takes the `student` fixture)",  # the toy's are not
     }, output
     assert "alpha/minus" in output and "test_add (visible)" in output and "NOT CAUGHT" in output
     assert "graded suite on one CPU" in output and "anonymous" in output
-    assert lines[-1] == f"verify: {len(report.checks) - 2} passed, 2 failed"
+    assert lines[-1] == f"verify: {len(report.checks) - 3} passed, 3 failed"
     assert (root / "assignment" / "alpha.py").read_text() == ALPHA, "bugs are never applied to the working tree"
 
 
