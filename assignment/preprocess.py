@@ -7,7 +7,9 @@ The pipeline is: text -> tokenizer.encode -> ids (int32, shape (num_tokens,))
 """
 
 import collections
+import heapq
 import json
+import math
 import re
 from pathlib import Path
 
@@ -234,10 +236,311 @@ class WordTokenizer(_Tokenizer):
         # END SOLUTION
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Byte-level BPE (bonus)
+#
+# GPT-2's pre-tokenizer: contractions, letter runs, digit runs and punctuation runs, each with at most one leading
+# space, and whitespace runs. BPE merges only inside one pre-token, so " the" and "the" can become tokens but
+# "e." never does. `\p{L}` (any letter) and `\p{N}` (any number) need the `regex` package: the stdlib `re` has no
+# Unicode property classes, and an approximation would split some text differently from tiktoken.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+NUM_BYTES = 256  # ids 0..255 are the bytes themselves: every string encodes, nothing is unknown
+
+
+def merge_pair(ids, pair, new_id):
+    """Returns `ids` (a list of ints) with every occurrence of `pair` replaced by `new_id`, scanning left to right.
+
+    Occurrences do not overlap: `merge_pair([5, 5, 5], (5, 5), 9) == [9, 5]`.
+    """
+    # TODO: walk i along ids: where ids[i], ids[i + 1] equal pair, append new_id and step 2, else append ids[i]
+    #       and step 1 (~8 lines)
+    # BEGIN SOLUTION
+    out = []
+    i = 0
+    while i < len(ids):
+        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+    # END SOLUTION
+
+
+class BPETokenizer:
+    """Byte-level byte-pair-encoding tokenizer, as GPT-2's: learned merges of adjacent tokens, starting from bytes.
+
+    Ids 0..255 are the 256 bytes, id `256 + r` is the token made by merge `r` (`merges[r]`, a pair of ids), and the
+    special tokens come last. Text is split at special tokens, then into pre-tokens by `GPT2_PATTERN`; merges are
+    learned and applied inside one pre-token only. Every string encodes (its UTF-8 bytes always have ids) and
+    `decode(encode(text)) == text`.
+
+    Training (`fit`) repeats: count every pair of adjacent ids inside the pre-tokens (each pre-token weighted by
+    how often it occurs), merge the most frequent pair everywhere, record the merge. Tie-break: among pairs with
+    the same count, the smallest pair wins, comparing `(first id, second id)` as tuples; so `(97, 98)` ("a", "b")
+    beats `(99, 100)` ("c", "d") whatever their order in the text. Encoding applies the merges by rank: the
+    lowest-ranked (earliest learned) pair present is merged first, everywhere in the pre-token, until no learned
+    pair is left.
+
+    Args:
+        vocab_size: the vocabulary to reach, bytes and special tokens included: `vocab_size - 256 -
+            len(special_tokens)` merges are learned (fewer if the text runs out of pairs).
+        special_tokens: strings such as `"<|endoftext|>"` that always encode to one id of their own, never split
+            and never part of a merge.
+
+    Examples:
+    >>> tok = BPETokenizer(vocab_size=260, special_tokens=("<|endoftext|>",)).fit("low lower lowest")
+    >>> tok.decode(tok.encode("lowest<|endoftext|>"))
+    'lowest<|endoftext|>'
+    """
+
+    kind = "bpe"
+
+    def __init__(self, vocab_size, special_tokens=()):
+        special_tokens = tuple(special_tokens)
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
+            raise ValueError(f"vocab_size must be an integer; got vocab_size={vocab_size!r}")
+        if vocab_size < NUM_BYTES + len(special_tokens):
+            raise ValueError(
+                f"vocab_size={vocab_size} is too small for a byte-level BPE: it needs the {NUM_BYTES} bytes plus "
+                f"{len(special_tokens)} special token(s), so at least {NUM_BYTES + len(special_tokens)}"
+            )
+        if len(set(special_tokens)) != len(special_tokens) or not all(isinstance(s, str) and s for s in special_tokens):
+            raise ValueError(f"special_tokens must be distinct non-empty strings; got {special_tokens!r}")
+        self.target_vocab_size = int(vocab_size)
+        self.special_tokens = special_tokens
+        self.merges = None  # list of (id, id) pairs, in the order learned; merge r makes token 256 + r
+        # Longest first, so that a special token containing another is matched whole.
+        alternatives = "|".join(re.escape(s) for s in sorted(special_tokens, key=len, reverse=True))
+        self._special_re = re.compile(f"({alternatives})") if special_tokens else None
+        self._pattern = _gpt2_regex()
+
+    @classmethod
+    def from_text(cls, text, **kwargs):
+        """Returns a tokenizer built with `kwargs` and fitted on `text`."""
+        return cls(**kwargs).fit(text)
+
+    # -- what fit and encode build on (given) -------------------------------------------------------------------
+
+    def pretokenize(self, text):
+        """Returns the pre-tokens of `text` (no special tokens in it): `"Hi, you!"` -> `["Hi", ",", " you", "!"]`."""
+        return self._pattern.findall(text)
+
+    def split_special(self, text):
+        """Returns `text` cut at the special tokens, as a list of non-empty strings, special tokens included.
+
+        `"a<|endoftext|>b"` -> `["a", "<|endoftext|>", "b"]`; without special tokens, `[text]` (or `[]` if empty).
+        """
+        if self._special_re is None:
+            return [text] if text else []
+        return [piece for piece in self._special_re.split(text) if piece]
+
+    @property
+    def special_ids(self):
+        """Returns `{special token: id}`; the special tokens come right after the merged tokens."""
+        self._check_fitted()
+        start = NUM_BYTES + len(self.merges)
+        return {s: start + i for i, s in enumerate(self.special_tokens)}
+
+    @property
+    def vocab_size(self):
+        """Returns the number of ids: 256 bytes, one per learned merge, and the special tokens."""
+        self._check_fitted()
+        return NUM_BYTES + len(self.merges) + len(self.special_tokens)
+
+    @property
+    def unk_id(self):
+        """Returns an id to start from when there is no prompt: the first special token, else "\\n" (10).
+
+        A byte-level BPE has no unknown token (every byte has an id); the name is the other tokenizers'.
+        """
+        return self.special_ids[self.special_tokens[0]] if self.special_tokens else 10
+
+    def token_bytes(self, token_id):
+        """Returns the bytes of one id (a special token's are its UTF-8 text)."""
+        self._check_fitted()
+        return self._bytes[token_id]
+
+    def _check_fitted(self):
+        if self.merges is None:
+            raise RuntimeError("BPETokenizer has no merges yet: call fit(text) or load(path) first")
+
+    def _set_merges(self, merges):
+        """Sets `merges` and builds what encode and decode look up: ranks, the bytes of every id, a cache."""
+        self.merges = [(int(a), int(b)) for a, b in merges]
+        self.ranks = {pair: rank for rank, pair in enumerate(self.merges)}
+        self._bytes = [bytes([b]) for b in range(NUM_BYTES)]
+        for a, b in self.merges:
+            self._bytes.append(self._bytes[a] + self._bytes[b])
+        self._bytes += [s.encode("utf-8") for s in self.special_tokens]
+        self._cache = {}
+
+    def _encode_pretoken(self, pretoken):
+        """Returns the ids of one pre-token (a string), remembered: a corpus repeats its words."""
+        ids = self._cache.get(pretoken)
+        if ids is None:
+            ids = self._cache[pretoken] = self.encode_bytes(pretoken.encode("utf-8"))
+        return ids
+
+    # -- what the student writes ------------------------------------------------------------------------------
+
+    def fit(self, text):
+        """Learns `vocab_size - 256 - len(special_tokens)` merges from `text` and returns `self`.
+
+        Merges never cross a pre-token boundary or touch a special token. After `fit`, `self.merges[r]` is the
+        pair of ids merged at step `r` into id `256 + r`.
+        """
+        num_merges = self.target_vocab_size - NUM_BYTES - len(self.special_tokens)
+        # TODO: 1. count the pre-tokens: for each piece of self.split_special(text) that is not a special token,
+        #          count tuple(p.encode("utf-8")) for every p in self.pretokenize(piece) (a Counter of id tuples)
+        #       2. repeat num_merges times: count the adjacent pairs inside every pre-token, weighted by the
+        #          pre-token's count; stop early if there are none; take the most frequent pair, ties going to the
+        #          smallest pair (min over (-count, pair)); its new id is 256 + len(merges); merge it in every
+        #          pre-token with merge_pair; append the pair to merges
+        #       3. self._set_merges(merges) (~20 lines; recounting every pair at each step is fine for the tests)
+        # BEGIN SOLUTION
+        # Pair counts are kept up to date instead of recounted: a merge changes only the pre-tokens that hold its
+        # pair, so only their pairs are re-counted. A heap of (-count, pair) finds the best pair; entries whose
+        # count has changed since they were pushed are skipped when popped.
+        counts = collections.Counter()
+        for piece in self.split_special(text):
+            if piece not in self.special_tokens:
+                counts.update(tuple(p.encode("utf-8")) for p in self.pretokenize(piece))
+        words = [list(w) for w in counts]  # the pre-tokens as lists of ids, merged as we go
+        freqs = list(counts.values())  # how often each pre-token occurs
+        pair_counts = collections.Counter()  # (a, b) -> occurrences in all pre-tokens
+        where = collections.defaultdict(set)  # (a, b) -> indices of the pre-tokens that may hold it
+        for i, (word, freq) in enumerate(zip(words, freqs)):
+            for pair in zip(word, word[1:]):
+                pair_counts[pair] += freq
+                where[pair].add(i)
+        heap = [(-count, pair) for pair, count in pair_counts.items()]
+        heapq.heapify(heap)
+        merges = []
+        while len(merges) < num_merges and heap:
+            negative_count, pair = heapq.heappop(heap)
+            if pair_counts.get(pair, 0) != -negative_count or negative_count == 0:
+                continue  # stale: the pair's count changed after this entry was pushed
+            new_id = NUM_BYTES + len(merges)
+            merges.append(pair)
+            for i in sorted(where.pop(pair)):
+                old = words[i]
+                new = merge_pair(old, pair, new_id)
+                if len(new) == len(old):
+                    continue  # the pre-token lost this pair to an earlier merge
+                words[i] = new
+                delta = collections.Counter(zip(new, new[1:]))
+                delta.subtract(zip(old, old[1:]))
+                for changed, d in delta.items():
+                    if d:
+                        pair_counts[changed] += d * freqs[i]
+                        if d > 0:
+                            where[changed].add(i)
+                        heapq.heappush(heap, (-pair_counts[changed], changed))
+        self._set_merges(merges)
+        # END SOLUTION
+        return self
+
+    def encode_bytes(self, data):
+        """Returns the ids of one pre-token's bytes `data`, merges applied by rank: a list of ints.
+
+        Example: with merges `[(98, 99), (97, 98)]` ("bc" first, then "ab"), `b"abc"` -> `[97, 256]` ("a", "bc"):
+        the pair ("b", "c") has the lower rank, so it is merged first, although ("a", "b") comes first in the text.
+        """
+        # TODO: start from list(data); while some adjacent pair is in self.ranks: find the one with the lowest rank,
+        #       merge it everywhere with merge_pair (its new id is 256 + its rank) (~6 lines)
+        # BEGIN SOLUTION
+        ids = list(data)
+        while len(ids) > 1:
+            pair = min(zip(ids, ids[1:]), key=lambda p: self.ranks.get(p, math.inf))
+            if pair not in self.ranks:
+                break
+            ids = merge_pair(ids, pair, NUM_BYTES + self.ranks[pair])
+        return ids
+        # END SOLUTION
+
+    def encode(self, text):
+        """Returns the ids of `text`: int32 array of shape `(num_tokens,)`; a special token in `text` is one id."""
+        self._check_fitted()
+        # TODO: for each piece of self.split_special(text): a special token appends its id (self.special_ids);
+        #       any other piece appends, for every p in self.pretokenize(piece), self._encode_pretoken(p) (which
+        #       calls encode_bytes on p's UTF-8 bytes); return the ids as an int32 array (~8 lines)
+        # BEGIN SOLUTION
+        special_ids = self.special_ids
+        ids = []
+        for piece in self.split_special(text):
+            if piece in special_ids:
+                ids.append(special_ids[piece])
+            else:
+                for pretoken in self.pretokenize(piece):
+                    ids.extend(self._encode_pretoken(pretoken))
+        return np.array(ids, dtype=np.int32)
+        # END SOLUTION
+
+    # -- given -------------------------------------------------------------------------------------------------
+
+    def decode(self, ids):
+        """Returns the text of `ids` (shape `(T,)`); bytes that are not valid UTF-8 become U+FFFD.
+
+        Only an arbitrary sequence of ids (a model's sample) can cut a character in two: `encode`'s output always
+        decodes back to the text.
+
+        Raises:
+            ValueError: if an id is outside `[0, vocab_size)`.
+        """
+        ids = _as_id_list(ids)
+        self._check_fitted()
+        for i in ids:
+            if not 0 <= i < len(self._bytes):
+                raise ValueError(
+                    f"cannot decode id {i}: valid ids are 0..{len(self._bytes) - 1} (vocab_size={len(self._bytes)})"
+                )
+        return b"".join(self._bytes[i] for i in ids).decode("utf-8", errors="replace")
+
+    def get_config(self):
+        return {"vocab_size": self.target_vocab_size, "special_tokens": list(self.special_tokens)}
+
+    def save(self, path):
+        """Writes the tokenizer (settings, pattern and merges) to `path` as JSON."""
+        self._check_fitted()
+        payload = {"kind": self.kind, "config": self.get_config(), "pattern": GPT2_PATTERN, "merges": self.merges}
+        Path(path).write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path):
+        """Returns the tokenizer saved at `path` by `save`."""
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        if payload.get("kind") != cls.kind:
+            raise ValueError(f"{path} holds a {payload.get('kind')!r} tokenizer, not a {cls.kind!r} one")
+        if payload.get("pattern") != GPT2_PATTERN:
+            raise ValueError(f"{path} was saved with another pre-tokenization pattern: {payload.get('pattern')!r}")
+        tokenizer = cls(**payload["config"])
+        tokenizer._set_merges(payload["merges"])
+        return tokenizer
+
+
+def _gpt2_regex():
+    """Returns GPT2_PATTERN compiled by the `regex` package (a dependency: the stdlib `re` has no \\p{L})."""
+    try:
+        import regex
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "BPETokenizer needs the `regex` package for GPT-2's pre-tokenizer (\\p{L}, \\p{N}): pip install regex"
+        ) from None
+    return regex.compile(GPT2_PATTERN)
+
+
+def bits_per_char(loss, num_tokens, num_chars):
+    """Returns bits per character of a mean cross-entropy `loss` (nats per token) over `num_tokens` tokens
+    that spell `num_chars` characters: the measure that compares models with different tokenizers."""
+    return float(loss) * num_tokens / (num_chars * math.log(2))
+
+
 def load_tokenizer(path):
-    """Returns the CharTokenizer or WordTokenizer saved at `path`, whichever it is."""
+    """Returns the CharTokenizer, WordTokenizer or BPETokenizer saved at `path`, whichever it is."""
     kind = json.loads(Path(path).read_text(encoding="utf-8")).get("kind")
-    classes = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer)}
+    classes = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer, BPETokenizer)}
     if kind not in classes:
         raise ValueError(f"{path} is not a saved tokenizer: kind={kind!r}, expected one of {sorted(classes)}")
     return classes[kind].load(path)
