@@ -13,7 +13,7 @@ class Part:
 
 
 PARTS = (
-    Part("preprocess", "1", "tokenizers, vocabulary, training sequences, tf.data", 15),
+    Part("preprocess", "1", "tokenizers, vocabulary, training sequences, tf.data; bonus: byte-level BPE", 15, bonus=10),
     Part("rnn", "2a", "RNN cell and RNN language model", 8),
     Part("lstm", "2b", "LSTM cell and LSTM language model", 12),
     Part("sampling", "3", "greedy, temperature, top-k, top-p, generate", 20),
