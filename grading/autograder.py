@@ -23,6 +23,7 @@ numpy
 pytest>=8
 pytest-timeout>=2.3
 tqdm
+regex  # the BPE bonus: GPT-2's pre-tokenizer needs Unicode letter and number classes
 """
 
 
