@@ -24,7 +24,7 @@ import shutil
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # preprocess imports TensorFlow, whose start-up chatter hides the bar
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # preprocess imports TensorFlow: its start-up chatter hides the bar
 
 import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
