@@ -199,6 +199,10 @@ def prepare(source, out, tokenizer="char", vocab_size=None, val_fraction=0.1, fi
                 break
             train_text.append(piece[: fit_chars - size])
             size += len(train_text[-1])
+        if size == 0:
+            raise PrepareError(
+                f"{src.name} is too small to split: train.bin would hold no text (val_fraction={val_fraction})"
+            )
         if not "".join(train_text).strip():
             raise PrepareError(f"the training part of {src.name} is empty or only whitespace: nothing to fit on")
         if progress:
