@@ -36,6 +36,8 @@ examples:
   python -m assignment.train --optimizer lion --run-dir runs/lion
   python -m assignment.train --init-from runs/main --corpus my.txt --freeze embeddings 2 --run-dir runs/ft
   python -m assignment.train --strategy mirrored --cpu-replicas 2 --run-dir runs/mirrored
+  python -m assignment.prepare --tokenizer bpe --out data/shards/pyref-bpe && \
+    python -m assignment.train --data data/shards/pyref-bpe --run-dir runs/bpe   # BPE token shards, memory-mapped
 
 Running the same command again resumes from the latest checkpoint (or says the run is done); Ctrl-C saves a
 checkpoint first. A run directory written by another model or config is an error, never a silent fresh start.
@@ -95,6 +97,12 @@ def build_parser():
         "(downloaded once into data/), or the path of a UTF-8 text file",
     )
     data.add_argument("--tokenizer", choices=("char", "word"), default="char", help="tokenizer (default: char)")
+    data.add_argument(
+        "--data",
+        metavar="DIR",
+        help="train on token shards written by `python -m assignment.prepare` (train.bin / val.bin, memory-mapped, "
+        "with their tokenizer, e.g. BPE); replaces --corpus, --tokenizer and --val-fraction",
+    )
     data.add_argument(
         "--val-fraction",
         type=float,

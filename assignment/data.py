@@ -12,12 +12,30 @@ def random_windows(ids, batch_size, seq_len, seed=0, start=0):
     """Returns an endless `tf.data.Dataset` of `(inputs, labels)` batches, each int32 `(B, T)`, cut at random
     offsets of the token stream `ids` (nanoGPT's `get_batch`).
 
+    `ids` is a 1-D int array, or a token shard memory-mapped by `assignment.prepare.open_shard`: a `np.memmap` is
+    read window by window (only the pages of the batch), never loaded whole, and gives the same batches as the
+    same ids in memory.
+
     Batch number p depends only on `(seed, p)` (stateless random numbers), so the stream restarts exactly at any
     position `start`: a resumed run sees the same batches as a run that never stopped.
     """
-    ids = tf.constant(np.asarray(ids, dtype=np.int32))
-    num_starts = int(ids.shape[0]) - seq_len  # a window is seq_len + 1 tokens
-    offsets = tf.range(seq_len + 1, dtype=tf.int64)
+    num_starts = int(len(ids)) - seq_len  # a window is seq_len + 1 tokens
+    if isinstance(ids, np.memmap):
+        window = np.arange(seq_len + 1)
+
+        def read_windows(starts):  # runs in NumPy: fancy indexing copies just these windows out of the file
+            return np.asarray(ids[starts[:, None] + window[None, :]], dtype=np.int32)  # (B, T + 1)
+
+        def gather(starts):
+            windows = tf.numpy_function(read_windows, [starts], tf.int32, stateful=False)
+            return tf.ensure_shape(windows, [batch_size, seq_len + 1])
+
+    else:
+        ids = tf.constant(np.asarray(ids, dtype=np.int32))
+        offsets = tf.range(seq_len + 1, dtype=tf.int64)
+
+        def gather(starts):
+            return tf.gather(ids, starts[:, None] + offsets[None, :])  # (B, T + 1)
 
     def batch_at(position):
         starts = tf.random.stateless_uniform(
@@ -27,7 +45,7 @@ def random_windows(ids, batch_size, seq_len, seed=0, start=0):
             maxval=num_starts,
             dtype=tf.int64,
         )  # (B,)
-        windows = tf.gather(ids, starts[:, None] + offsets[None, :])  # (B, T + 1)
+        windows = gather(starts)  # (B, T + 1)
         return windows[:, :-1], windows[:, 1:]
 
     dataset = tf.data.Dataset.counter(start).map(batch_at).prefetch(4)

@@ -66,6 +66,7 @@ class RunRequest:
     set: list = dataclasses.field(default_factory=list)  # KEY=VALUE TransformerConfig fields
     corpus: str = "pyref"
     tokenizer: str = "char"
+    data: str | None = None  # a shard directory from `python -m assignment.prepare`: its tokenizer and split
     val_fraction: float = 0.1
     steps: int | None = None
     batch_size: int | None = None
@@ -220,6 +221,26 @@ def save_tokenizer(tokenizer, path):
     tmp = path.with_name(path.name + ".tmp")
     tokenizer.save(tmp)
     os.replace(tmp, path)
+
+
+def read_shards(data_dir):
+    """Returns `(train_ids, val_ids, tokenizer, meta)` of a shard directory written by `assignment.prepare`, the ids
+    memory-mapped; `UsageError` when it is not one or a shard does not match its header."""
+    from assignment import prepare
+
+    data_dir = Path(data_dir)
+    try:
+        meta = prepare.read_meta(data_dir)
+        train_ids = prepare.open_shard(data_dir / "train.bin")
+        val_ids = prepare.open_shard(data_dir / "val.bin")
+    except (prepare.PrepareError, OSError) as error:
+        raise UsageError(f"--data {data_dir}: {error}") from None
+    tokenizer = read_tokenizer(data_dir / meta["tokenizer"])
+    if tokenizer.vocab_size != meta["vocab_size"]:
+        raise UsageError(
+            f"--data {data_dir}: its tokenizer has {tokenizer.vocab_size} ids, meta.json says {meta['vocab_size']}"
+        )
+    return train_ids, val_ids, tokenizer, meta
 
 
 def load_run(run_dir, which="best"):
@@ -441,24 +462,40 @@ def run(request, log=print):
     cfg = TrainConfig.from_dict(settings["train"])
     keras.utils.set_random_seed(cfg.seed)  # the initial weights
 
-    try:
-        text = load_corpus(settings["corpus"])
-    except (OSError, ValueError) as error:
-        raise UsageError(str(error)) from None
-    if saved is not None:
-        tokenizer = read_tokenizer(run_dir / "tokenizer.json")
-    elif settings["init_from"]:
-        tokenizer = read_tokenizer(Path(settings["init_from"]) / "tokenizer.json")
-    else:
-        tokenizer = (preprocess.CharTokenizer() if settings["tokenizer"] == "char" else preprocess.WordTokenizer()).fit(
-            text
+    if request.data:
+        # Token shards: the tokenizer and the split are the shards'; the ids stay on disk, memory-mapped.
+        if settings["init_from"]:
+            raise UsageError("--data with --init-from is not supported yet: fine-tune on --corpus instead")
+        train_ids, val_ids, tokenizer, meta = read_shards(request.data)
+        if saved is not None:
+            tokenizer = read_tokenizer(run_dir / "tokenizer.json")
+        settings = dict(
+            settings,
+            corpus=meta["corpus"],
+            tokenizer=meta["tokenizer_kind"],
+            val_fraction=meta["val_fraction"],
+            data=str(request.data),
         )
-    ids = tokenizer.encode(text)
-    train_ids, val_ids = preprocess.train_val_split(ids, settings["val_fraction"])
+        corpus_sha256 = hashlib.sha256((Path(request.data) / "meta.json").read_bytes()).hexdigest()
+    else:
+        try:
+            text = load_corpus(settings["corpus"])
+        except (OSError, ValueError) as error:
+            raise UsageError(str(error)) from None
+        if saved is not None:
+            tokenizer = read_tokenizer(run_dir / "tokenizer.json")
+        elif settings["init_from"]:
+            tokenizer = read_tokenizer(Path(settings["init_from"]) / "tokenizer.json")
+        else:
+            kind = preprocess.CharTokenizer if settings["tokenizer"] == "char" else preprocess.WordTokenizer
+            tokenizer = kind().fit(text)
+        ids = tokenizer.encode(text)
+        train_ids, val_ids = preprocess.train_val_split(ids, settings["val_fraction"])
+        corpus_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
     config = dict(
         settings,
         model_config=full_model_config(settings["model"], settings["model_config"], tokenizer.vocab_size),
-        corpus_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        corpus_sha256=corpus_sha256,
         vocab_size=tokenizer.vocab_size,
     )
     if saved is not None:
