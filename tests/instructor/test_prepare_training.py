@@ -64,3 +64,6 @@ def test_a_damaged_shard_is_a_clear_error(shards, tmp_path, capsys):
     _, err = main(capsys, cli, *TINY, "--data", broken, "--run-dir", tmp_path / "run", expect=2)
     assert "does not match its header" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists(), "nothing is written for a run that cannot start"
+    _, err = main(capsys, cli, *TINY, "--data", tmp_path / "nowhere", "--run-dir", tmp_path / "run", expect=2)
+    assert "--data" in err and "not a shard directory" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
