@@ -124,3 +124,13 @@ def test_an_interrupted_run_leaves_the_previous_shards_intact(tmp_path, corpus_f
     (tmp_path / "notes" / "keep.txt").write_text("mine")
     with pytest.raises(prepare.PrepareError, match="refusing to overwrite"):
         prepare.prepare(corpus_file, tmp_path / "notes", "char", progress=False)
+
+
+def test_bits_per_char_converts_a_loss_per_token(tmp_path, corpus_file):
+    import math
+
+    assert preprocess.bits_per_char(math.log(2), num_tokens=10, num_chars=10) == pytest.approx(1.0)
+    assert preprocess.bits_per_char(math.log(4), num_tokens=5, num_chars=20) == pytest.approx(0.5)
+    meta = prepare.prepare(corpus_file, tmp_path / "bpe", "bpe", vocab_size=300, progress=False)
+    val = meta["shards"]["val.bin"]
+    assert val["chars"] > val["tokens"], "the header gives what bits per character needs: tokens and characters"
