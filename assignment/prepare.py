@@ -1,4 +1,4 @@
-"""Token shards: encode a corpus once into `train.bin` / `val.bin`, which training reads through `np.memmap`.
+"""Token shards: a corpus encoded once into train.bin / val.bin, read through np.memmap (given, not graded).
 
     python -m assignment.prepare --corpus pyref --tokenizer bpe --vocab-size 4096 --out data/shards/pyref-bpe4096
 

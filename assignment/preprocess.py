@@ -4,6 +4,8 @@ Dimension letters: N number of sequences, T sequence length (`seq_len`), B batch
 
 The pipeline is: text -> tokenizer.encode -> ids (int32, shape (num_tokens,))
 -> train_val_split -> make_sequences -> (inputs, labels), each (N, T) -> make_dataset -> batches of (B, T).
+
+Tokenizers: `CharTokenizer`, `WordTokenizer`, and (bonus) `BPETokenizer`, GPT-2's byte-level byte-pair encoding.
 """
 
 import collections
