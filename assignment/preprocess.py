@@ -238,6 +238,115 @@ class WordTokenizer(_Tokenizer):
         # END SOLUTION
 
 
+def load_tokenizer(path):
+    """Returns the CharTokenizer, WordTokenizer or BPETokenizer saved at `path`, whichever it is."""
+    kind = json.loads(Path(path).read_text(encoding="utf-8")).get("kind")
+    classes = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer, BPETokenizer)}
+    if kind not in classes:
+        raise ValueError(f"{path} is not a saved tokenizer: kind={kind!r}, expected one of {sorted(classes)}")
+    return classes[kind].load(path)
+
+
+def make_sequences(ids, seq_len, stride=None):
+    """Returns `(inputs, labels)`, both int32 arrays of shape `(N, seq_len)`, cut from the token stream `ids`.
+
+    Window `n` covers `ids[n * stride : n * stride + seq_len + 1]`; its first `seq_len` tokens are the inputs and
+    its last `seq_len` tokens the labels, so `labels[n, t] == inputs[n, t + 1]` and `labels[n, -1]` is the token
+    after the window's inputs. A final window with fewer than `seq_len + 1` tokens is dropped.
+
+    Args:
+        ids: int array of shape `(num_tokens,)`.
+        seq_len: tokens per training sequence, `T`; at least 1 and at most `num_tokens - 1`.
+        stride: tokens between the starts of consecutive windows; defaults to `seq_len` (windows do not overlap
+            in their inputs).
+
+    Example: ids = [0, 1, 2, 3, 4, 5, 6], seq_len = 3 -> inputs [[0, 1, 2], [3, 4, 5]], labels [[1, 2, 3], [4, 5, 6]].
+    """
+    ids = np.asarray(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"ids must be a 1-D token stream; got shape {ids.shape}")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive integer; got seq_len={seq_len!r}")
+    if len(ids) < seq_len + 1:
+        raise ValueError(
+            f"seq_len={seq_len} needs at least seq_len + 1 = {seq_len + 1} tokens (inputs plus the next-token "
+            f"label), but the data has {len(ids)}; use seq_len <= {len(ids) - 1} or more text"
+        )
+    stride = seq_len if stride is None else stride
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError(f"stride must be a positive integer or None; got stride={stride!r}")
+    # TODO: cut the stream into windows of seq_len + 1 tokens, then into inputs and labels (~5 lines)
+    #   1. the start of every window that fits whole: 0, stride, 2 * stride, ... -> (N,)
+    #   2. gather the windows of seq_len + 1 tokens -> (N, seq_len + 1)
+    #   3. inputs = all but the last token, labels = all but the first, as int32 -> (N, seq_len) each
+    # BEGIN SOLUTION
+    num_windows = (len(ids) - (seq_len + 1)) // stride + 1
+    starts = np.arange(num_windows) * stride  # (N,)
+    windows = ids[starts[:, None] + np.arange(seq_len + 1)[None, :]]  # (N, T + 1)
+    inputs = windows[:, :-1].astype(np.int32)  # (N, T)
+    labels = windows[:, 1:].astype(np.int32)  # (N, T)
+    # END SOLUTION
+    return inputs, labels
+
+
+def train_val_split(ids, val_fraction=0.1):
+    """Returns `(train_ids, val_ids)`: the first `1 - val_fraction` of the stream, and the rest.
+
+    The split is contiguous, not shuffled: sequences cut from `train_ids` never contain validation tokens, so
+    validation measures text the model has not trained on.
+
+    Args:
+        ids: int array of shape `(num_tokens,)`.
+        val_fraction: share of the tokens for validation, strictly between 0 and 1.
+    """
+    ids = np.asarray(ids)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be strictly between 0 and 1; got val_fraction={val_fraction!r}")
+    # TODO: split the stream into a training head and a validation tail (~2 lines)
+    #   1. cut = int(len(ids) * (1 - val_fraction)) -> an int
+    #   2. train_ids = the tokens before cut, val_ids = the rest -> (cut,) and (num_tokens - cut,)
+    # BEGIN SOLUTION
+    cut = int(len(ids) * (1 - val_fraction))
+    train_ids, val_ids = ids[:cut], ids[cut:]
+    # END SOLUTION
+    if len(train_ids) == 0 or len(val_ids) == 0:
+        raise ValueError(
+            f"val_fraction={val_fraction} splits {len(ids)} tokens into {len(train_ids)} for training and "
+            f"{len(val_ids)} for validation; both need at least one token"
+        )
+    return train_ids, val_ids
+
+
+def make_dataset(inputs, labels, batch_size, shuffle=True, seed=0, drop_remainder=False):
+    """Returns a `tf.data.Dataset` of `(inputs, labels)` batches, each int32 of shape `(B, T)`.
+
+    Args:
+        inputs, labels: int arrays of shape `(N, T)`, as returned by `make_sequences`.
+        batch_size: sequences per batch, `B`; the last batch may be smaller unless `drop_remainder`.
+        shuffle: if True, the order of the sequences is shuffled (over all N), differently in every epoch
+            but the same for the same `seed`.
+        seed: seed of the shuffle.
+        drop_remainder: if True, drop the last batch when it has fewer than `batch_size` sequences.
+    """
+    inputs, labels = np.asarray(inputs), np.asarray(labels)
+    if inputs.ndim != 2 or inputs.shape != labels.shape:
+        raise ValueError(f"inputs and labels must both have shape (N, T); got {inputs.shape} and {labels.shape}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got batch_size={batch_size!r}")
+    # TODO: a shuffled, batched tf.data pipeline of (input, label) pairs (~6 lines)
+    #   1. a dataset of (input, label) pairs from the int32 arrays (tf.data.Dataset.from_tensor_slices)
+    #      -> elements ((T,), (T,))
+    #   2. if shuffle: shuffle over the whole data set with `seed`, reshuffling each epoch -> elements ((T,), (T,))
+    #   3. batch (with drop_remainder) and prefetch -> elements ((B, T), (B, T)), in a variable named dataset
+    # BEGIN SOLUTION
+    dataset = tf.data.Dataset.from_tensor_slices((inputs.astype(np.int32), labels.astype(np.int32)))
+    if shuffle:
+        dataset = dataset.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    # END SOLUTION
+    return dataset
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Byte-level BPE (bonus)
 #
@@ -254,8 +363,9 @@ def merge_pair(ids, pair, new_id):
 
     Occurrences do not overlap: `merge_pair([5, 5, 5], (5, 5), 9) == [9, 5]`.
     """
-    # TODO: walk i along ids: where ids[i], ids[i + 1] equal pair, append new_id and step 2, else append ids[i]
-    #       and step 1 (~8 lines)
+    # TODO: (bonus, BPE) replace each occurrence of `pair`, left to right, without overlaps (~8 lines)
+    #   1. walk i along ids: where (ids[i], ids[i + 1]) == pair, append new_id and step 2; else append ids[i] and
+    #      step 1 -> a list of len(ids) minus the number of merges
     # BEGIN SOLUTION
     out = []
     i = 0
@@ -394,13 +504,17 @@ class BPETokenizer:
         pair of ids merged at step `r` into id `256 + r`.
         """
         num_merges = self.target_vocab_size - NUM_BYTES - len(self.special_tokens)
-        # TODO: 1. count the pre-tokens: for each piece of self.split_special(text) that is not a special token,
-        #          count tuple(p.encode("utf-8")) for every p in self.pretokenize(piece) (a Counter of id tuples)
-        #       2. repeat num_merges times: count the adjacent pairs inside every pre-token, weighted by the
-        #          pre-token's count; stop early if there are none; take the most frequent pair, ties going to the
-        #          smallest pair (min over (-count, pair)); its new id is 256 + len(merges); merge it in every
-        #          pre-token with merge_pair; append the pair to merges
-        #       3. self._set_merges(merges) (~20 lines; recounting every pair at each step is fine for the tests)
+        # TODO: (bonus, BPE) learn the merges: count pairs, merge the most frequent, record it, repeat (~20 lines)
+        #   Recounting every pair at each step is fine here (the reference keeps its counts up to date instead).
+        #   1. count the pre-tokens: for each piece of self.split_special(text) that is not a special token, count
+        #      tuple(p.encode("utf-8")) for every p in self.pretokenize(piece) -> {tuple of byte ids: count}
+        #   2. repeat num_merges times, stopping early when no pre-token has two ids left:
+        #      a. count the adjacent pairs inside every pre-token, each weighted by the pre-token's count
+        #         -> {(a, b): count}
+        #      b. take the most frequent pair, ties going to the smallest pair: min over (-count, pair) -> (a, b)
+        #      c. merge it in every pre-token with merge_pair, as new id 256 + len(merges), and append the pair
+        #         to merges -> one more merge
+        #   3. self._set_merges(merges), which builds self.ranks and the bytes of every id -> vocab_size ids
         # BEGIN SOLUTION
         # Pair counts are kept up to date instead of recounted: a merge changes only the pre-tokens that hold its
         # pair, so only their pairs are re-counted. A heap of (-count, pair) finds the best pair; entries whose
@@ -450,8 +564,11 @@ class BPETokenizer:
         Example: with merges `[(98, 99), (97, 98)]` ("bc" first, then "ab"), `b"abc"` -> `[97, 256]` ("a", "bc"):
         the pair ("b", "c") has the lower rank, so it is merged first, although ("a", "b") comes first in the text.
         """
-        # TODO: start from list(data); while some adjacent pair is in self.ranks: find the one with the lowest rank,
-        #       merge it everywhere with merge_pair (its new id is 256 + its rank) (~6 lines)
+        # TODO: (bonus, BPE) merge the learned pairs of lowest rank first, until none is left (~6 lines)
+        #   1. ids = list(data) -> len(data) byte ids
+        #   2. while some adjacent pair of ids is in self.ranks: take the one of lowest rank and merge it
+        #      everywhere with merge_pair, as id 256 + its rank -> fewer ids
+        #   3. return ids -> a list of ints
         # BEGIN SOLUTION
         ids = list(data)
         while len(ids) > 1:
@@ -465,9 +582,11 @@ class BPETokenizer:
     def encode(self, text):
         """Returns the ids of `text`: int32 array of shape `(num_tokens,)`; a special token in `text` is one id."""
         self._check_fitted()
-        # TODO: for each piece of self.split_special(text): a special token appends its id (self.special_ids);
-        #       any other piece appends, for every p in self.pretokenize(piece), self._encode_pretoken(p) (which
-        #       calls encode_bytes on p's UTF-8 bytes); return the ids as an int32 array (~8 lines)
+        # TODO: (bonus, BPE) special tokens as one id each, everything else pre-token by pre-token (~8 lines)
+        #   1. for each piece of self.split_special(text): a special token appends its id from self.special_ids;
+        #      any other piece appends self._encode_pretoken(p) (encode_bytes on p's UTF-8 bytes, remembered) for
+        #      every p in self.pretokenize(piece) -> a list of ids
+        #   2. return them as an int32 array -> (num_tokens,)
         # BEGIN SOLUTION
         special_ids = self.special_ids
         ids = []
@@ -537,112 +656,3 @@ def bits_per_char(loss, num_tokens, num_chars):
     """Returns bits per character of a mean cross-entropy `loss` (nats per token) over `num_tokens` tokens
     that spell `num_chars` characters: the measure that compares models with different tokenizers."""
     return float(loss) * num_tokens / (num_chars * math.log(2))
-
-
-def load_tokenizer(path):
-    """Returns the CharTokenizer, WordTokenizer or BPETokenizer saved at `path`, whichever it is."""
-    kind = json.loads(Path(path).read_text(encoding="utf-8")).get("kind")
-    classes = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer, BPETokenizer)}
-    if kind not in classes:
-        raise ValueError(f"{path} is not a saved tokenizer: kind={kind!r}, expected one of {sorted(classes)}")
-    return classes[kind].load(path)
-
-
-def make_sequences(ids, seq_len, stride=None):
-    """Returns `(inputs, labels)`, both int32 arrays of shape `(N, seq_len)`, cut from the token stream `ids`.
-
-    Window `n` covers `ids[n * stride : n * stride + seq_len + 1]`; its first `seq_len` tokens are the inputs and
-    its last `seq_len` tokens the labels, so `labels[n, t] == inputs[n, t + 1]` and `labels[n, -1]` is the token
-    after the window's inputs. A final window with fewer than `seq_len + 1` tokens is dropped.
-
-    Args:
-        ids: int array of shape `(num_tokens,)`.
-        seq_len: tokens per training sequence, `T`; at least 1 and at most `num_tokens - 1`.
-        stride: tokens between the starts of consecutive windows; defaults to `seq_len` (windows do not overlap
-            in their inputs).
-
-    Example: ids = [0, 1, 2, 3, 4, 5, 6], seq_len = 3 -> inputs [[0, 1, 2], [3, 4, 5]], labels [[1, 2, 3], [4, 5, 6]].
-    """
-    ids = np.asarray(ids)
-    if ids.ndim != 1:
-        raise ValueError(f"ids must be a 1-D token stream; got shape {ids.shape}")
-    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
-        raise ValueError(f"seq_len must be a positive integer; got seq_len={seq_len!r}")
-    if len(ids) < seq_len + 1:
-        raise ValueError(
-            f"seq_len={seq_len} needs at least seq_len + 1 = {seq_len + 1} tokens (inputs plus the next-token "
-            f"label), but the data has {len(ids)}; use seq_len <= {len(ids) - 1} or more text"
-        )
-    stride = seq_len if stride is None else stride
-    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
-        raise ValueError(f"stride must be a positive integer or None; got stride={stride!r}")
-    # TODO: cut the stream into windows of seq_len + 1 tokens, then into inputs and labels (~5 lines)
-    #   1. the start of every window that fits whole: 0, stride, 2 * stride, ... -> (N,)
-    #   2. gather the windows of seq_len + 1 tokens -> (N, seq_len + 1)
-    #   3. inputs = all but the last token, labels = all but the first, as int32 -> (N, seq_len) each
-    # BEGIN SOLUTION
-    num_windows = (len(ids) - (seq_len + 1)) // stride + 1
-    starts = np.arange(num_windows) * stride  # (N,)
-    windows = ids[starts[:, None] + np.arange(seq_len + 1)[None, :]]  # (N, T + 1)
-    inputs = windows[:, :-1].astype(np.int32)  # (N, T)
-    labels = windows[:, 1:].astype(np.int32)  # (N, T)
-    # END SOLUTION
-    return inputs, labels
-
-
-def train_val_split(ids, val_fraction=0.1):
-    """Returns `(train_ids, val_ids)`: the first `1 - val_fraction` of the stream, and the rest.
-
-    The split is contiguous, not shuffled: sequences cut from `train_ids` never contain validation tokens, so
-    validation measures text the model has not trained on.
-
-    Args:
-        ids: int array of shape `(num_tokens,)`.
-        val_fraction: share of the tokens for validation, strictly between 0 and 1.
-    """
-    ids = np.asarray(ids)
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be strictly between 0 and 1; got val_fraction={val_fraction!r}")
-    # TODO: split the stream into a training head and a validation tail (~2 lines)
-    #   1. cut = int(len(ids) * (1 - val_fraction)) -> an int
-    #   2. train_ids = the tokens before cut, val_ids = the rest -> (cut,) and (num_tokens - cut,)
-    # BEGIN SOLUTION
-    cut = int(len(ids) * (1 - val_fraction))
-    train_ids, val_ids = ids[:cut], ids[cut:]
-    # END SOLUTION
-    if len(train_ids) == 0 or len(val_ids) == 0:
-        raise ValueError(
-            f"val_fraction={val_fraction} splits {len(ids)} tokens into {len(train_ids)} for training and "
-            f"{len(val_ids)} for validation; both need at least one token"
-        )
-    return train_ids, val_ids
-
-
-def make_dataset(inputs, labels, batch_size, shuffle=True, seed=0, drop_remainder=False):
-    """Returns a `tf.data.Dataset` of `(inputs, labels)` batches, each int32 of shape `(B, T)`.
-
-    Args:
-        inputs, labels: int arrays of shape `(N, T)`, as returned by `make_sequences`.
-        batch_size: sequences per batch, `B`; the last batch may be smaller unless `drop_remainder`.
-        shuffle: if True, the order of the sequences is shuffled (over all N), differently in every epoch
-            but the same for the same `seed`.
-        seed: seed of the shuffle.
-        drop_remainder: if True, drop the last batch when it has fewer than `batch_size` sequences.
-    """
-    inputs, labels = np.asarray(inputs), np.asarray(labels)
-    if inputs.ndim != 2 or inputs.shape != labels.shape:
-        raise ValueError(f"inputs and labels must both have shape (N, T); got {inputs.shape} and {labels.shape}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got batch_size={batch_size!r}")
-    # TODO: a shuffled, batched tf.data pipeline of (input, label) pairs (~6 lines)
-    #   1. a dataset of (input, label) pairs from the int32 arrays (tf.data.Dataset.from_tensor_slices)
-    #      -> elements ((T,), (T,))
-    #   2. if shuffle: shuffle over the whole data set with `seed`, reshuffling each epoch -> elements ((T,), (T,))
-    #   3. batch (with drop_remainder) and prefetch -> elements ((B, T), (B, T)), in a variable named dataset
-    # BEGIN SOLUTION
-    dataset = tf.data.Dataset.from_tensor_slices((inputs.astype(np.int32), labels.astype(np.int32)))
-    if shuffle:
-        dataset = dataset.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
-    # END SOLUTION
-    return dataset
