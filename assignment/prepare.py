@@ -173,8 +173,16 @@ def dtype_for(vocab_size):
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
 
 
-def prepare(source, out, tokenizer="char", vocab_size=None, val_fraction=0.1, fit_chars=10_000_000,
-            chunk_chars=CHUNK_CHARS, progress=True):  # fmt: skip
+def prepare(
+    source,
+    out,
+    tokenizer="char",
+    vocab_size=None,
+    val_fraction=0.1,
+    fit_chars=10_000_000,
+    chunk_chars=CHUNK_CHARS,
+    progress=True,
+):
     """Writes the shards of `source` (a corpus name or path) to `out` and returns the header (meta.json's dict).
 
     `tokenizer` is "char", "word" or "bpe" (fitted on the training part), or the path of a saved tokenizer.json
