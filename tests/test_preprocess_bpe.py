@@ -13,10 +13,95 @@ import numpy as np
 import pytest
 from checks import assert_shape
 
-from assignment import preprocess
-
 EOT = "<|endoftext|>"
 WORDS = "low lower lowest newer newest wider widest low new now snow slow slower show shower new low"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Probes: they run where the student's code runs and return plain data (see grading/probes.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def bpe_session(vocab_size, special_tokens, fit_text, steps, save=False):
+    """Probe: fits `preprocess.BPETokenizer(vocab_size, special_tokens)` on `fit_text`, then calls each (method,
+    args) of `steps` on it. Returns its merges, vocab_size and special ids, and for each step the value with its
+    type (or the exception it raised); with `save`, the same steps on the tokenizer loaded back by
+    `BPETokenizer.load` and by `load_tokenizer`."""
+    import os
+    import tempfile
+
+    from assignment import preprocess
+
+    tok = preprocess.BPETokenizer(vocab_size, special_tokens=tuple(special_tokens)).fit(fit_text)
+
+    def run(t):
+        results = []
+        for method, args in steps:
+            try:
+                value = getattr(t, method)(*args)
+            except Exception as exc:
+                results.append({"error": type(exc).__name__, "message": str(exc)[:300]})
+                continue
+            results.append({"value": value, "type": type(value).__name__, "dtype": str(getattr(value, "dtype", ""))})
+        return results
+
+    merges = None if tok.merges is None else [[int(i) for i in pair] for pair in tok.merges]
+    out = {
+        "merges": merges,
+        "vocab_size": int(tok.vocab_size),
+        "special_ids": {str(k): int(v) for k, v in tok.special_ids.items()},
+        "results": run(tok),
+    }
+    if save:
+        path = os.path.join(tempfile.mkdtemp(), "bpe.json")
+        tok.save(path)
+        out["loaded"] = []
+        for again in (preprocess.BPETokenizer.load(path), preprocess.load_tokenizer(path)):
+            out["loaded"].append(
+                {"class": type(again).__name__, "vocab_size": int(again.vocab_size), "results": run(again)}
+            )
+    return out
+
+
+def bpe_constructor_error(vocab_size, special_tokens):
+    """Probe: builds `preprocess.BPETokenizer(vocab_size, special_tokens)`; returns the error's type and message."""
+    from assignment import preprocess
+
+    try:
+        preprocess.BPETokenizer(vocab_size, special_tokens=tuple(special_tokens))
+    except Exception as exc:
+        return {"error": type(exc).__name__, "message": str(exc)[:300]}
+    return None
+
+
+def _session(student, vocab_size, fit_text, steps=(), special_tokens=(), save=False):
+    return student.run(bpe_session, vocab_size, list(special_tokens), fit_text, list(steps), save=save)
+
+
+def _value(result, what):
+    """The value of one step of a session; fails the test if the step raised."""
+    assert "error" not in result, f"{what} raised {result.get('error')}: {result.get('message')}"
+    return result["value"]
+
+
+def _ids(result, what):
+    """The ids `encode` returned in one step, checked to be a 1-D int32 NumPy array."""
+    ids = _value(result, what)
+    assert result["type"] == "ndarray", f"{what} must return a NumPy array, got {result['type']}"
+    assert result["dtype"] == "int32", f"{what} must return int32 ids, got dtype {result['dtype']}"
+    ids = np.asarray(ids)
+    assert_shape(ids, (ids.size,), what)
+    return ids
+
+
+def _merges(session):
+    assert session["merges"] is not None, "fit must set self.merges (through self._set_merges)"
+    return [tuple(pair) for pair in session["merges"]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Independent references
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def _merge(ids, pair, new_id):
@@ -77,22 +162,14 @@ def _spell(token, merges):
     return [token] if token < 256 else _spell(merges[token - 256], merges)
 
 
-def _merges_of(tok):
-    assert tok.merges is not None, "fit must set self.merges (through self._set_merges)"
-    return [tuple(int(i) for i in pair) for pair in tok.merges]
-
-
-def _ids_of(tok, text):
-    ids = tok.encode(text)
-    assert isinstance(ids, np.ndarray), f"encode must return a NumPy array, got {type(ids).__name__}"
-    assert ids.dtype == np.int32, f"encode must return int32 ids, got dtype {ids.dtype}"
-    assert_shape(ids, (len(ids),), f"encode({text!r})")
-    return ids
+# ---------------------------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_bpe_merge_pair_replaces_occurrences_left_to_right_without_overlap():
+def test_bpe_merge_pair_replaces_occurrences_left_to_right_without_overlap(student):
     cases = [
         ([1, 2, 3, 1, 2], (1, 2), 9, [9, 3, 9]),
         ([5, 5, 5], (5, 5), 9, [9, 5]),
@@ -102,75 +179,75 @@ def test_bpe_merge_pair_replaces_occurrences_left_to_right_without_overlap():
         ([], (1, 2), 9, []),
     ]
     for ids, pair, new_id, expected in cases:
-        got = [int(i) for i in preprocess.merge_pair(list(ids), pair, new_id)]
+        got = [int(i) for i in student.call("preprocess.merge_pair", list(ids), pair, new_id)]
         assert got == expected, f"merge_pair({ids}, {pair}, {new_id}): expected {expected}, got {got}"
 
 
 @pytest.mark.bonus
 @pytest.mark.points(2)
-def test_bpe_fit_learns_the_reference_merges():
+def test_bpe_fit_learns_the_reference_merges(student):
     num_merges = 40
-    tok = preprocess.BPETokenizer(vocab_size=256 + num_merges).fit(WORDS)
+    s = _session(student, 256 + num_merges, WORDS)
     expected = _reference_merges(WORDS, num_merges)
-    got = _merges_of(tok)
+    got = _merges(s)
     assert len(got) == len(expected), (
         f"{WORDS!r} allows {len(expected)} merges (of {num_merges} asked); got {len(got)}: {got}"
     )
     for r, (g, e) in enumerate(zip(got, expected)):
         assert g == e, (
             f"merge {r} should be {e} ({_show(expected)[r]!r}), got {g} ({_show(got)[r]!r}); the merges before it: "
-            f"{_show(expected)[:r]}. "
-            "Count pairs inside each pre-token only, weighted by its count; ties go to the smallest pair"
+            f"{_show(expected)[:r]}. Count pairs inside each pre-token only, weighted by its count; ties go to the "
+            "smallest pair"
         )
-    assert tok.vocab_size == 256 + len(expected), f"expected vocab_size {256 + len(expected)}, got {tok.vocab_size}"
+    assert s["vocab_size"] == 256 + len(expected), f"expected vocab_size {256 + len(expected)}, got {s['vocab_size']}"
 
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_bpe_fit_breaks_ties_by_the_smallest_pair():
-    tok = preprocess.BPETokenizer(vocab_size=257).fit("cd ab cd ab")
-    got = _merges_of(tok)
+def test_bpe_fit_breaks_ties_by_the_smallest_pair(student):
+    got = _merges(_session(student, 257, "cd ab cd ab"))
     assert len(got) == 1, f"vocab_size=257 leaves room for exactly one merge; got {len(got)}: {got}"
     # 'cd', ' a' and 'ab' occur twice each (' c' once): the smallest of them is (32, 97), ' a'.
     assert got == [(32, 97)], f"ties go to the smallest pair: expected [(32, 97)] (' a'), got {got}"
-    tok = preprocess.BPETokenizer(vocab_size=257).fit("cdcd abab")
-    got = _merges_of(tok)
+    got = _merges(_session(student, 257, "cdcd abab"))
     # 'cd' and 'ab' occur twice, 'dc', ' a', 'ba' once: (97, 98) beats (99, 100) although 'cd' comes first.
     assert got == [(97, 98)], f"ties go to the smallest pair: expected [(97, 98)] ('ab'), got {got}"
 
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_bpe_special_tokens_are_single_ids_and_never_merged():
+def test_bpe_special_tokens_are_single_ids_and_never_merged(student):
     text = EOT.join(["low lower", " lowest newer", "newest low", " new", ""]) * 3
-    tok = preprocess.BPETokenizer(vocab_size=256 + 20 + 1, special_tokens=(EOT,)).fit(text)
+    probes = [EOT, f"low{EOT}low{EOT}", "<|endoftext"]
+    s = _session(student, 256 + 20 + 1, text, [("encode", [t]) for t in probes], special_tokens=(EOT,))
     expected = _reference_merges(text, 20, special_tokens=(EOT,))
-    got = _merges_of(tok)
+    got = _merges(s)
     assert got == expected, (
         f"a special token is never part of a merge: fit on the text between the special tokens. "
         f"Expected merges {_show(expected)}, got {_show(got)}"
     )
-    eot = tok.vocab_size - 1
-    assert tok.special_ids == {EOT: eot}, f"the special token comes last: expected {{{EOT!r}: {eot}}}"
-    ids = _ids_of(tok, EOT).tolist()
-    assert ids == [eot], f"encode({EOT!r}) must be the single id [{eot}], got {ids}"
-    ids = _ids_of(tok, f"low{EOT}low{EOT}").tolist()
-    assert ids.count(eot) == 2 and ids[-1] == eot, f"'low{EOT}low{EOT}' must hold id {eot} twice, got {ids}"
-    assert tok.decode(ids) == f"low{EOT}low{EOT}", "special tokens must decode to their text"
-    ids = _ids_of(tok, "<|endoftext").tolist()
-    assert eot not in ids and tok.decode(ids) == "<|endoftext", f"'<|endoftext' is not the special token, got {ids}"
+    eot = s["vocab_size"] - 1
+    assert s["special_ids"] == {EOT: eot}, f"the special token comes last: expected {{{EOT!r}: {eot}}}"
+    ids = [_ids(r, f"encode({t!r})").tolist() for r, t in zip(s["results"], probes)]
+    assert ids[0] == [eot], f"encode({EOT!r}) must be the single id [{eot}], got {ids[0]}"
+    assert ids[1].count(eot) == 2 and ids[1][-1] == eot, f"'low{EOT}low{EOT}' must hold id {eot} twice, got {ids[1]}"
+    assert eot not in ids[2], f"'<|endoftext' is not the special token, got {ids[2]}"
+    s = _session(student, 256 + 20 + 1, text, [("decode", [i]) for i in ids], special_tokens=(EOT,))
+    for r, t in zip(s["results"], probes):
+        assert _value(r, "decode") == t, f"decode(encode({t!r})) gave {r.get('value')!r}"
 
 
 @pytest.mark.bonus
 @pytest.mark.points(2)
-def test_bpe_encode_applies_merges_by_rank_not_by_position():
+def test_bpe_encode_applies_merges_by_rank_not_by_position(student):
     text = "bc bc bc bc bc xab yab zab"
-    tok = preprocess.BPETokenizer(vocab_size=256 + 3).fit(text)
+    words = ("abc", " abc", "xabc", "abcab", "bcbc", "aab", " bcab bc")
+    s = _session(student, 256 + 3, text, [("encode", [w]) for w in words])
     merges = _reference_merges(text, 3)  # 'bc', ' bc', 'ab': ('b', 'c') ranks before ('a', 'b')
-    assert _merges_of(tok) == merges, f"expected merges {_show(merges)}, got {_show(_merges_of(tok))}"
-    for word in ("abc", " abc", "xabc", "abcab", "bcbc", "aab", " bcab bc"):
+    assert _merges(s) == merges, f"expected merges {_show(merges)}, got {_show(_merges(s))}"
+    for word, result in zip(words, s["results"]):
         expected = [i for w in re.findall(r" ?[a-z]+", word) for i in _reference_encode(w, merges)]
-        got = _ids_of(tok, word).tolist()
+        got = _ids(result, f"encode({word!r})").tolist()
         assert got == expected, (
             f"encode({word!r}) with merges {_show(merges)}: expected {expected}, got {got}. Merge the pair of "
             "lowest rank first (('b', 'c') before ('a', 'b')), wherever it is in the word"
@@ -179,8 +256,8 @@ def test_bpe_encode_applies_merges_by_rank_not_by_position():
 
 @pytest.mark.bonus
 @pytest.mark.points(2)
-def test_bpe_round_trips_any_unicode_text():
-    tok = preprocess.BPETokenizer(vocab_size=320).fit("naïve café, 日本語のテキスト 😀😀 — it's   new.\n\n" * 4)
+def test_bpe_round_trips_any_unicode_text(student):
+    fit_text = "naïve café, 日本語のテキスト 😀😀 — it's   new.\n\n" * 4
     texts = [
         "naïve café",
         "",
@@ -193,25 +270,30 @@ def test_bpe_round_trips_any_unicode_text():
         "\x00\x7f\u00ff\uffff",
         "日本語" * 20,
     ]
-    for text in texts:
-        ids = _ids_of(tok, text)
-        assert all(0 <= i < tok.vocab_size for i in ids.tolist()), f"ids of {text!r} outside [0, vocab_size): {ids}"
-        assert tok.decode(ids) == text, f"decode(encode({text!r})) gave {tok.decode(ids)!r}"
-    assert len(_ids_of(tok, "naïve café")) < len("naïve café".encode()), "learned merges must shorten fitted text"
+    s = _session(student, 320, fit_text, [("encode", [t]) for t in texts])
+    ids = [_ids(r, f"encode({t!r})") for r, t in zip(s["results"], texts)]
+    for t, i in zip(texts, ids):
+        assert all(0 <= x < s["vocab_size"] for x in i.tolist()), f"ids of {t!r} outside [0, vocab_size): {i}"
+    assert len(ids[0]) < len(texts[0].encode()), "learned merges must shorten fitted text"
+    s = _session(student, 320, fit_text, [("decode", [i]) for i in ids])
+    for r, t in zip(s["results"], texts):
+        assert _value(r, "decode") == t, f"decode(encode({t!r})) gave {r.get('value')!r}"
 
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
-def test_bpe_saves_loads_and_respects_vocab_size(tmp_path):
-    tok = preprocess.BPETokenizer(vocab_size=270, special_tokens=(EOT,)).fit(WORDS)
-    assert tok.vocab_size == 270, f"vocab_size=270 with 1 special token learns 13 merges; got {tok.vocab_size}"
-    assert len(_merges_of(tok)) == 13, f"expected 13 merges, got {len(_merges_of(tok))}"
-    path = tmp_path / "bpe.json"
-    tok.save(path)
-    for again in (preprocess.BPETokenizer.load(path), preprocess.load_tokenizer(path)):
-        assert type(again).__name__ == "BPETokenizer", f"load_tokenizer must rebuild a BPETokenizer, got {again}"
-        assert again.vocab_size == 270
-        sample = WORDS + EOT + " unseen ü"
-        assert again.encode(sample).tolist() == tok.encode(sample).tolist(), "ids changed after save/load"
-    with pytest.raises(ValueError, match="vocab_size"):
-        preprocess.BPETokenizer(vocab_size=256, special_tokens=(EOT,))
+def test_bpe_saves_loads_and_respects_vocab_size(student):
+    sample = WORDS + EOT + " unseen ü"
+    s = _session(student, 270, WORDS, [("encode", [sample])], special_tokens=(EOT,), save=True)
+    assert s["vocab_size"] == 270, f"vocab_size=270 with 1 special token learns 13 merges; got {s['vocab_size']}"
+    assert len(_merges(s)) == 13, f"expected 13 merges, got {len(_merges(s))}"
+    ids = _ids(s["results"][0], "encode").tolist()
+    for how, again in zip(("BPETokenizer.load", "load_tokenizer"), s["loaded"]):
+        assert again["class"] == "BPETokenizer", f"{how} must rebuild a BPETokenizer, got {again['class']}"
+        assert again["vocab_size"] == 270, f"{how}: vocab_size changed to {again['vocab_size']}"
+        assert _ids(again["results"][0], f"encode after {how}").tolist() == ids, f"ids changed after {how}"
+    error = student.run(bpe_constructor_error, 256, [EOT])
+    assert error is not None and error["error"] == "ValueError" and "vocab_size" in error["message"], (
+        f"BPETokenizer(vocab_size=256, special_tokens=({EOT!r},)) has no room for the 256 bytes and the special "
+        f"token: expected a ValueError naming vocab_size, got {error}"
+    )
