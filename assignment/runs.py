@@ -11,7 +11,9 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 import keras
 import numpy as np
@@ -39,6 +41,23 @@ TRAIN_IDENTITY = (
     "clip_norm",
     "seed",
 )
+
+
+class RunConfig(TypedDict, total=False):
+    """`config.json` of a run directory: what the run is (checked on every resume) and how it trains."""
+
+    model: str  # one of MODELS
+    preset: str | None  # the transformer's TransformerConfig preset, None for a custom one or a recurrent model
+    model_config: dict  # the keyword arguments that rebuild the model (`build_model`), vocabulary size included
+    tokenizer: str  # "char" or "word" ("bpe" with --data shards)
+    corpus: str  # a corpus name or path
+    corpus_sha256: str  # of the corpus text (or of the shards' meta.json): another text is another run
+    val_fraction: float
+    vocab_size: int
+    train: dict  # the `TrainConfig` fields
+    init_from: str | None  # the run whose best weights a fine-tuning run started from
+    freeze: dict | None  # {"embeddings": bool, "first_layers": int}
+    data: str | None  # a shard directory of `python -m assignment.prepare`
 
 
 class UsageError(ValueError):
@@ -130,7 +149,7 @@ BOUNDS = {
 }
 
 
-def validate(request):
+def validate(request: RunRequest) -> None:
     """Raises `UsageError` naming the first flag whose value cannot work, its value and what is allowed; nothing
     has been written when it does."""
     for name, (low, low_in, high, high_in, meaning) in BOUNDS.items():
@@ -160,7 +179,7 @@ def validate(request):
         raise UsageError(f"--preset {request.preset!r} is not one of: {', '.join(ARCHITECTURES)}")
 
 
-def build_model(kind, model_config):
+def build_model(kind: str, model_config: dict) -> keras.Model:
     """Returns the language model `kind` ('rnn', 'lstm' or 'transformer') built from its config dict."""
     if kind == "transformer":
         from assignment.transformer import TransformerConfig, TransformerLanguageModel
@@ -177,7 +196,7 @@ def build_model(kind, model_config):
     raise UsageError(f"unknown model {kind!r}; valid models: {', '.join(MODELS)}")
 
 
-def read_run_config(run_dir):
+def read_run_config(run_dir) -> RunConfig | None:
     """Returns the dict of `run_dir/config.json`, or None when there is none; `UsageError` when it is damaged."""
     path = Path(run_dir) / "config.json"
     if not path.exists():
@@ -194,7 +213,7 @@ def read_run_config(run_dir):
     return config
 
 
-def write_json(path, value):
+def write_json(path, value) -> None:
     """Writes `value` as JSON to `path` atomically: a killed run never leaves half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -243,7 +262,7 @@ def read_shards(data_dir):
     return train_ids, val_ids, tokenizer, meta
 
 
-def load_run(run_dir, which="best"):
+def load_run(run_dir, which: str = "best") -> tuple[keras.Model, object, RunConfig, str]:
     """Returns `(model, tokenizer, config, checkpoint_path)` of a trained run directory: what `generate` needs."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
@@ -266,7 +285,7 @@ def _parse_value(text):
         return text
 
 
-def resolve_settings(request):
+def resolve_settings(request: RunRequest) -> dict:
     """Returns the run's settings from the named config and the flags: model kind and config (without the
     vocabulary size), tokenizer, corpus, validation share and a `TrainConfig` dict."""
     named = CONFIGS[request.config]
@@ -358,7 +377,7 @@ def resolve_settings(request):
     )
 
 
-def full_model_config(kind, model_config, vocab_size):
+def full_model_config(kind: str, model_config: dict, vocab_size: int) -> dict:
     """Returns the complete config dict of the model (what `build_model` takes), checked."""
     model_config = dict(model_config, vocab_size=vocab_size)
     if kind == "transformer":
@@ -377,7 +396,7 @@ def full_model_config(kind, model_config, vocab_size):
     return model_config
 
 
-def check_same_run(saved, config, run_dir):
+def check_same_run(saved: RunConfig, config: RunConfig, run_dir) -> None:
     """Raises `UsageError` listing the differences when `run_dir` was written by another model or config."""
     differences = []
     for key in IDENTITY:
@@ -401,7 +420,7 @@ def check_same_run(saved, config, run_dir):
         )
 
 
-def make_strategy(name, cpu_replicas=0):
+def make_strategy(name: str, cpu_replicas: int = 0) -> tf.distribute.Strategy | None:
     """Returns the `tf.distribute.Strategy` called `name`, or None for 'default' (one device).
 
     `cpu_replicas` splits the CPU into that many logical devices first, to try `mirrored` without GPUs; it must
@@ -423,7 +442,9 @@ def make_strategy(name, cpu_replicas=0):
     raise UsageError(f"unknown strategy {name!r}; valid: default, mirrored, multiworker")
 
 
-def make_sample_fn(tokenizer, prompt, max_new_tokens, temperature=0.8, seed=0):
+def make_sample_fn(
+    tokenizer, prompt: str, max_new_tokens: int, temperature: float = 0.8, seed: int = 0
+) -> Callable[[keras.Model], str]:
     """Returns `sample_fn(model) -> str`: the prompt and `max_new_tokens` sampled tokens, decoded."""
     from assignment import sampling
 
@@ -444,7 +465,7 @@ def _remove_run_dir(run_dir):
     shutil.rmtree(run_dir)
 
 
-def run(request, log=print):
+def run(request: RunRequest, log: Callable[[str], None] = print) -> dict:
     """Trains as `request` (a `RunRequest`) says and returns the result dict of `train`."""
     from assignment import preprocess
     from assignment.corpus import load_corpus
@@ -587,7 +608,7 @@ def _describe(config):
     return f"{mc.get('num_layers', 1)} layer(s), embedding {mc['embed_dim']}, hidden {mc['hidden_dim']}"
 
 
-def parse_freeze(items):
+def parse_freeze(items) -> tuple[bool, int]:
     """Returns `(embeddings, first_layers)` from `--freeze` items such as `["embeddings", "2"]`."""
     embeddings, first_layers = False, 0
     for item in items or ():
@@ -603,7 +624,7 @@ def parse_freeze(items):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def format_time(seconds):
+def format_time(seconds: float) -> str:
     """Returns `seconds` as `1m05s` or `42s`."""
     minutes, seconds = divmod(int(round(seconds)), 60)
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
