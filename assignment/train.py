@@ -174,7 +174,8 @@ class TrainConfig:
     max_eval_batches: int = 0  # batches of the evaluations before the last (0: all); the last uses all
     log_every: int = 10  # refresh the progress bar and the training scalars every this many steps
     save_every_steps: int = 500  # checkpoint every this many steps ...
-    save_every_minutes: float = 5.0  # ... and whenever this much time has passed since the last one
+    save_every_minutes: float = 5.0  # ... and whenever this much time has passed since the last one (and at every
+    # evaluation, so history.jsonl never runs ahead of the checkpoints)
     keep_last: int = 3  # the latest checkpoints kept in ckpt/
     jit_compile: bool = True  # compile the train step with XLA (single device only)
     time_budget_minutes: float = 0.0  # stop (checkpointed, evaluated) after this long; rerun to go on (0: none)
@@ -527,7 +528,10 @@ def train(
                         f"perplexity {record['val_perplexity']:.2f}" + (" (best)" if best else "")
                     )
                     writer.flush()
-                ckpts.maybe_save()
+                if evaluating and ckpts.last_saved_step != step:
+                    ckpts.save()  # every evaluation has its checkpoint: history never runs ahead of ckpt/
+                else:
+                    ckpts.maybe_save()
     except KeyboardInterrupt:
         bar.close()
         path = ckpts.save()  # every worker of a multi-worker run takes part in a save

@@ -243,3 +243,10 @@ def test_schedule_free_trains_at_y_and_evaluates_at_the_average_x(compiled):
     with optim.evaluation_weights(model, optimizer):
         np.testing.assert_allclose(model.layers[0].kernel.numpy(), x, atol=1e-5, err_msg="x, the evaluated weights")
     np.testing.assert_allclose(model.layers[0].kernel.numpy(), y, atol=1e-5, err_msg="y after the evaluation")
+
+
+def test_every_evaluation_has_its_checkpoint(tmp_path):
+    """history.jsonl never runs ahead of ckpt/: a run whose ckpt/ is then lost is refused, not restarted over."""
+    result, _ = run(tmp_path, config(steps=10, eval_every=5, save_every_steps=0, keep_last=5))
+    assert result["checkpoints"].saved_steps == [5, 10]
+    assert [r["step"] for r in result["history"]] == [5, 10]
