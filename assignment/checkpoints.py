@@ -59,14 +59,14 @@ def unreadable(prefix) -> str | None:
 
 def scan(directory, name: str) -> tuple[dict[int, str], list[Path]]:
     """Returns `(complete, debris)` of a checkpoint folder: `{step: prefix}` of the checkpoints whose files are all
-    there, and the paths that cannot be part of any checkpoint (unfinished `_temp` writes, a data file without
-    its index, an index without its data)."""
+    there, and the paths that cannot be part of any checkpoint (unfinished `_temp` writes, a temporary index file,
+    a data file without its index, an index without its data)."""
     directory = Path(directory)
     files, debris = {}, []
     for path in sorted(directory.iterdir()) if directory.is_dir() else ():
         match = CHECKPOINT_FILE.match(path.name)
-        if path.is_dir() and path.name.endswith("_temp"):
-            debris.append(path)
+        if (path.is_dir() and path.name.endswith("_temp")) or path.name.startswith("checkpoint.tmp"):
+            debris.append(path)  # an unfinished save, or an index write cut short (TensorFlow's or `write_index`'s)
         elif match and match["name"] == name:
             files.setdefault(int(match["step"]), []).append((match["kind"], match["shards"], path))
     complete = {}

@@ -195,10 +195,12 @@ def test_orphans_of_an_interrupted_save_are_removed_and_complete_checkpoints_kep
     (ckpt / "ckpt-5.data-00000-of-00001").write_bytes(b"left by an interrupted deletion")
     (ckpt / "ckpt-25_temp").mkdir()
     (ckpt / "ckpt-25_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half a save")
+    (ckpt / "checkpoint.tmp3f9a").write_text('model_checkpoint_path: "ckpt-2')  # an index write cut short
     messages = []
     complete = checkpoints.tidy(ckpt, "ckpt", messages.append)
     assert sorted(complete) == [10, 20]
     assert not (ckpt / "ckpt-5.data-00000-of-00001").exists() and not (ckpt / "ckpt-25_temp").exists()
+    assert not (ckpt / "checkpoint.tmp3f9a").exists()
     assert messages and "interrupted" in messages[0]
 
 
