@@ -371,7 +371,11 @@ def test_leaks_stop_the_build(toy, tmp_path, where, text, expected):
     [
         ("data/notes.txt", "then run `make frobnicate`\n", "names `make frobnicate`, which the release's Makefile"),
         ("tests/checks.py", "# see CONVENTIONS.md for the rules\n", "names CONVENTIONS.md, which the release does not"),
-        ("tests/checks.py", "# as in ../shared/DESIGN.md\n", "names ../shared/DESIGN.md, which the release does not"),
+        (
+            "tests/checks.py",
+            "# as in ../course-notes/DESIGN.md\n",
+            "names ../course-notes/DESIGN.md, which the release does not",
+        ),
         ("tests/checks.py", "# bench/bench_x.py measures it\n", "names bench/bench_x.py, which the release does not"),
         ("notebooks/walkthrough.ipynb", None, "names `make train-all`, which the release's Makefile does not have"),
     ],
