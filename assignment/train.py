@@ -84,6 +84,7 @@ def train_step(
             `sum(w * ce) / sum(w)` over the batch, where `ce[b, t] = -log softmax(logits[b, t])[labels[b, t]]`.
         grad_norm: float32 scalar tensor, the global norm of the gradients *before* clipping.
 
+    The model runs in training mode (`training=True`), so its dropout is active.
     Runs eagerly and inside `tf.function` (the loop compiles it), so use TensorFlow ops, not NumPy.
     """
     # TODO: one update: weighted mean cross-entropy under a tape, gradients clipped by global norm (~10 lines)

@@ -494,6 +494,7 @@ class DecoderBlock(keras.layers.Layer):
 
     Sublayers, created in `build`: `norm1`, `attention` (a `MultiHeadSelfAttention`), `norm2` (None for the
     parallel block, whose branches share `norm1`), `mlp` (a `FeedForward`) and `dropout`.
+    Dropout applies to each branch's output before it is added to x, never to the residual stream itself.
 
     Args:
         config: a `TransformerConfig` (norm, biases, block, activation, heads, dropout).

@@ -10,6 +10,10 @@ COMMANDS = {
     "build-student": ("grading.release", "build the student release into dist/student/ and dist/student.zip"),
     "build-autograder": ("grading.autograder", "build the Gradescope bundle dist/autograder.zip"),
     "verify": ("grading.verify", "prove the tests: reference 100%, stubs 0, each part alone, the bug catalogue"),
+    "clauses": (
+        "grading.clauses",
+        "the clause-to-test map: every promise of a graded docstring and the tests pinning it",
+    ),
 }
 
 
@@ -67,6 +71,10 @@ def _parser():
     p.add_argument(
         "--bugs-full", action="store_true", help="run every test on each bug (default: stop at the first failure)"
     )
+
+    p = sub.add_parser("clauses", help=COMMANDS["clauses"][1])
+    p.add_argument("--root", default=".", help="the repository (default: the current folder)")
+    p.add_argument("--summary", action="store_true", help="print only the per-part counts and the problems")
     return parser
 
 

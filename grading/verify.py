@@ -7,7 +7,9 @@
   stubbing one part fails only that part's tests (the all-stub run shows they do fail);
 - every bug of the catalogue (grading/bugs/<module>/*.patch) applies to a copy of the reference and fails at least
   one test of its own part; the catalogue holds at least 25 bugs;
-- the points of each part add up to grading/config.py (CONVENTIONS.md), and the release builds without a leak.
+- the points of each part add up to grading/config.py (CONVENTIONS.md), and the release builds without a leak;
+- every clause of a graded docstring listed in grading/clauses.txt is pinned by a graded test (`python -m grading
+  clauses` prints the map).
 Runs go in parallel, one per CPU, each pinned to its CPU; a bug run stops at its first failing test.
 """
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grading import attacks as attack_suite
-from grading import config, grade, release, sandbox
+from grading import clauses, config, grade, release, sandbox
 from grading import manifest as manifest_builder
 
 MIN_BUGS = 25
@@ -234,6 +236,13 @@ def verify(
 
         if not bugs_only:
             _check_points(manifest, modules, report)
+            ok, detail = clauses.check(root)
+            report.add(
+                "every docstring clause of the graded code is pinned by a graded test (grading/clauses.txt)",
+                ok,
+                detail,
+            )
+            log(f"clause-to-test map: {detail.splitlines()[0] if ok else 'see the failed check below'}")
             unjudged = sorted(f for f, m in manifest["files"].items() if m in modules and f not in manifest["judged"])
             report.add(
                 "every graded test file is judged (each of its tests takes the `student` fixture)",

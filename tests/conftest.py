@@ -8,6 +8,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "clause(*texts): the docstring promises this graded test pins, each as 'module.function: words'"
+    )
+
+
 def _judge():
     """The grader's judge when these tests run under it (it never imports TensorFlow or the student's code)."""
     module = sys.modules.get("grading.judge")

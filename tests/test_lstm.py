@@ -266,6 +266,14 @@ def _result(session, i, what):
 
 
 @pytest.mark.points(1.5)
+@pytest.mark.clause(
+    "lstm.LSTMCell: split in Keras' order, input, forget, cell, output",
+    "lstm.LSTMCell: c_t = f * c_prev + i * g",
+    "lstm.LSTMCell: h_t = o * tanh(c_t)",
+    "lstm.LSTMCell: kernel: `(D, 4H)`, W, the input weights of the four gates side by side (i, f, g, o).",
+    "lstm.LSTMCell: recurrent_kernel: `(H, 4H)`, U, the recurrent weights in the same order.",
+    "lstm.LSTMCell: `(h_t, c_t)`: two float tensors of shape `(B, H)`.",
+)
 def test_cell_matches_keras_lstm_cell(student):
     x_t, h_prev, c_prev = _normal((B, E), seed=2), _normal((B, H), seed=3), _normal((B, H), seed=4)
     out = student.run(lstm_cell_session, H, x_t, h_prev, c_prev, 1)
@@ -288,6 +296,7 @@ def test_cell_matches_keras_lstm_cell(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause("lstm.LSTMCell: the forget-gate quarter `bias[H:2H]` starts at 1")
 def test_fresh_cell_keeps_its_memory_through_the_forget_gate(student):
     # With x_t = 0 and h_prev = 0 every gate sees only its bias: i = o = sigmoid(0), g = tanh(0) = 0, and the
     # forget gate's bias starts at 1, so c_t = sigmoid(1) * c_prev and h_t = sigmoid(0) * tanh(c_t).
@@ -333,6 +342,10 @@ def test_logits_and_states_have_documented_shapes(student):
 
 
 @pytest.mark.points(1.5)
+@pytest.mark.clause(
+    "lstm.lstm_forward: outputs: float tensor of shape `(B, T, H)`; `outputs[:, t]` is h_t, after reading `inputs[:,",
+    "lstm.lstm_forward: state: pair `(h0, c0)`, two float tensors of shape `(B, H)`, the state before the first",
+)
 def test_sequence_matches_keras_lstm(student):
     tokens = _tokens()
     start = _random_states()  # a non-zero start, so the initial state has to be used
@@ -345,6 +358,10 @@ def test_sequence_matches_keras_lstm(student):
 
 
 @pytest.mark.points(1.5)
+@pytest.mark.clause(
+    "lstm.lstm_forward: last_state: pair `(h_T, c_T)`, two float tensors of shape `(B, H)`, the state after the last",
+    "lstm.lstm_forward: state: pair `(h0, c0)`, two float tensors of shape `(B, H)`, the state before the first",
+)
 def test_carrying_state_across_two_chunks_equals_one_pass(student):
     tokens = _tokens(time=8)
     session = _run(

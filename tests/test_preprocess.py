@@ -83,6 +83,11 @@ def _ids(result, what):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "preprocess.CharTokenizer: every character is one token",
+    "preprocess.CharTokenizer.encode: int32 array of shape `(len(text),)`",
+    "preprocess.CharTokenizer.decode: Returns the text for `ids` (a sequence of ints of shape `(T,)`)",
+)
 def test_char_tokenizer_round_trips_known_text(student):
     s = _session(student, "CharTokenizer", TEXT, [("encode", [TEXT])])
     ids = _ids(s["results"][0], "CharTokenizer.encode(text)")
@@ -95,6 +100,10 @@ def test_char_tokenizer_round_trips_known_text(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "preprocess.CharTokenizer.fit: Builds the vocabulary from the characters of `text` and returns `self`.",
+    "preprocess.CharTokenizer.fit: The vocabulary is `<unk>` (id 0) followed by every distinct character of `text`,",
+)
 def test_char_vocab_has_one_id_per_character_plus_unknown(student):
     s = _session(student, "CharTokenizer", "abcab", [("encode", ["abc"])])
     assert s["vocab_size"] == 4, (
@@ -108,6 +117,7 @@ def test_char_vocab_has_one_id_per_character_plus_unknown(student):
 
 
 @pytest.mark.points(0.5)
+@pytest.mark.clause("preprocess.CharTokenizer.encode: A character missing from the vocabulary becomes `self.unk_id`.")
 def test_char_unknown_character_maps_to_unk_id(student):
     s = _session(student, "CharTokenizer", "abc", [("encode", ["azb"])])
     ids = _ids(s["results"][0], "encode('azb')").tolist()
@@ -117,6 +127,13 @@ def test_char_unknown_character_maps_to_unk_id(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "preprocess.WordTokenizer: words, punctuation marks and whitespace runs are separate tokens",
+    "preprocess.WordTokenizer: `decode(encode(text)) == text` for text whose tokens are all in the vocabulary",
+    "preprocess.WordTokenizer.fit: Builds the vocabulary from `text` and returns `self`.",
+    "preprocess.WordTokenizer.encode: int32 array of shape `(num_tokens,)`",
+    "preprocess.WordTokenizer.decode: the tokens concatenated",
+)
 def test_word_tokenizer_splits_words_and_punctuation_and_round_trips(student):
     s = _session(student, "WordTokenizer", TEXT, [("encode", ["To be, or not"]), ("encode", [TEXT])])
     ids = _ids(s["results"][0], "WordTokenizer.encode('To be, or not')")
@@ -127,6 +144,7 @@ def test_word_tokenizer_splits_words_and_punctuation_and_round_trips(student):
 
 
 @pytest.mark.points(0.5)
+@pytest.mark.clause("preprocess.WordTokenizer: lowercase: if True, text is lowercased before fitting and encoding.")
 def test_word_tokenizer_lowercase_merges_cases(student):
     lower = _session(
         student, "WordTokenizer", "Dog dog DOG", [("encode", ["DOG dOg"]), ("encode", ["dog dog"])], {"lowercase": True}
@@ -142,6 +160,11 @@ def test_word_tokenizer_lowercase_merges_cases(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "preprocess.WordTokenizer: max_vocab: largest vocabulary size, `<unk>` included; the most frequent tokens are",
+    "preprocess.WordTokenizer.fit: cut so that `vocab_size <= max_vocab`",
+    "preprocess.WordTokenizer.encode: unknown -> `unk_id`",
+)
 def test_word_max_vocab_keeps_the_most_frequent_tokens(student):
     text = " a" * 5 + " b" * 3 + " c"
     s = _session(student, "WordTokenizer", text, [("encode", [" c"]), ("encode", [" a b"])], {"max_vocab": 3})
@@ -154,6 +177,10 @@ def test_word_max_vocab_keeps_the_most_frequent_tokens(student):
 
 
 @pytest.mark.points(0.5)
+@pytest.mark.clause(
+    "preprocess.WordTokenizer: min_freq: a token must occur at least this often in the fitted text to enter the",
+    "preprocess.WordTokenizer.fit: the tokens seen at least `min_freq` times",
+)
 def test_word_min_freq_drops_rare_tokens(student):
     s = _session(student, "WordTokenizer", " a a a b b c", [("encode", [" c"])], {"min_freq": 2})
     assert s["vocab_size"] == 3, (
@@ -178,6 +205,7 @@ def test_tokenizers_save_and_load_as_json(student):
 
 
 @pytest.mark.points(0.5)
+@pytest.mark.clause("preprocess.CharTokenizer.decode: ValueError: if an id is outside `[0, vocab_size)`.")
 def test_decode_rejects_ids_outside_the_vocabulary(student):
     s = _session(student, "CharTokenizer", "abc", [])
     bad = s["vocab_size"] + 3
@@ -200,6 +228,12 @@ def _sequences(student, ids, seq_len, **kwargs):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "preprocess.make_sequences: both int32 arrays of shape `(N, seq_len)`",
+    "preprocess.make_sequences: `labels[n, t] == inputs[n, t + 1]`",
+    "preprocess.make_sequences: defaults to `seq_len`",
+    "preprocess.make_sequences: ids = [0, 1, 2, 3, 4, 5, 6], seq_len = 3 -> inputs [[0, 1, 2], [3, 4, 5]], labels",
+)
 def test_make_sequences_cuts_windows_with_labels_shifted_by_one(student):
     inputs, labels = _sequences(student, np.arange(7), 3)
     assert_shape(inputs, (2, 3), "inputs")
@@ -212,6 +246,10 @@ def test_make_sequences_cuts_windows_with_labels_shifted_by_one(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "preprocess.make_sequences: Window `n` covers `ids[n * stride : n * stride + seq_len + 1]`",
+    "preprocess.make_sequences: A final window with fewer than `seq_len + 1` tokens is dropped.",
+)
 def test_make_sequences_stride_and_dropped_remainder(student):
     inputs, labels = _sequences(student, np.arange(6), 3, stride=1)
     assert inputs.tolist() == [[0, 1, 2], [1, 2, 3], [2, 3, 4]], f"stride=1 on ids 0..5: got {inputs.tolist()}"
@@ -224,6 +262,7 @@ def test_make_sequences_stride_and_dropped_remainder(student):
 
 
 @pytest.mark.points(0.5)
+@pytest.mark.clause("preprocess.make_sequences: at least 1 and at most `num_tokens - 1`")
 def test_make_sequences_rejects_bad_lengths(student):
     for seq_len in (0, 10):  # 10 needs 11 tokens
         error = student.call_error("preprocess.make_sequences", np.arange(10), seq_len=seq_len)
@@ -235,6 +274,11 @@ def test_make_sequences_rejects_bad_lengths(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "preprocess.train_val_split: the first `1 - val_fraction` of the stream, and the rest",
+    "preprocess.train_val_split: The split is contiguous, not shuffled",
+    "preprocess.train_val_split: strictly between 0 and 1",
+)
 def test_train_val_split_is_contiguous_and_complete(student):
     ids = np.arange(100)
     train, val = student.call("preprocess.train_val_split", ids, val_fraction=0.2)
@@ -248,6 +292,7 @@ def test_train_val_split_is_contiguous_and_complete(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause("preprocess.make_dataset: the last batch may be smaller unless `drop_remainder`")
 def test_make_dataset_batches_keep_pairs_together(student):
     inputs, labels = _sequences(student, np.arange(200), 4)  # 49 sequences
     (batches,) = student.run(dataset_batches, inputs, labels, {"batch_size": 8, "shuffle": True, "seed": 3})
@@ -261,6 +306,7 @@ def test_make_dataset_batches_keep_pairs_together(student):
 
 
 @pytest.mark.points(0.5)
+@pytest.mark.clause("preprocess.make_dataset: but the same for the same `seed`")
 def test_make_dataset_shuffle_is_seeded(student):
     inputs, labels = _sequences(student, np.arange(400), 3)
 

@@ -169,6 +169,10 @@ def _spell(token, merges):
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "preprocess.merge_pair: every occurrence of `pair` replaced by `new_id`, scanning left to right",
+    "preprocess.merge_pair: Occurrences do not overlap: `merge_pair([5, 5, 5], (5, 5), 9) == [9, 5]`",
+)
 def test_bpe_merge_pair_replaces_occurrences_left_to_right_without_overlap(student):
     cases = [
         ([1, 2, 3, 1, 2], (1, 2), 9, [9, 3, 9]),
@@ -185,6 +189,13 @@ def test_bpe_merge_pair_replaces_occurrences_left_to_right_without_overlap(stude
 
 @pytest.mark.bonus
 @pytest.mark.points(2)
+@pytest.mark.clause(
+    "preprocess.BPETokenizer: Ids 0..255 are the 256 bytes, id `256 + r` is the token made by merge `r`",
+    "preprocess.BPETokenizer: merges are learned and applied inside one pre-token only",
+    "preprocess.BPETokenizer: each pre-token weighted by how often it occurs",
+    "preprocess.BPETokenizer.fit: Merges never cross a pre-token boundary or touch a special token.",
+    "preprocess.BPETokenizer.fit: `self.merges[r]` is the pair of ids merged at step `r` into id `256 + r`",
+)
 def test_bpe_fit_learns_the_reference_merges(student):
     num_merges = 40
     s = _session(student, 256 + num_merges, WORDS)
@@ -204,6 +215,9 @@ def test_bpe_fit_learns_the_reference_merges(student):
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "preprocess.BPETokenizer: among pairs with the same count, the smallest pair wins, comparing `(first id, second"
+)
 def test_bpe_fit_breaks_ties_by_the_smallest_pair(student):
     got = _merges(_session(student, 257, "cd ab cd ab"))
     assert len(got) == 1, f"vocab_size=257 leaves room for exactly one merge; got {len(got)}: {got}"
@@ -216,6 +230,12 @@ def test_bpe_fit_breaks_ties_by_the_smallest_pair(student):
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "preprocess.BPETokenizer: the special tokens come last",
+    "preprocess.BPETokenizer: always encode to one id of their own, never split and never part of a merge",
+    "preprocess.BPETokenizer.encode: a special token in `text` is one id",
+    "preprocess.BPETokenizer.fit: Merges never cross a pre-token boundary or touch a special token.",
+)
 def test_bpe_special_tokens_are_single_ids_and_never_merged(student):
     text = EOT.join(["low lower", " lowest newer", "newest low", " new", ""]) * 3
     probes = [EOT, f"low{EOT}low{EOT}", "<|endoftext"]
@@ -239,6 +259,11 @@ def test_bpe_special_tokens_are_single_ids_and_never_merged(student):
 
 @pytest.mark.bonus
 @pytest.mark.points(2)
+@pytest.mark.clause(
+    "preprocess.BPETokenizer: the lowest-ranked (earliest learned) pair present is merged first, everywhere in the",
+    "preprocess.BPETokenizer.encode_bytes: merges applied by rank: a list of ints",
+    'preprocess.BPETokenizer.encode_bytes: `b"abc"` -> `[97, 256]`',
+)
 def test_bpe_encode_applies_merges_by_rank_not_by_position(student):
     text = "bc bc bc bc bc xab yab zab"
     words = ("abc", " abc", "xabc", "abcab", "bcbc", "aab", " bcab bc")
@@ -256,6 +281,10 @@ def test_bpe_encode_applies_merges_by_rank_not_by_position(student):
 
 @pytest.mark.bonus
 @pytest.mark.points(2)
+@pytest.mark.clause(
+    "preprocess.BPETokenizer: Every string encodes (its UTF-8 bytes always have ids) and `decode(encode(text)) ==",
+    "preprocess.BPETokenizer.encode: int32 array of shape `(num_tokens,)`",
+)
 def test_bpe_round_trips_any_unicode_text(student):
     fit_text = "naïve café, 日本語のテキスト 😀😀 — it's   new.\n\n" * 4
     texts = [
@@ -282,6 +311,7 @@ def test_bpe_round_trips_any_unicode_text(student):
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
+@pytest.mark.clause("preprocess.BPETokenizer: `vocab_size - 256 - len(special_tokens)` merges are learned")
 def test_bpe_saves_loads_and_respects_vocab_size(student):
     sample = WORDS + EOT + " unseen ü"
     s = _session(student, 270, WORDS, [("encode", [sample])], special_tokens=(EOT,), save=True)

@@ -221,6 +221,13 @@ def _result(session, i, what):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "rnn.RNNCell: returns `h_t = tanh(x_t W + h_prev U + b)`",
+    "rnn.RNNCell: kernel: `(D, H)`, W, applied to the input.",
+    "rnn.RNNCell: recurrent_kernel: `(H, H)`, U, applied to the previous hidden state.",
+    "rnn.RNNCell: bias: `(H,)`, b.",
+    "rnn.RNNCell: h_t: float tensor of shape `(B, H)`.",
+)
 def test_cell_matches_keras_simple_rnn_cell(student):
     x_t, h_prev = _normal((B, E), seed=2), _normal((B, H), seed=3)
     out = student.run(rnn_cell_session, H, x_t, h_prev, 1)
@@ -255,6 +262,10 @@ def test_logits_and_states_have_documented_shapes(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "rnn.rnn_forward: outputs: float tensor of shape `(B, T, H)`; `outputs[:, t]` is h_t, the state after reading",
+    "rnn.rnn_forward: h0: float tensor of shape `(B, H)`, the hidden state before the first step.",
+)
 def test_sequence_matches_keras_simple_rnn(student):
     tokens = _tokens()
     h0 = _normal((B, H), seed=4)  # a non-zero start, so the initial state has to be used
@@ -269,6 +280,10 @@ def test_sequence_matches_keras_simple_rnn(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "rnn.rnn_forward: h_last: float tensor of shape `(B, H)`, the state after the last step (equal to `outputs[:,",
+    "rnn.rnn_forward: h0: float tensor of shape `(B, H)`, the hidden state before the first step.",
+)
 def test_carrying_state_across_two_chunks_equals_one_pass(student):
     tokens = _tokens(time=8)
     session = _run(
@@ -292,6 +307,9 @@ def test_carrying_state_across_two_chunks_equals_one_pass(student):
 
 
 @pytest.mark.points(0.5)
+@pytest.mark.clause(
+    "rnn.rnn_forward: outputs: float tensor of shape `(B, T, H)`; `outputs[:, t]` is h_t, the state after reading"
+)
 def test_later_token_never_changes_earlier_logits(student):
     tokens = _tokens()
     k = 3

@@ -139,6 +139,10 @@ def _assert_filtered(filtered, logits, kept, what):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "sampling.greedy: Returns the most probable token of each row: int32 tensor of shape `(B,)`.",
+    "sampling.greedy: When a row has several maximal logits, any of them is a valid answer.",
+)
 def test_greedy_picks_the_argmax_of_each_row(student):
     logits = np.array(
         [
@@ -155,6 +159,13 @@ def test_greedy_picks_the_argmax_of_each_row(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "sampling.apply_temperature: Returns the logits divided by `temperature`: float32 tensor of shape `(B, V)`.",
+    "sampling.apply_temperature: `temperature = 1` changes nothing",
+    "sampling.apply_temperature: as it goes to 0 the distribution `softmax(logits / temperature)` approaches one-hot",
+    "sampling.apply_temperature: as it grows it approaches uniform",
+    "sampling.apply_temperature: Filtered (`-inf`) entries stay `-inf`.",
+)
 def test_temperature_divides_logits_one_is_identity_and_limits(student):
     logits = np.array([[1.0, 2.0, 0.5, -1.0], [0.0, 0.7, 3.0, -INF]], dtype=np.float32)
 
@@ -198,6 +209,12 @@ def test_temperature_divides_logits_one_is_identity_and_limits(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "sampling.top_k_filter: every token below the k-th largest logit of its row set to `-inf`: shape `(B, V)`",
+    "sampling.top_k_filter: a token tied with the k-th one is kept too",
+    "sampling.top_k_filter: logits [1, 3, 2, 2] with k = 2 keep [-inf, 3, 2, 2]",
+    "sampling.top_k_filter: Kept entries are returned unchanged.",
+)
 def test_top_k_keeps_ties_at_the_kth_value(student):
     logits = np.array(
         [
@@ -217,6 +234,7 @@ def test_top_k_keeps_ties_at_the_kth_value(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause("sampling.top_k_filter: `k` larger than V keeps every token")
 def test_top_k_one_keeps_the_max_and_k_above_vocab_keeps_all(student):
     logits = np.array([[0.2, 1.5, -0.3, 1.4], [2.0, 0.0, 2.0, -1.0]], dtype=np.float32)
     _assert_filtered(
@@ -237,6 +255,12 @@ def test_top_k_one_keeps_the_max_and_k_above_vocab_keeps_all(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "sampling.top_p_filter: every token outside the nucleus of mass `p` set to `-inf`: shape `(B, V)`",
+    "sampling.top_p_filter: the token whose probability crosses `p` is kept",
+    "sampling.top_p_filter: With p = 0.7 the kept tokens are {0.45, 0.3}; with p = 0.8 they are {0.45, 0.3, 0.15}.",
+    "sampling.top_p_filter: Kept entries are returned unchanged.",
+)
 def test_top_p_keeps_the_token_that_crosses_p(student):
     probs = np.array([0.3, 0.1, 0.15, 0.45])
     # Sorted: 0.45, 0.3, 0.15, 0.1; mass before each: 0, 0.45, 0.75, 0.9. The rows are the same distribution
@@ -265,6 +289,10 @@ def test_top_p_keeps_the_token_that_crosses_p(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "sampling.top_p_filter: the most probable token is always kept",
+    "sampling.top_p_filter: `p = 1` keeps every token",
+)
 def test_top_p_one_keeps_all_and_the_most_probable_is_always_kept(student):
     logits = np.array(
         [
@@ -290,6 +318,10 @@ def test_top_p_one_keeps_all_and_the_most_probable_is_always_kept(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "sampling.sample: divide by `temperature`; keep the `top_k` best tokens (when given); keep the nucleus of mass",
+    "sampling.top_p_filter: `-inf` entries have probability 0",
+)
 def test_sample_applies_temperature_then_top_k_then_top_p_on_what_is_left(student):
     # top_k=2 leaves 0.4 and 0.3, renormalised to 0.57 and 0.43; top_p=0.5 on that keeps only token 0.
     # (top-p on the full distribution, or before top-k, would keep tokens 0 and 1.)
@@ -313,6 +345,11 @@ def test_sample_applies_temperature_then_top_k_then_top_p_on_what_is_left(studen
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "sampling.sample: Returns one token drawn from each row: int32 tensor of shape `(B,)`.",
+    "sampling.sample: The same seed gives the same draws on every call",
+    "sampling.sample: without a seed, draws come from TensorFlow's global random state and differ from one call to",
+)
 def test_sample_same_seed_same_draws_and_no_seed_differs(student):
     logits = np.zeros((200, 10), dtype=np.float32)  # uniform over 10 tokens
     first = np.asarray(student.call("sampling.sample", logits, seed=7))
@@ -330,6 +367,10 @@ def test_sample_same_seed_same_draws_and_no_seed_differs(student):
 
 
 @pytest.mark.points(2)
+@pytest.mark.clause(
+    "sampling.sample: divide by `temperature`; keep the `top_k` best tokens (when given); keep the nucleus of mass",
+    "sampling.sample: A filtered token is never drawn.",
+)
 def test_sample_matches_the_exact_filtered_distribution(student):
     row = np.array([2.0, 0.4, 1.1, -0.3, 1.6, 0.9, -1.2, 1.3], dtype=np.float32)
     temperature, top_k, top_p = 0.8, 5, 0.75
@@ -605,6 +646,12 @@ def _raises(error, names, value, what):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "sampling.apply_temperature: ValueError: if `temperature <= 0`, or `logits` is not 2-D or holds a NaN.",
+    "sampling.top_k_filter: ValueError: if `k` is not an integer >= 1, or `logits` is not 2-D or holds a NaN.",
+    "sampling.top_p_filter: ValueError: if `p` is outside `(0, 1]`, or `logits` is not 2-D or holds a NaN.",
+    "sampling.sample: ValueError: for a bad `temperature`, `top_k`, `top_p` or `seed`, or `logits` that are not 2-D",
+)
 def test_invalid_parameters_raise_value_error_naming_them(student):
     logits = np.array([[0.5, 1.0, -1.0], [0.0, 2.0, 1.0]], dtype=np.float32)
     for t in (0, -1.5):

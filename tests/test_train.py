@@ -166,6 +166,11 @@ def _pair(output):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "train.train_step: Returns `(loss, grad_norm)` after one optimizer update of `model` on one batch.",
+    "train.train_step: loss: float32 scalar tensor, the weighted mean cross-entropy per token, computed *before* the",
+    "train.train_step: grad_norm: float32 scalar tensor, the global norm of the gradients *before* clipping.",
+)
 def test_train_step_returns_scalar_loss_and_grad_norm(student):
     inputs, labels = batch(0)
     loss, grad_norm = _pair(_steps(student, inputs, labels, "SGD", 0.1, 1.0)["outputs"][0])
@@ -175,6 +180,10 @@ def test_train_step_returns_scalar_loss_and_grad_norm(student):
 
 
 @pytest.mark.points(3)
+@pytest.mark.clause(
+    "train.train_step: loss: float32 scalar tensor, the weighted mean cross-entropy per token, computed *before* the",
+    "train.train_step: None means every token has weight 1.",
+)
 def test_train_step_loss_is_mean_token_cross_entropy_before_the_update(student):
     inputs, labels = batch(1)
     result = _steps(student, inputs, labels, "SGD", 0.1, 1.0)
@@ -190,6 +199,10 @@ def test_train_step_loss_is_mean_token_cross_entropy_before_the_update(student):
 
 
 @pytest.mark.points(2)
+@pytest.mark.clause(
+    "train.train_step: Runs eagerly and inside `tf.function`",
+    "train.train_step: Returns `(loss, grad_norm)` after one optimizer update of `model` on one batch.",
+)
 def test_train_step_lowers_the_loss_on_a_fixed_batch(student):
     inputs, labels = batch(2)
     outputs = _steps(student, inputs, labels, "Adam", 0.05, 1.0, steps=41, compiled=True)["outputs"]
@@ -201,6 +214,9 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(student):
 
 
 @pytest.mark.points(3)
+@pytest.mark.clause(
+    "train.train_step: The gradients of all trainable variables, taken together as one long vector, are scaled down"
+)
 def test_train_step_clips_gradients_to_the_global_norm(student):
     inputs, labels = batch(3)
     clip_norm = 0.05
@@ -224,6 +240,9 @@ def test_train_step_clips_gradients_to_the_global_norm(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "train.train_step: grad_norm: float32 scalar tensor, the global norm of the gradients *before* clipping."
+)
 def test_train_step_reports_the_gradient_norm_before_clipping(student):
     inputs, labels = batch(4)
     result = _steps(student, inputs, labels, "SGD", 1.0, 0.05, model_kwargs={"scale": 3.0})
@@ -233,6 +252,9 @@ def test_train_step_reports_the_gradient_norm_before_clipping(student):
 
 
 @pytest.mark.points(2)
+@pytest.mark.clause(
+    "train.train_step: The gradients of all trainable variables, taken together as one long vector, are scaled down"
+)
 def test_train_step_applies_small_gradients_unchanged(student):
     inputs, labels = batch(5)
     result = _steps(student, inputs, labels, "SGD", 0.5, 1000.0)
@@ -260,6 +282,10 @@ def uneven_data(student, sizes=(4, 4, 1)):
 
 
 @pytest.mark.points(3)
+@pytest.mark.clause(
+    "train.evaluate: the sum over all batches of `sum(w * ce)`, divided by the sum over all batches of `sum(w)`",
+    "train.evaluate: this is not the mean of the per-batch means",
+)
 def test_evaluate_is_the_token_mean_over_uneven_batches(student):
     inputs, labels, losses = uneven_data(student)
     expected = losses.mean()  # every token counted once
@@ -276,6 +302,7 @@ def test_evaluate_is_the_token_mean_over_uneven_batches(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause("train.evaluate: `perplexity = exp(loss)`")
 def test_evaluate_perplexity_is_exp_of_the_loss(student):
     inputs, labels, losses = uneven_data(student)
     loss, perplexity = student.run(evaluate_on, dict(vocab=V, length=T), [inputs, labels], 4, uses=(_tiny,))

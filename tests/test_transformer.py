@@ -234,6 +234,10 @@ def reference_mha(x, w, num_heads):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "transformer.causal_mask: a bool tensor of shape `(seq_len, seq_len)`",
+    "transformer.causal_mask: Query i may attend to keys j <= i (itself and the past), never to the future.",
+)
 def test_causal_mask_allows_exactly_the_past_and_present(student):
     for length in (1, 2, 5):
         mask = student.call("transformer.causal_mask", length)
@@ -251,6 +255,10 @@ def test_causal_mask_allows_exactly_the_past_and_present(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "transformer.scaled_dot_product_attention: softmax(q k^T / sqrt(hs)) v over the last two axes",
+    "transformer.scaled_dot_product_attention: output: `(..., T, hv)`, each query's weighted average of the values.",
+)
 def test_attention_matches_numpy_reference(student):
     # (B, nh, T, hs) queries against (B, nh, S, hs) keys and (B, nh, S, hv) values: T, S, hs, hv all differ
     q, k, v = _normal((2, 3, 4, 5), 1), _normal((2, 3, 6, 5), 2), _normal((2, 3, 6, 7), 3)
@@ -271,6 +279,7 @@ def test_attention_matches_numpy_reference(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause("transformer.scaled_dot_product_attention: q: float tensor or NumPy array `(..., T, hs)`")
 def test_attention_accepts_numpy_arrays(student):
     # The notebooks and students call attention on NumPy arrays too; they have no `.dtype.min`, tensors do.
     q, k, v = _normal((2, 4, 5), 1), _normal((2, 6, 5), 2), _normal((2, 6, 3), 3)
@@ -290,6 +299,7 @@ def test_attention_accepts_numpy_arrays(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause("transformer.scaled_dot_product_attention: masked weights are exactly 0, the others sum to 1")
 def test_attention_rows_sum_to_one_and_masked_weights_are_exactly_zero(student):
     q, k, v = _normal((2, 5, 8), 1, scale=3.0), _normal((2, 5, 8), 2, scale=3.0), _normal((2, 5, 8), 3)
     mask = np.tril(np.ones((5, 5), bool))  # causal, built here so a wrong causal_mask costs nothing
@@ -303,6 +313,9 @@ def test_attention_rows_sum_to_one_and_masked_weights_are_exactly_zero(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "transformer.scaled_dot_product_attention: A row with no allowed key has all-zero weights and a zero output,"
+)
 def test_attention_fully_masked_row_gives_zeros_not_nan(student):
     q, k, v = _normal((2, 4, 6), 1), _normal((2, 5, 6), 2), _normal((2, 5, 3), 3)
     mask = _random_mask((4, 5), seed=5).copy()
@@ -329,6 +342,12 @@ def test_attention_fully_masked_row_gives_zeros_not_nan(student):
 
 
 @pytest.mark.points(3)
+@pytest.mark.clause(
+    "transformer.MultiHeadSelfAttention: heads are split by reshaping the last axis `(nh * hs)` into `(nh, hs)`,",
+    "transformer.MultiHeadSelfAttention: use_bias: bool, whether the four projections have biases.",
+    "transformer.MultiHeadSelfAttention.project_heads: Returns q `(B, nh, T, hs)` and k, v `(B, nkv, T, hs)`: x",
+    "transformer.MultiHeadSelfAttention.attend_heads: Returns `(B, T, D)`: each query head attends over its keys,",
+)
 def test_multi_head_attention_matches_keras_with_the_same_weights(student):
     x = _normal((2, 5, 12), 1)  # B=2, T=5, D=12: 3 heads of 4
     result = student.run(mha_session, 3, x, 7)
@@ -364,6 +383,9 @@ def test_multi_head_attention_output_never_depends_on_later_tokens(student):
 
 
 @pytest.mark.points(2)
+@pytest.mark.clause(
+    "transformer.DecoderBlock: One pre-norm decoder block: residual self-attention and feed-forward branches,"
+)
 def test_sequential_decoder_block_is_pre_norm_with_two_residuals(student):
     result = student.run(block_session, dict(CORE, block="sequential"), _normal((B, T, D), 1))
     assert_shape(result["out"], (B, T, D), "DecoderBlock output (B, T, D)")
@@ -376,6 +398,10 @@ def test_sequential_decoder_block_is_pre_norm_with_two_residuals(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "transformer.DecoderBlock: One pre-norm decoder block: residual self-attention and feed-forward branches,",
+    "transformer.DecoderBlock: `norm2` (None for the parallel block, whose branches share `norm1`)",
+)
 def test_parallel_decoder_block_feeds_one_norm_to_both_branches(student):
     result = student.run(block_session, dict(CORE, block="parallel"), _normal((B, T, D), 1))
     assert_shape(result["out"], (B, T, D), "DecoderBlock output (B, T, D)")
@@ -395,6 +421,9 @@ CORE_CONFIGS = {  # core options only; the presets (RoPE, RMSNorm, SwiGLU, GQA) 
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "transformer.TransformerLanguageModel: logits `(B, T, V)` (float32) of the next token at every position"
+)
 def test_model_logits_have_shape_batch_time_vocab(student):
     for name, overrides in CORE_CONFIGS.items():
         shapes = ((B, T), (1, C))
@@ -428,6 +457,7 @@ def test_model_logits_never_depend_on_later_tokens(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause("transformer.TransformerLanguageModel: by the transposed token embedding when `tie_embeddings`")
 def test_tied_embeddings_are_one_matrix_used_for_input_and_output(student):
     tokens = np.random.default_rng(0).integers(0, V - 1, size=(B, T)).astype(np.int32)  # never token V-1
     for tied in (True, False):

@@ -192,6 +192,9 @@ def reference_attention(x, w, num_heads, num_kv_heads=None):
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "transformer.apply_rope: float tensor `(..., T, hs)`, same dtype as x; position 0 is left unchanged."
+)
 def test_rope_keeps_position_zero_and_every_vector_length(student):
     x = np.random.default_rng(0).normal(size=(2, 3, 5, 8))  # (B, nh, T, hs)
     positions = [0, 1, 2, 7, 11]
@@ -209,6 +212,9 @@ def test_rope_keeps_position_zero_and_every_vector_length(student):
 
 @pytest.mark.bonus
 @pytest.mark.points(2)
+@pytest.mark.clause(
+    "transformer.apply_rope: `apply_rope(q, [m]) . apply_rope(k, [n]) == apply_rope(q, [m + s]) . apply_rope(k, [n +"
+)
 def test_rope_scores_depend_only_on_relative_position(student):
     rng = np.random.default_rng(1)
     q, k = rng.normal(size=8), rng.normal(size=8)
@@ -227,6 +233,9 @@ def test_rope_scores_depend_only_on_relative_position(student):
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "transformer.apply_rope: Pair p (p = 0 .. hs/2 - 1) of the vector at position m is rotated by the angle m *"
+)
 def test_rope_rotation_angles_are_position_times_frequency(student):
     hs, base, position = 6, 100.0, 2
     images = _rope(student, np.eye(hs)[:, None, :], [position], base)[
@@ -266,6 +275,11 @@ def test_rope_model_knows_the_order_of_earlier_tokens(student):
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "transformer.expand_kv_heads: head h of the result is head h // g of x",
+    "transformer.expand_kv_heads: heads [a, b] with g = 2 become [a, a, b, b]",
+    "transformer.expand_kv_heads: float tensor `(B, nkv * g, S, hs)`.",
+)
 def test_expand_kv_heads_gives_query_head_h_the_kv_head_h_over_g(student):
     x = _normal((2, 3, 5, 4), 1)  # (B, nkv=3, S, hs)
     out = student.run(call_with_tensors, "expand_kv_heads", [x, 2], (0,))
@@ -296,6 +310,7 @@ def _check_gqa_equals_full(student, num_kv_heads):
 
 @pytest.mark.bonus
 @pytest.mark.points(2)
+@pytest.mark.clause("transformer.MultiHeadSelfAttention: Query head h reads key/value head h // g, g = nh // nkv")
 def test_grouped_query_attention_equals_full_attention_with_repeated_kv_heads(student):
     for num_kv_heads in (NH, 2):  # num_kv_heads == num_heads is plain multi-head attention
         _check_gqa_equals_full(student, num_kv_heads)
@@ -303,6 +318,7 @@ def test_grouped_query_attention_equals_full_attention_with_repeated_kv_heads(st
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
+@pytest.mark.clause("transformer.MultiHeadSelfAttention: Query head h reads key/value head h // g, g = nh // nkv")
 def test_multi_query_attention_shares_one_kv_head(student):
     _check_gqa_equals_full(student, 1)
 
@@ -313,6 +329,10 @@ def test_multi_query_attention_shares_one_kv_head(student):
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "transformer.RMSNorm: x / sqrt(mean(x^2) + epsilon) * scale",
+    "transformer.RMSNorm: Unlike LayerNorm it neither subtracts the mean nor adds a bias.",
+)
 def test_rms_norm_matches_numpy(student):
     x = _normal((2, 3, 8), 1) + 2.0  # a non-zero mean: RMSNorm must not subtract it
     scale = np.random.default_rng(2).normal(size=8).astype("float32")
@@ -326,6 +346,7 @@ def test_rms_norm_matches_numpy(student):
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
+@pytest.mark.clause("transformer.swiglu: silu(gate) * up, elementwise")
 def test_swiglu_is_silu_of_the_gate_times_up(student):
     gate, up = _normal((2, 3, 5), 1, scale=2.0), _normal((2, 3, 5), 2)
     g = gate.astype(np.float64)
@@ -355,6 +376,10 @@ def test_swiglu_feed_forward_matches_numpy(student):
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "transformer.update_kv_cache: Returns the cache with `new` written at positions index .. index + T - 1, every",
+    "transformer.update_kv_cache: The cache is preallocated to the context length and keeps its shape",
+)
 def test_update_kv_cache_writes_only_the_new_positions(student):
     cache = _normal((2, 3, 8, 4), 1)
     new = _normal((2, 3, 2, 4), 2)
@@ -378,6 +403,9 @@ def test_update_kv_cache_writes_only_the_new_positions(student):
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "transformer.cached_attention_mask: Returns the bool mask `(T, C)` of T new queries over C cache slots: True"
+)
 def test_cached_attention_mask_lets_each_query_see_up_to_its_own_position(student):
     for tensors in ((), (0,)):  # the index as a Python int, then as a tensor
         mask = student.run(call_with_tensors, "cached_attention_mask", [2, 3, 6], tensors)
@@ -392,6 +420,9 @@ def test_cached_attention_mask_lets_each_query_see_up_to_its_own_position(studen
 
 @pytest.mark.bonus
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "transformer.MultiHeadSelfAttention: `(B, T, D)`; with a cache, `(output, (keys, values))` holding the cache"
+)
 def test_attention_with_a_cache_equals_full_attention(student):
     result = student.run(attention_weights, NH, _normal((B, 6, D), 1), cached=True)
     assert_shape(np.zeros(result["cache_shape"]), (B, NH, 8, D // NH), "cached keys (B, nkv, C, hs)")
@@ -420,6 +451,10 @@ def _check_cache_equals_recomputation(student, spec, prompt_lengths):
 
 @pytest.mark.bonus
 @pytest.mark.points(2)
+@pytest.mark.clause(
+    "transformer.TransformerLanguageModel: The decode step is compiled once (XLA) and its logits equal those of",
+    "transformer.DecoderBlock: `(B, T, D)`; with a cache, `(output, cache)`.",
+)
 def test_kv_cache_decoding_equals_full_recomputation(student):
     _check_cache_equals_recomputation(student, SIZES, (1, 4))
 

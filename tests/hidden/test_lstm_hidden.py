@@ -110,6 +110,10 @@ def _sigmoid(z):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "lstm.lstm_forward: outputs: float tensor of shape `(B, T, H)`; `outputs[:, t]` is h_t, after reading `inputs[:,",
+    "lstm.lstm_forward: last_state: pair `(h_T, c_T)`, two float tensors of shape `(B, H)`, the state after the last",
+)
 def test_two_layers_match_stacked_keras_lstm(student):
     tokens = _tokens()
     start = _random_states(2)

@@ -36,6 +36,10 @@ def dataset_epochs(inputs, labels, kwargs, epochs):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "preprocess.WordTokenizer.encode: unknown -> `unk_id`",
+    "preprocess.WordTokenizer.fit: cut so that `vocab_size <= max_vocab`",
+)
 def test_word_tokenizer_unknown_words_and_reload_keep_limits(student):
     out = student.run(tokenizer_round, {"max_vocab": 4, "lowercase": True}, " x x x y y z w", " X y q")
     ids = out["ids"].tolist()
@@ -46,6 +50,7 @@ def test_word_tokenizer_unknown_words_and_reload_keep_limits(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause("preprocess.make_sequences: Window `n` covers `ids[n * stride : n * stride + seq_len + 1]`")
 def test_make_sequences_stride_larger_than_seq_len_skips_tokens(student):
     inputs, labels = student.call("preprocess.make_sequences", np.arange(12), seq_len=2, stride=5)
     assert np.asarray(inputs).tolist() == [[0, 1], [5, 6]], f"stride=5, seq_len=2 on ids 0..11: got {inputs}"
@@ -53,6 +58,7 @@ def test_make_sequences_stride_larger_than_seq_len_skips_tokens(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause("preprocess.make_dataset: differently in every epoch")
 def test_make_dataset_reshuffles_each_epoch_and_covers_everything(student):
     inputs, labels = student.call("preprocess.make_sequences", np.arange(300), seq_len=2)
     inputs = np.asarray(inputs)

@@ -65,6 +65,10 @@ def _ok(result, what):
 
 
 @pytest.mark.points(0.5)
+@pytest.mark.clause(
+    "rnn.rnn_forward: outputs: float tensor of shape `(B, T, H)`; `outputs[:, t]` is h_t, the state after reading",
+    "rnn.rnn_forward: h_last: float tensor of shape `(B, H)`, the state after the last step (equal to `outputs[:,",
+)
 def test_two_layers_match_stacked_keras_simple_rnn(student):
     tokens = _tokens()
     start = [_normal((B, H), seed=4), _normal((B, H), seed=5)]

@@ -90,6 +90,10 @@ def _assert_draws_follow(draws, expected, what):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "sampling.top_k_filter: every token below the k-th largest logit of its row set to `-inf`: shape `(B, V)`",
+    "sampling.top_p_filter: every token outside the nucleus of mass `p` set to `-inf`: shape `(B, V)`",
+)
 def test_filters_match_a_reference_on_random_rows(student):
     rng = np.random.default_rng(4)  # a seed whose rows sit at least 7e-4 from every top-p boundary
     logits = (rng.normal(size=(16, 40)) * 2.0).astype(np.float32)
@@ -119,6 +123,11 @@ def test_filters_match_a_reference_on_random_rows(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "sampling.sample: or None for no top-k filter",
+    "sampling.sample: or None for no top-p filter",
+    "sampling.sample: A filtered token is never drawn.",
+)
 def test_sample_distribution_with_each_setting_alone(student):
     row = np.array([0.5, -0.4, 1.2, 0.0, 0.9, -1.0], dtype=np.float32)
     logits = np.tile(row, (N_DRAWS, 1))

@@ -92,6 +92,10 @@ def token_losses(model_weights, inputs, labels):
 
 
 @pytest.mark.points(2)
+@pytest.mark.clause(
+    "train.evaluate: the sum over all batches of `sum(w * ce)`, divided by the sum over all batches of `sum(w)`",
+    "train.evaluate: batches `(inputs, labels)` or `(inputs, labels, weights)`",
+)
 def test_evaluate_counts_only_weighted_tokens(student):
     inputs, labels, weights = padded_batch(0)
     model_weights, loss, perplexity = student.run(
@@ -113,6 +117,7 @@ def test_evaluate_counts_only_weighted_tokens(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause("train.train_step: `sum(w * ce) / sum(w)` over the batch")
 def test_train_step_ignores_padding_tokens(student):
     inputs, labels, weights = padded_batch(1)
     result = student.run(weighted_steps, dict(vocab=V, length=T), inputs, [labels], weights, 0.1, 1.0, uses=(_tiny,))
@@ -133,6 +138,7 @@ def test_train_step_ignores_padding_tokens(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause("train.evaluate: run it with `training=False`")
 def test_evaluate_runs_the_model_in_inference_mode(student):
     inputs, labels, _ = padded_batch(2)
     model_weights, loss, _ = student.run(

@@ -83,6 +83,9 @@ def _softmax_reference(q, k, v, mask):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "transformer.scaled_dot_product_attention: The leading axes `...` of q, k, v and mask broadcast as in"
+)
 def test_attention_applies_a_different_mask_to_each_batch_element(student):
     q, k, v = _normal((3, 2, 4, 5), 1), _normal((3, 2, 6, 5), 2), _normal((3, 2, 6, 3), 3)
     rng = np.random.default_rng(4)
@@ -96,6 +99,7 @@ def test_attention_applies_a_different_mask_to_each_batch_element(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause("transformer.MultiHeadSelfAttention: use_bias: bool, whether the four projections have biases.")
 def test_multi_head_attention_matches_keras_without_biases(student):
     x = _normal((3, 7, 10), 1)  # B=3, T=7, D=10: 2 heads of 5
     result = student.run(mha_without_bias, 2, x, 5)
@@ -148,6 +152,10 @@ def test_last_logits_depend_on_every_earlier_token(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause(
+    "transformer.DecoderBlock: dropout is active only when True",
+    "transformer.TransformerLanguageModel: dropout is active only when True",
+)
 def test_dropout_is_active_only_when_training(student):
     tokens = _tokens(2, C, seed=4)
     calls = [(tokens, False, "twin"), (tokens, False, "model"), (tokens, True, "twin")]
