@@ -149,13 +149,18 @@ def test_greedy_picks_the_argmax_of_each_row(student):
             [0.1, 0.5, -1.0, 0.2, 2.0],
             [3.0, 1.0, 2.9, -3.0, 0.0],
             [-2.0, -1.5, -0.5, -3.0, -1.0],
+            [1.0, 2.0, 2.0, 0.5, 2.0],  # a tie: 1, 2 and 4 are all valid answers
         ],
         dtype=np.float32,
     )
     ids = np.asarray(student.call("sampling.greedy", logits))
-    assert_shape(ids, (3,), "greedy(logits) for logits of shape (3, 5): one id per row, argmax over the vocabulary")
-    assert np.issubdtype(ids.dtype, np.integer), f"greedy must return integer ids, got dtype {ids.dtype}"
-    assert ids.tolist() == [4, 0, 2], f"the largest logit of each row is at [4, 0, 2]; got {ids.tolist()}"
+    assert_shape(ids, (4,), "greedy(logits) for logits of shape (4, 5): one id per row, argmax over the vocabulary")
+    assert ids.dtype == np.int32, (
+        f"greedy must return int32 ids (the dtype of the token ids it is concatenated with), got dtype {ids.dtype}: "
+        "tf.argmax returns int64 unless you pass output_type=tf.int32"
+    )
+    assert ids[:3].tolist() == [4, 0, 2], f"the largest logit of each row is at [4, 0, 2]; got {ids[:3].tolist()}"
+    assert ids[3] in (1, 2, 4), f"row [1, 2, 2, 0.5, 2] ties at tokens 1, 2 and 4: any of them, got {ids[3]}"
 
 
 @pytest.mark.points(1)
@@ -170,9 +175,18 @@ def test_temperature_divides_logits_one_is_identity_and_limits(student):
     logits = np.array([[1.0, 2.0, 0.5, -1.0], [0.0, 0.7, 3.0, -INF]], dtype=np.float32)
 
     def dist(temperature):
-        out = np.asarray(student.call("sampling.apply_temperature", logits, temperature), dtype=np.float64)
+        out = np.asarray(student.call("sampling.apply_temperature", logits, temperature))
         assert_shape(out, (2, 4), f"apply_temperature(logits, {temperature})")
-        return np.stack([_softmax(row) for row in out])
+        assert out[1, 3] == -INF, (
+            f"apply_temperature(logits, {temperature}): a filtered logit (-inf) must stay -inf, got {out[1, 3]}"
+        )
+        return np.stack([_softmax(row) for row in out.astype(np.float64)])
+
+    out = np.asarray(student.call("sampling.apply_temperature", logits.astype(np.float64), 2.0))
+    assert out.dtype == np.float32, (
+        f"apply_temperature must return float32 logits, also for float64 input; got dtype {out.dtype} "
+        "(_check_logits converts them)"
+    )
 
     exact = lambda t: np.stack([_softmax(row / t) for row in logits.astype(np.float64)])  # noqa: E731
     np.testing.assert_allclose(
@@ -366,7 +380,32 @@ def test_sample_same_seed_same_draws_and_no_seed_differs(student):
     assert not np.array_equal(a, b), "without a seed, two calls must give different draws"
 
 
-@pytest.mark.points(2)
+def seeded_then_unseeded(logits):
+    """Probe: twice, a seeded call of `sample` and then an unseeded one; returns the two unseeded draws."""
+    import numpy as np
+
+    from assignment import sampling
+
+    draws = []
+    for _ in range(2):
+        sampling.sample(logits, seed=7)
+        draws.append(np.asarray(sampling.sample(logits)))
+    return draws
+
+
+@pytest.mark.points(0.5)
+@pytest.mark.clause("sampling.sample: without a seed, draws come from TensorFlow's global random state and differ")
+def test_sample_with_a_seed_leaves_the_global_random_state_alone(student):
+    logits = np.zeros((200, 10), dtype=np.float32)  # uniform over 10 tokens
+    first, second = student.run(seeded_then_unseeded, logits)
+    assert not np.array_equal(first, second), (
+        "after sample(logits, seed=7), two unseeded calls gave the same draws: the seeded call reset TensorFlow's "
+        "global random state (tf.random.set_seed?), so every later call without a seed repeats itself. A seed must "
+        "only decide this call's draws: tf.random.stateless_categorical(logits, 1, seed=[seed, 0])"
+    )
+
+
+@pytest.mark.points(1.5)
 @pytest.mark.clause(
     "sampling.sample: divide by `temperature`; keep the `top_k` best tokens (when given); keep the nucleus of mass",
     "sampling.sample: A filtered token is never drawn.",
@@ -682,8 +721,17 @@ def test_invalid_parameters_raise_value_error_naming_them(student):
         ("sample", student.call_error("sampling.sample", nan, seed=0)),
     ]:
         _raises(fn, ["logits"], "nan", f"{name} on logits holding a NaN")
+    for seed in (1.5, "7"):
+        _raises(student.call_error("sampling.sample", logits, seed=seed), ["seed"], str(seed), f"sample(seed={seed!r})")
     for shape in [(3,), (2, 1, 3)]:
         bad = np.zeros(shape, dtype=np.float32)
+        for name, args in (("apply_temperature", (1.0,)), ("top_p_filter", (0.9,))):
+            _raises(
+                student.call_error(f"sampling.{name}", bad, *args),
+                ["logits"],
+                "",
+                f"{name} on logits of shape {shape}",
+            )
         _raises(
             student.call_error("sampling.top_k_filter", bad, 1),
             ["logits"],
