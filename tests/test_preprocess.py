@@ -189,7 +189,7 @@ def test_word_min_freq_drops_rare_tokens(student):
     assert _ids(s["results"][0], "encode(' c')").tolist() == [s["unk_id"]]
 
 
-@pytest.mark.points(1)
+@pytest.mark.points(0.5)
 def test_tokenizers_save_and_load_as_json(student):
     for kind, options in (("CharTokenizer", {}), ("WordTokenizer", {"max_vocab": 12})):
         s = _session(student, kind, TEXT, [("encode", [TEXT])], options, save=True)
@@ -217,6 +217,58 @@ def test_decode_rejects_ids_outside_the_vocabulary(student):
     )
 
 
+@pytest.mark.points(0.5)
+@pytest.mark.clause(
+    "preprocess.CharTokenizer: lowercase: if True",
+    "preprocess.CharTokenizer.decode: `<unk>` decodes to U+FFFD",
+    'preprocess.WordTokenizer.decode: `<unk>` written as " <unk>"',
+    "preprocess.WordTokenizer.decode: ValueError: if an id is outside",
+)
+def test_decode_writes_unknown_ids_as_documented(student):
+    s = _session(student, "CharTokenizer", "abc", [("encode", ["azb"])])
+    ids = _ids(s["results"][0], "CharTokenizer.encode('azb')")
+    s = _session(student, "CharTokenizer", "abc", [("decode", [ids])])
+    got = _value(s["results"][0], "CharTokenizer.decode")
+    assert got == "a\ufffdb", (
+        f"CharTokenizer: the unknown id must decode to U+FFFD (the replacement character '\ufffd'), one character "
+        f"like every other id: decode(encode('azb')) fitted on 'abc' must be 'a\ufffdb', got {got!r}"
+    )
+    s = _session(student, "WordTokenizer", " a b", [("encode", [" a q b"])])
+    ids = _ids(s["results"][0], "WordTokenizer.encode(' a q b')")
+    s = _session(student, "WordTokenizer", " a b", [("decode", [ids]), ("decode", [[s["vocab_size"]]])])
+    got = _value(s["results"][0], "WordTokenizer.decode")
+    assert got == " a <unk> b", (
+        "WordTokenizer: the unknown id must decode to ' <unk>' (with its leading space, like the words around it): "
+        f"decode(encode(' a q b')) fitted on ' a b' must be ' a <unk> b', got {got!r}"
+    )
+    assert s["results"][1].get("error") == "ValueError", (
+        f"WordTokenizer.decode([vocab_size]) must raise ValueError (ids lie in [0, vocab_size)); got {s['results'][1]}"
+    )
+    s = _session(student, "CharTokenizer", "abC", [("encode", ["ABC"])], {"lowercase": True})
+    assert s["vocab_size"] == 4 and s["unk_id"] not in _ids(s["results"][0], "encode('ABC')").tolist(), (
+        "CharTokenizer(lowercase=True) fitted on 'abC' knows 'a', 'b', 'c' (vocab_size 4) and encodes 'ABC' "
+        f"without unknown ids; got vocab_size {s['vocab_size']}"
+    )
+
+
+@pytest.mark.points(0.5)
+@pytest.mark.clause("preprocess.WordTokenizer.fit: most frequent first (ties broken alphabetically)")
+def test_word_vocabulary_is_ordered_by_frequency_then_alphabetically(student):
+    text = " d b c a c"  # ' c' twice; ' a', ' b', ' d' once each, seen in the order d, b, a
+    s = _session(student, "WordTokenizer", text, [("encode", [" c a b d"])])
+    ids = _ids(s["results"][0], "encode(' c a b d')").tolist()
+    assert ids == [1, 2, 3, 4], (
+        f"fitted on {text!r}, the vocabulary is <unk> (id 0), ' c' (the most frequent), then the ties ' a', ' b', "
+        f"' d' in alphabetical order, not in the order first seen: encode(' c a b d') must be [1, 2, 3, 4], got {ids}"
+    )
+    s = _session(student, "WordTokenizer", text, [("encode", [" a b"])], {"max_vocab": 3})
+    ids = _ids(s["results"][0], "encode(' a b')").tolist()
+    assert ids == [2, s["unk_id"]], (
+        f"max_vocab=3 on {text!r} keeps <unk>, ' c' and ' a' (the alphabetically first of the ties): "
+        f"encode(' a b') must be [2, {s['unk_id']}], got {ids}"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Sequences, split, dataset
 # ---------------------------------------------------------------------------------------------------------------
@@ -227,7 +279,7 @@ def _sequences(student, ids, seq_len, **kwargs):
     return np.asarray(inputs), np.asarray(labels)
 
 
-@pytest.mark.points(1)
+@pytest.mark.points(0.5)
 @pytest.mark.clause(
     "preprocess.make_sequences: both int32 arrays of shape `(N, seq_len)`",
     "preprocess.make_sequences: `labels[n, t] == inputs[n, t + 1]`",
@@ -291,7 +343,7 @@ def test_train_val_split_is_contiguous_and_complete(student):
         )
 
 
-@pytest.mark.points(1)
+@pytest.mark.points(0.5)
 @pytest.mark.clause("preprocess.make_dataset: the last batch may be smaller unless `drop_remainder`")
 def test_make_dataset_batches_keep_pairs_together(student):
     inputs, labels = _sequences(student, np.arange(200), 4)  # 49 sequences
@@ -318,3 +370,29 @@ def test_make_dataset_shuffle_is_seeded(student):
     assert order(shuffle=True, seed=5) == order(shuffle=True, seed=5), "the same seed must give the same order"
     assert order(shuffle=True, seed=5) != order(shuffle=True, seed=6), "different seeds must give different orders"
     assert order(shuffle=True, seed=5) != inputs[:, 0].tolist(), "shuffle=True must change the order"
+
+
+@pytest.mark.points(0.5)
+@pytest.mark.clause(
+    "preprocess.make_dataset: batches, each int32 of shape `(B, T)`",
+    "preprocess.make_dataset: drop_remainder: if True, drop the last batch",
+)
+def test_make_dataset_batches_are_int32_and_drop_remainder_drops_the_short_batch(student):
+    inputs = np.arange(30, dtype=np.int64).reshape(10, 3)  # int64, as NumPy makes them; 10 sequences
+    labels = inputs + 1
+    (kept,) = student.run(dataset_batches, inputs, labels, {"batch_size": 4, "shuffle": False})
+    sizes = [len(x) for x, _ in kept]
+    assert sizes == [4, 4, 2], f"10 sequences in batches of 4 make batches of 4, 4 and 2; got sizes {sizes}"
+    for x, y in kept:
+        assert x.dtype == np.int32 and y.dtype == np.int32, (
+            f"batches must hold int32 inputs and labels whatever the arrays given (here int64); got {x.dtype} and "
+            f"{y.dtype}: convert them with .astype(np.int32) before building the dataset"
+        )
+    (dropped,) = student.run(
+        dataset_batches, inputs, labels, {"batch_size": 4, "shuffle": False, "drop_remainder": True}
+    )
+    sizes = [len(x) for x, _ in dropped]
+    assert sizes == [4, 4], (
+        f"drop_remainder=True must drop the last batch of 2 (fewer than batch_size=4); got sizes {sizes}: "
+        "pass drop_remainder to Dataset.batch"
+    )

@@ -49,7 +49,7 @@ def test_word_tokenizer_unknown_words_and_reload_keep_limits(student):
     assert out["loaded_ids"].tolist() == ids, "a loaded tokenizer must encode exactly like the saved one"
 
 
-@pytest.mark.points(1)
+@pytest.mark.points(0.5)
 @pytest.mark.clause("preprocess.make_sequences: Window `n` covers `ids[n * stride : n * stride + seq_len + 1]`")
 def test_make_sequences_stride_larger_than_seq_len_skips_tokens(student):
     inputs, labels = student.call("preprocess.make_sequences", np.arange(12), seq_len=2, stride=5)
@@ -67,3 +67,26 @@ def test_make_dataset_reshuffles_each_epoch_and_covers_everything(student):
     assert epochs[0] != epochs[1], "each epoch must be shuffled anew (reshuffle_each_iteration)"
     for epoch in epochs:
         assert sorted(epoch) == sorted(inputs[:, 0].tolist()), "every sequence appears once per epoch"
+
+
+def first_batches(inputs, labels, batch_size, epochs):
+    """Probe: the first batch of inputs of each of `epochs` epochs of a shuffled make_dataset."""
+    import numpy as np
+
+    from assignment import preprocess
+
+    dataset = preprocess.make_dataset(inputs, labels, batch_size=batch_size, shuffle=True, seed=3)
+    return [np.asarray(next(iter(dataset))[0]) for _ in range(epochs)]
+
+
+@pytest.mark.points(0.5)
+@pytest.mark.clause("preprocess.make_dataset: the order of the sequences is shuffled (over all N)")
+def test_make_dataset_shuffles_over_all_sequences(student):
+    n = 3000
+    inputs = np.stack([np.arange(n), np.arange(n)], axis=1).astype(np.int32)  # sequence i starts with i
+    for epoch, batch in enumerate(student.run(first_batches, inputs, inputs + 1, 32, 2)):
+        assert batch[:, 0].max() >= n // 2, (
+            f"epoch {epoch}: the first batch of 32 holds only sequences from the first half of the {n} "
+            f"(largest index {batch[:, 0].max()}): a shuffle over all N draws one there with probability 1 - 2^-32. "
+            "A shuffle buffer smaller than N only mixes neighbours: use buffer_size=len(inputs)"
+        )
