@@ -177,9 +177,11 @@ def test_train_step_returns_scalar_loss_and_grad_norm(student):
     assert_shape(loss, (), "loss (a scalar)")
     assert_shape(grad_norm, (), "grad_norm (a scalar)")
     assert np.isfinite(float(loss)) and np.isfinite(float(grad_norm)), "loss and grad_norm must be finite numbers"
+    for name, value in (("loss", loss), ("grad_norm", grad_norm)):
+        assert value.dtype == np.float32, f"{name} must be a float32 scalar tensor, got dtype {value.dtype}"
 
 
-@pytest.mark.points(3)
+@pytest.mark.points(2.5)
 @pytest.mark.clause(
     "train.train_step: loss: float32 scalar tensor, the weighted mean cross-entropy per token, computed *before* the",
     "train.train_step: None means every token has weight 1.",
@@ -198,6 +200,20 @@ def test_train_step_loss_is_mean_token_cross_entropy_before_the_update(student):
     )
 
 
+@pytest.mark.points(1)
+@pytest.mark.clause("train.train_step: The model runs in training mode (`training=True`), so its dropout is active.")
+def test_train_step_runs_the_model_in_training_mode(student):
+    inputs, labels = batch(7)
+    result = _steps(student, inputs, labels, "SGD", 0.1, 1.0, model_kwargs={"dropout": 0.5})
+    loss, _ = _pair(result["outputs"][0])
+    without_dropout = reference_token_losses(result["before"], inputs, labels).mean()
+    assert abs(float(loss) - without_dropout) > 1e-3, (
+        f"with a model holding dropout=0.5, train_step's loss {float(loss):.6f} equals the loss without dropout "
+        f"({without_dropout:.6f}): call the model with training=True inside the tape, or dropout (and every other "
+        "training-only behaviour) never acts during training"
+    )
+
+
 @pytest.mark.points(2)
 @pytest.mark.clause(
     "train.train_step: Runs eagerly and inside `tf.function`",
@@ -213,7 +229,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(student):
     )
 
 
-@pytest.mark.points(3)
+@pytest.mark.points(2.5)
 @pytest.mark.clause(
     "train.train_step: The gradients of all trainable variables, taken together as one long vector, are scaled down"
 )
@@ -273,6 +289,16 @@ def test_train_step_applies_small_gradients_unchanged(student):
     assert_close(float(grad_norm), global_norm(grads), "grad_norm", rtol=1e-4)
 
 
+def evaluate_types(model_kwargs, tensors, batch_size):
+    """Probe: the type names of what train.evaluate returns on the tiny model."""
+    import tensorflow as tf
+
+    from assignment import train
+
+    dataset = tf.data.Dataset.from_tensor_slices(tuple(tensors)).batch(batch_size)
+    return [type(v).__name__ for v in train.evaluate(_tiny(**model_kwargs), dataset)]
+
+
 def uneven_data(student, sizes=(4, 4, 1)):
     """Returns (inputs, labels) of batches of `sizes` sequences and the per-token losses of the tiny model on them."""
     weights = student.run(tiny_weights, dict(vocab=V, length=T), uses=(_tiny,))
@@ -281,7 +307,7 @@ def uneven_data(student, sizes=(4, 4, 1)):
     return inputs, labels, reference_token_losses(weights, inputs, labels)  # (N, T)
 
 
-@pytest.mark.points(3)
+@pytest.mark.points(2.5)
 @pytest.mark.clause(
     "train.evaluate: the sum over all batches of `sum(w * ce)`, divided by the sum over all batches of `sum(w)`",
     "train.evaluate: this is not the mean of the per-batch means",
@@ -308,3 +334,16 @@ def test_evaluate_perplexity_is_exp_of_the_loss(student):
     loss, perplexity = student.run(evaluate_on, dict(vocab=V, length=T), [inputs, labels], 4, uses=(_tiny,))
     assert_close(float(perplexity), math.exp(losses.mean()), "perplexity = exp(mean token loss)", rtol=1e-5)
     assert_close(float(perplexity), math.exp(float(loss)), "perplexity = exp(the loss evaluate returns)", rtol=1e-6)
+
+
+@pytest.mark.points(0.5)
+@pytest.mark.clause(
+    "train.evaluate: Returns `(loss, perplexity)` of `model` over the whole `dataset`, as Python floats."
+)
+def test_evaluate_returns_python_floats(student):
+    inputs, labels = batch(8, size=5)
+    types = student.run(evaluate_types, dict(vocab=V, length=T), [inputs, labels], 2, uses=(_tiny,))
+    assert types == ["float", "float"], (
+        f"evaluate must return (loss, perplexity) as two Python floats, got {types}: convert with float(...) "
+        "(the training loop writes them to JSON and compares them with other runs)"
+    )

@@ -88,6 +88,34 @@ def attention_of_arrays(q, k, v, mask):
     return np.asarray(out), np.asarray(weights)
 
 
+def causal_mask_of_a_tensor(length):
+    """Probe: causal_mask called inside tf.function on a scalar int32 tensor whose value is unknown when traced."""
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import transformer
+
+    traced = tf.function(transformer.causal_mask, input_signature=[tf.TensorSpec([], tf.int32)])
+    return np.asarray(traced(tf.constant(length)))
+
+
+def block_with_silent_branches(config, x):
+    """Probe: a DecoderBlock(TransformerConfig(**config)) whose attention and feed-forward weights are all zero, so
+    both branches output zeros; its outputs on `x` with training=True and training=False."""
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import transformer
+
+    block = transformer.DecoderBlock(transformer.TransformerConfig(**config))
+    x = tf.constant(x)
+    block(x)
+    for layer in (block.attention, block.mlp):
+        for w in layer.weights:
+            w.assign(tf.zeros(w.shape, w.dtype))
+    return {"training": np.asarray(block(x, training=True)), "inference": np.asarray(block(x, training=False))}
+
+
 def mha_session(num_heads, x, weight_seed, changed=None):
     """Probe: a MultiHeadSelfAttention(num_heads, use_bias=True) whose weights all get random values; returns its
     weights (wq, wk, wv, wo, bq, bk, bv, bo) and its outputs on `x` (and on `changed`)."""
@@ -254,6 +282,16 @@ def test_causal_mask_allows_exactly_the_past_and_present(student):
         )
 
 
+@pytest.mark.points(0.5)
+@pytest.mark.clause("transformer.causal_mask: seq_len: int (or int32 scalar tensor), T.")
+def test_causal_mask_takes_a_length_known_only_when_run(student):
+    mask = student.run(causal_mask_of_a_tensor, 4)
+    assert_shape(mask, (4, 4), "causal_mask(tf.constant(4)) inside tf.function")
+    assert np.array_equal(np.asarray(mask, bool), np.tril(np.ones((4, 4), bool))), (
+        f"causal_mask of a length given as a tensor inside tf.function: expected the 4 x 4 lower triangle, got\n{mask}"
+    )
+
+
 @pytest.mark.points(1)
 @pytest.mark.clause(
     "transformer.scaled_dot_product_attention: softmax(q k^T / sqrt(hs)) v over the last two axes",
@@ -337,11 +375,28 @@ def test_attention_fully_masked_row_gives_zeros_not_nan(student):
     assert_close(out, ref_out, "attention output with a fully masked row (that row is 0)", atol=1e-5)
 
 
+@pytest.mark.points(0.5)
+@pytest.mark.clause("transformer.scaled_dot_product_attention: q: float tensor or NumPy array `(..., T, hs)`")
+def test_attention_works_in_float64(student):
+    shapes = (((2, 4, 5), 1), ((2, 6, 5), 2), ((2, 6, 3), 3))
+    q, k, v = (_normal(shape, seed).astype(np.float64) for shape, seed in shapes)
+    mask = _random_mask((4, 6), seed=4)
+    error = student.error(attention_of_arrays, q, k, v, mask)
+    assert error is None, (
+        "scaled_dot_product_attention must work on float64 inputs (NumPy's default dtype) as on float32; it raised "
+        f"{error}. Build every constant from q's dtype: tf.cast(hs, q.dtype), q.dtype.min, not tf.float32 or -1e9"
+    )
+    out, weights = student.run(attention_of_arrays, q, k, v, mask)
+    ref_out, ref_weights = reference_attention(q, k, v, mask)
+    assert_close(weights, ref_weights, "attention weights of float64 inputs", atol=1e-6)
+    assert_close(out, ref_out, "attention output of float64 inputs", atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # MultiHeadSelfAttention
 
 
-@pytest.mark.points(3)
+@pytest.mark.points(2.5)
 @pytest.mark.clause(
     "transformer.MultiHeadSelfAttention: heads are split by reshaping the last axis `(nh * hs)` into `(nh, hs)`,",
     "transformer.MultiHeadSelfAttention: use_bias: bool, whether the four projections have biases.",
@@ -382,7 +437,7 @@ def test_multi_head_attention_output_never_depends_on_later_tokens(student):
 # DecoderBlock
 
 
-@pytest.mark.points(2)
+@pytest.mark.points(1.5)
 @pytest.mark.clause(
     "transformer.DecoderBlock: One pre-norm decoder block: residual self-attention and feed-forward branches,"
 )
@@ -410,6 +465,25 @@ def test_parallel_decoder_block_feeds_one_norm_to_both_branches(student):
     )
 
 
+@pytest.mark.points(1)
+@pytest.mark.clause("transformer.DecoderBlock: Dropout applies to each branch's output before it is added to x")
+def test_dropout_applies_to_the_branches_never_to_the_residual_stream(student):
+    x = _normal((B, T, D), 1)
+    for block in ("sequential", "parallel"):
+        out = student.run(block_with_silent_branches, dict(CORE, block=block, dropout=0.5), x)
+        assert_close(
+            out["inference"], x, f"{block} block whose branches output zeros, training=False (it must return x)"
+        )
+        assert_close(
+            out["training"],
+            x,
+            f"{block} block whose branches output zeros, with dropout=0.5 and training=True: dropout may drop "
+            "a branch's output, x + dropout(branch), but never x itself (the residual stream carries the signal "
+            "from layer to layer untouched)",
+            atol=1e-6,
+        )
+
+
 # ------------------------------------------------------------------------------------------------------------
 # TransformerLanguageModel
 
@@ -434,7 +508,7 @@ def test_model_logits_have_shape_batch_time_vocab(student):
             assert_shape(out, (batch, time, V), f"logits (B, T, V) of the {name} model")
 
 
-@pytest.mark.points(2)
+@pytest.mark.points(1.5)
 def test_model_logits_never_depend_on_later_tokens(student):
     for name, overrides in CORE_CONFIGS.items():
         tokens = _tokens(1, C)
@@ -489,6 +563,7 @@ def test_tied_embeddings_are_one_matrix_used_for_input_and_output(student):
 
 
 @pytest.mark.points(1)
+@pytest.mark.clause("transformer.TransformerLanguageModel: Token embedding (plus learned or sinusoidal positions")
 def test_every_weight_gets_a_gradient(student):
     tokens = _tokens()
     for name, overrides in (("gpt2-like", dict()), ("untied", dict(tie_embeddings=False))):
@@ -509,7 +584,7 @@ def test_initial_loss_is_about_log_vocab_size(student):
     )
 
 
-@pytest.mark.points(2)
+@pytest.mark.points(1.5)
 @pytest.mark.timeout(60)
 def test_model_overfits_one_tiny_batch(student):
     config = dict(CORE, d_model=32)

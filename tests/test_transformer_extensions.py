@@ -128,14 +128,30 @@ def attention_weights(num_heads, x, num_kv_heads=None, cached=False):
     return out
 
 
-def rms_norm(x, scale):
-    """Probe: RMSNorm(epsilon=1e-5) with `scale` assigned, on `x`."""
+def rope_attention_on_one_repeated_vector(x):
+    """Probe: a MultiHeadSelfAttention(num_heads=2, use_rope=True) with random weights (seed 1, scale 0.5) on `x`."""
     import numpy as np
     import tensorflow as tf
 
     from assignment import transformer
 
-    layer = transformer.RMSNorm(epsilon=1e-5)
+    layer = transformer.MultiHeadSelfAttention(num_heads=2, use_rope=True)
+    x = tf.constant(x)
+    layer(x)
+    rng = np.random.default_rng(1)
+    for w in layer.weights:
+        w.assign(rng.normal(0.0, 0.5, size=tuple(w.shape)).astype("float32"))
+    return np.asarray(layer(x))
+
+
+def rms_norm(x, scale, epsilon=1e-5):
+    """Probe: RMSNorm(epsilon) with `scale` assigned, on `x`."""
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import transformer
+
+    layer = transformer.RMSNorm(epsilon=epsilon)
     layer(tf.constant(x))
     layer.scale.assign(scale)
     return np.asarray(layer(tf.constant(x)))
@@ -211,7 +227,7 @@ def test_rope_keeps_position_zero_and_every_vector_length(student):
 
 
 @pytest.mark.bonus
-@pytest.mark.points(2)
+@pytest.mark.points(1.5)
 @pytest.mark.clause(
     "transformer.apply_rope: `apply_rope(q, [m]) . apply_rope(k, [n]) == apply_rope(q, [m + s]) . apply_rope(k, [n +"
 )
@@ -328,7 +344,7 @@ def test_multi_query_attention_shares_one_kv_head(student):
 
 
 @pytest.mark.bonus
-@pytest.mark.points(1)
+@pytest.mark.points(0.5)
 @pytest.mark.clause(
     "transformer.RMSNorm: x / sqrt(mean(x^2) + epsilon) * scale",
     "transformer.RMSNorm: Unlike LayerNorm it neither subtracts the mean nor adds a bias.",
@@ -341,6 +357,42 @@ def test_rms_norm_matches_numpy(student):
     assert_shape(out, x.shape, "RMSNorm output")
     assert_close(
         out, expected, "RMSNorm vs x / sqrt(mean(x^2) + epsilon) * scale (over the last axis, no centering)", atol=1e-5
+    )
+
+
+@pytest.mark.bonus
+@pytest.mark.points(0.5)
+@pytest.mark.clause("transformer.RMSNorm: epsilon: float, added to the mean square.")
+def test_rms_norm_adds_epsilon_inside_the_root(student):
+    # Small activations, whose mean square (~1e-6) is below epsilon: where epsilon goes decides the output.
+    x = _normal((2, 3, 8), 1) * 1e-3
+    scale = np.ones(8, dtype="float32")
+    for epsilon in (1e-5, 1e-2):
+        expected = x / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True) + epsilon)
+        assert_close(
+            student.run(rms_norm, x, scale, epsilon),
+            expected,
+            f"RMSNorm(epsilon={epsilon}) of activations of size ~1e-3: x / sqrt(mean(x^2) + epsilon), epsilon "
+            "added to the mean square under the root (not to the root, not a constant of your own)",
+            atol=1e-6,
+            rtol=1e-4,
+        )
+
+
+@pytest.mark.bonus
+@pytest.mark.points(0.5)
+@pytest.mark.clause("transformer.MultiHeadSelfAttention: use_rope: bool, whether queries and keys are rotated by RoPE")
+def test_rope_rotates_queries_and_keys_never_values(student):
+    # Every position holds the same vector: each output is a weighted average of identical values, so all positions
+    # agree, whatever the weights; RoPE on the values would make each value depend on its position.
+    x = np.tile(_normal((1, 1, 8), 3), (2, 6, 1))
+    out = student.run(rope_attention_on_one_repeated_vector, x)
+    assert_close(
+        out,
+        np.broadcast_to(out[:, :1], out.shape),
+        "MultiHeadSelfAttention(use_rope=True) output at every position, for a sequence repeating one vector "
+        "(expected the same at every position: RoPE rotates queries and keys, never values)",
+        atol=1e-5,
     )
 
 
