@@ -188,7 +188,7 @@ def test_bpe_merge_pair_replaces_occurrences_left_to_right_without_overlap(stude
 
 
 @pytest.mark.bonus
-@pytest.mark.points(2)
+@pytest.mark.points(1.5)
 @pytest.mark.clause(
     "preprocess.BPETokenizer: Ids 0..255 are the 256 bytes, id `256 + r` is the token made by merge `r`",
     "preprocess.BPETokenizer: merges are learned and applied inside one pre-token only",
@@ -211,6 +211,21 @@ def test_bpe_fit_learns_the_reference_merges(student):
             "smallest pair"
         )
     assert s["vocab_size"] == 256 + len(expected), f"expected vocab_size {256 + len(expected)}, got {s['vocab_size']}"
+
+
+@pytest.mark.bonus
+@pytest.mark.points(0.5)
+@pytest.mark.clause("preprocess.BPETokenizer: (fewer if the text runs out of pairs)")
+def test_bpe_fit_stops_when_the_text_runs_out_of_pairs(student):
+    # "abab" is one pre-token: (97, 98) -> 256 leaves [256, 256], (256, 256) -> 257 leaves [257]: no pair is left.
+    s = _session(student, 300, "abab", [("encode", ["abab"]), ("decode", [[257]])])
+    assert _merges(s) == [(97, 98), (256, 256)], (
+        "vocab_size=300 asks for 44 merges, but 'abab' has pairs for 2 only, (97, 98) then (256, 256): fit must stop "
+        f"when no pre-token has two ids left (not fail, not invent merges); got merges {_show(_merges(s))}"
+    )
+    assert s["vocab_size"] == 258, f"256 bytes and 2 merges make vocab_size 258; got {s['vocab_size']}"
+    assert _ids(s["results"][0], "encode('abab')").tolist() == [257], "'abab' must encode to the single id 257"
+    assert _value(s["results"][1], "decode([257])") == "abab"
 
 
 @pytest.mark.bonus

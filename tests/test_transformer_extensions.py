@@ -327,6 +327,9 @@ def _check_gqa_equals_full(student, num_kv_heads):
 @pytest.mark.bonus
 @pytest.mark.points(2)
 @pytest.mark.clause("transformer.MultiHeadSelfAttention: Query head h reads key/value head h // g, g = nh // nkv")
+@pytest.mark.clause(
+    "transformer.MultiHeadSelfAttention: num_kv_heads: int or None, nkv, the number of key/value heads (None: nh,"
+)
 def test_grouped_query_attention_equals_full_attention_with_repeated_kv_heads(student):
     for num_kv_heads in (NH, 2):  # num_kv_heads == num_heads is plain multi-head attention
         _check_gqa_equals_full(student, num_kv_heads)
@@ -335,6 +338,9 @@ def test_grouped_query_attention_equals_full_attention_with_repeated_kv_heads(st
 @pytest.mark.bonus
 @pytest.mark.points(1)
 @pytest.mark.clause("transformer.MultiHeadSelfAttention: Query head h reads key/value head h // g, g = nh // nkv")
+@pytest.mark.clause(
+    "transformer.MultiHeadSelfAttention: num_kv_heads: int or None, nkv, the number of key/value heads (None: nh,"
+)
 def test_multi_query_attention_shares_one_kv_head(student):
     _check_gqa_equals_full(student, 1)
 
@@ -432,6 +438,9 @@ def test_swiglu_feed_forward_matches_numpy(student):
     "transformer.update_kv_cache: Returns the cache with `new` written at positions index .. index + T - 1, every",
     "transformer.update_kv_cache: The cache is preallocated to the context length and keeps its shape",
 )
+@pytest.mark.clause(
+    "transformer.update_kv_cache: index: int32 scalar (a Python int or a tensor), the position of the first new"
+)
 def test_update_kv_cache_writes_only_the_new_positions(student):
     cache = _normal((2, 3, 8, 4), 1)
     new = _normal((2, 3, 2, 4), 2)
@@ -458,6 +467,9 @@ def test_update_kv_cache_writes_only_the_new_positions(student):
 @pytest.mark.clause(
     "transformer.cached_attention_mask: Returns the bool mask `(T, C)` of T new queries over C cache slots: True"
 )
+@pytest.mark.clause(
+    "transformer.cached_attention_mask: index: int32 scalar (int or tensor), the position of the first query."
+)
 def test_cached_attention_mask_lets_each_query_see_up_to_its_own_position(student):
     for tensors in ((), (0,)):  # the index as a Python int, then as a tensor
         mask = student.run(call_with_tensors, "cached_attention_mask", [2, 3, 6], tensors)
@@ -474,6 +486,9 @@ def test_cached_attention_mask_lets_each_query_see_up_to_its_own_position(studen
 @pytest.mark.points(1)
 @pytest.mark.clause(
     "transformer.MultiHeadSelfAttention: `(B, T, D)`; with a cache, `(output, (keys, values))` holding the cache"
+)
+@pytest.mark.clause(
+    "transformer.MultiHeadSelfAttention: cache_index: int32 scalar, the position of x's first token when a cache"
 )
 def test_attention_with_a_cache_equals_full_attention(student):
     result = student.run(attention_weights, NH, _normal((B, 6, D), 1), cached=True)
@@ -507,6 +522,13 @@ def _check_cache_equals_recomputation(student, spec, prompt_lengths):
     "transformer.TransformerLanguageModel: The decode step is compiled once (XLA) and its logits equal those of",
     "transformer.DecoderBlock: `(B, T, D)`; with a cache, `(output, cache)`.",
 )
+@pytest.mark.clause(
+    "transformer.TransformerLanguageModel: `logits, cache = model.prefill(prompt)` reads a prompt `(B, T)` once"
+)
+@pytest.mark.clause(
+    "transformer.TransformerLanguageModel: reads one token per sequence, next_ids `(B, 1)`, and returns logits"
+)
+@pytest.mark.clause("transformer.TransformerLanguageModel: tokens are then placed after the cached ones")
 def test_kv_cache_decoding_equals_full_recomputation(student):
     _check_cache_equals_recomputation(student, SIZES, (1, 4))
 
