@@ -80,3 +80,85 @@ def check_data_size(train_ids, val_ids, batch_size, seq_len):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bits per character: the validation loss in a unit every tokenizer shares.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def validation_tokens(num_ids, seq_len, batch_size, max_batches=0):
+    """Returns how many label tokens `validation_batches(ids, seq_len, batch_size, max_batches)` holds, for
+    `num_ids` ids: `n` such that its labels are exactly `ids[1 : 1 + n]`, each once (the windows do not overlap)."""
+    windows = max(0, (int(num_ids) - 1) // seq_len)
+    if max_batches:
+        windows = min(windows, max_batches * batch_size)
+    return windows * seq_len
+
+
+def characters_per_id(tokenizer):
+    """Returns a float64 array of shape `(V,)`: how many characters of the text each id stands for.
+
+    A character id (and the unknown character) is 1; a word id the length of its word, the unknown word NaN (its
+    length is lost); a byte-level BPE id the characters that start among its bytes, so a character cut across two
+    ids counts once, in the id holding its first byte, and the ids of any text add up to exactly its length.
+    """
+    kind = getattr(tokenizer, "kind", None)
+    if kind == "bpe":
+        return np.array(
+            [sum((b & 0xC0) != 0x80 for b in tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)],
+            np.float64,
+        )
+    if kind in ("char", "word"):
+        counts = np.array([len(token) for token in tokenizer.vocab], np.float64)
+        counts[tokenizer.unk_id] = 1.0 if kind == "char" else np.nan
+        return counts
+    raise ValueError(f"no character counts for a tokenizer of kind {kind!r}: expected char, word or bpe")
+
+
+def token_characters(tokenizer, text, ids):
+    """Returns an int64 array of shape `(len(ids),)`: the characters of `text` each of its ids `ids` spells
+    (`ids == tokenizer.encode(text)`); they add up to `len(text)`, unknown words included."""
+    kind = getattr(tokenizer, "kind", None)
+    if kind == "word":
+        counts = np.array([len(token) for token in tokenizer.tokenize(text)], np.int64)
+    elif kind == "char":
+        counts = np.ones(len(text), np.int64)
+    else:
+        counts = characters_per_id(tokenizer)[np.asarray(ids)].astype(np.int64)
+    if len(counts) != len(ids):
+        raise ValueError(f"{len(counts)} character counts for {len(ids)} ids: the ids are not this text's encoding")
+    return counts
+
+
+class ValidationCharacters:
+    """`chars(n)`: the characters of the validation text that `val_ids[1 : 1 + n]` spell (the labels of the first
+    `n // seq_len` validation windows), for bits per character.
+
+    Built from exact counts per token (`token_characters`, when the text is at hand) or from the ids and
+    `characters_per_id` (a memory-mapped shard, read in chunks: its memory does not grow with the corpus). In the
+    second case a word tokenizer's unknown words count `unk_chars` characters each (the validation text's mean,
+    from the shard's header); `chars(n)` is None when that is not known and an unknown word is among them.
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, val_ids, token_counts=None, id_counts=None):
+        self.val_ids = val_ids
+        self.id_counts = id_counts
+        self.cumulative = None if token_counts is None else np.cumsum(token_counts)
+        self._cache = {}
+
+    def __call__(self, n):
+        n = min(int(n), len(self.val_ids) - 1)
+        if n <= 0:
+            return None
+        if self.cumulative is not None:
+            return float(self.cumulative[n] - self.cumulative[0])
+        if n not in self._cache:
+            total = 0.0
+            for start in range(1, 1 + n, self.CHUNK):
+                chunk = np.asarray(self.val_ids[start : min(1 + n, start + self.CHUNK)])
+                total += float(self.id_counts[chunk].sum())
+            self._cache[n] = total if np.isfinite(total) else None
+        return self._cache[n]

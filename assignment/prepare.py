@@ -4,7 +4,8 @@
 
 The output directory holds `train.bin` and `val.bin` (the token ids back to back, little-endian `uint16`, or
 `uint32` when the vocabulary has more than 65,536 ids), `tokenizer.json` and `meta.json`, the header: dtype,
-vocabulary size, and each shard's tokens, characters and bytes (what bits per character needs). `open_shard(path)`
+vocabulary size, and each shard's tokens, characters and bytes (what bits per character needs; for a word
+tokenizer also its unknown words and their characters, whose lengths the ids lose). `open_shard(path)`
 checks a shard against the header and returns it memory-mapped, so a corpus larger than memory trains as well.
 
 The corpus is read and encoded in chunks with a progress bar. Chunks are cut only at a newline between two
@@ -236,6 +237,10 @@ def prepare(
                     stats[shard]["tokens"] += int(ids.size)
                     stats[shard]["chars"] += len(piece)
                     stats[shard]["bytes"] += size
+                    if tok.kind == "word":  # an unknown word's length is lost in its id: bits per char needs it
+                        unknown = [t for t in tok.tokenize(piece) if t not in tok.token_to_id]
+                        stats[shard]["unk_tokens"] = stats[shard].get("unk_tokens", 0) + len(unknown)
+                        stats[shard]["unk_chars"] = stats[shard].get("unk_chars", 0) + sum(map(len, unknown))
                     bar.update(size)
         finally:
             for f in files.values():

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from assignment.checkpoints import freeze, load_weights
 from assignment.configs import ARCHITECTURES, CONFIGS, MODELS
-from assignment.data import check_data_size
+from assignment.data import ValidationCharacters, characters_per_id, check_data_size, token_characters
 from assignment.optim import LR_SCALE, OPTIMIZERS, evaluation_weights
 from assignment.train import TrainConfig, is_chief, train
 
@@ -262,6 +262,16 @@ def read_shards(data_dir):
     return train_ids, val_ids, tokenizer, meta
 
 
+def shard_characters(tokenizer, val_ids, meta) -> ValidationCharacters:
+    """Returns the characters counter of a memory-mapped validation shard (`ValidationCharacters`): from the
+    characters each id stands for, a word tokenizer's unknown words at the mean length the header records."""
+    id_counts = characters_per_id(tokenizer)
+    val = meta["shards"]["val.bin"]
+    if np.isnan(id_counts).any() and val.get("unk_tokens"):
+        id_counts[np.isnan(id_counts)] = val["unk_chars"] / val["unk_tokens"]
+    return ValidationCharacters(val_ids, id_counts=id_counts)
+
+
 def load_run(run_dir, which: str = "best") -> tuple[keras.Model, object, RunConfig, str]:
     """Returns `(model, tokenizer, config, checkpoint_path)` of a trained run directory: what `generate` needs."""
     run_dir = Path(run_dir)
@@ -498,6 +508,7 @@ def run(request: RunRequest, log: Callable[[str], None] = print) -> dict:
             data=str(request.data),
         )
         corpus_sha256 = hashlib.sha256((Path(request.data) / "meta.json").read_bytes()).hexdigest()
+        val_chars = shard_characters(tokenizer, val_ids, meta)
     else:
         try:
             text = load_corpus(settings["corpus"])
@@ -513,6 +524,7 @@ def run(request: RunRequest, log: Callable[[str], None] = print) -> dict:
         ids = tokenizer.encode(text)
         train_ids, val_ids = preprocess.train_val_split(ids, settings["val_fraction"])
         corpus_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        val_chars = ValidationCharacters(val_ids, token_counts=token_characters(tokenizer, text, ids)[len(train_ids) :])
     config = dict(
         settings,
         model_config=full_model_config(settings["model"], settings["model_config"], tokenizer.vocab_size),
@@ -564,10 +576,12 @@ def run(request: RunRequest, log: Callable[[str], None] = print) -> dict:
             if settings["init_from"]
             else "starting from scratch"
         ),
+        val_chars=val_chars,
     )
     if result["already_done"]:
         figures = (
             f": val loss {result['val_loss']:.4f}, perplexity {result['val_perplexity']:.2f}"
+            + (f", {result['val_bits_per_char']:.4f} bits/char" if result["val_bits_per_char"] else "")
             if result["val_loss"] is not None
             else ""
         )
@@ -585,7 +599,9 @@ def run(request: RunRequest, log: Callable[[str], None] = print) -> dict:
         )
     log(
         f"{'stopped' if result['stopped'] else 'done'}: step {result['step']} | val loss {result['val_loss']:.4f} | "
-        f"val perplexity {result['val_perplexity']:.2f} | {result['tokens_per_sec']:,.0f} tokens/s | training time "
+        f"val perplexity {result['val_perplexity']:.2f} | "
+        + (f"{result['val_bits_per_char']:.4f} bits/char | " if result["val_bits_per_char"] else "")
+        + f"{result['tokens_per_sec']:,.0f} tokens/s | training time "
         f"{format_time(result['train_time'])} (wall {format_time(result['wall_time'])})"
     )
     log(

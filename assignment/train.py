@@ -13,7 +13,8 @@ A run directory (`runs/<name>/`) holds everything a run needs to resume or to ge
     ckpt/            the latest checkpoints (step, model, optimizer, data position), the last `keep_last` kept
     best/            the checkpoint with the lowest validation loss so far
     logs/            TensorBoard event files
-    history.jsonl    one JSON line per evaluation (step, wall time, losses, tokens/s), read by `compare`
+    history.jsonl    one JSON line per evaluation (step, wall time, losses, bits per character, tokens/s), read
+                     by `compare`
 """
 
 import contextlib
@@ -32,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from assignment.checkpoints import CheckpointError, Checkpoints
-from assignment.data import check_data_size, random_windows, validation_batches
+from assignment.data import check_data_size, random_windows, validation_batches, validation_tokens
 from assignment.optim import evaluation_weights, make_optimizer
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -320,6 +321,7 @@ def train(
     log: Callable[[str], None] = print,
     stop_at: int | None = None,
     fresh_start: str = "starting from scratch",
+    val_chars: Callable[[int], float | None] | None = None,
 ) -> dict:
     """Trains the model of `model_fn` up to `config.steps` steps, resuming from `run_dir` when it holds a
     checkpoint, and returns a dict of results (`step`, `val_loss`, `val_perplexity`, `tokens_per_sec`, `model`, ...).
@@ -339,6 +341,11 @@ def train(
             `config.steps`); the result then has `stopped=True`. `config.time_budget_minutes` stops the same way
             (with an evaluation) once the loop has run that long; the result then also has `out_of_time=True`.
         fresh_start: the message when `run_dir` has no checkpoint yet.
+        val_chars: `val_chars(n)` is the number of characters of the validation text that `val_ids[1 : 1 + n]`
+            spell (the labels of the first `n // seq_len` validation windows; `data.ValidationCharacters`), or
+            None when unknown. With it every evaluation also reports the validation loss in bits per character:
+            its total in nats over the text evaluated, divided by that text's characters and by ln 2, the measure
+            that compares tokenizers.
 
     Raises:
         CheckpointError: `run_dir` shows an earlier run (history or a best checkpoint) but no checkpoint of `ckpt/`
@@ -408,6 +415,7 @@ def train(
             step=int(ckpts.step),
             val_loss=last.get("val_loss"),
             val_perplexity=last.get("val_perplexity"),
+            val_bits_per_char=last.get("val_bits_per_char"),
             tokens_per_sec=last.get("tokens_per_sec"),
             train_time=float(ckpts.train_time),
         )
@@ -429,9 +437,19 @@ def train(
     writer = tf.summary.create_file_writer(str(run_dir / "logs")) if chief else tf.summary.create_noop_writer()
     tokens_per_step = cfg.batch_size * cfg.seq_len
 
+    def bits_per_character(val_loss, final):
+        n = validation_tokens(len(val_ids), cfg.seq_len, cfg.eval_batch_size, 0 if final else cfg.max_eval_batches)
+        chars = val_chars(n) if val_chars is not None else None
+        if not chars or not math.isfinite(val_loss):
+            return None
+        from assignment.preprocess import bits_per_char
+
+        return round(bits_per_char(val_loss, n, chars), 6)
+
     def run_evaluation(step, train_loss, tokens_per_sec, final=False):
         with evaluation_weights(model, optimizer):
             val_loss, val_perplexity = evaluate(model, full_val_data if final else val_data)
+            val_bpc = bits_per_character(val_loss, final)
             if not math.isfinite(val_loss):
                 raise Diverged(f"the validation loss is {val_loss} at step {step}", ckpts.last_saved_path())
             best = ckpts.save_if_best(val_loss)
@@ -439,6 +457,8 @@ def train(
         with writer.as_default(step=step):
             tf.summary.scalar("val/loss", val_loss)
             tf.summary.scalar("val/perplexity", min(val_perplexity, 1e30))
+            if val_bpc is not None:
+                tf.summary.scalar("val/bits_per_char", val_bpc)
             if sample is not None:
                 tf.summary.text("sample", sample)
         record = dict(
@@ -446,6 +466,7 @@ def train(
             train_loss=train_loss,
             val_loss=val_loss,
             val_perplexity=val_perplexity,
+            val_bits_per_char=val_bpc,
             train_time=round(float(ckpts.train_time), 3),
             wall_time=round(float(ckpts.wall_time), 3),
             tokens_per_sec=tokens_per_sec,
@@ -526,7 +547,9 @@ def train(
                     record, best, _ = run_evaluation(step, train_loss, tokens_per_sec, final=step == cfg.steps)
                     bar.write(
                         f"step {step}: train loss {train_loss:.4f}, val loss {record['val_loss']:.4f}, "
-                        f"perplexity {record['val_perplexity']:.2f}" + (" (best)" if best else "")
+                        f"perplexity {record['val_perplexity']:.2f}"
+                        + (f", {record['val_bits_per_char']:.4f} bits/char" if record["val_bits_per_char"] else "")
+                        + (" (best)" if best else "")
                     )
                     writer.flush()
                 if evaluating and ckpts.last_saved_step != step:
@@ -555,6 +578,7 @@ def train(
         step=int(ckpts.step),
         val_loss=record["val_loss"] if evaluated else None,
         val_perplexity=record["val_perplexity"] if evaluated else None,
+        val_bits_per_char=record["val_bits_per_char"] if evaluated else None,
         tokens_per_sec=float(np.median(speeds[1:] or speeds)) if speeds else None,
         train_time=float(ckpts.train_time),
         wall_time=float(ckpts.wall_time),
