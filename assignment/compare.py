@@ -2,12 +2,21 @@
 
 Every model trains through the same loop (`assignment.train`) on the same corpus, the same batches and the same
 number of steps, so all of them see exactly the same tokens. The script prints a table (parameters, tokens/s,
-validation loss and perplexity, training time) and saves two PNG plots of the validation loss, against the step
-and against the training time, into the comparison directory. `--optimizers` compares optimizers the same way.
+validation loss per token and in bits per character, perplexity, training and wall time) and saves two PNG plots
+of the validation loss, against the step and against the training time, into the comparison directory.
+`--optimizers` compares optimizers the same way.
+
+`--tokenizers char word bpe` compares tokenizers: the corpus is encoded once per tokenizer into token shards
+(`assignment.prepare`, into `RUNS_DIR/shards/<tokenizer>`; each tokenizer fitted on the same training part, so
+all validate on the same text), and the same model trains on each for the same steps of the same batch size and
+context length. Losses per token do not compare across tokenizers (a BPE token holds about four characters);
+bits per character do: the total loss over the validation text divided by its characters. A third plot,
+bits_per_char.png, shows them against the tokens seen and the wall time.
 Runs resume like any training run, so a second `make compare` only redraws the table and the plots.
 """
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -23,7 +32,8 @@ def build_parser():
         epilog="examples:\n"
         "  python -m assignment.compare                        # `make compare`: rnn, lstm, transformer\n"
         "  python -m assignment.compare --models transformer --optimizers adamw lion muon schedulefree \\\n"
-        "      --runs-dir runs/optimizers --steps 1500",
+        "      --runs-dir runs/optimizers --steps 1500\n"
+        "  python -m assignment.compare --models transformer --tokenizers char word bpe --runs-dir runs/tokenizers",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -39,6 +49,17 @@ def build_parser():
         default=["adamw"],
         help="optimizers to compare, each with every model (default: adamw); any of adamw, lion, "
         "muon, schedulefree, adam, sgd",
+    )
+    parser.add_argument(
+        "--tokenizers",
+        nargs="+",
+        default=None,
+        choices=("char", "word", "bpe"),
+        help="tokenizers to compare, each with every model, on token shards prepared into RUNS_DIR/shards "
+        "(default: none, the characters of the corpus as `make train`)",
+    )
+    parser.add_argument(
+        "--vocab-size", type=int, default=None, help="with --tokenizers: the BPE's vocabulary (default: 4096)"
     )
     parser.add_argument(
         "--runs-dir",
@@ -75,7 +96,8 @@ def _median_speed(history):
 
 
 def plot(rows, out_dir):
-    """Saves val_loss_vs_step.png and val_loss_vs_time.png into `out_dir`; returns their paths."""
+    """Saves val_loss_vs_step.png and val_loss_vs_time.png into `out_dir`, and bits_per_char.png when the runs
+    report bits per character; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,76 +123,117 @@ def plot(rows, out_dir):
         fig.savefig(path)
         plt.close(fig)
         paths.append(path)
+    if any(r.get("val_bits_per_char") for row in rows for r in row["history"]):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100, sharey=True)
+        for row in rows:
+            records = [r for r in row["history"] if r.get("val_bits_per_char")]
+            ys = [r["val_bits_per_char"] for r in records]
+            axes[0].plot([r["step"] * row["tokens_per_step"] / 1e6 for r in records], ys, marker="o", markersize=3)
+            axes[1].plot([r["wall_time"] for r in records], ys, marker="o", markersize=3, label=row["name"])
+        axes[0].set_xlabel("tokens seen (millions)")
+        axes[0].set_ylabel("validation bits per character")
+        axes[1].set_xlabel("wall time (s)")
+        axes[1].legend()
+        for ax in axes:
+            ax.grid(alpha=0.3)
+        fig.suptitle("validation loss per character (lower is better)")
+        fig.tight_layout()
+        path = Path(out_dir) / "bits_per_char.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
     return paths
 
 
 def table(rows):
     """Returns the comparison as a Markdown table."""
     lines = [
-        "| run | parameters | tokens/s | val loss | val perplexity | training time | tokens seen |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| run | parameters | tokens/s | val loss per token | val bits per char | val perplexity | training time "
+        "| wall time | tokens seen |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
+        bpc = f"{r['val_bits_per_char']:.4f}" if r.get("val_bits_per_char") else "-"
         lines.append(
-            f"| {r['name']} | {r['parameters']:,} | {r['tokens_per_sec']:,.0f} | {r['val_loss']:.4f} | "
-            f"{r['val_perplexity']:.2f} | {r['train_time']:.0f} s | {r['tokens']:,} |"
+            f"| {r['name']} | {r['parameters']:,} | {r['tokens_per_sec']:,.0f} | {r['val_loss']:.4f} | {bpc} | "
+            f"{r['val_perplexity']:.2f} | {r['train_time']:.0f} s | {r['wall_time']:.0f} s | {r['tokens']:,} |"
         )
     return "\n".join(lines)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from assignment import runs
+    from assignment import prepare, runs
     from assignment.checkpoints import CheckpointError
     from assignment.data import CorpusTooSmall
     from assignment.train import Diverged
 
     out_dir = Path(args.runs_dir)
+    shards = {}
+    for tokenizer in args.tokenizers or ():
+        shards[tokenizer] = out_dir / "shards" / tokenizer
+        try:
+            ready = prepare.read_meta(shards[tokenizer]) if (shards[tokenizer] / "meta.json").exists() else None
+            if ready is None or args.overwrite:
+                print(f"== preparing {args.corpus} with the {tokenizer} tokenizer into {shards[tokenizer]}")
+                vocab_size = args.vocab_size if tokenizer == "bpe" else None
+                prepare.prepare(args.corpus, shards[tokenizer], tokenizer, vocab_size, progress=not args.no_progress)
+        except (prepare.PrepareError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except NotImplementedError as error:
+            print(f"error: {not_written_yet(error)}", file=sys.stderr)
+            return 2
     rows = []
-    for model in args.models:
-        for optimizer in args.optimizers:
-            name = model if len(args.optimizers) == 1 else f"{model}-{optimizer}"
-            request = runs.RunRequest(
-                run_dir=str(out_dir / name),
-                model=model,
-                config=args.config,
-                corpus=args.corpus,
-                optimizer=optimizer,
-                steps=args.steps,
-                eval_every=args.eval_every,
-                batch_size=args.batch_size,
-                context_length=args.context_length,
-                sample_tokens=0,
-                overwrite=args.overwrite,
-                no_progress=args.no_progress,
+    for model, optimizer, tokenizer in itertools.product(args.models, args.optimizers, args.tokenizers or [None]):
+        parts = [model] * (len(args.models) > 1 or not args.tokenizers)
+        parts += [optimizer] * (len(args.optimizers) > 1) + [tokenizer] * bool(args.tokenizers)
+        name = "-".join(parts)
+        request = runs.RunRequest(
+            data=str(shards[tokenizer]) if tokenizer else None,
+            run_dir=str(out_dir / name),
+            model=model,
+            config=args.config,
+            corpus=args.corpus,
+            optimizer=optimizer,
+            steps=args.steps,
+            eval_every=args.eval_every,
+            batch_size=args.batch_size,
+            context_length=args.context_length,
+            sample_tokens=0,
+            overwrite=args.overwrite,
+            no_progress=args.no_progress,
+        )
+        print(f"== {name}")
+        try:
+            result = runs.run(request)
+        except (runs.UsageError, CorpusTooSmall, CheckpointError, Diverged) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except NotImplementedError as error:
+            print(f"error: {not_written_yet(error)}", file=sys.stderr)
+            return 2
+        history = result["history"]
+        if not history:
+            print(f"error: {out_dir / name} has no evaluation yet", file=sys.stderr)
+            return 2
+        config = runs.read_run_config(out_dir / name)
+        last = history[-1]
+        rows.append(
+            dict(
+                name=name,
+                parameters=int(result["model"].count_params()),
+                tokens_per_sec=_median_speed(history),
+                val_loss=last["val_loss"],
+                val_perplexity=last["val_perplexity"],
+                val_bits_per_char=last.get("val_bits_per_char"),
+                train_time=last["train_time"],
+                wall_time=last.get("wall_time", float("nan")),
+                tokens=last["step"] * config["train"]["batch_size"] * config["train"]["seq_len"],
+                tokens_per_step=config["train"]["batch_size"] * config["train"]["seq_len"],
+                history=history,
             )
-            print(f"== {name}")
-            try:
-                result = runs.run(request)
-            except (runs.UsageError, CorpusTooSmall, CheckpointError, Diverged) as error:
-                print(f"error: {error}", file=sys.stderr)
-                return 2
-            except NotImplementedError as error:
-                print(f"error: {not_written_yet(error)}", file=sys.stderr)
-                return 2
-            history = result["history"]
-            if not history:
-                print(f"error: {out_dir / name} has no evaluation yet", file=sys.stderr)
-                return 2
-            config = runs.read_run_config(out_dir / name)
-            last = history[-1]
-            rows.append(
-                dict(
-                    name=name,
-                    parameters=int(result["model"].count_params()),
-                    tokens_per_sec=_median_speed(history),
-                    val_loss=last["val_loss"],
-                    val_perplexity=last["val_perplexity"],
-                    train_time=last["train_time"],
-                    tokens=last["step"] * config["train"]["batch_size"] * config["train"]["seq_len"],
-                    history=history,
-                )
-            )
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     text = table(rows)
     print("\n" + text)

@@ -83,3 +83,26 @@ def test_unknown_words_of_a_word_shard_count_their_characters(corpus_file, tmp_p
     counts = runs.shard_characters(tok, val_ids, meta)
     first = len(tok.vocab[val_ids[0]])  # the first id, never a label, is a known word here
     assert counts(len(val_ids) - 1) == pytest.approx(val_meta["chars"] - first)
+
+
+@pytest.mark.timeout(600)
+def test_compare_tokenizers_trains_each_on_the_same_validation_text(corpus_file, tmp_path, capsys):
+    from assignment import compare
+
+    out_dir = tmp_path / "compare"
+    args = ["--config", "tiny", "--models", "transformer", "--tokenizers", "char", "word", "bpe", "--vocab-size",
+            300, "--steps", 2, "--eval-every", 1, "--corpus", corpus_file, "--runs-dir", out_dir, "--no-progress"]  # fmt: skip
+    assert compare.main([str(a) for a in args]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    metas = {t: json.loads((out_dir / "shards" / t / "meta.json").read_text()) for t in ("char", "word", "bpe")}
+    assert len({m["shards"]["val.bin"]["chars"] for m in metas.values()}) == 1, "one validation text for all"
+    summary = {r["name"]: r for r in json.loads((out_dir / "summary.json").read_text())}
+    assert sorted(summary) == ["bpe", "char", "word"]
+    for name, row in summary.items():
+        (line,) = [line for line in out.splitlines() if line.startswith(f"| {name} |")]
+        assert f"| {row['val_bits_per_char']:.4f} |" in line, f"bits per character in the table: {line}"
+        last = history(out_dir / name)[-1]
+        assert row["val_bits_per_char"] == last["val_bits_per_char"] and row["val_loss"] == last["val_loss"]
+    char = summary["char"]
+    assert char["val_bits_per_char"] == pytest.approx(char["val_loss"] / math.log(2), rel=1e-5)
+    assert (out_dir / "bits_per_char.png").stat().st_size > 1000
