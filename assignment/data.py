@@ -55,7 +55,24 @@ def random_windows(ids, batch_size, seq_len, seed=0, start=0):
 
 
 def validation_batches(ids, seq_len, batch_size, max_batches=0):
-    """Returns the validation set: non-overlapping windows of `ids`, in order, as `(inputs, labels)` batches."""
+    """Returns the validation set: non-overlapping windows of `ids`, in order, as `(inputs, labels)` batches.
+
+    A memory-mapped shard is read batch by batch, as `random_windows` does, so a validation shard of any size
+    costs no memory; the batches are those of the same ids in memory.
+    """
+    if isinstance(ids, np.memmap):
+        num_windows = validation_tokens(len(ids), seq_len, batch_size, max_batches) // seq_len
+        window = np.arange(seq_len + 1)
+
+        def read_windows(indices):  # (b,) -> (b, T + 1), in NumPy: only these windows leave the file
+            return np.asarray(ids[indices[:, None] * seq_len + window[None, :]], dtype=np.int32)
+
+        def load(indices):
+            windows = tf.numpy_function(read_windows, [indices], tf.int32, stateful=False)
+            windows = tf.ensure_shape(windows, [None, seq_len + 1])
+            return windows[:, :-1], windows[:, 1:]
+
+        return tf.data.Dataset.range(num_windows).batch(batch_size).map(load).prefetch(2)
     from assignment import preprocess
 
     inputs, labels = preprocess.make_sequences(ids, seq_len)

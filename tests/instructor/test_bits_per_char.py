@@ -90,8 +90,27 @@ def test_compare_tokenizers_trains_each_on_the_same_validation_text(corpus_file,
     from assignment import compare
 
     out_dir = tmp_path / "compare"
-    args = ["--config", "tiny", "--models", "transformer", "--tokenizers", "char", "word", "bpe", "--vocab-size",
-            300, "--steps", 2, "--eval-every", 1, "--corpus", corpus_file, "--runs-dir", out_dir, "--no-progress"]  # fmt: skip
+    args = [
+        "--config",
+        "tiny",
+        "--models",
+        "transformer",
+        "--tokenizers",
+        "char",
+        "word",
+        "bpe",
+        "--vocab-size",
+        300,
+        "--steps",
+        2,
+        "--eval-every",
+        1,
+        "--corpus",
+        corpus_file,
+        "--runs-dir",
+        out_dir,
+        "--no-progress",
+    ]
     assert compare.main([str(a) for a in args]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     metas = {t: json.loads((out_dir / "shards" / t / "meta.json").read_text()) for t in ("char", "word", "bpe")}

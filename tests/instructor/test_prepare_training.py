@@ -39,6 +39,17 @@ def test_random_windows_read_a_memmap_like_an_array(shards):
         assert np.array_equal(x[:, 1:], y[:, :-1]), "labels are the inputs shifted by one"
 
 
+@pytest.mark.parametrize("max_batches", [0, 2])
+def test_validation_batches_read_a_memmap_like_an_array(shards, max_batches):
+    shard = prepare.open_shard(shards / "val.bin")
+    from_file = list(data.validation_batches(shard, seq_len=8, batch_size=5, max_batches=max_batches))
+    in_memory = list(data.validation_batches(np.array(shard), seq_len=8, batch_size=5, max_batches=max_batches))
+    assert len(from_file) == len(in_memory) > 1
+    for (x, y), (x_ref, y_ref) in zip(from_file, in_memory):
+        assert x.shape == x_ref.shape and x.dtype == x_ref.dtype == np.int32
+        assert np.array_equal(x, x_ref) and np.array_equal(y, y_ref)
+
+
 @pytest.mark.timeout(300)
 def test_train_on_bpe_shards_resume_and_generate(shards, tmp_path, capsys):
     run_dir = tmp_path / "run"
