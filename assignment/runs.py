@@ -262,6 +262,27 @@ def read_shards(data_dir):
     return train_ids, val_ids, tokenizer, meta
 
 
+def check_same_tokenizer(data_dir, meta, init_from) -> None:
+    """Raises `UsageError` unless the shards of `data_dir` were encoded by the tokenizer of the run `init_from`
+    (the same saved tokenizer: the same ids for the same text), or when that cannot be checked."""
+    shards_path, run_path = Path(data_dir) / meta["tokenizer"], Path(init_from) / "tokenizer.json"
+    try:
+        shards_tok, run_tok = (json.loads(p.read_text(encoding="utf-8")) for p in (shards_path, run_path))
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"--data {data_dir} with --init-from {init_from}: cannot check that they share a tokenizer "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from None
+    if shards_tok != run_tok:
+        run_vocab = (read_run_config(init_from) or {}).get("vocab_size", "?")
+        raise UsageError(
+            f"--data {data_dir} was encoded by another tokenizer than --init-from {init_from} "
+            f"({meta['tokenizer_kind']}, {meta['vocab_size']} ids, against the run's {run_tok.get('kind')}, "
+            f"{run_vocab} ids): prepare the shards with the run's, python -m assignment.prepare --tokenizer "
+            f"{run_path} --out DIR"
+        )
+
+
 def shard_characters(tokenizer, val_ids, meta) -> ValidationCharacters:
     """Returns the characters counter of a memory-mapped validation shard (`ValidationCharacters`): from the
     characters each id stands for, a word tokenizer's unknown words at the mean length the header records."""
@@ -495,9 +516,9 @@ def run(request: RunRequest, log: Callable[[str], None] = print) -> dict:
 
     if request.data:
         # Token shards: the tokenizer and the split are the shards'; the ids stay on disk, memory-mapped.
-        if settings["init_from"]:
-            raise UsageError("--data with --init-from is not supported yet: fine-tune on --corpus instead")
         train_ids, val_ids, tokenizer, meta = read_shards(request.data)
+        if settings["init_from"]:
+            check_same_tokenizer(request.data, meta, settings["init_from"])
         if saved is not None:
             tokenizer = read_tokenizer(run_dir / "tokenizer.json")
         settings = dict(

@@ -88,6 +88,48 @@ def test_a_bad_training_flag_is_one_line_and_writes_nothing(flags, needle, tmp_p
     assert not run_dir.exists(), f"a refused command left {sorted(p.name for p in run_dir.iterdir())}"
 
 
+@pytest.fixture(scope="module")
+def shards_of(trained, tmp_path_factory):
+    """`shards_of(tokenizer)`: shards of a small text, by a new BPE ("bpe") or by the trained run's tokenizer."""
+    from assignment import prepare
+
+    root = tmp_path_factory.mktemp("shards")
+    (root / "text.txt").write_text("The with statement is used to wrap a block.\n" * 300)
+
+    def make(tokenizer):
+        if not (root / tokenizer).exists():
+            source = trained / "tokenizer.json" if tokenizer == "run" else tokenizer
+            prepare.prepare(root / "text.txt", root / tokenizer, str(source), vocab_size=300, progress=False)
+        return root / tokenizer
+
+    return make
+
+
+@pytest.mark.parametrize("damage", ["another tokenizer", "no tokenizer.json in the run"])
+def test_data_with_init_from_needs_the_run_s_tokenizer(damage, copy_of, shards_of, tmp_path, capsys):
+    source = copy_of()
+    if damage == "another tokenizer":
+        data, needles = shards_of("bpe"), ["encoded by another tokenizer", "bpe", "char", "--tokenizer"]
+    else:
+        (source / "tokenizer.json").unlink()
+        data, needles = shards_of("run"), ["cannot check", "tokenizer"]
+    run_dir = tmp_path / "ft"
+    code, _, err = run_cli(capsys, cli, *TINY, "--run-dir", run_dir, "--data", data, "--init-from", source)
+    assert_one_line_error(code, err, str(data), str(source), *needles)
+    assert not run_dir.exists(), f"a refused command left {sorted(p.name for p in run_dir.iterdir())}"
+
+
+def test_data_with_init_from_fine_tunes_on_shards_of_the_run_s_tokenizer(trained, shards_of, tmp_path, capsys):
+    run_dir = tmp_path / "ft"
+    data = shards_of("run")
+    code, out, err = run_cli(capsys, cli, *TINY, "--run-dir", run_dir, "--data", data, "--init-from", trained,
+                             "--steps", 2)  # fmt: skip
+    assert code == 0, err
+    assert "fine-tuning: starting at step 0" in out and "done: step 2" in out, out
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["init_from"] == str(trained) and config["data"] == str(data)
+
+
 BAD_GENERATE_FLAGS = [
     (["--num-samples", "0"], "--num-samples"),
     (["--top-p", "1.5"], "--top-p"),
