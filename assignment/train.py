@@ -13,8 +13,7 @@ A run directory (`runs/<name>/`) holds everything a run needs to resume or to ge
     ckpt/            the latest checkpoints (step, model, optimizer, data position), the last `keep_last` kept
     best/            the checkpoint with the lowest validation loss so far
     logs/            TensorBoard event files
-    history.jsonl    one JSON line per evaluation (step, wall time, losses, bits per character, tokens/s), read
-                     by `compare`
+    history.jsonl    one JSON line per evaluation (step, wall time, losses, bits/char, tokens/s), read by `compare`
 """
 
 import contextlib
