@@ -67,3 +67,14 @@ CONFIGS = {
         ),
     ),
 }
+
+
+def describe(config: dict) -> str:
+    """Returns a one-line summary of a run's model: its preset, layers, heads and widths."""
+    mc = config["model_config"]
+    if config["model"] == "transformer":
+        return (
+            f"{config.get('preset') or 'custom'}, {mc['num_layers']} layers, {mc['num_heads']} heads, "
+            f"width {mc['d_model']}, context {mc['context_length']}"
+        )
+    return f"{mc.get('num_layers', 1)} layer(s), embedding {mc['embed_dim']}, hidden {mc['hidden_dim']}"

@@ -20,10 +20,11 @@ import numpy as np
 import tensorflow as tf
 
 from assignment.checkpoints import freeze, load_weights
-from assignment.configs import ARCHITECTURES, CONFIGS, MODELS
+from assignment.configs import ARCHITECTURES, CONFIGS, MODELS, describe
 from assignment.data import ValidationCharacters, characters_per_id, check_data_size, token_characters
+from assignment.distribute import is_chief, make_strategy
 from assignment.optim import LR_SCALE, OPTIMIZERS, evaluation_weights
-from assignment.train import TrainConfig, is_chief, train
+from assignment.train import TrainConfig, train
 
 # What makes a run directory's run: resuming with any of these changed would silently train something else.
 # (steps, evaluation, logging and checkpoint frequencies may change between invocations.)
@@ -451,28 +452,6 @@ def check_same_run(saved: RunConfig, config: RunConfig, run_dir) -> None:
         )
 
 
-def make_strategy(name: str, cpu_replicas: int = 0) -> tf.distribute.Strategy | None:
-    """Returns the `tf.distribute.Strategy` called `name`, or None for 'default' (one device).
-
-    `cpu_replicas` splits the CPU into that many logical devices first, to try `mirrored` without GPUs; it must
-    run before TensorFlow touches a device.
-    """
-    if cpu_replicas:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
-    if name == "default":
-        return None
-    if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        if gpus:
-            return tf.distribute.MirroredStrategy()
-        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()  # reads the cluster from the TF_CONFIG variable
-    raise UsageError(f"unknown strategy {name!r}; valid: default, mirrored, multiworker")
-
-
 def make_sample_fn(
     tokenizer, prompt: str, max_new_tokens: int, temperature: float = 0.8, seed: int = 0
 ) -> Callable[[keras.Model], str]:
@@ -561,7 +540,7 @@ def run(request: RunRequest, log: Callable[[str], None] = print) -> dict:
             save_tokenizer(tokenizer, run_dir / "tokenizer.json")
         write_json(run_dir / "config.json", config)
     log(
-        f"{run_dir}: {settings['model']} ({_describe(config)}) on {settings['corpus']} "
+        f"{run_dir}: {settings['model']} ({describe(config)}) on {settings['corpus']} "
         f"({len(train_ids):,} training / {len(val_ids):,} validation tokens, vocabulary {tokenizer.vocab_size}); "
         f"{cfg.steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens, {cfg.optimizer} lr {cfg.lr:g}"
     )
@@ -633,16 +612,6 @@ def run(request: RunRequest, log: Callable[[str], None] = print) -> dict:
         with evaluation_weights(result["model"], result["optimizer"]):
             log("sample:\n" + sample_fn(result["model"]))
     return result
-
-
-def _describe(config):
-    mc = config["model_config"]
-    if config["model"] == "transformer":
-        return (
-            f"{config.get('preset') or 'custom'}, {mc['num_layers']} layers, {mc['num_heads']} heads, "
-            f"width {mc['d_model']}, context {mc['context_length']}"
-        )
-    return f"{mc.get('num_layers', 1)} layer(s), embedding {mc['embed_dim']}, hidden {mc['hidden_dim']}"
 
 
 def parse_freeze(items) -> tuple[bool, int]:

@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from assignment.checkpoints import CheckpointError, Checkpoints
 from assignment.data import check_data_size, random_windows, validation_batches, validation_tokens
+from assignment.distribute import is_chief
 from assignment.optim import evaluation_weights, make_optimizer
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -294,17 +295,6 @@ class _StopRequests:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def is_chief(strategy: tf.distribute.Strategy | None) -> bool:
-    """Returns whether this process writes the run directory (always, except on non-chief multi-worker tasks)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def train(

@@ -11,35 +11,15 @@ Build it bottom up: `causal_mask` -> `scaled_dot_product_attention` -> `MultiHea
 """
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from assignment.kv_cache import KVCacheDecoding
+from assignment.layers import FeedForward, linear, make_norm, normal_init, sinusoidal_table
 from assignment.transformer_config import (
     TransformerConfig,  # also `from assignment.transformer import TransformerConfig`
 )
 
-
-def linear(x, w, b=None, transpose_w=False):
-    """Returns `x w + b`: x `(..., D_in)` times w `(D_in, D_out)` (or w `(D_out, D_in)` with `transpose_w`).
-
-    The leading axes are flattened into one 2-D matmul, which runs faster than `tf.matmul` broadcasting a 2-D
-    weight over a batch, forward and backward (its weight gradient becomes one matmul instead of one per batch
-    element and a sum).
-    """
-    d_out = w.shape[0] if transpose_w else w.shape[-1]
-    y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), w, transpose_b=transpose_w)  # (N, D_out)
-    if b is not None:
-        y = y + b
-    return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [d_out]], axis=0))  # (..., D_out)
-
-
-def _normal(stddev=0.02):
-    """GPT-2's initializer: N(0, 0.02) keeps the initial logits small, so the initial loss is about ln(V)."""
-    return keras.initializers.RandomNormal(stddev=stddev)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Core: mask and attention
+# -- Core: mask and attention ------------------------------------------------------------------------------------
 
 
 def causal_mask(seq_len):
@@ -110,8 +90,7 @@ def scaled_dot_product_attention(q, k, v, mask=None):
     # END SOLUTION
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Bonus parts used inside attention: RoPE, GQA/MQA, the KV cache
+# -- Bonus parts used inside attention: RoPE, GQA/MQA, the KV cache ----------------------------------------------
 
 
 def apply_rope(x, positions, base=10000.0):
@@ -218,8 +197,7 @@ def cached_attention_mask(index, num_queries, length):
     # END SOLUTION
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Multi-head self-attention
+# -- Multi-head self-attention -----------------------------------------------------------------------------------
 
 
 class MultiHeadSelfAttention(keras.layers.Layer):
@@ -275,10 +253,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             raise ValueError(f"`num_heads` must divide `d_model`; got num_heads={self.num_heads}, d_model={d_model}")
         self.head_size = d_model // self.num_heads  # hs
         q_width, kv_width = self.num_heads * self.head_size, self.num_kv_heads * self.head_size
-        self.wq = self.add_weight(name="wq", shape=(d_model, q_width), initializer=_normal())
-        self.wk = self.add_weight(name="wk", shape=(d_model, kv_width), initializer=_normal())
-        self.wv = self.add_weight(name="wv", shape=(d_model, kv_width), initializer=_normal())
-        self.wo = self.add_weight(name="wo", shape=(q_width, d_model), initializer=_normal())
+        self.wq = self.add_weight(name="wq", shape=(d_model, q_width), initializer=normal_init())
+        self.wk = self.add_weight(name="wk", shape=(d_model, kv_width), initializer=normal_init())
+        self.wv = self.add_weight(name="wv", shape=(d_model, kv_width), initializer=normal_init())
+        self.wo = self.add_weight(name="wo", shape=(q_width, d_model), initializer=normal_init())
         if self.use_bias:
             self.bq = self.add_weight(name="bq", shape=(q_width,), initializer="zeros")
             self.bk = self.add_weight(name="bk", shape=(kv_width,), initializer="zeros")
@@ -296,7 +274,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         #   The lines after the region apply RoPE and return q, k, v; a small helper for steps 2-3, used three
         #   times, keeps it short.
         #   1. project: q = x wq (+ bq when self.use_bias) -> (B, T, nh * hs); k, v with wk, wv -> (B, T, nkv * hs)
-        #      (tf.matmul(x, w) works; linear(x, w, b) above does the same, faster)
+        #      (tf.matmul(x, w) works; linear(x, w, b) from assignment/layers.py does the same, faster)
         #   2. split heads: reshape the last axis into (heads, hs), keeping the batch and time sizes (use
         #      tf.shape(x) for them: they may be unknown while tracing) -> (B, T, nh, hs); k, v -> (B, T, nkv, hs)
         #   3. move the head axis before time (tf.transpose) -> (B, nh, T, hs); k, v -> (B, nkv, T, hs)
@@ -351,18 +329,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         return self.attend_heads(q, keys, values, mask), (keys, values)
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "num_heads": self.num_heads,
-            "num_kv_heads": self.num_kv_heads,
-            "use_bias": self.use_bias,
-            "use_rope": self.use_rope,
-            "rope_base": self.rope_base,
-        }
+        names = ("num_heads", "num_kv_heads", "use_bias", "use_rope", "rope_base")
+        return {**super().get_config(), **{name: getattr(self, name) for name in names}}
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Norms and the feed-forward net
+# -- Bonus parts used in every block: RMSNorm and SwiGLU ---------------------------------------------------------
 
 
 class RMSNorm(keras.layers.Layer):
@@ -420,73 +391,7 @@ def swiglu(gate, up):
     # END SOLUTION
 
 
-def make_norm(config, name=None):
-    """Returns the norm layer the config asks for (LayerNorm with or without bias, non-parametric, or RMSNorm)."""
-    if config.norm == "rmsnorm":
-        return RMSNorm(epsilon=config.norm_epsilon, name=name)
-    parametric = config.norm == "layernorm"
-    return keras.layers.LayerNormalization(
-        epsilon=config.norm_epsilon, scale=parametric, center=parametric and config.bias != "none", name=name
-    )
-
-
-class FeedForward(keras.layers.Layer):
-    """The position-wise feed-forward net: `gelu(x w_in + b_in) w_out + b_out`, or `swiglu(x w_gate, x w_in) w_out`.
-
-    Weights: `w_in (D, F)`, `w_out (F, D)`, with SwiGLU also `w_gate (D, F)`; when `use_bias`, `b_in (F,)`,
-    `b_out (D,)` (and `b_gate (F,)`). GELU is GPT-2's tanh approximation.
-
-    Args:
-        hidden_dim: int, F.
-        activation: `"gelu"` or `"swiglu"`.
-        use_bias: bool.
-
-    Call arguments:
-        x: float tensor `(B, T, D)`.
-
-    Returns:
-        float tensor `(B, T, D)`.
-    """
-
-    def __init__(self, hidden_dim, activation="gelu", use_bias=True, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden_dim = hidden_dim
-        self.activation = activation
-        self.use_bias = use_bias
-
-    def build(self, input_shape):
-        d_model = input_shape[-1]
-        self.w_in = self.add_weight(name="w_in", shape=(d_model, self.hidden_dim), initializer=_normal())
-        self.w_gate = None
-        if self.activation == "swiglu":
-            self.w_gate = self.add_weight(name="w_gate", shape=(d_model, self.hidden_dim), initializer=_normal())
-        self.w_out = self.add_weight(name="w_out", shape=(self.hidden_dim, d_model), initializer=_normal())
-        if self.use_bias:
-            self.b_in = self.add_weight(name="b_in", shape=(self.hidden_dim,), initializer="zeros")
-            if self.activation == "swiglu":
-                self.b_gate = self.add_weight(name="b_gate", shape=(self.hidden_dim,), initializer="zeros")
-            self.b_out = self.add_weight(name="b_out", shape=(d_model,), initializer="zeros")
-
-    def call(self, x):
-        h = linear(x, self.w_in, self.b_in if self.use_bias else None)  # (B, T, F)
-        if self.activation == "swiglu":
-            gate = linear(x, self.w_gate, self.b_gate if self.use_bias else None)  # (B, T, F)
-            h = swiglu(gate, h)  # (B, T, F)
-        else:
-            h = tf.nn.gelu(h, approximate=True)  # (B, T, F)
-        return linear(h, self.w_out, self.b_out if self.use_bias else None)  # (B, T, D)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "hidden_dim": self.hidden_dim,
-            "activation": self.activation,
-            "use_bias": self.use_bias,
-        }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The decoder block and the language model
+# -- The decoder block and the language model --------------------------------------------------------------------
 
 
 class DecoderBlock(keras.layers.Layer):
@@ -575,18 +480,7 @@ class DecoderBlock(keras.layers.Layer):
         return cls(TransformerConfig.from_dict(config.pop("config")), **config)
 
 
-def sinusoidal_table(length, d_model):
-    """Returns the fixed positions of "Attention is all you need": float32 `(length, d_model)`, sin on even columns
-    and cos on odd ones, at frequencies 10000^(-2i / d_model)."""
-    positions = np.arange(length)[:, None]  # (C, 1)
-    frequencies = 10000.0 ** (-np.arange(0, d_model, 2) / d_model)  # (ceil(D/2),)
-    table = np.zeros((length, d_model), np.float32)
-    table[:, 0::2] = np.sin(positions * frequencies)
-    table[:, 1::2] = np.cos(positions * frequencies[: d_model // 2])
-    return table
-
-
-class TransformerLanguageModel(keras.Model):
+class TransformerLanguageModel(KVCacheDecoding, keras.Model):
     """A decoder-only transformer language model: `logits = model(tokens)`, with a KV cache for generation.
 
     Token embedding (plus learned or sinusoidal positions unless RoPE), `num_layers` `DecoderBlock`s, a final norm
@@ -601,18 +495,10 @@ class TransformerLanguageModel(keras.Model):
     Call arguments:
         tokens: int tensor `(B, T)`, T <= context_length.
         training: bool; dropout is active only when True.
-        cache: optional KV cache (see `prefill`); tokens are then placed after the cached ones.
+        cache: optional KV cache (see `prefill` in assignment/kv_cache.py); tokens then come after the cached ones.
 
     Returns:
         logits `(B, T, V)` (float32) of the next token at every position; with a cache, `(logits, cache)`.
-
-    Generation (the protocol of `sampling.generate`): `logits, cache = model.prefill(prompt)` reads a prompt
-    `(B, T)` once; then `logits, cache = model.decode_step(next_ids, cache)` reads one token per sequence,
-    next_ids `(B, 1)`, and returns logits `(B, 1, V)`. The cache is a dict of fixed shapes, preallocated to the
-    context length: `keys` and `values`, each a tuple of L tensors `(B, nkv, C, hs)` (one per layer: a stacked
-    `(B, L, nkv, C, hs)` tensor would have to be re-stacked, i.e. copied whole, at every step), and `index`, the
-    number of positions filled. The decode step is compiled once (XLA) and its logits equal those of
-    `model(all_tokens)`.
 
     Examples:
     ```python
@@ -623,37 +509,22 @@ class TransformerLanguageModel(keras.Model):
     ```
     """
 
-    jit_decode = True  # compile the decode step with XLA: about 3x faster per token than graph mode on a CPU
-
     def __init__(self, config, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(config, TransformerConfig):
             raise TypeError(f"`config` must be a TransformerConfig; got {type(config).__name__}")
         self.config = config
         self.build((None, None))  # every weight exists from the start (checkpoints can restore into it)
-        layer_spec = tf.TensorSpec((None, config.kv_heads, config.context_length, config.head_size))
-        cache_spec = {
-            "keys": (layer_spec,) * config.num_layers,
-            "values": (layer_spec,) * config.num_layers,
-            "index": tf.TensorSpec((), tf.int32),
-        }
-        self._decode_fn = tf.function(
-            self._decode,
-            jit_compile=self.jit_decode,
-            autograph=False,
-            input_signature=[tf.TensorSpec((None, 1), tf.int32), cache_spec],
-        )
-        self._decode_concrete = None
 
     def build(self, input_shape):
         c = self.config
         self.token_embedding = self.add_weight(
-            name="token_embedding", shape=(c.vocab_size, c.d_model), initializer=_normal()
+            name="token_embedding", shape=(c.vocab_size, c.d_model), initializer=normal_init()
         )
         self.position_embedding = None
         if c.positions == "learned":
             self.position_embedding = self.add_weight(
-                name="position_embedding", shape=(c.context_length, c.d_model), initializer=_normal()
+                name="position_embedding", shape=(c.context_length, c.d_model), initializer=normal_init()
             )
         self._sinusoids = sinusoidal_table(c.context_length, c.d_model) if c.positions == "sinusoidal" else None
         self.embedding_dropout = keras.layers.Dropout(c.dropout)
@@ -665,20 +536,13 @@ class TransformerLanguageModel(keras.Model):
         self.final_norm.build((None, None, c.d_model))
         self.lm_head = None
         if not c.tie_embeddings:
-            self.lm_head = self.add_weight(name="lm_head", shape=(c.d_model, c.vocab_size), initializer=_normal())
+            self.lm_head = self.add_weight(name="lm_head", shape=(c.d_model, c.vocab_size), initializer=normal_init())
 
     def position_embeddings(self, positions):
         """Returns the learned or sinusoidal position vectors `(T, D)` of int32 positions `(T,)`."""
         if self.config.positions == "learned":
             return tf.gather(self.position_embedding, positions)  # (T, D)
         return tf.gather(tf.constant(self._sinusoids), positions)  # (T, D)
-
-    def _check_length(self, length):
-        if length is not None and length > self.config.context_length:
-            raise ValueError(
-                f"sequence of length {length} is longer than the model's context_length="
-                f"{self.config.context_length}; crop it to its last {self.config.context_length} tokens"
-            )
 
     def call(self, tokens, training=False, cache=None):
         tokens = tf.convert_to_tensor(tokens)
@@ -724,60 +588,6 @@ class TransformerLanguageModel(keras.Model):
             "values": tuple(v for _, v in updated),
             "index": start + length,
         }
-
-    # -- KV cache: the generation protocol ------------------------------------------------------------------------
-
-    def init_cache(self, batch_size):
-        """Returns an empty KV cache for `batch_size` sequences: L zero tensors `(B, nkv, C, hs)` each for the keys
-        and the values, and index 0."""
-        c = self.config
-        zeros = tf.zeros([batch_size, c.kv_heads, c.context_length, c.head_size])  # (B, nkv, C, hs)
-        return {"keys": (zeros,) * c.num_layers, "values": (zeros,) * c.num_layers, "index": tf.constant(0, tf.int32)}
-
-    def _decode(self, next_ids, cache):
-        return self(next_ids, training=False, cache=cache)
-
-    def prefill(self, tokens):
-        """Returns `(logits, cache)`: the logits `(B, T, V)` of a prompt `(B, T)` and the KV cache holding it.
-
-        Args:
-            tokens: int tensor `(B, T)`, 1 <= T <= context_length.
-        """
-        tokens = tf.cast(tokens, tf.int32)
-        length = tokens.shape[1] if tokens.shape.rank == 2 else 0  # None when unknown while tracing
-        if tokens.shape.rank != 2 or (length is not None and not 1 <= length <= self.config.context_length):
-            raise ValueError(
-                f"prefill needs tokens of shape (B, T) with 1 <= T <= context_length="
-                f"{self.config.context_length}; got shape {tuple(tokens.shape)}"
-            )
-        # One pass, run as it comes (eagerly, or inside the caller's tf.function): compiling it would cost more than
-        # it saves for a single prompt.
-        return self(tokens, training=False, cache=self.init_cache(tf.shape(tokens)[0]))
-
-    def decode_step(self, next_ids, cache):
-        """Returns `(logits, cache)`: the logits `(B, 1, V)` of one more token per sequence and the updated cache.
-
-        Args:
-            next_ids: int tensor `(B, 1)` (or `(B,)`), the token at position `cache["index"]`.
-            cache: the cache returned by `prefill` or by the previous `decode_step`; it must not be full.
-        """
-        if not (tf.is_tensor(next_ids) and next_ids.dtype == tf.int32 and next_ids.shape.rank == 2):
-            next_ids = tf.reshape(tf.cast(next_ids, tf.int32), [-1, 1])  # (B, 1)
-        if not tf.executing_eagerly():  # inside the caller's tf.function: trace the step into it
-            return self._decode(next_ids, cache)
-        if int(cache["index"]) >= self.config.context_length:
-            raise ValueError(
-                f"the KV cache is full: it holds context_length={self.config.context_length} "
-                f"positions; re-read the last tokens with prefill instead"
-            )
-        if self._decode_concrete is None:  # calling the concrete function skips tf.function's dispatch (~0.3 ms)
-            self._decode_concrete = self._decode_fn.get_concrete_function()
-        cache = {
-            "keys": tuple(cache["keys"]),
-            "values": tuple(cache["values"]),
-            "index": tf.convert_to_tensor(cache["index"], tf.int32),
-        }  # exactly the traced structure
-        return self._decode_concrete(next_ids, cache)
 
     def get_config(self):
         return {"config": self.config.to_dict(), "name": self.name}
