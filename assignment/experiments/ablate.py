@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assignment.experiments.sweeps import Sweep, _pyplot, quick_corpus, write_table
+from assignment.experiments.sweeps import Sweep, pyplot, quick_corpus, small_llama_request, write_table
 
 # Each variant changes one row of the lecture's table from the llama2 preset (RMSNorm, RoPE, GQA, no biases,
 # sequential block, SwiGLU at 8/3, untied embeddings). `--set` values, as `python -m assignment.train --set`.
@@ -39,7 +39,6 @@ def _slug(name):
 
 def ablate(args):
     """Trains the base and every variant with each seed on the same tokens; writes ablate.md/.csv and a plot."""
-    from assignment import runs
 
     d_model, layers, heads, context, batch = (16, 1, 2, 16, 4) if args.quick else (64, 2, 4, 64, 16)
     steps = 6 if args.quick else args.steps
@@ -53,22 +52,17 @@ def ablate(args):
     try:
         for seed in seeds:  # every variant of a seed first: an interrupted sweep already has comparable pairs
             for name in names:
-                request = runs.RunRequest(
-                    config="main",
-                    corpus=corpus,
-                    preset="llama2",
-                    d_model=d_model,
-                    num_layers=layers,
-                    num_heads=heads,
-                    context_length=context,
-                    batch_size=batch,
-                    steps=steps,
-                    warmup_steps=max(1, steps // 10),
-                    eval_every=steps,
+                request = small_llama_request(
+                    corpus,
+                    d_model,
+                    layers,
+                    heads,
+                    context,
+                    batch,
+                    steps,
+                    args.quick,
                     seed=seed,
-                    time_budget=0,
                     set=[s.format(heads=heads) for s in ABLATIONS[name]],
-                    no_jit=args.quick,
                 )
                 runs_by_name.setdefault(name, []).append(sweep.run(f"{_slug(name)}-seed{seed}", request))
     finally:
@@ -137,7 +131,7 @@ def summarize_ablation(runs_by_name):
 
 def plot_ablation(rows, runs_by_name, out):
     """Saves ablate_val_loss.png: every seed's loss per variant, the base's range shaded."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
     ys = np.arange(len(rows))[::-1]
     base = rows[0]

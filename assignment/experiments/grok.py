@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assignment.experiments.sweeps import ExperimentError, _pyplot, write_table
+from assignment.experiments.sweeps import ExperimentError, pyplot, write_table
 
 
 def modular_addition(p, train_fraction, seed=0):
@@ -273,7 +273,7 @@ def summarize_grok(records, settings):
 
 def plot_grok(records, summary, settings, out):
     """Saves grok.png: training and validation accuracy against step (log axis), and the two losses."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(6.4, 6), dpi=120, sharex=True)
     steps = [max(r["step"], 1) for r in records]
     ax.plot(steps, [r["train_acc"] for r in records], label="training accuracy")

@@ -13,7 +13,7 @@ from assignment.experiments.quantization import (
     stored_bytes,
     unpack_int4,
 )
-from assignment.experiments.sweeps import ExperimentError, _pyplot, quick_corpus, write_table
+from assignment.experiments.sweeps import ExperimentError, pyplot, quick_corpus, write_table
 
 WEIGHT_SCHEMES = (  # (label, bits, group size); None: one scale per output channel (the whole input axis)
     ("float32", 32, None),
@@ -274,7 +274,7 @@ def quantize_run(args):
 
 def plot_quantization(weight_rows, kv_rows, out):
     """Saves quantize.png: perplexity against stored size, for the weights and for the KV cache."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=120)
     for ax, rows, what in ((axes[0], weight_rows, "weights"), (axes[1], kv_rows, "KV cache")):
         ax.plot([r["bytes"] / 1024 for r in rows], [r["val_perplexity"] for r in rows], "o")

@@ -13,7 +13,7 @@ from assignment.experiments.fits import (
     pareto_frontier,
     power_law,
 )
-from assignment.experiments.sweeps import Sweep, _plain_log_ticks, _pyplot, quick_corpus, write_table
+from assignment.experiments.sweeps import Sweep, plain_log_ticks, pyplot, quick_corpus, small_llama_request, write_table
 
 # (d_model, num_layers, num_heads): LLaMA-2-style models whose non-embedding parameters span ~140x. Each trains at
 # every token budget with its own cosine schedule (Chinchilla's approach 1 with one run per budget).
@@ -31,7 +31,6 @@ def scaling_lr(d_model):
 def scaling(args):
     """Trains every size at every budget, fits L(C) on the compute-optimal frontier and L(N) at the largest
     budget, and writes scaling.md/.csv and two log-log plots. Returns the summary dict."""
-    from assignment import runs
 
     sizes = QUICK_SIZES if args.quick else SCALING_SIZES
     budgets = QUICK_STEPS if args.quick else tuple(args.steps or SCALING_STEPS)
@@ -43,21 +42,8 @@ def scaling(args):
     try:
         for d_model, layers, heads in sizes:
             for steps in budgets:
-                request = runs.RunRequest(
-                    config="main",
-                    corpus=corpus,
-                    preset="llama2",
-                    d_model=d_model,
-                    num_layers=layers,
-                    num_heads=heads,
-                    context_length=context,
-                    batch_size=batch,
-                    steps=steps,
-                    lr=scaling_lr(d_model),
-                    warmup_steps=max(1, steps // 10),
-                    eval_every=steps,
-                    time_budget=0,
-                    no_jit=args.quick,  # compiling with XLA costs more than it saves in a run of seconds
+                request = small_llama_request(
+                    corpus, d_model, layers, heads, context, batch, steps, args.quick, lr=scaling_lr(d_model)
                 )
                 row = sweep.run(f"d{d_model}-l{layers}-s{steps}", request)
                 row["compute"] = 6.0 * row["non_embedding_params"] * row["tokens"]
@@ -161,7 +147,7 @@ def analyse_scaling(rows, samples=1000):
 
 def plot_scaling(rows, summary, out):
     """Saves scaling_loss_vs_compute.png and scaling_loss_vs_params.png (log-log) into `out`."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     sizes = sorted({r["non_embedding_params"] for r in rows})
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(sizes)))
@@ -200,7 +186,7 @@ def plot_scaling(rows, summary, out):
     ax.set_yscale("log")
     ax.set_xlabel("training compute C = 6 N D (FLOPs)")
     ax.set_ylabel("validation loss (nats per character)")
-    _plain_log_ticks(ax.yaxis)
+    plain_log_ticks(ax.yaxis)
     ax.set_title("loss against compute, one curve per model size")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
@@ -219,7 +205,7 @@ def plot_scaling(rows, summary, out):
     ax.set_yscale("log")
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("validation loss (nats per character)")
-    _plain_log_ticks(ax.yaxis)
+    plain_log_ticks(ax.yaxis)
     ax.set_title(f"loss against size at the largest budget ({top[0]['tokens']:,} tokens)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

@@ -23,6 +23,29 @@ def non_embedding_parameters(model):
     return total - embedding, total
 
 
+def small_llama_request(corpus, d_model, num_layers, num_heads, context, batch, steps, quick, **overrides):
+    """Returns the `RunRequest` every sweep trains: a LLaMA-2-style model of the given size on `corpus`, for
+    `steps` steps with a 10% warmup, evaluated once at the end, no time budget; `overrides` set any other field."""
+    from assignment import runs
+
+    return runs.RunRequest(
+        config="main",
+        corpus=corpus,
+        preset="llama2",
+        d_model=d_model,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        context_length=context,
+        batch_size=batch,
+        steps=steps,
+        warmup_steps=max(1, steps // 10),
+        eval_every=steps,
+        time_budget=0,
+        no_jit=quick,  # compiling with XLA costs more than it saves in a run of seconds
+        **overrides,
+    )
+
+
 class Sweep:
     """Trains named `RunRequest`s one after the other under one tqdm bar, each in its own run directory.
 
@@ -147,7 +170,7 @@ def quick_corpus(out_dir):
     return str(path)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,7 +179,7 @@ def _pyplot():
     return plt
 
 
-def _plain_log_ticks(axis):
+def plain_log_ticks(axis):
     """Labels a logarithmic loss axis 1.4, 1.6, ... rather than 1.4 x 10^0."""
     from matplotlib.ticker import FormatStrFormatter
 
