@@ -163,7 +163,7 @@ def table(rows):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from assignment import prepare, runs
+    from assignment import prepare, run_files, runs
     from assignment.checkpoints import CheckpointError
     from assignment.data import CorpusTooSmall
     from assignment.train import Diverged
@@ -217,7 +217,7 @@ def main(argv=None):
         if not history:
             print(f"error: {out_dir / name} has no evaluation yet", file=sys.stderr)
             return 2
-        config = runs.read_run_config(out_dir / name)
+        config = run_files.read_run_config(out_dir / name)
         last = history[-1]
         rows.append(
             dict(

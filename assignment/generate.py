@@ -88,7 +88,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from assignment import sampling
     from assignment.checkpoints import CheckpointError
-    from assignment.runs import UsageError, load_run
+    from assignment.run_files import UsageError
+    from assignment.runs import load_run
 
     problem = check_args(args)
     if problem:

@@ -169,7 +169,7 @@ def check_args(parser, args):
         if not args.quick and round(args.train_fraction * p * p) >= p * p:
             parser.error(f"--train-fraction leaves no validation pair for p={p}; got {args.train_fraction}")
     if args.experiment == "quantize" and args.run_dir is not None:
-        from assignment.runs import read_run_config
+        from assignment.run_files import read_run_config
 
         try:
             if read_run_config(args.run_dir) is None:

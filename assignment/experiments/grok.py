@@ -61,7 +61,7 @@ def grok(args):
     import tensorflow as tf
     from tqdm.auto import tqdm
 
-    from assignment import runs
+    from assignment import run_files
     from assignment.checkpoints import Checkpoints
     from assignment.optim import make_optimizer
     from assignment.train import History, train_step
@@ -70,7 +70,7 @@ def grok(args):
     settings = _grok_settings(args)
     out = Path(args.out)
     run_dir = out / "run"
-    saved = runs.read_run_config(run_dir) if (run_dir / "config.json").exists() else None
+    saved = run_files.read_run_config(run_dir) if (run_dir / "config.json").exists() else None
     if saved is not None and saved.get("grok") != settings:
         differences = [
             f"{k}: {settings[k]!r} here, {saved['grok'].get(k)!r} in the run"
@@ -119,7 +119,7 @@ def grok(args):
     if restored is None and history.read():
         raise ExperimentError(f"{run_dir} has a history but no checkpoint; pass --overwrite to start again")
     history.truncate(int(ckpts.step))
-    runs.write_json(
+    run_files.write_json(
         run_dir / "config.json", dict(model="transformer", model_config=config.to_dict(), train={}, grok=settings)
     )
     inputs, labels, weights = (tf.constant(a) for a in (train_x, train_y, train_w))

@@ -137,7 +137,7 @@ def quantize_run(args):
     """Quantizes a trained run's weights and KV cache; writes quantize.md/.csv and a plot. Returns the rows."""
     from tqdm.auto import tqdm
 
-    from assignment import preprocess, runs, sampling
+    from assignment import preprocess, run_files, runs, sampling
     from assignment.corpus import load_corpus
     from assignment.data import validation_batches
     from assignment.train import evaluate
@@ -145,7 +145,7 @@ def quantize_run(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run_dir = Path(args.run_dir or (out / "model" if args.quick else "runs/main"))
-    if runs.read_run_config(run_dir) is None or not (run_dir / "best").is_dir():
+    if run_files.read_run_config(run_dir) is None or not (run_dir / "best").is_dir():
         print(
             f"{run_dir} holds no trained run: training it ({'tiny config' if args.quick else 'make train'}'s settings)"
         )

@@ -74,7 +74,7 @@ class Sweep:
         """Returns a row dict (name, parameters, tokens, val_loss, tokens_per_sec, ...) of the run `request`."""
         import keras
 
-        from assignment import runs
+        from assignment import run_files, runs
 
         request.run_dir = str(self.out_dir / name)
         request.no_progress = True
@@ -90,7 +90,7 @@ class Sweep:
                 f"{lines[0].rstrip(':')}{first_difference}; pass --out DIR for a new sweep, or --overwrite to start "
                 f"this one again"
             ) from None
-        config = runs.read_run_config(request.run_dir)
+        config = run_files.read_run_config(request.run_dir)
         history = result["history"]
         if not history:
             raise ExperimentError(f"{request.run_dir} has no evaluation; delete it and run the experiment again")

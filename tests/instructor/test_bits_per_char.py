@@ -74,13 +74,13 @@ def test_a_character_run_reports_the_loss_in_bits(corpus_file, tmp_path, capsys)
 
 
 def test_unknown_words_of_a_word_shard_count_their_characters(corpus_file, tmp_path):
-    from assignment import runs
+    from assignment import run_files
 
     meta = prepare.prepare(corpus_file, tmp_path / "word", "word", progress=False)
     val_meta = meta["shards"]["val.bin"]
     assert val_meta["unk_tokens"] > 0, "the validation tail holds words the training part has not"
-    train_ids, val_ids, tok, meta = runs.read_shards(tmp_path / "word")
-    counts = runs.shard_characters(tok, val_ids, meta)
+    train_ids, val_ids, tok, meta = run_files.read_shards(tmp_path / "word")
+    counts = run_files.shard_characters(tok, val_ids, meta)
     first = len(tok.vocab[val_ids[0]])  # the first id, never a label, is a known word here
     assert counts(len(val_ids) - 1) == pytest.approx(val_meta["chars"] - first)
 
