@@ -8,7 +8,7 @@ SUBMISSION ?= dist/student
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint train generate tensorboard compare experiments data bench student autograder verify grade notebooks clean
+.PHONY: help install test lint train generate tensorboard compare experiments data bench student autograder verify mutants grade notebooks clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ autograder: $(STAMP)  ## build the Gradescope bundle dist/autograder.zip
 
 verify: $(STAMP)  ## prove the tests: reference 100%, stubs 0, one part stubbed, the bug catalogue
 	$(PY) -m grading verify
+
+mutants: $(STAMP)  ## mutation testing of the solution regions (cosmic-ray): survivors and score per part (ARGS=--only rnn)
+	$(PY) -m grading mutants $(ARGS)
 
 grade: $(STAMP)  ## grade one submission as the autograder does (SUBMISSION=dir) into results.json
 	$(PY) -m grading grade $(SUBMISSION) --out results.json

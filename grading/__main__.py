@@ -14,6 +14,10 @@ COMMANDS = {
         "grading.clauses",
         "the clause-to-test map: every promise of a graded docstring and the tests pinning it",
     ),
+    "mutants": (
+        "grading.mutants",
+        "mutation testing of the solution regions (cosmic-ray): survivors and score per part",
+    ),
 }
 
 
@@ -60,9 +64,11 @@ def _parser():
     p = sub.add_parser("verify", help=COMMANDS["verify"][1])
     p.add_argument("--root", default=".", help="the repository (default: the current folder)")
     p.add_argument("--only", action="append", metavar="MODULE", help="check only this part (repeatable)")
-    p.add_argument("--bugs-only", action="store_true", help="only the bug catalogue")
-    p.add_argument("--no-bugs", action="store_true", help="skip the bug catalogue")
-    p.add_argument("--bug", action="append", metavar="NAME", help="only this bug (module/name or name; repeatable)")
+    p.add_argument("--bugs-only", action="store_true", help="only the patches: the bug catalogue and the alternatives")
+    p.add_argument("--no-bugs", action="store_true", help="skip the patches: the bug catalogue and the alternatives")
+    p.add_argument(
+        "--bug", action="append", metavar="NAME", help="only this bug or alternative (module/name or name; repeatable)"
+    )
     p.add_argument("--no-timing", action="store_true", help="skip the one-CPU timing run of the reference")
     p.add_argument("--no-attacks", action="store_true", help="skip the attack suite")
     p.add_argument("--runner-user", help="the attack suite's runner user (default: student)")
@@ -75,6 +81,13 @@ def _parser():
     p = sub.add_parser("clauses", help=COMMANDS["clauses"][1])
     p.add_argument("--root", default=".", help="the repository (default: the current folder)")
     p.add_argument("--summary", action="store_true", help="print only the per-part counts and the problems")
+
+    p = sub.add_parser("mutants", help=COMMANDS["mutants"][1])
+    p.add_argument("--root", default=".", help="the repository (default: the current folder)")
+    p.add_argument("--only", action="append", metavar="MODULE", help="only this part (repeatable)")
+    p.add_argument("--jobs", type=int, help="parts run at once (default: the number of CPUs)")
+    p.add_argument("--keep", metavar="DIR", help="keep the copies and cosmic-ray sessions in this new folder")
+    p.add_argument("--json", metavar="FILE", help="also write every mutant and its outcome to this file")
     return parser
 
 

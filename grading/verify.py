@@ -7,6 +7,8 @@
   stubbing one part fails only that part's tests (the all-stub run shows they do fail);
 - every bug of the catalogue (grading/bugs/<module>/*.patch) applies to a copy of the reference and fails at least
   one test of its own part; the catalogue holds at least 25 bugs;
+- every alternative-but-correct implementation (grading/alternatives/<module>/*.patch, patches like the bugs') applies
+  and keeps full marks on its part, so the tests accept correct code written differently; there are at least 12;
 - the points of each part add up to grading/config.py (CONVENTIONS.md), and the release builds without a leak;
 - every clause of a graded docstring listed in grading/clauses.txt is pinned by a graded test (`python -m grading
   clauses` prints the map).
@@ -29,12 +31,13 @@ from grading import clauses, config, grade, release, sandbox
 from grading import manifest as manifest_builder
 
 MIN_BUGS = 25
+MIN_ALTERNATIVES = 12
 
 
 @dataclass
 class Job:
     name: str
-    kind: str  # reference | stub | alone | bug
+    kind: str  # reference | stub | alone | bug | alternative
     module: str = None
     submission: Path = None
     only: list = None
@@ -79,10 +82,11 @@ class Report:
         return all(c.ok for c in self.checks)
 
 
-def load_bugs(root, modules=None, names=None):
-    """The bug catalogue: grading/bugs/<module>/<name>.patch, each with its one-sentence description."""
+def load_bugs(root, modules=None, names=None, folder="bugs"):
+    """The bug catalogue: grading/bugs/<module>/<name>.patch, each with its one-sentence description (or, with
+    folder="alternatives", the alternative-but-correct implementations, patches of the same form)."""
     bugs = []
-    base = Path(root) / "grading" / "bugs"
+    base = Path(root) / "grading" / folder
     for path in sorted(base.glob("*/*.patch")):
         module = path.parent.name
         if modules and module not in modules:
@@ -209,6 +213,7 @@ def verify(
     parts=None,
     settings=None,
     min_bugs=MIN_BUGS,
+    min_alternatives=MIN_ALTERNATIVES,
     attacks=True,
     runner_user=None,
     runner_python=None,
@@ -282,24 +287,27 @@ def verify(
                         )
                     )
         bugs = [] if no_bugs else load_bugs(root, modules if only else None, bug_names)
-        for bug in bugs:
-            dest = tmp / "bugs" / bug.module / bug.name
-            bug.error = apply_bug(root, bug, dest)
-            if bug.module not in tests_of:
-                bug.error = bug.error or f"no graded tests for module {bug.module}"
-            if not bug.error:
-                work.append(
-                    Job(
-                        f"bug {bug.module}/{bug.name}",
-                        "bug",
-                        module=bug.module,
-                        submission=dest,
-                        only=[bug.module],
-                        maxfail=None if bugs_full else 1,
-                        bug=bug,
-                        cost=5,
+        alternatives = [] if no_bugs else load_bugs(root, modules if only else None, bug_names, "alternatives")
+        for kind, patches in (("bug", bugs), ("alternative", alternatives)):
+            for bug in patches:
+                dest = tmp / kind / bug.module / bug.name
+                bug.error = apply_bug(root, bug, dest)
+                if bug.module not in tests_of:
+                    bug.error = bug.error or f"no graded tests for module {bug.module}"
+                if not bug.error:
+                    work.append(
+                        Job(
+                            f"{kind} {bug.module}/{bug.name}",
+                            kind,
+                            module=bug.module,
+                            submission=dest,
+                            only=[bug.module],
+                            # a bug stops at the first test it fails; so does an alternative, which then has failed
+                            maxfail=None if bugs_full else 1,
+                            bug=bug,
+                            cost=5 if kind == "bug" else sum(t["timeout"] for t in tests_of[bug.module]) / 20,
+                        )
                     )
-                )
 
         log(f"running {len(work)} grading runs on {workers} CPU(s) ...")
 
@@ -362,7 +370,7 @@ def verify(
                 report.add(f"part {job.module} passes with every other part stubbed", not bad, "\n".join(bad))
                 mine = job.results["tests"]
                 part_rows[job.module]["alone"] = f"{sum(e['status'] == 'passed' for e in mine)}/{len(mine)}"
-            elif job.kind == "bug":
+            elif job.kind in ("bug", "alternative"):
                 bug = job.bug
                 bug.seconds = job.seconds
                 failed = [
@@ -381,9 +389,21 @@ def verify(
                 bug.caught_by and not bug.error,
                 bug.error or ("no test of its part fails" if not bug.caught_by else ""),
             )
+        for alt in alternatives:
+            report.add(
+                f"alternative {alt.module}/{alt.name} keeps full marks on its part",
+                not alt.caught_by and not alt.error and alt.ran == len(tests_of.get(alt.module, ())),
+                alt.error or (f"fails {alt.caught_by}" if alt.caught_by else f"only {alt.ran} tests ran"),
+            )
         if not no_bugs and not only and not bug_names:
             report.add(f"the bug catalogue holds at least {min_bugs} bugs", len(bugs) >= min_bugs, f"{len(bugs)} bugs")
+            report.add(
+                f"at least {min_alternatives} alternative-but-correct implementations are checked",
+                len(alternatives) >= min_alternatives,
+                f"{len(alternatives)} alternatives",
+            )
         _print_tables(manifest, modules, part_rows, bugs, report, log, bugs_full)
+        _print_alternatives(alternatives, log)
         if attacks and not bugs_only and stubs is not None and attack_suite.TARGET in modules:
             _attacks(root, manifest, stubs, report, runner_user, runner_python, log)
     finally:
@@ -503,6 +523,24 @@ def _print_tables(manifest, modules, rows, bugs, report, log, bugs_full):
     if timing:
         log("")
         log(timing)
+
+
+def _print_alternatives(alternatives, log):
+    if not alternatives:
+        return
+    log("")
+    log(f"{'Alternative-but-correct implementation':<44} {'Marks on its part':<70} {'Time':>6}")
+    log("-" * 122)
+    for a in alternatives:
+        if a.error:
+            state = f"ERROR: {a.error.splitlines()[0][:62]}"
+        elif a.caught_by:
+            state = f"FAILS {a.caught_by.split('::', 1)[-1][:62]}"
+        else:
+            state = f"full marks ({a.ran} tests)"
+        log(f"{a.module + '/' + a.name:<44} {state:<70} {a.seconds:>5.0f}s")
+    full = sum(not a.error and not a.caught_by for a in alternatives)
+    log(f"alternatives: {len(alternatives)}, {full} at full marks")
 
 
 def _attacks(root, manifest, stubs, report, runner_user, runner_python, log):

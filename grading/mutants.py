@@ -1,0 +1,504 @@
+"""`make mutants`: mutation testing of the solution regions with cosmic-ray, each part against its own graded tests.
+
+For each graded part (grading/config.py), in a temporary copy of the repository (the working tree is never mutated):
+
+1. cosmic-ray's `init` lists every mutation of assignment/<module>.py; its line filter (`cr-filter-lines`) keeps only
+   the lines between `# BEGIN SOLUTION` and `# END SOLUTION` (grading/markers.py finds them); its operator filter
+   drops the stillborn operators of STILLBORN (below); the mutants listed as equivalent in
+   grading/mutants_equivalent.toml are skipped too, with the reason given there.
+2. cosmic-ray's `exec` writes each mutant into the copy's assignment/<module>.py and runs the part's graded tests
+   (tests/test_<module>*.py and tests/hidden/test_<module>*.py, stopping at the first failure). The test command
+   is a small client of a warm test server: a process of the copy that imported TensorFlow once and forks a fresh
+   pytest per mutant, so a mutant costs its tests, not TensorFlow's import. The server never imports `assignment`;
+   each forked pytest imports it from the copy's disk, where cosmic-ray has just written the mutant, and so does any
+   process a test starts (the copy is first on PYTHONPATH).
+3. Before any mutant, two canaries: the copy's tests pass on the reference (the baseline, which also sets the
+   per-mutant timeout), and fail with the part's regions stubbed, which proves the tests import the copy's module.
+
+The graded tests run here as under plain pytest (the `student` fixture runs probes in-process): the same tests and
+assertions as under the grader, without its sandbox, which cannot change what a mutant computes.
+
+Prints, per part, the surviving mutants (line, function, the original and the mutated line) and the score: killed /
+(total - equivalent). `python -m grading mutants --only sampling` runs one part; `--keep DIR` keeps the sessions.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EQUIVALENT_FILE = Path("grading") / "mutants_equivalent.toml"
+# Operators whose mutants cannot run on this code: every solution region computes on tensors, ints and strings,
+# where a bitwise operator in place of an arithmetic one raises at once (TypeError on float tensors and strings),
+# so these only inflate the score; `+` for `-` and the like stay.
+STILLBORN = [r"core/ReplaceBinaryOperator_\w+_(BitOr|BitAnd|BitXor|LShift|RShift)$"]
+COPIED = ("assignment", "tests", "grading", "pyproject.toml")
+PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "--no-header", "-o", "addopts=-rf"]
+
+
+@dataclass
+class Mutant:
+    line: int
+    qualname: str
+    operator: str
+    original: str
+    mutated: str
+    outcome: str  # killed | survived | equivalent | timeout
+    why: str = ""
+    output: str = ""
+
+
+@dataclass
+class PartResult:
+    module: str
+    mutants: list = field(default_factory=list)
+    error: str = ""
+    seconds: float = 0.0
+    baseline_s: float = 0.0
+
+    def count(self, *outcomes):
+        return sum(m.outcome in outcomes for m in self.mutants)
+
+    @property
+    def score(self):
+        """(killed, total) over the mutants that are not equivalent; a timeout is a kill."""
+        total = len(self.mutants) - self.count("equivalent")
+        return self.count("killed", "timeout"), total
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The warm test server and its client (the test command cosmic-ray runs per mutant).
+
+
+def serve(sock_path, preimport=("numpy", "tensorflow", "keras", "pytest")):
+    """Imports the heavy libraries once, then forks one pytest per request: {"args": [...], "timeout": s}."""
+    import importlib
+
+    for name in preimport:
+        importlib.import_module(name)
+    assert "assignment" not in sys.modules, "the server must never import the code under test"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(sock_path)
+    server.listen(4)
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            request = json.loads(_recv_line(conn))
+            if request.get("stop"):
+                return 0
+            code, output = _fork_pytest(conn, request["args"], request.get("timeout", 600))
+            conn.sendall((json.dumps({"code": code, "output": output}) + "\n").encode())
+
+
+def _recv_line(conn):
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
+
+
+def _fork_pytest(conn, args, timeout):
+    """Runs pytest in a forked child; kills it on timeout or when the client goes away (cosmic-ray's timeout)."""
+    out = tempfile.TemporaryFile()
+    pid = os.fork()
+    if pid == 0:  # the child: a fresh pytest that imports the code under test from disk
+        code = 3
+        try:
+            os.setpgid(0, 0)
+            os.dup2(out.fileno(), 1)
+            os.dup2(out.fileno(), 2)
+            sys.dont_write_bytecode = True
+            import pytest
+
+            code = int(pytest.main(list(args)))
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    conn.setblocking(False)
+    status = None
+    while status is None:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = os.waitstatus_to_exitcode(st)
+            break
+        gone = False
+        try:
+            gone = conn.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            pass
+        except OSError:
+            gone = True
+        if gone or time.monotonic() > deadline:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            status = -9
+            break
+        time.sleep(0.02)
+    conn.setblocking(True)
+    out.seek(0)
+    text = out.read().decode(errors="replace")
+    out.close()
+    return status, text[-4000:]
+
+
+def client(sock_path, args, timeout):
+    """The test command: asks the server for one pytest run; exits with its code and prints its output."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(sock_path)
+    conn.sendall((json.dumps({"args": args, "timeout": timeout}) + "\n").encode())
+    reply = json.loads(_recv_line(conn))
+    sys.stdout.write(reply["output"])
+    code = reply["code"]
+    return code if 0 <= code < 256 else 1
+
+
+class Server:
+    """A warm test server in `root` (cwd and first on PYTHONPATH), stopped on exit."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.sock = str(self.root / "pytest.sock")
+        env = dict(os.environ, PYTHONPATH=str(self.root), PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="2")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "grading.mutants", "serve", self.sock],
+            cwd=self.root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(1200):
+            if os.path.exists(self.sock):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the test server exited with {self.proc.returncode} before listening")
+            time.sleep(0.1)
+        raise RuntimeError("the test server did not start listening within 120 s")
+
+    def command(self, tests, timeout):
+        return [sys.executable, "-m", "grading.mutants", "client", self.sock, "--timeout", f"{timeout:.0f}", "--"] + [
+            *PYTEST_ARGS,
+            *tests,
+        ]
+
+    def run(self, tests, timeout):
+        start = time.monotonic()
+        proc = subprocess.run(self.command(tests, timeout), cwd=self.root, capture_output=True, text=True)
+        return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Equivalent mutants: grading/mutants_equivalent.toml, keyed by module, original line and mutated line (stripped).
+
+
+def load_equivalents(root):
+    path = Path(root) / EQUIVALENT_FILE
+    if not path.exists():
+        return {}
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: cosmic-ray brings the `toml` package
+        import toml as tomllib
+
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    else:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    out = {}
+    for entry in data.get("equivalent", []):
+        out[(entry["module"], entry["line"].strip(), entry["mutant"].strip())] = entry["why"]
+    return out
+
+
+def _mutated_line(source, spec):
+    """The mutated text of the mutation's first line (cosmic-ray applied to `source`), stripped."""
+    from cosmic_ray.mutating import mutate_code
+    from cosmic_ray.plugins import get_operator
+
+    operator = get_operator(spec.operator_name)(**(getattr(spec, "operator_args", None) or {}))
+    mutated = mutate_code(source, operator, spec.occurrence)
+    if mutated is None:
+        return ""
+    old, new = source.splitlines(), mutated.splitlines()
+    first, last = spec.start_pos[0], spec.start_pos[0] + len(new) - len(old) + spec.end_pos[0] - spec.start_pos[0]
+    return " ".join(line.strip() for line in new[first - 1 : max(first, last)])
+
+
+def _qualname(regions, line):
+    return next((r.qualname for r in regions if r.begin < line < r.end), "?")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One part.
+
+
+def part_tests(root, module):
+    from grading import manifest
+
+    modules = sorted(p.stem for p in (Path(root) / "assignment").glob("*.py") if p.stem != "__init__")
+    return [f for f in manifest.graded_test_files(root) if manifest.module_of(f, modules) == module]
+
+
+def _copy_repo(root, dest):
+    dest.mkdir(parents=True)
+    for name in COPIED:
+        src = Path(root) / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache"))
+        elif src.exists():
+            shutil.copy(src, dest / name)
+
+
+def _config(module, regions, test_command, timeout):
+    import toml
+
+    lines = [f"{r.begin + 1}-{r.end - 1}" for r in regions]
+    return toml.dumps(
+        {
+            "cosmic-ray": {
+                "module-path": f"assignment/{module}.py",
+                "timeout": float(timeout),
+                "excluded-modules": [],
+                "test-command": " ".join(_quote(a) for a in test_command),
+                "distributor": {"name": "local"},
+                "filters": {
+                    "line-filter": {"lines": {f"assignment/{module}.py": lines}},
+                    "operators-filter": {"exclude-operators": STILLBORN},
+                },
+            }
+        }
+    )
+
+
+def _quote(arg):
+    import shlex
+
+    return shlex.quote(str(arg))
+
+
+def run_part(root, module, work, log=print):
+    """Runs cosmic-ray on one part in `work`; returns a PartResult."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    from grading import markers
+
+    started = time.monotonic()
+    result = PartResult(module)
+    copy = Path(work) / module
+    _copy_repo(root, copy)
+    target = copy / "assignment" / f"{module}.py"
+    source = target.read_text(encoding="utf-8")
+    regions = markers.find_regions(source, str(target))
+    tests = part_tests(copy, module)
+    if not tests:
+        result.error = f"no graded tests for {module}"
+        return result
+    server = Server(copy)
+    try:
+        code, out, baseline = server.run(tests, 1800)
+        if code != 0:
+            result.error = f"the reference fails its own tests in the copy:\n{out[-1500:]}"
+            return result
+        stubbed, _ = markers.stub_source(source, str(target))
+        target.write_text(stubbed, encoding="utf-8")
+        code, out, _ = server.run(tests, 1800)
+        target.write_text(source, encoding="utf-8")
+        if code == 0:
+            result.error = "the tests pass with the part stubbed: they do not import the copy's module"
+            return result
+        result.baseline_s = baseline
+        timeout = max(60.0, 3 * baseline + 30)
+        cfg = copy / "cosmic-ray.toml"
+        db = copy / "session.sqlite"
+        cfg.write_text(_config(module, regions, server.command(tests, timeout), timeout + 30), encoding="utf-8")
+        bindir = Path(sys.executable).parent
+
+        def tool(name, *args):
+            proc = subprocess.run([str(bindir / name), *map(str, args)], cwd=copy, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{name} failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-1500:]}")
+
+        tool("cosmic-ray", "init", cfg, db)
+        tool("cr-filter-lines", db, "--config", cfg)
+        tool("cr-filter-operators", db, cfg)
+        equivalents = load_equivalents(root)
+        described = {}
+        with use_db(str(db), WorkDB.Mode.open) as wdb:
+            pending = list(wdb.pending_work_items)
+            for item in pending:
+                spec = item.mutations[0]
+                line = spec.start_pos[0]
+                original = " ".join(l.strip() for l in source.splitlines()[line - 1 : spec.end_pos[0]])
+                mutated = _mutated_line(source, spec)
+                described[item.job_id] = (line, spec.operator_name, original, mutated)
+                why = equivalents.get((module, original, mutated))
+                if why:
+                    wdb.set_result(
+                        item.job_id, WorkResult(output=f"equivalent: {why}", worker_outcome=WorkerOutcome.SKIPPED)
+                    )
+        log(f"  {module}: {len(pending)} mutants in the solution regions, baseline {baseline:.0f} s; running ...")
+        tool("cosmic-ray", "exec", cfg, db)
+        with use_db(str(db), WorkDB.Mode.open) as wdb:
+            for item, res in wdb.completed_work_items:
+                if item.job_id not in described:
+                    continue  # outside the regions or a stillborn operator
+                line, op, original, mutated = described[item.job_id]
+                if res.worker_outcome == WorkerOutcome.SKIPPED:
+                    outcome, why = "equivalent", (res.output or "")[len("equivalent: ") :]
+                elif res.output == "timeout":
+                    outcome, why = "timeout", ""
+                elif res.is_killed:
+                    outcome, why = "killed", ""
+                else:
+                    outcome, why = "survived", ""
+                result.mutants.append(
+                    Mutant(line, _qualname(regions, line), op, original, mutated, outcome, why, res.output or "")
+                )
+        result.mutants.sort(key=lambda m: (m.line, m.operator))
+    except Exception as exc:  # a part that breaks is reported, the others go on
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        server.stop()
+        target.write_text(source, encoding="utf-8")
+        result.seconds = time.monotonic() - started
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# All parts.
+
+
+def run(root=".", only=None, jobs=None, keep=None, log=print):
+    from grading import config
+
+    root = Path(root).resolve()
+    modules = [p.module for p in config.PARTS if not only or p.module in only]
+    unknown = sorted(set(only or ()) - {p.module for p in config.PARTS})
+    if unknown:
+        log(f"error: no graded part {', '.join(unknown)}; the parts are {', '.join(p.module for p in config.PARTS)}")
+        return None
+    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="grading-mutants-"))
+    if keep and work.exists() and any(work.iterdir()):
+        log(f"error: --keep {work} is not empty; name a new or empty folder")
+        return None
+    work.mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(modules)))
+    log(f"mutation testing of the solution regions: {', '.join(modules)} on {workers} worker(s), in {work}")
+    queue = list(modules)
+    results = {}
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                if not queue:
+                    return
+                module = queue.pop(0)
+            res = run_part(root, module, work, log)
+            with lock:
+                results[module] = res
+                killed, total = res.score
+                log(
+                    f"  {module}: done in {res.seconds:.0f} s: {killed}/{total} killed"
+                    + (f" ERROR {res.error}" if res.error else "")
+                )
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        return [results[m] for m in modules]
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def report(results, log=print):
+    """Prints the survivors of each part, then the table of scores."""
+    for res in results:
+        log("")
+        survivors = [m for m in res.mutants if m.outcome == "survived"]
+        log(f"== {res.module}: {len(survivors)} survivor(s)")
+        if res.error:
+            log(f"   ERROR: {res.error}")
+        for m in survivors:
+            log(f"   {res.module}.py:{m.line} in {m.qualname} [{m.operator.split('/')[-1]}]")
+            log(f"       - {m.original}")
+            log(f"       + {m.mutated}")
+    log("")
+    header = f"{'Part':<12} {'Mutants':>8} {'Equivalent':>11} {'Killed':>7} {'Survived':>9} {'Score':>14} {'Time':>7}"
+    log(header)
+    log("-" * len(header))
+    for res in results:
+        killed, total = res.score
+        pct = f"{100 * killed / total:.0f}%" if total else "-"
+        log(
+            f"{res.module:<12} {len(res.mutants):>8} {res.count('equivalent'):>11} {killed:>7} "
+            f"{res.count('survived'):>9} {f'{killed}/{total} {pct}':>14} {res.seconds:>6.0f}s"
+        )
+    k = sum(r.score[0] for r in results)
+    t = sum(r.score[1] for r in results)
+    log(
+        f"{'all':<12} {sum(len(r.mutants) for r in results):>8} {sum(r.count('equivalent') for r in results):>11} "
+        f"{k:>7} {sum(r.count('survived') for r in results):>9} {f'{k}/{t}':>14}"
+    )
+
+
+def main(args):
+    """The `mutants` subcommand; exits 1 when a part could not be run (survivors alone do not fail it)."""
+    results = run(args.root, only=args.only, jobs=args.jobs, keep=args.keep)
+    if results is None:
+        return 2
+    report(results)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                [
+                    {
+                        "module": r.module,
+                        "error": r.error,
+                        "seconds": r.seconds,
+                        "mutants": [m.__dict__ for m in r.mutants],
+                    }
+                    for r in results
+                ],
+                indent=1,
+            )
+        )
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "serve":
+        sys.exit(serve(sys.argv[2]))
+    if len(sys.argv) >= 3 and sys.argv[1] == "client":
+        argv = sys.argv[2:]
+        sock = argv[0]
+        timeout = 600.0
+        if len(argv) > 2 and argv[1] == "--timeout":
+            timeout = float(argv[2])
+        rest = argv[argv.index("--") + 1 :] if "--" in argv else []
+        sys.exit(client(sock, rest, timeout))
+    sys.exit("usage: python -m grading.mutants serve SOCKET | client SOCKET [--timeout S] -- PYTEST_ARGS")
