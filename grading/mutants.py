@@ -306,7 +306,7 @@ def _quote(arg):
     return shlex.quote(str(arg))
 
 
-def run_part(root, module, work, log=print):
+def run_part(root, module, work, equivalents, log=print):
     """Runs cosmic-ray on one part in `work`; returns a PartResult."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
@@ -352,7 +352,6 @@ def run_part(root, module, work, log=print):
         tool("cosmic-ray", "init", cfg, db)
         tool("cr-filter-lines", db, "--config", cfg)
         tool("cr-filter-operators", db, cfg)
-        equivalents = load_equivalents(root)
         described = {}
         with use_db(str(db), WorkDB.Mode.open) as wdb:
             pending = list(wdb.pending_work_items)
@@ -413,6 +412,9 @@ def run(root=".", only=None, jobs=None, keep=None, log=print):
         log(f"error: --keep {work} is not empty; name a new or empty folder")
         return None
     work.mkdir(parents=True, exist_ok=True)
+    snapshot = work / "source"  # every part starts from this one copy: the tree may change while the run goes on
+    _copy_repo(root, snapshot)
+    equivalents = load_equivalents(root)
     workers = max(1, min(jobs or os.cpu_count() or 1, len(modules)))
     log(f"mutation testing of the solution regions: {', '.join(modules)} on {workers} worker(s), in {work}")
     queue = sorted(modules, key=lambda m: -len((root / "assignment" / f"{m}.py").read_text(encoding="utf-8")))
@@ -425,7 +427,7 @@ def run(root=".", only=None, jobs=None, keep=None, log=print):
                 if not queue:
                     return
                 module = queue.pop(0)
-            res = run_part(root, module, work, log)
+            res = run_part(snapshot, module, work, equivalents, log)
             with lock:
                 results[module] = res
                 killed, total = res.score
