@@ -78,9 +78,49 @@ class PartResult:
 # The warm test server and its client (the test command cosmic-ray runs per mutant).
 
 
-def serve(sock_path, preimport=("numpy", "tensorflow", "keras", "pytest")):
-    """Imports the heavy libraries once, then forks one pytest per request: {"args": [...], "timeout": s}."""
+class _KillersFirst:
+    """A pytest plugin: runs first the tests that killed earlier mutants of the same function, most kills first
+    (with -x, a mutant then usually costs one test), and notes the tests that fail in `failed`."""
+
+    def __init__(self, first, failed):
+        self.first = {nodeid: i for i, nodeid in enumerate(first)}
+        self.failed = failed
+
+    def pytest_collection_modifyitems(self, items):
+        items.sort(key=lambda item: self.first.get(item.nodeid, len(self.first)))  # stable: the rest keep order
+
+    def pytest_runtest_logreport(self, report):
+        if report.failed:
+            self.failed.write((report.nodeid + "\n").encode())
+            self.failed.flush()
+
+
+def _mutated_function(target, original, regions):
+    """The function whose solution region differs between `original` and the module on disk (or "")."""
+    try:
+        now = Path(target).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return ""
+    for row, (a, b) in enumerate(zip(original, now), 1):
+        if a != b:
+            return _qualname(regions, row)
+    return ""
+
+
+def serve(sock_path, target=None, preimport=("numpy", "tensorflow", "keras", "pytest")):
+    """Imports the heavy libraries once, then forks one pytest per request: {"args": [...], "timeout": s}.
+
+    `target` is the module cosmic-ray mutates: the server reads which function a mutant changed and runs first the
+    tests that killed that function's earlier mutants (the order of tests never changes which mutants die)."""
+    import collections
     import importlib
+
+    from grading import markers
+
+    original = Path(target).read_text(encoding="utf-8") if target else ""
+    regions = markers.find_regions(original, str(target)) if target else []
+    original = original.splitlines()
+    killers = collections.defaultdict(collections.Counter)  # function -> {test: mutants it killed}
 
     for name in preimport:
         importlib.import_module(name)
@@ -105,7 +145,10 @@ def serve(sock_path, preimport=("numpy", "tensorflow", "keras", "pytest")):
             request = json.loads(_recv_line(conn))
             if request.get("stop"):
                 return 0
-            code, output = _fork_pytest(conn, request["args"], request.get("timeout", 600))
+            function = _mutated_function(target, original, regions) if target else ""
+            first = [t for t, _ in killers[function].most_common()]
+            code, output, failed = _fork_pytest(conn, request["args"], request.get("timeout", 600), first)
+            killers[function].update(failed)
             conn.sendall((json.dumps({"code": code, "output": output}) + "\n").encode())
 
 
@@ -119,9 +162,11 @@ def _recv_line(conn):
     return data.decode()
 
 
-def _fork_pytest(conn, args, timeout):
-    """Runs pytest in a forked child; kills it on timeout or when the client goes away (cosmic-ray's timeout)."""
+def _fork_pytest(conn, args, timeout, first=()):
+    """Runs pytest in a forked child; kills it on timeout or when the client goes away (cosmic-ray's timeout).
+    Returns (exit status, the tail of its output, the tests that failed)."""
     out = tempfile.TemporaryFile()
+    failed = tempfile.TemporaryFile()
     pid = os.fork()
     if pid == 0:  # the child: a fresh pytest that imports the code under test from disk
         code = 3
@@ -132,7 +177,7 @@ def _fork_pytest(conn, args, timeout):
             sys.dont_write_bytecode = True
             import pytest
 
-            code = int(pytest.main(list(args)))
+            code = int(pytest.main(list(args), plugins=[_KillersFirst(first, failed)]))
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -165,7 +210,10 @@ def _fork_pytest(conn, args, timeout):
     out.seek(0)
     text = out.read().decode(errors="replace")
     out.close()
-    return status, text[-4000:]
+    failed.seek(0)
+    names = failed.read().decode(errors="replace").split()
+    failed.close()
+    return status, text[-4000:], names
 
 
 def client(sock_path, args, timeout):
@@ -182,12 +230,12 @@ def client(sock_path, args, timeout):
 class Server:
     """A warm test server in `root` (cwd and first on PYTHONPATH), stopped on exit."""
 
-    def __init__(self, root):
+    def __init__(self, root, target=None):
         self.root = Path(root)
         self.sock = str(self.root / "pytest.sock")
         env = dict(os.environ, PYTHONPATH=str(self.root), PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="2")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "grading.mutants", "serve", self.sock],
+            [sys.executable, "-m", "grading.mutants", "serve", self.sock, *([str(target)] if target else [])],
             cwd=self.root,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -324,7 +372,7 @@ def run_part(root, module, work, equivalents, log=print):
     if not tests:
         result.error = f"no graded tests for {module}"
         return result
-    server = Server(copy)
+    server = Server(copy, target)
     try:
         code, out, baseline = server.run(tests, 1800)
         if code != 0:
@@ -505,7 +553,7 @@ def main(args):
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "serve":
-        sys.exit(serve(sys.argv[2]))
+        sys.exit(serve(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None))
     if len(sys.argv) >= 3 and sys.argv[1] == "client":
         argv = sys.argv[2:]
         sock = argv[0]
