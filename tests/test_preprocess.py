@@ -336,6 +336,13 @@ def test_train_val_split_is_contiguous_and_complete(student):
     train, val = student.call("preprocess.train_val_split", ids, val_fraction=0.2)
     assert len(train) == 80 and len(val) == 20, f"expected 80/20 tokens, got {len(train)}/{len(val)}"
     assert np.concatenate([train, val]).tolist() == ids.tolist(), "train + val must be the stream, in order"
+    # A validation share smaller than one token: the training head keeps the first 1 - val_fraction of the stream.
+    train, val = student.call("preprocess.train_val_split", np.arange(5), val_fraction=0.1)
+    assert 4 <= len(train) <= 5 and np.concatenate([train, val]).tolist() == list(range(5)), (
+        f"train_val_split(arange(5), 0.1) must keep the first 4.5 tokens, rounded either way, for training; got "
+        f"{len(train)} training and {len(val)} validation tokens (a tail of int(5 * 0.1) = 0 tokens cut off with "
+        "ids[:-0] leaves nothing to train on)"
+    )
     for bad in (0, 1, -0.1, 1.5):
         error = student.call_error("preprocess.train_val_split", ids, val_fraction=bad)
         assert error is not None and error.type_name == "ValueError" and "val_fraction" in error.message, (

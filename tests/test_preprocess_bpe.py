@@ -181,6 +181,8 @@ def test_bpe_merge_pair_replaces_occurrences_left_to_right_without_overlap(stude
         ([1, 2], (2, 1), 9, [1, 2]),
         ([1], (1, 2), 9, [1]),
         ([], (1, 2), 9, []),
+        # A pre-token longer than 256 ids, its last id left unpaired (a bound check with `is` holds only below 257).
+        ([7] * 301, (7, 7), 9, [9] * 150 + [7]),
     ]
     for ids, pair, new_id, expected in cases:
         got = [int(i) for i in student.call("preprocess.merge_pair", list(ids), pair, new_id)]
@@ -188,7 +190,7 @@ def test_bpe_merge_pair_replaces_occurrences_left_to_right_without_overlap(stude
 
 
 @pytest.mark.bonus
-@pytest.mark.points(1.5)
+@pytest.mark.points(0.5)  # and 1 for the same at scale, below
 @pytest.mark.clause(
     "preprocess.BPETokenizer: Ids 0..255 are the 256 bytes, id `256 + r` is the token made by merge `r`",
     "preprocess.BPETokenizer: merges are learned and applied inside one pre-token only",
@@ -211,6 +213,35 @@ def test_bpe_fit_learns_the_reference_merges(student):
             "smallest pair"
         )
     assert s["vocab_size"] == 256 + len(expected), f"expected vocab_size {256 + len(expected)}, got {s['vocab_size']}"
+
+
+def _words(n, seed):
+    """`n` lowercase words of 2 to 9 letters, each preceded by a space: a text with hundreds of possible merges."""
+    import random
+
+    rng = random.Random(seed)
+    return "".join(" " + "".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 9))) for _ in range(n))
+
+
+@pytest.mark.bonus
+@pytest.mark.points(1)
+@pytest.mark.clause(
+    "preprocess.BPETokenizer.fit: `self.merges[r]` is the pair of ids merged at step `r` into id `256 + r`"
+)
+def test_bpe_fit_at_scale_learns_the_reference_merges(student):
+    # Counts above 256 and more than 256 merges: what a real corpus has and a toy one does not (a count or a merge
+    # number compared with `is`, not `==`, goes wrong only from 257 on, where CPython stops caching small ints).
+    for text, num_merges in (((" " + WORDS) * 50, 30), (_words(700, 0), 300)):  # 'ow' 550 times
+        expected = _reference_merges(text, num_merges)
+        got = _merges(_session(student, 256 + num_merges, text))
+        assert len(got) == len(expected), (
+            f"a text of {len(text)} characters allows {len(expected)} merges (of {num_merges} asked); got {len(got)}"
+        )
+        wrong = next((r for r, (g, e) in enumerate(zip(got, expected)) if g != e), None)
+        assert wrong is None, (
+            f"merge {wrong} of {num_merges} should be {expected[wrong]}, got {got[wrong]} (a text of {len(text)} "
+            "characters): the merges must not change once counts or merge numbers pass 256"
+        )
 
 
 @pytest.mark.bonus
