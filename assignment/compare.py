@@ -1,10 +1,10 @@
 """Compare the RNN, the LSTM and the transformer on one token budget, `make compare` (given, not graded).
 
 Every model trains through the same loop (`assignment.train`) on the same corpus, the same batches and the same
-number of steps, so all of them see exactly the same tokens. The script prints a table (parameters, tokens/s,
-validation loss per token and in bits per character, perplexity, training and wall time) and saves two PNG plots
-of the validation loss, against the step and against the training time, into the comparison directory.
-`--optimizers` compares optimizers the same way.
+number of steps (the config's time budget is lifted), so all of them see exactly the same tokens. The script
+prints a table (parameters, tokens/s, validation loss per token and in bits per character, perplexity, training
+and wall time) and saves two PNG plots of the validation loss, against the step and against the training time,
+into the comparison directory. `--optimizers` compares optimizers the same way.
 
 `--tokenizers char word bpe` compares tokenizers: the corpus is encoded once per tokenizer into token shards
 (`assignment.prepare`, into `RUNS_DIR/shards/<tokenizer>`; each tokenizer fitted on the same training part, so
@@ -201,6 +201,7 @@ def main(argv=None):
             batch_size=args.batch_size,
             context_length=args.context_length,
             sample_tokens=0,
+            time_budget=0,  # every run trains all its steps, however busy the machine
             overwrite=args.overwrite,
             no_progress=args.no_progress,
         )
