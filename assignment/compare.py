@@ -9,9 +9,11 @@ into the comparison directory. `--optimizers` compares optimizers the same way.
 `--tokenizers char word bpe` compares tokenizers: the corpus is encoded once per tokenizer into token shards
 (`assignment.prepare`, into `RUNS_DIR/shards/<tokenizer>`; each tokenizer fitted on the same training part, so
 all validate on the same text), and the same model trains on each for the same steps of the same batch size and
-context length. Losses per token do not compare across tokenizers (a BPE token holds about four characters);
-bits per character do: the total loss over the validation text divided by its characters. A third plot,
-bits_per_char.png, shows them against the tokens seen and the wall time.
+context length, evaluated on the whole validation text each time. Losses per token do not compare across
+tokenizers (a BPE token holds about four characters); bits per character do: the total loss over the validation
+text divided by its characters. A third plot, bits_per_char.png, shows them against the tokens seen and the wall
+time. A word tokenizer cannot spell the words it has not seen: each costs one `<unk>` prediction, not its
+letters, so its bits per character are a lower bound.
 Runs resume like any training run, so a second `make compare` only redraws the table and the plots.
 """
 
@@ -202,6 +204,7 @@ def main(argv=None):
             context_length=args.context_length,
             sample_tokens=0,
             time_budget=0,  # every run trains all its steps, however busy the machine
+            eval_batches=0 if tokenizer else None,  # every point on the whole validation text, for every tokenizer
             overwrite=args.overwrite,
             no_progress=args.no_progress,
         )
