@@ -91,7 +91,7 @@ def _parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     module_name = COMMANDS[args.command][0]
     try:

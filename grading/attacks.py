@@ -7,6 +7,8 @@ outlives the grading, and nothing outside the grader's work folder changed. Run 
 blocked") and by tests/instructor/test_attacks.py. Instructor-only: never shipped.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import os
@@ -15,8 +17,13 @@ import signal
 import subprocess
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from grading.grade import Manifest
 
 TARGET = "sampling"  # a part graded by the judge
 CANARY_FILE = Path("/var/tmp/grader-attack-canary")  # root-only, 0600: a file the student's code must not read
@@ -342,7 +349,7 @@ def generate(model, prompt_ids, max_new_tokens, **kwargs):
 )
 
 
-def build_submission(attack, stub_root, dest):
+def build_submission(attack: Attack, stub_root: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """Writes the attack's upload into `dest` (a fresh folder) from the stubbed package in `stub_root`."""
     dest = Path(dest)
     package = dest / "assignment"
@@ -374,7 +381,7 @@ def build_submission(attack, stub_root, dest):
     return dest
 
 
-def make_canary():
+def make_canary() -> None:
     """Creates the root-only canary file (when root)."""
     if os.geteuid() == 0:
         CANARY_FILE.write_text(CANARY_TEXT)
@@ -411,11 +418,21 @@ class Outcome:
     attack: Attack
     blocked: bool
     score: float = 0.0
-    problems: list = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
     skipped: str = ""
 
 
-def run_attack(attack, bundle, manifest, stub_root, *, python, runner_user=None, sandboxed=True, log=None):
+def run_attack(
+    attack: Attack,
+    bundle: str | os.PathLike,
+    manifest: Manifest,
+    stub_root: str | os.PathLike,
+    *,
+    python: str,
+    runner_user: str | None = None,
+    sandboxed: bool = True,
+    log: Callable[[str], object] | None = None,
+) -> Outcome:
     """Grades the attack's upload and returns an Outcome saying whether it was blocked, and if not, why."""
     from grading import grade
 
@@ -479,7 +496,17 @@ def run_attack(attack, bundle, manifest, stub_root, *, python, runner_user=None,
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_all(bundle, manifest, stub_root, *, python, runner_user=None, sandboxed=True, names=None, log=None):
+def run_all(
+    bundle: str | os.PathLike,
+    manifest: Manifest,
+    stub_root: str | os.PathLike,
+    *,
+    python: str,
+    runner_user: str | None = None,
+    sandboxed: bool = True,
+    names: Iterable[str] | None = None,
+    log: Callable[[str], object] | None = None,
+) -> list[Outcome]:
     """Runs every attack (or those in `names`); returns their Outcomes."""
     make_canary()
     chosen = [a for a in ATTACKS if not names or a.name in names]

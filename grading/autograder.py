@@ -7,12 +7,21 @@ the tests (visible and hidden, with their conftest and helpers) and the package 
 region stubbed, never the reference.
 """
 
+from __future__ import annotations
+
+import argparse
+import os
 import shutil
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from grading import markers, release
+
+if TYPE_CHECKING:
+    from grading.grade import Manifest
 
 RECEIPT = """\
 # What the graded tests need, with TensorFlow and Keras pinned to the versions `make verify` ran them with.
@@ -27,7 +36,9 @@ regex  # the BPE bonus: GPT-2's pre-tokenizer needs Unicode letter and number cl
 """
 
 
-def requirements():
+def requirements() -> str:
+    """The bundle's requirements.txt: the versions of TensorFlow and Keras installed here."""
+
     def version(name, default):
         try:
             return metadata.version(name)
@@ -38,15 +49,15 @@ def requirements():
 
 
 def build_autograder(
-    root=".",
-    out="dist/autograder",
+    root: str | os.PathLike = ".",
+    out: str | os.PathLike = "dist/autograder",
     *,
-    zip_path=None,
-    manifest=None,
-    check_import=True,
-    python=sys.executable,
-    log=print,
-):
+    zip_path: str | os.PathLike | None = None,
+    manifest: Manifest | None = None,
+    check_import: bool = True,
+    python: str = sys.executable,
+    log: Callable[[str], object] = print,
+) -> Manifest:
     """Builds the bundle into `out` (and `zip_path`); returns the manifest used. Raises release.BuildError."""
     from grading import manifest as manifest_builder
 
@@ -84,7 +95,7 @@ def build_autograder(
     return manifest
 
 
-def main(args):
+def main(args: argparse.Namespace) -> int:
     """The `build-autograder` subcommand."""
     root = Path(args.root)
     out = Path(args.out)

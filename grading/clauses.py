@@ -19,7 +19,11 @@ file that grades another module. A test may
 name several clauses (several arguments, or several markers). Tests are read with `ast`: nothing is imported.
 """
 
+from __future__ import annotations
+
+import argparse
 import ast
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +40,10 @@ class Clause:
     module: str
     owner: str  # the function or class, e.g. "top_k_filter" or "CharTokenizer.encode"
     text: str
-    tests: list = field(default_factory=list)  # "tests/test_x.py::test_y"
+    tests: list[str] = field(default_factory=list)  # "tests/test_x.py::test_y"
 
     @property
-    def key(self):
+    def key(self) -> str:
         return f"{self.module}.{self.owner}: {_norm(self.text)}"
 
 
@@ -47,7 +51,7 @@ def _norm(text):
     return " ".join(text.split())
 
 
-def graded_docstrings(root):
+def graded_docstrings(root: str | os.PathLike) -> dict[str, dict[str, str]]:
     """{module: {qualname: docstring}} for every function with a solution region and every class holding one."""
     out = {}
     for part in config.PARTS:
@@ -96,7 +100,7 @@ def _test_markers(root):
             yield f"{rel}::{node.name}", module, points, cited
 
 
-def read_list(path):
+def read_list(path: str | os.PathLike) -> dict[str, dict[str, list[str]]]:
     """{module: {owner: [clause texts]}} from clauses.txt, or raises ValueError naming the bad line."""
     listed, owner = {}, None
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
@@ -134,7 +138,7 @@ def _resolve(cited, clauses_of):
     return None, "these words are in several clauses: " + " | ".join(c.text for c in found)
 
 
-def load_map(root, data=None):
+def load_map(root: str | os.PathLike, data: str | os.PathLike | None = None) -> tuple[list[Clause], list[str]]:
     """Returns (clauses in the data file's order, problems)."""
     data = Path(data or Path(root) / "grading" / DATA.name)
     problems = []
@@ -185,7 +189,7 @@ def load_map(root, data=None):
     return clauses, problems
 
 
-def table(clauses, width=100):
+def table(clauses: list[Clause], width: int = 100) -> list[str]:
     """The clause -> tests table, one section per part."""
     lines = []
     labels = {p.module: p.label for p in config.PARTS}
@@ -207,7 +211,7 @@ def table(clauses, width=100):
     return lines
 
 
-def summary(clauses):
+def summary(clauses: list[Clause]) -> list[tuple[str, str, int, int]]:
     """Per part: (module, label, clauses, pinned)."""
     labels = {p.module: p.label for p in config.PARTS}
     rows = []
@@ -217,14 +221,14 @@ def summary(clauses):
     return rows
 
 
-def check(root="."):
+def check(root: str | os.PathLike = ".") -> tuple[bool, str]:
     """(ok, detail) for `make verify`: every listed clause is in its docstring and pinned, every marker is known."""
     clauses, problems = load_map(root)
     counts = ", ".join(f"{m} {p}/{n}" for m, _, n, p in summary(clauses))
     return not problems, "\n".join(problems) if problems else f"clauses pinned: {counts}"
 
 
-def main(args):
+def main(args: argparse.Namespace) -> int:
     """The `clauses` subcommand."""
     root = Path(args.root).resolve()
     clauses, problems = load_map(root)

@@ -11,6 +11,8 @@ in. The tests run in a child process (see runner.py); results.json follows Grade
 - `score` is the sum of the tests' scores, bonus included; `output` is the score table of the visible tests.
 """
 
+from __future__ import annotations
+
 import errno
 import io
 import json
@@ -24,9 +26,16 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 from grading import runner, sandbox
+
+if TYPE_CHECKING:
+    import argparse
+
+    from grading.judge import JudgeSpec
 
 MESSAGE_LIMIT = 4_000  # characters of a failure message kept in results.json
 FAILURES_SHOWN = 4  # failed tests listed per part by `make grade`
@@ -49,7 +58,7 @@ MAX_HELPERS = 20  # helper modules taken beside the graded ones
 SKIP_DIRS = {"__MACOSX", "__pycache__", ".git", ".venv", "venv", "env", "site-packages", "node_modules", "tests"}
 
 
-def bundle_root():
+def bundle_root() -> Path:
     """The directory holding tests/, assignment/ and this grading/ package."""
     return Path(__file__).resolve().parent.parent
 
@@ -58,7 +67,54 @@ def bundle_root():
 # The manifest: every graded test with its part, points, visibility and timeout, fixed when the bundle is built.
 
 
-def load_manifest(path):
+class ManifestPart(TypedDict):
+    """A part of the course as manifest.json lists it (config.Part as plain data)."""
+
+    module: str  # assignment/<module>.py
+    label: str  # what students call it: "1", "2a", ...
+    title: str
+    points: float | None  # core points; None for a graded module that config.PARTS does not know
+    bonus: float  # bonus points
+
+
+class ManifestTest(TypedDict):
+    """A graded test as manifest.json lists it."""
+
+    id: str  # pytest node id: "tests/test_rnn.py::test_cell_shape"
+    file: str  # the test file, relative to the bundle: "tests/test_rnn.py"
+    name: str  # the test's name, parameters included
+    module: str  # the graded module
+    points: float
+    bonus: bool  # @pytest.mark.bonus
+    hidden: bool  # in tests/hidden/
+    timeout: float  # seconds
+
+
+class _Settings(TypedDict):
+    timeout: float  # seconds per test, unless the test sets its own
+    collect_timeout: float  # seconds to import one test module, and with it the student's module
+    total_timeout: float  # seconds for the whole run
+    preimport: list[str]  # modules imported before any timeout starts
+
+
+class Settings(_Settings, total=False):
+    """The grader's limits as manifest.json holds them (defaults from config.py)."""
+
+    grace: float  # seconds a test may overrun its timeout before its process is killed (runner.GRACE if absent)
+
+
+class Manifest(TypedDict):
+    """manifest.json: every graded test with its part, points, visibility and timeout (built by manifest.py)."""
+
+    format: int  # 1
+    parts: list[ManifestPart]  # in config.PARTS order, then modules config.PARTS does not know
+    files: dict[str, str]  # test file -> the module it grades
+    judged: list[str]  # test files the judge grades (every test takes `student`); the others run in the runner
+    tests: list[ManifestTest]  # by part, then visible before hidden, core before bonus, then file order
+    settings: Settings
+
+
+def load_manifest(path: str | os.PathLike) -> Manifest:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -67,7 +123,7 @@ def load_manifest(path):
 # The submission: find the student's module files wherever the upload put them.
 
 
-def read_regular(path, limit=MAX_FILE_BYTES):
+def read_regular(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> tuple[bytes | None, str]:
     """Returns (bytes, "") of a regular file of at most `limit` bytes, or (None, reason): never follows a symbolic
     link, never opens a device or a pipe (a link to /dev/zero or to a root-only file is refused by name)."""
     try:
@@ -160,7 +216,12 @@ def _extract_zips(submission, into, notes=None):
     return extracted
 
 
-def locate_submission(submission, modules, scratch=None, known=()):
+def locate_submission(
+    submission: str | os.PathLike,
+    modules: Iterable[str],
+    scratch: Path | None = None,
+    known: Iterable[str] = (),
+) -> tuple[dict[str, Path], list[str], list[Path]]:
     """Returns ({module: path}, notes, helpers): the student's module files, what was noticed, helper modules.
 
     Prefers the directory holding most of the modules, then one named `assignment`, then the shallowest: a zip of
@@ -223,7 +284,13 @@ def _rel(path, base):
 # The work directory: the bundle's scaffolding and tests, with the student's module files dropped in.
 
 
-def assemble_package(work, bundle, found, helpers=(), graded=None):
+def assemble_package(
+    work: str | os.PathLike,
+    bundle: str | os.PathLike,
+    found: Mapping[str, Path],
+    helpers: Iterable[Path] = (),
+    graded: Iterable[str] | None = None,
+) -> None:
     """Fills `work`/assignment with the bundle's scaffolding and the student's module files (regular files only).
 
     `graded` names the modules that must come from the submission: the bundle's copy of a graded module the
@@ -250,7 +317,7 @@ def assemble_package(work, bundle, found, helpers=(), graded=None):
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def copy_tests(work, bundle, files):
+def copy_tests(work: str | os.PathLike, bundle: str | os.PathLike, files: Iterable[str]) -> None:
     """Copies the bundle's tests (tests/hidden/ only when `files` has a hidden test) into `work`/tests."""
     work, bundle = Path(work), Path(bundle)
     want_hidden = any(f.startswith("tests/hidden/") for f in files)
@@ -266,7 +333,15 @@ def copy_tests(work, bundle, files):
             shutil.copy(src, work / "tests" / src.name)
 
 
-def assemble(work, bundle, files, found, timeout, helpers=(), graded=None):
+def assemble(
+    work: str | os.PathLike,
+    bundle: str | os.PathLike,
+    files: Iterable[str],
+    found: Mapping[str, Path],
+    timeout: float,
+    helpers: Iterable[Path] = (),
+    graded: Iterable[str] | None = None,
+) -> None:
     """Fills `work` with assignment/, the bundle's tests and pytest.ini (how the legacy runner and the manifest's
     collection see a submission)."""
     assemble_package(work, bundle, found, helpers, graded)
@@ -276,6 +351,59 @@ def assemble(work, bundle, files, found, timeout, helpers=(), graded=None):
 
 # ---------------------------------------------------------------------------------------------------------------
 # results.json and the score table.
+
+
+class EntryData(TypedDict):
+    """The `extra_data` of one test's entry in results.json: what the score table reads."""
+
+    nodeid: str
+    outcome: str  # runner.TestOutcome.outcome: "passed", "failed", "timeout", "missing", "not_run", ...
+    points: float
+    bonus: bool
+    hidden: bool
+    duration: float  # seconds
+
+
+class ResultEntry(TypedDict):
+    """One test in results.json, in Gradescope's schema."""
+
+    name: str  # "Part 2a (rnn): test_cell_shape [hidden]"
+    number: str  # "<part label>.<n>"
+    score: float
+    max_score: float  # 0 for a bonus test: Gradescope counts its score as extra credit
+    status: Literal["passed", "failed"]
+    output: str  # the failure message, or "passed in 1.2 s"
+    visibility: Literal["visible", "after_published"]
+    tags: list[str]  # [module], then "hidden" and "bonus" when they apply
+    extra_data: EntryData
+
+
+class GradeStats(TypedDict):
+    """results.json's `extra_data` after a run: the split of the score, time and memory."""
+
+    wall_s: float
+    peak_rss_mb: float
+    peak_anon_mb: float
+    user: str  # who ran the student's code
+    modules: list[str]  # the modules this run graded
+    core_score: float
+    core_max: float
+    bonus_score: float
+    bonus_max: float
+
+
+class _Results(TypedDict):
+    score: float  # the tests' scores, bonus included
+    output: str  # the score table of the visible tests, then the notes
+    tests: list[ResultEntry]
+    extra_data: GradeStats | dict[str, str]  # {"refused": ...} or {"error": ...} when the grader could not grade
+
+
+class Results(_Results, total=False):
+    """results.json, what Gradescope reads (its schema); a grader that failed writes only the required keys."""
+
+    execution_time: int  # seconds
+    stdout_visibility: str
 
 
 def _fmt(x):
@@ -292,7 +420,14 @@ def _name(test, part):
     return f"Part {part['label']} ({part['module']}): {test['name']}{tag}"
 
 
-def build_results(manifest, outcomes, *, notes=(), wall=0.0, extra=None):
+def build_results(
+    manifest: Manifest,
+    outcomes: Mapping[str, runner.TestOutcome],
+    *,
+    notes: Sequence[str] = (),
+    wall: float = 0.0,
+    extra: GradeStats | None = None,
+) -> Results:
     """Returns Gradescope's results.json content for the manifest's tests and their outcomes."""
     parts = {p["module"]: p for p in manifest["parts"]}
     entries = []
@@ -341,7 +476,7 @@ def build_results(manifest, outcomes, *, notes=(), wall=0.0, extra=None):
     }
 
 
-def score_table(entries, show_hidden=True):
+def score_table(entries: Iterable[ResultEntry], show_hidden: bool = True) -> str:
     """A per-part table of the points earned: visible tests, hidden tests (when shown) and bonus tests."""
     parts = {}  # module -> (label, {"visible"|"hidden"|"bonus": [earned, possible]})
     for e in entries:
@@ -375,23 +510,23 @@ def score_table(entries, show_hidden=True):
 
 
 def grade(
-    submission,
-    out=None,
+    submission: str | os.PathLike,
+    out: str | os.PathLike | None = None,
     *,
-    bundle=None,
-    manifest=None,
-    only=None,
-    visible_only=False,
-    cpu=None,
-    maxfail=None,
-    total_timeout=None,
-    drop_privileges=True,
-    runner_user=None,
-    sandbox_required=True,
-    keep_workdir=False,
-    python=sys.executable,
-    log=print,
-):
+    bundle: str | os.PathLike | None = None,
+    manifest: Manifest | str | os.PathLike | None = None,
+    only: Iterable[str] | None = None,
+    visible_only: bool = False,
+    cpu: int | None = None,
+    maxfail: int | None = None,
+    total_timeout: float | None = None,
+    drop_privileges: bool = True,
+    runner_user: str | None = None,
+    sandbox_required: bool = True,
+    keep_workdir: bool = False,
+    python: str = sys.executable,
+    log: Callable[[str], object] = print,
+) -> tuple[Results, runner.RunResult]:
     """Grades one submission and returns (results, run): results.json's content (also written to `out`) and the
     RunResult with timings and memory. Raises sandbox.SandboxRefused when root cannot drop privileges, unless
     `sandbox_required` is False (a student's own machine, where root is the student): then it runs unsandboxed."""
@@ -551,7 +686,7 @@ def grade(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def write_results(results, out):
+def write_results(results: Results, out: str | os.PathLike) -> None:
     """Writes results.json atomically; never through a link a student could have planted."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -562,9 +697,21 @@ def write_results(results, out):
     os.replace(tmp, out)
 
 
-def run_judge(work, bundle, tests, file_modules, settings, total, user, *, python, cpu=None, maxfail=None):
+def run_judge(
+    work: Path,
+    bundle: Path,
+    tests: Sequence[ManifestTest],
+    file_modules: Mapping[str, str],
+    settings: Settings,
+    total: float,
+    user: sandbox.RunnerUser | None,
+    *,
+    python: str,
+    cpu: int | None = None,
+    maxfail: int | None = None,
+) -> runner.RunResult:
     """Runs the judged tests: `python -m grading.judge` (trusted, never imports the student's code) with the runner
-    sandboxed. Returns a RunResult with an outcome for every test asked for."""
+    sandboxed. Returns a RunResult with an outcome for every test asked for (from the judge's JudgeReport)."""
     judge_dir = work / "judge"
     judge_dir.mkdir(mode=0o700)
     files = list(dict.fromkeys(t["file"] for t in tests))
@@ -574,7 +721,7 @@ def run_judge(work, bundle, tests, file_modules, settings, total, user, *, pytho
     scratch = work / "scratch"
     scratch.mkdir(mode=0o711)
     package = work / "package"
-    spec = {
+    spec: JudgeSpec = {
         "root": str(judge_dir),
         "files": files,
         "tests": [t["id"] for t in tests],
@@ -645,7 +792,12 @@ def run_judge(work, bundle, tests, file_modules, settings, total, user, *, pytho
     return result
 
 
-def print_report(results, out=None, show_hidden=True, log=print):
+def print_report(
+    results: Results,
+    out: str | os.PathLike | None = None,
+    show_hidden: bool = True,
+    log: Callable[[str], object] = print,
+) -> None:
     """Prints the score table and a line for each failed test (what `make grade` shows)."""
     log("")
     log(score_table(results["tests"], show_hidden=show_hidden))
@@ -679,7 +831,7 @@ def print_report(results, out=None, show_hidden=True, log=print):
         log(f"every message in full: {out}")
 
 
-def main(args):
+def main(args: argparse.Namespace) -> int:
     """The `grade` subcommand."""
     try:
         results, run = grade(

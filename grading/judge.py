@@ -14,10 +14,14 @@ hook refuses them, so a test file that needs them cannot be judged by mistake. T
 - Messages are the judge's: the assertion message of the test (capped), never a traceback through the runner.
 """
 
+from __future__ import annotations
+
 import json
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -27,6 +31,45 @@ FORBIDDEN = ("assignment", "tensorflow", "keras")
 MESSAGE_LIMIT = 1_500  # characters of a visible test's failure message
 HIDDEN_MESSAGE = "This hidden test did not pass."
 ACTIVE = None  # the Judge of this process, which tests/conftest.py's `student` fixture asks for a RemoteStudent
+
+
+class SandboxSpec(TypedDict):
+    """How the judge starts runners (sandbox.Sandbox as plain data)."""
+
+    python: str
+    harness: str  # holds grading/ with the runner's code (sandbox.install_harness)
+    package: str  # the assembled assignment/ package
+    scratch: str  # parent of each runner's scratch folder
+    user: list | None  # [uid, gid, name] of the runner's user; None: the current user, unsandboxed
+    cpu: int | None
+    preimport: list[str]
+
+
+class JudgeSpec(TypedDict):
+    """spec.json, what grade.py asks of `python -m grading.judge`."""
+
+    root: str  # the judge's folder: tests/ and pytest.ini
+    files: list[str]  # test files, relative to root
+    tests: list[str]  # node ids to run, in order
+    hidden: list[str]  # the node ids among them of hidden tests
+    file_modules: dict[str, str]  # test file -> the module it grades
+    timeouts: dict[str, float]  # node id -> seconds
+    timeout: float  # seconds per test without an entry in timeouts
+    collect_timeout: float  # seconds to import the student's module
+    total_timeout: float
+    maxfail: int | None
+    out: str  # where the JudgeReport is written
+    sandbox: SandboxSpec
+
+
+class JudgeReport(TypedDict):
+    """outcomes.json, what the judge writes for grade.py."""
+
+    outcomes: dict[str, list]  # node id -> [outcome, message, seconds]
+    collect_errors: dict[str, str]  # test file -> message
+    notes: list[str]
+    exit: int  # pytest's exit code
+    peak: dict[str, float]  # the runner's peak memory: {"rss_mb": ..., "anon_mb": ...}
 
 
 class ForbiddenImport:
@@ -50,11 +93,11 @@ class RemoteStudent(probes.Student):
 
     mode = "runner"
 
-    def __init__(self, judge, test):
+    def __init__(self, judge: Judge, test: Test):
         self.judge = judge
         self.test = test
 
-    def run(self, probe, *args, uses=(), **kwargs):
+    def run(self, probe: Callable, *args: object, uses: Iterable[Callable] = (), **kwargs: object) -> object:
         req = probes.request(probe, args, kwargs, uses)
         reply = self.judge.call(self.test, req)
         if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
@@ -67,7 +110,7 @@ class RemoteStudent(probes.Student):
 class Test:
     """What the judge knows of the test being run."""
 
-    def __init__(self, nodeid, module, timeout, hidden):
+    def __init__(self, nodeid: str, module: str, timeout: float, hidden: bool):
         self.nodeid = nodeid
         self.module = module
         self.timeout = timeout
@@ -79,7 +122,7 @@ class Test:
 class Judge:
     """The pytest plugin: test order, the runner's life, the outcome of every test."""
 
-    def __init__(self, spec, sandbox_config):
+    def __init__(self, spec: JudgeSpec, sandbox_config: sandbox.Sandbox):
         self.spec = spec
         self.sandbox = sandbox_config
         self.selected = spec["tests"]
@@ -98,14 +141,14 @@ class Judge:
 
     # -- the runner --------------------------------------------------------------------------------------------
 
-    def stop_runner(self):
+    def stop_runner(self) -> None:
         if self.runner is not None:
             self.sample_memory(self.runner)
             self.runner.stop()
         self.runner = None
         self.imported = set()
 
-    def ensure_runner(self):
+    def ensure_runner(self) -> sandbox.Runner:
         if self.runner is None:
             try:
                 self.runner = sandbox.Runner(self.sandbox)
@@ -115,7 +158,9 @@ class Judge:
                 raise probes.ProbeCrashed(f"the process for the student's code did not start ({exc.args[0]})") from None
         return self.runner
 
-    def ensure_import(self, module):
+    def ensure_import(self, module: str) -> None:
+        """Imports assignment.<module> in the runner once; raises ModuleBroken (now and for every later test of the
+        module) when it does not import."""
         if module in self.broken:
             raise ModuleBroken(self.broken[module])
         if module in self.imported:
@@ -146,7 +191,8 @@ class Judge:
         )
         raise ModuleBroken(self.broken[module])
 
-    def call(self, test, req):
+    def call(self, test: Test, req: probes.ProbeRequest) -> object:
+        """Runs one probe for `test` in the runner and returns its reply; ProbeTimeout / ProbeCrashed otherwise."""
         self.ensure_import(test.module)
         if not test.seeded:
             req["seed"] = probes.SEED
@@ -170,7 +216,7 @@ class Judge:
                 + ")."
             ) from None
 
-    def sample_memory(self, runner):
+    def sample_memory(self, runner: sandbox.Runner) -> None:
         """Keeps the runner's peak resident and anonymous memory (what a container's limit charges), from /proc."""
         try:
             with open(f"/proc/{runner.proc.pid}/status") as f:
@@ -180,7 +226,7 @@ class Judge:
         except (OSError, KeyError, ValueError):
             pass
 
-    def student(self, item):
+    def student(self, item: pytest.Item) -> RemoteStudent:
         return RemoteStudent(self, self.current)
 
     # -- pytest hooks -----------------------------------------------------------------------------------------
@@ -236,7 +282,7 @@ class Judge:
         self.stop_runner()
 
 
-def describe(report):
+def describe(report: pytest.TestReport) -> tuple[str, str]:
     """(outcome, message) of a failed visible test: its exception and the line of the test it came from."""
     longrepr = report.longrepr
     crash = getattr(longrepr, "reprcrash", None)
@@ -263,9 +309,9 @@ def describe(report):
     return kind, message + (f"\n(at {line})" if line and kind != "error" else "")
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(argv[0]).read_text())
+    spec: JudgeSpec = json.loads(Path(argv[0]).read_text())
     sys.meta_path.insert(0, ForbiddenImport())
     sys.dont_write_bytecode = True
     box = spec["sandbox"]
@@ -303,7 +349,7 @@ def main(argv=None):
     finally:
         judge.stop_runner()
     outcomes = {k: list(v) + [0.0] * (3 - len(v)) for k, v in judge.outcomes.items()}
-    result = {
+    result: JudgeReport = {
         "outcomes": outcomes,
         "collect_errors": judge.collect_errors,
         "notes": judge.notes,

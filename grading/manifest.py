@@ -6,15 +6,20 @@ fixture is listed under `judged`: the judge grades it without importing the stud
 run whole in the runner (runner.py, the legacy mode).
 """
 
+from __future__ import annotations
+
+import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from grading import grade, runner
+from grading import config, grade, runner
+from grading.grade import Manifest, ManifestPart, ManifestTest
 
 
-def graded_test_files(root):
+def graded_test_files(root: str | os.PathLike) -> list[str]:
     """Visible (tests/test_*.py) then hidden (tests/hidden/test_*.py) test files, relative to `root`."""
     root = Path(root)
     visible = sorted(p.relative_to(root).as_posix() for p in (root / "tests").glob("test_*.py"))
@@ -22,17 +27,24 @@ def graded_test_files(root):
     return visible + hidden
 
 
-def module_of(test_file, modules):
+def module_of(test_file: str, modules: Iterable[str]) -> str | None:
     """The module a test file grades: the longest `m` with the file named test_<m>.py or test_<m>_*.py."""
     stem = Path(test_file).stem
     matches = [m for m in modules if stem == f"test_{m}" or stem.startswith(f"test_{m}_")]
     return max(matches, key=len) if matches else None
 
 
-def build_manifest(root, *, parts=None, settings=None, hidden=True, python=sys.executable, log=None):
-    """Collects the graded tests of `root` against its own assignment/ (the reference) and returns the manifest."""
-    from grading import config
-
+def build_manifest(
+    root: str | os.PathLike,
+    *,
+    parts: Iterable[config.Part] | None = None,
+    settings: Mapping[str, object] | None = None,
+    hidden: bool = True,
+    python: str = sys.executable,
+    log: Callable[[str], object] | None = None,
+) -> tuple[Manifest, list[str]]:
+    """Collects the graded tests of `root` against its own assignment/ (the reference) and returns the manifest,
+    with the problems found (one line each: a test without points, a file that does not collect)."""
     root = Path(root).resolve()
     parts = parts if parts is not None else config.PARTS
     settings = dict(settings or {})
@@ -74,7 +86,7 @@ def build_manifest(root, *, parts=None, settings=None, hidden=True, python=sys.e
     for f, message in run.collect_errors.items():
         problems.append(f"{f} does not collect against the reference:\n{message[:3000]}")
     problems += run.notes
-    tests = []
+    tests: list[ManifestTest] = []
     fixtures_of = {}  # test file -> the fixtures of each of its tests
     for item in run.items:
         f = item["id"].split("::")[0]
@@ -96,7 +108,7 @@ def build_manifest(root, *, parts=None, settings=None, hidden=True, python=sys.e
         )
     used = {t["module"] for t in tests} | set(file_modules.values())
     known = {p.module for p in parts}
-    part_list = [
+    part_list: list[ManifestPart] = [
         {"module": p.module, "label": p.label, "title": p.title, "points": p.points, "bonus": p.bonus}
         for p in parts
         if p.module in used
@@ -105,7 +117,7 @@ def build_manifest(root, *, parts=None, settings=None, hidden=True, python=sys.e
     file_order = {f: i for i, f in enumerate(files)}
     tests.sort(key=lambda t: (order[t["module"]], t["hidden"], t["bonus"], file_order[t["file"]]))
     judged = sorted(f for f in file_modules if fixtures_of.get(f) and all("student" in fx for fx in fixtures_of[f]))
-    manifest = {
+    manifest: Manifest = {
         "format": 1,
         "parts": part_list,
         "files": file_modules,

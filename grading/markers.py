@@ -27,7 +27,7 @@ TODO = re.compile(r"^#\s*TODO\b:?\s*(.*)$")
 class MarkerError(Exception):
     """A marker problem, printed as `path:line: message` so an editor can jump to it."""
 
-    def __init__(self, path, line, message):
+    def __init__(self, path: str, line: int, message: str):
         super().__init__(f"{path}:{line}: {message}")
         self.path, self.line, self.message = path, line, message
 
@@ -41,10 +41,10 @@ class Region:
     end: int
     indent: str
     qualname: str
-    todo: list = field(default_factory=list)  # the comment lines right above BEGIN, without their indentation
+    todo: list[str] = field(default_factory=list)  # the comment lines right above BEGIN, without their indentation
 
     @property
-    def first_todo(self):
+    def first_todo(self) -> str | None:
         """The text of the first `# TODO` line above the region, or None when there is none."""
         for i, line in enumerate(self.todo):
             match = TODO.match(line.strip())
@@ -56,14 +56,15 @@ class Region:
         return None
 
     @property
-    def message(self):
+    def message(self) -> str:
         """The NotImplementedError message of the stub."""
         todo = self.first_todo
         if todo is None:
             return f"{self.qualname}: not implemented yet — see the docstring above"
         return f"{self.qualname}: {todo} — see the TODO above"
 
-    def stub_line(self, newline="\n"):
+    def stub_line(self, newline: str = "\n") -> str:
+        """The line that replaces the region in the stub: `raise NotImplementedError(message)`."""
         return f"{self.indent}raise NotImplementedError({json.dumps(self.message, ensure_ascii=False)}){newline}"
 
 
@@ -160,7 +161,7 @@ def _enclosing(tree, begin, end, col, path):
     return ".".join(names)
 
 
-def find_regions(source, path="<source>"):
+def find_regions(source: str, path: str = "<source>") -> list[Region]:
     """Returns the solution regions of `source` in order, or raises MarkerError naming the first problem."""
     try:
         tree = ast.parse(source, filename=path)
@@ -180,7 +181,7 @@ def find_regions(source, path="<source>"):
     return regions
 
 
-def stub_source(source, path="<source>"):
+def stub_source(source: str, path: str = "<source>") -> tuple[str, list[Region]]:
     """Returns (stubbed source, regions): each region replaced by its one-line NotImplementedError stub."""
     regions = find_regions(source, path)
     lines = source.splitlines(keepends=True)
@@ -196,7 +197,7 @@ def stub_source(source, path="<source>"):
     return stubbed, regions
 
 
-def solution_lines(source, regions):
+def solution_lines(source: str, regions: list[Region]) -> set[str]:
     """Returns the set of stripped lines strictly inside the regions of `source`."""
     lines = source.splitlines()
     inside = set()
@@ -205,7 +206,7 @@ def solution_lines(source, regions):
     return inside
 
 
-def outside_lines(source, regions):
+def outside_lines(source: str, regions: list[Region]) -> set[str]:
     """Returns the set of stripped lines of `source` outside every region (markers excluded)."""
     lines = source.splitlines()
     skip = set()

@@ -18,7 +18,7 @@ import sys
 import traceback
 
 
-def isolate(root):
+def isolate(root: str) -> None:
     """Makes `import assignment` find the scratch folder's package only (never an editable install's)."""
     kept = []
     for entry in sys.path:
@@ -35,7 +35,7 @@ def isolate(root):
     ]
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True)
     parser.add_argument("--harness", required=True)

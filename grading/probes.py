@@ -17,7 +17,10 @@ Two modes, one test source:
 import inspect
 import random
 import sys
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TypedDict
 
 from grading import wire
 
@@ -43,13 +46,13 @@ class ProbeCrashed(Exception):
     """The process running the student's code died (a crash, out of memory, os._exit) during a probe."""
 
 
-def cap(text, limit):
+def cap(text: object, limit: int) -> str:
     """`text` cut to `limit` characters, saying how much was cut."""
     text = str(text)
     return text if len(text) <= limit else text[:limit] + f" [... {len(text) - limit} characters cut]"
 
 
-def probe_source(fn):
+def probe_source(fn: Callable) -> tuple[str, int, str]:
     """Returns (source, first line, file name) of a top-level function or class of a test module."""
     if not (inspect.isfunction(fn) or inspect.isclass(fn)) or fn.__qualname__ != fn.__name__:
         raise TypeError(f"a probe must be a top-level function or class of its test module; got {fn!r}")
@@ -59,7 +62,19 @@ def probe_source(fn):
     return "".join(lines), first, name
 
 
-def request(fn, args, kwargs, uses=()):
+class ProbeRequest(TypedDict):
+    """The message that asks the runner (or this process) to run a probe; only plain data, as wire.py sends it."""
+
+    op: str  # "run"
+    name: str  # the probe's name, defined by the last of `sources`
+    sources: list[list]  # [source, first line, file name] of each helper in `uses`, then of the probe
+    args: list
+    kwargs: dict[str, object]
+
+
+def request(
+    fn: Callable, args: Sequence[object], kwargs: Mapping[str, object], uses: Iterable[Callable] = ()
+) -> ProbeRequest:
     """The message that asks for `fn(*args, **kwargs)`: sources of `uses` then of `fn`, and encodable arguments."""
     pieces = [probe_source(u) for u in uses] + [probe_source(fn)]
     return {
@@ -71,7 +86,7 @@ def request(fn, args, kwargs, uses=()):
     }
 
 
-def execute(req):
+def execute(req: ProbeRequest) -> object:
     """Runs one `request` here: compiles its sources in a fresh namespace and calls the probe. Raises what it raises.
 
     Shared by the in-process mode and the runner, so both build the probe the same way."""
@@ -82,7 +97,7 @@ def execute(req):
     return namespace[req["name"]](*req["args"], **req["kwargs"])
 
 
-def seed_everything(seed):
+def seed_everything(seed: int) -> None:
     """Seeds Python, NumPy and, when it is loaded, Keras (which seeds TensorFlow)."""
     random.seed(seed)
     import numpy as np
@@ -92,7 +107,7 @@ def seed_everything(seed):
         sys.modules["keras"].utils.set_random_seed(seed)
 
 
-def where_in_assignment(tb):
+def where_in_assignment(tb: types.TracebackType | None) -> str:
     """`assignment/<module>.py:<line> in <function>` for the last frame of `tb` in the student's package."""
     found = ""
     while tb is not None:
@@ -104,7 +119,7 @@ def where_in_assignment(tb):
     return found
 
 
-def call_by_name(target, *args, **kwargs):
+def call_by_name(target: str, *args: object, **kwargs: object) -> object:
     """The probe behind `student.call("module.function", ...)`: imports assignment.<module> and calls the function."""
     import importlib
 
@@ -120,14 +135,18 @@ class Student:
 
     mode = ""
 
-    def run(self, probe, *args, uses=(), **kwargs):  # pragma: no cover - each mode has its own
+    def run(
+        self, probe: Callable, *args: object, uses: Iterable[Callable] = (), **kwargs: object
+    ) -> object:  # pragma: no cover - each mode has its own
         raise NotImplementedError
 
-    def call(self, target, *args, **kwargs):
+    def call(self, target: str, *args: object, **kwargs: object) -> object:
         """`student.call("sampling.greedy", logits)`: calls assignment.sampling.greedy(logits) as a probe would."""
         return self.run(call_by_name, target, *args, **kwargs)
 
-    def error(self, probe, *args, uses=(), **kwargs):
+    def error(
+        self, probe: Callable, *args: object, uses: Iterable[Callable] = (), **kwargs: object
+    ) -> StudentError | None:
         """Returns the StudentError `probe(*args, **kwargs)` raised, or None if it returned."""
         try:
             self.run(probe, *args, uses=uses, **kwargs)
@@ -135,7 +154,7 @@ class Student:
             return exc
         return None
 
-    def call_error(self, target, *args, **kwargs):
+    def call_error(self, target: str, *args: object, **kwargs: object) -> StudentError | None:
         """Returns the StudentError that calling `target` by name raised, or None if it returned."""
         return self.error(call_by_name, target, *args, **kwargs)
 
@@ -145,10 +164,10 @@ class InProcessStudent(Student):
 
     mode = "in-process"
 
-    def __init__(self, seed=SEED):
+    def __init__(self, seed: int | None = SEED):
         self.seed = seed
 
-    def run(self, probe, *args, uses=(), **kwargs):
+    def run(self, probe: Callable, *args: object, uses: Iterable[Callable] = (), **kwargs: object) -> object:
         """Returns `probe(*args, **kwargs)` as plain data; raises StudentError if the student's code raised."""
         req = wire.roundtrip(request(probe, args, kwargs, uses))
         if self.seed is not None:

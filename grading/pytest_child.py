@@ -209,7 +209,7 @@ def _isolate(root):
         del sys.modules[name]
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True)
     parser.add_argument("--events", required=True)

@@ -9,6 +9,9 @@ anything leaks (a marker, a line found only inside solution regions, a hidden te
 names a `make` target, a Markdown document, a notebook or a file of bench/ or docs/ the release does not have.
 """
 
+from __future__ import annotations
+
+import argparse
 import ast
 import json
 import os
@@ -17,10 +20,15 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from grading import markers
+
+if TYPE_CHECKING:
+    from grading.grade import Manifest
 
 TEMPLATES = Path(__file__).with_name("templates")
 # The grading modules a release or a bundle carries: exactly what `python -m grading grade` needs.
@@ -51,12 +59,12 @@ class BuildError(Exception):
 @dataclass
 class Build:
     out: Path
-    regions: dict = field(default_factory=dict)  # module file -> [Region]
-    warnings: list = field(default_factory=list)
-    files: list = field(default_factory=list)  # relative paths written
+    regions: dict[str, list[markers.Region]] = field(default_factory=dict)  # module file -> its regions
+    warnings: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # relative paths written
 
 
-def project_files(root):
+def project_files(root: str | os.PathLike) -> list[str]:
     """The repository's files (tracked or not ignored by git), relative paths in order; a plain walk without git."""
     root = Path(root)
     if (root / ".git").exists() and shutil.which("git"):
@@ -73,7 +81,7 @@ def project_files(root):
     return sorted(n for n in names if not set(Path(n).parts) & SKIP_PARTS and not n.endswith(".pyc"))
 
 
-def stub_package(root, dest):
+def stub_package(root: str | os.PathLike, dest: str | os.PathLike) -> dict[str, list[markers.Region]]:
     """Writes assignment/ of `root` into `dest`/assignment with every region stubbed; returns {path: [Region]}."""
     root, dest = Path(root), Path(dest)
     regions, errors = {}, []
@@ -99,7 +107,7 @@ def stub_package(root, dest):
     return regions
 
 
-def clear_notebook(text):
+def clear_notebook(text: str) -> str:
     """A notebook's JSON without outputs and execution counts (they came from the reference)."""
     nb = json.loads(text)
     for cell in nb.get("cells", []):
@@ -153,7 +161,8 @@ def _todo_list(manifest, regions):
     return "\n".join(lines)
 
 
-def render(template, **values):
+def render(template: str, **values: str) -> str:
+    """The text of grading/templates/`template` with each `{{KEY}}` replaced by `values[KEY]`."""
     text = (TEMPLATES / template).read_text()
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
@@ -163,7 +172,7 @@ def render(template, **values):
     return text
 
 
-def write_runtime(dest, manifest, runtime=RUNTIME):
+def write_runtime(dest: str | os.PathLike, manifest: Manifest, runtime: Iterable[str] = RUNTIME) -> None:
     """The grader: grading/{__init__,__main__}.py, the `runtime` modules (RUNTIME and more) and manifest.json."""
     pkg = Path(dest) / "grading"
     pkg.mkdir(parents=True, exist_ok=True)
@@ -174,7 +183,9 @@ def write_runtime(dest, manifest, runtime=RUNTIME):
     (pkg / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
-def solution_only_lines(root, regions, shipped_tests=()):
+def solution_only_lines(
+    root: str | os.PathLike, regions: Mapping[str, list[markers.Region]], shipped_tests: Iterable[str] = ()
+) -> set[str]:
     """Non-trivial lines found inside solution regions and nowhere else in the package or the shipped tests."""
     root = Path(root)
     inside, outside = set(), set()
@@ -212,7 +223,7 @@ def _text_lines(path):
     return text.splitlines()
 
 
-def hidden_test_names(root):
+def hidden_test_names(root: str | os.PathLike) -> set[str]:
     """Names of hidden test functions that no visible test shares (they must not appear in a release)."""
     root = Path(root)
 
@@ -227,7 +238,14 @@ def hidden_test_names(root):
     return hidden - names((root / "tests").glob("*.py"))
 
 
-def leak_scan(dest, solution_only, *, hidden_names=(), allow_hidden=False, runtime=RUNTIME):
+def leak_scan(
+    dest: str | os.PathLike,
+    solution_only: Iterable[str],
+    *,
+    hidden_names: Iterable[str] = (),
+    allow_hidden: bool = False,
+    runtime: Iterable[str] = RUNTIME,
+) -> list[str]:
     """Returns the leaks found in `dest`, one `path:line: what` string each."""
     dest = Path(dest)
     leaks = []
@@ -262,13 +280,13 @@ UNSHIPPED_PATH = re.compile(r"(?<![\w/.-])((?:bench|docs)/[\w./-]*\w\.\w+)\b")  
 NOTEBOOK_NAME = re.compile(r"(?<![\w/.-])((?:notebooks/)?[\w-]+\.ipynb)\b")
 
 
-def make_targets(makefile):
+def make_targets(makefile: str | os.PathLike) -> set[str]:
     """Returns the targets a Makefile defines (`name:` at the start of a line)."""
     text = Path(makefile).read_text(encoding="utf-8") if Path(makefile).exists() else ""
     return set(re.findall(r"^([a-z][\w-]*)\s*:(?!=)", text, re.M))
 
 
-def reference_scan(dest):
+def reference_scan(dest: str | os.PathLike) -> list[str]:
     """Returns `path:line: what` for every `make X`, Markdown document, notebook, or file of bench/ or docs/ that a
     file of the release names and the release does not have: a student must be able to run and open everything its
     files tell them to."""
@@ -310,7 +328,7 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def import_check(dest, python=sys.executable, timeout=300):
+def import_check(dest: str | os.PathLike, python: str = sys.executable, timeout: float = 300) -> dict[str, str]:
     """Imports every module of dest/assignment in a fresh interpreter; returns {module: error} for failures."""
     dest = Path(dest).resolve()
     names = sorted(
@@ -340,7 +358,8 @@ def import_check(dest, python=sys.executable, timeout=300):
     return {name: error for name, error in json.loads(line[7:]).items() if error}
 
 
-def check_parses(dest):
+def check_parses(dest: str | os.PathLike) -> list[str]:
+    """Returns `path: error` for every .py file under `dest` that does not parse."""
     errors = []
     for path in sorted(Path(dest).rglob("*.py")):
         try:
@@ -350,7 +369,7 @@ def check_parses(dest):
     return errors
 
 
-def write_zip(src, zip_path, prefix=""):
+def write_zip(src: str | os.PathLike, zip_path: str | os.PathLike, prefix: str = "") -> Path:
     """Zips `src` deterministically (sorted, fixed timestamps); executables keep their mode."""
     src, zip_path = Path(src), Path(zip_path)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
@@ -363,7 +382,8 @@ def write_zip(src, zip_path, prefix=""):
     return zip_path
 
 
-def fresh_folder(out):
+def fresh_folder(out: str | os.PathLike) -> Path:
+    """`out`, emptied (or created)."""
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -372,8 +392,15 @@ def fresh_folder(out):
 
 
 def build_student(
-    root=".", out="dist/student", *, zip_path=None, manifest=None, check_import=True, python=sys.executable, log=print
-):
+    root: str | os.PathLike = ".",
+    out: str | os.PathLike = "dist/student",
+    *,
+    zip_path: str | os.PathLike | None = None,
+    manifest: Manifest | None = None,
+    check_import: bool = True,
+    python: str = sys.executable,
+    log: Callable[[str], object] = print,
+) -> Build:
     """Builds the student release into `out` (and `zip_path`); returns a Build or raises BuildError."""
     from grading import manifest as manifest_builder
 
@@ -457,7 +484,7 @@ def build_student(
     return build
 
 
-def main(args):
+def main(args: argparse.Namespace) -> int:
     """The `build-student` subcommand."""
     root = Path(args.root)
     out = Path(args.out)

@@ -15,13 +15,20 @@ failure, and it fails the run; on a release they are expected, and each notebook
 On the reference a notebook also fails when its outputs show TensorFlow's C++ start-up lines.
 """
 
+from __future__ import annotations
+
 import argparse
 import os
 import re
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSI_COLOR = re.compile(r"\x1b\[[0-9;]*m")
@@ -37,17 +44,17 @@ TF_STARTUP_LINE = re.compile(
 SOLUTION_BEGIN = re.compile(r"^[ \t]*#[ \t]*BEGIN[ \t]+SOLUTION[ \t]*$", re.M)
 
 
-def find_notebooks(root=ROOT):
+def find_notebooks(root: str | os.PathLike = ROOT) -> list[Path]:
     """Returns the notebooks of `root`/notebooks, in the order a student opens them."""
     return sorted(p for p in (Path(root) / "notebooks").glob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 
 
-def is_reference(root=ROOT):
+def is_reference(root: str | os.PathLike = ROOT) -> bool:
     """Returns whether `root`/assignment is the reference solution (it still holds solution markers)."""
     return any(SOLUTION_BEGIN.search(p.read_text(encoding="utf-8")) for p in (Path(root) / "assignment").glob("*.py"))
 
 
-def todo_messages(nb):
+def todo_messages(nb: nbformat.NotebookNode) -> list[str]:
     """Returns the lines of a notebook's outputs printed by its `todo` helper."""
     lines = []
     for cell in nb.cells:
@@ -57,7 +64,7 @@ def todo_messages(nb):
     return lines
 
 
-def startup_noise(nb):
+def startup_noise(nb: nbformat.NotebookNode) -> list[str]:
     """Returns the lines of TensorFlow's C++ start-up logging in a notebook's outputs (none when it starts quietly)."""
     lines = []
     for cell in nb.cells:
@@ -67,12 +74,12 @@ def startup_noise(nb):
     return lines
 
 
-def missing_todos(messages):
+def missing_todos(messages: Iterable[str]) -> list[str]:
     """Returns the TODOs the `todo` messages name, in order, each once: ["assignment/rnn.py: RNNCell.call", ...]."""
     return list(dict.fromkeys(m.group(1) for m in map(TODO_LOCATION.match, messages) if m))
 
 
-def kernel_env(root, runs_dir):
+def kernel_env(root: str | os.PathLike, runs_dir: str | os.PathLike) -> dict[str, str]:
     """Returns the environment of a notebook's kernel: `root`/assignment imported first, runs written to `runs_dir`."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -82,7 +89,9 @@ def kernel_env(root, runs_dir):
     return env
 
 
-def run_notebook(path, root=ROOT, timeout=300):
+def run_notebook(
+    path: str | os.PathLike, root: str | os.PathLike = ROOT, timeout: float = 300
+) -> tuple[nbformat.NotebookNode, float]:
     """Returns `(executed_notebook, seconds)` after running the notebook at `path` in a fresh kernel.
 
     Raises:
@@ -115,7 +124,13 @@ def run_notebook(path, root=ROOT, timeout=300):
         return nb, time.perf_counter() - start
 
 
-def run_all(paths=None, root=ROOT, timeout=300, executed_dir=None, out=sys.stdout):
+def run_all(
+    paths: Iterable[str | os.PathLike] | None = None,
+    root: str | os.PathLike = ROOT,
+    timeout: float = 300,
+    executed_dir: str | os.PathLike | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
     """Runs the notebooks (all of `root`/notebooks by default) and returns the number that failed."""
     import nbformat
 
@@ -185,7 +200,7 @@ def run_all(paths=None, root=ROOT, timeout=300, executed_dir=None, out=sys.stdou
     return failed
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", help="notebooks to run (default: every ROOT/notebooks/*.ipynb)")
     parser.add_argument(

@@ -9,6 +9,8 @@ judged), reports each event on a JSON line. This side watches those lines and th
 Every test asked for comes back with an outcome; nothing is silently missing.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import pwd
@@ -19,8 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from grading import sandbox
 
@@ -49,12 +53,23 @@ class TestOutcome:
     duration: float = 0.0
 
 
+class CollectedItem(TypedDict):
+    """A test as a collect-only run describes it (pytest_child.py), which manifest.py turns into a ManifestTest."""
+
+    id: str  # pytest node id
+    name: str
+    points: float | None  # @pytest.mark.points(n), None when the test has none
+    bonus: bool
+    timeout: float | None  # @pytest.mark.timeout(n), None when the test has none
+    fixtures: list[str]
+
+
 @dataclass
 class RunResult:
-    outcomes: dict = field(default_factory=dict)  # node id -> TestOutcome
-    items: list = field(default_factory=list)  # collect-only: item descriptions
-    collect_errors: dict = field(default_factory=dict)  # test file -> message
-    notes: list = field(default_factory=list)
+    outcomes: dict[str, TestOutcome] = field(default_factory=dict)  # node id -> TestOutcome
+    items: list[CollectedItem] = field(default_factory=list)  # collect-only: the tests found
+    collect_errors: dict[str, str] = field(default_factory=dict)  # test file -> message
+    notes: list[str] = field(default_factory=list)
     wall: float = 0.0
     peak_rss_mb: float = 0.0  # max over children (ru_maxrss) and over samples of /proc
     peak_anon_mb: float = 0.0  # anonymous memory (RssAnon): what a container's memory limit really charges
@@ -65,31 +80,32 @@ class RunResult:
 @dataclass
 class RunSpec:
     root: Path  # the work directory (assignment/, tests/, pytest.ini)
-    files: list  # test files, relative to root, in order
-    tests: list  # node ids to run, in order (each must belong to one of `files`)
-    file_modules: dict  # test file -> module it grades
-    timeouts: dict = field(default_factory=dict)  # node id -> seconds (default: `timeout`)
+    files: list[str]  # test files, relative to root, in order
+    tests: list[str]  # node ids to run, in order (each must belong to one of `files`)
+    file_modules: dict[str, str]  # test file -> module it grades
+    timeouts: dict[str, float] = field(default_factory=dict)  # node id -> seconds (default: `timeout`)
     timeout: float = 120.0
     collect_timeout: float = 60.0
     total_timeout: float = 480.0
     grace: float = GRACE
-    preimport: tuple = ()
+    preimport: tuple[str, ...] = ()
     python: str = sys.executable
-    cpu: int = None  # pin the child to one CPU (taskset)
-    user: object = None  # sandbox.RunnerUser to run as (None: the current user)
-    maxfail: int = None
+    cpu: int | None = None  # pin the child to one CPU (taskset)
+    user: sandbox.RunnerUser | None = None  # who runs the tests (None: the current user)
+    maxfail: int | None = None
     collect_only: bool = False
-    log: object = None  # callable(str) for progress lines
+    log: Callable[[str], object] | None = None  # for progress lines
 
 
-def truncate(text, limit):
+def truncate(text: str, limit: int) -> str:
+    """`text` if it fits in `limit` characters, else its head and tail around a note of how much was cut."""
     if len(text) <= limit:
         return text
     head, tail = int(limit * 0.6), int(limit * 0.3)
     return f"{text[:head]}\n[... {len(text) - head - tail} characters cut ...]\n{text[-tail:]}"
 
 
-def clean_traceback(message, root):
+def clean_traceback(message: str, root: str | os.PathLike) -> str:
     """Drops pytest's and importlib's own frames before the first frame in the tests, and the work directory."""
     message = message.replace(str(root) + "/", "")
     lines = message.splitlines()
@@ -101,7 +117,7 @@ def clean_traceback(message, root):
     return "\n".join(keep_head + body)
 
 
-def summary_line(message):
+def summary_line(message: str) -> str:
     """The line of an error message a student should read first (the exception), for one-line notes."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("E ")]
@@ -110,7 +126,7 @@ def summary_line(message):
     return lines[0] if lines else ""
 
 
-def headline(output):
+def headline(output: str) -> str:
     """The first line of a failed test's output, the one line `make grade` shows; for an error raised inside a
     `tf.function` ("XError: in user code:"), the exception line at the end of TensorFlow's trace instead."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
@@ -132,7 +148,7 @@ def _collect_message(spec, test_file, message):
     )
 
 
-def write_pytest_ini(root, timeout):
+def write_pytest_ini(root: str | os.PathLike, timeout: float) -> None:
     (Path(root) / "pytest.ini").write_text(PYTEST_INI.format(timeout=timeout))
 
 
@@ -280,7 +296,7 @@ class _Attempt:
             return ""
 
 
-def run(spec):
+def run(spec: RunSpec) -> RunResult:
     """Runs `spec.tests` (or collects, with `collect_only`) and returns a RunResult with an outcome for every test."""
     log = spec.log or (lambda line: None)
     spec.root = Path(spec.root).resolve()

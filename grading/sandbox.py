@@ -7,6 +7,8 @@ killed. Root that cannot drop privileges refuses to run the student's code (Sand
 student's own `make grade`) runs it as themselves, unsandboxed, and is told so.
 """
 
+from __future__ import annotations
+
 import ctypes
 import os
 import pwd
@@ -17,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +62,7 @@ class RunnerTimeout(Exception):
     """The runner did not answer in time."""
 
 
-def find_user(name=RUNNER_USER):
+def find_user(name: str = RUNNER_USER) -> RunnerUser | None:
     """The runner's user, or None when there is no such user (or it is root)."""
     try:
         entry = pwd.getpwnam(name)
@@ -70,7 +73,7 @@ def find_user(name=RUNNER_USER):
     return RunnerUser(entry.pw_uid, entry.pw_gid, name)
 
 
-def kill_user_processes(user):
+def kill_user_processes(user: RunnerUser | None) -> None:
     """Kills every process of `user` (a forked helper that becomes the user and signals -1), twice."""
     if user is None or os.geteuid() != 0:
         return
@@ -88,7 +91,7 @@ def kill_user_processes(user):
         os.waitpid(pid, 0)
 
 
-def install_harness(dest):
+def install_harness(dest: str | os.PathLike) -> Path:
     """Copies the runner's own code (grading/{__init__,wire,probes,probe_runner}.py) into `dest`/grading, read-only."""
     pkg = Path(dest) / "grading"
     pkg.mkdir(parents=True, exist_ok=True)
@@ -101,8 +104,9 @@ def install_harness(dest):
     return Path(dest)
 
 
-def drop_to(user, limits, cpu):
-    """Runs in the forked child before exec: limits, no network, no groups, then the user's uid for good."""
+def drop_to(user: RunnerUser | None, limits: Limits, cpu: int | None) -> Callable[[], None]:
+    """The `preexec_fn` that runs in the forked child before exec: limits, no network, no groups, then the user's
+    uid for good."""
 
     def preexec():
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -139,13 +143,13 @@ class Sandbox:
     harness: Path  # holds grading/ with the runner's code (install_harness)
     package: Path  # the student's assignment/ package, as assembled by the grader
     scratch: Path  # parent of each runner's scratch folder
-    user: RunnerUser = None  # None: run as the current user (unsandboxed)
+    user: RunnerUser | None = None  # None: run as the current user (unsandboxed)
     limits: Limits = field(default_factory=Limits)
-    cpu: int = None
-    preimport: tuple = ()
+    cpu: int | None = None
+    preimport: tuple[str, ...] = ()
     started: int = 0
 
-    def fresh_folder(self):
+    def fresh_folder(self) -> Path:
         """A new scratch folder holding a copy of the package, owned by the runner's user (before it runs)."""
         self.started += 1
         folder = Path(self.scratch) / f"run-{self.started}"
@@ -163,7 +167,7 @@ class Sandbox:
 class Runner:
     """One runner process and its two pipes."""
 
-    def __init__(self, sandbox):
+    def __init__(self, sandbox: Sandbox):
         self.sandbox = sandbox
         folder = sandbox.fresh_folder()
         to_runner_r, self.to_runner = os.pipe()
@@ -225,7 +229,7 @@ class Runner:
         except (EOFError, OSError, wire.WireError) as exc:
             raise RunnerDied(self.exit_reason(), str(exc)) from None
 
-    def exit_reason(self):
+    def exit_reason(self) -> str:
         """How the runner ended: `SIGKILL`, `exit status 1`, ... (waits a moment for it)."""
         try:
             code = self.proc.wait(timeout=2)
@@ -238,7 +242,7 @@ class Runner:
                 return f"signal {-code}"
         return f"exit status {code}"
 
-    def call(self, message, deadline):
+    def call(self, message: object, deadline: float) -> object:
         """Sends `message`, returns the reply; RunnerTimeout past `deadline`, RunnerDied if the runner is gone."""
         try:
             wire.send(self.to_runner, message)
@@ -246,7 +250,7 @@ class Runner:
             raise RunnerDied(self.exit_reason(), "the pipe closed") from None
         return self._receive(deadline)
 
-    def stop(self):
+    def stop(self) -> None:
         """Kills the runner, its process group and every process of the runner's user; removes its folder."""
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -265,7 +269,7 @@ class Runner:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def sandbox_policy(drop_privileges, user_name=RUNNER_USER):
+def sandbox_policy(drop_privileges: bool, user_name: str = RUNNER_USER) -> tuple[RunnerUser | None, str]:
     """Returns (user or None, note): who runs the student's code. Raises SandboxRefused when root cannot drop."""
     if not drop_privileges:
         return None, "the student's code ran unsandboxed, as asked (--no-drop-privileges)"
@@ -283,7 +287,7 @@ def sandbox_policy(drop_privileges, user_name=RUNNER_USER):
     return user, f"the student's code ran as the unprivileged user {user_name!r}"
 
 
-def python_for(user, python=sys.executable):
+def python_for(user: RunnerUser | None, python: str = sys.executable) -> str:
     """Fails (SandboxRefused) unless `user` can run `python`: unreadable interpreters would otherwise look like a
     crash of every test."""
     if user is None:

@@ -9,6 +9,7 @@ that still raises a TODO's NotImplementedError is named, so a forgotten part is 
 
 import argparse
 import json
+import os
 import re
 import sys
 import zipfile
@@ -17,25 +18,27 @@ from pathlib import Path
 STUB = re.compile(r'raise NotImplementedError\("([\w.]+): .*— see the (?:TODO|docstring) above"\)')
 
 
-def graded_modules(manifest_path):
+def graded_modules(manifest_path: str | os.PathLike) -> list[str]:
     """Returns the modules the manifest's tests grade, sorted: ["lstm", "preprocess", ...]."""
     manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
     return sorted(set(manifest["files"].values()))
 
 
-def graded_files(root, manifest_path=None):
+def graded_files(root: str | os.PathLike, manifest_path: str | os.PathLike | None = None) -> list[str]:
     """Returns the relative paths of the graded files, `assignment/<module>.py`, in sorted order."""
     root = Path(root)
     manifest_path = Path(manifest_path) if manifest_path else root / "grading" / "manifest.json"
     return [f"assignment/{module}.py" for module in graded_modules(manifest_path)]
 
 
-def open_todos(path):
+def open_todos(path: str | os.PathLike) -> list[str]:
     """Returns the functions of a module that still raise a TODO stub's NotImplementedError."""
     return STUB.findall(Path(path).read_text(encoding="utf-8"))
 
 
-def write_submission(root, out, manifest_path=None):
+def write_submission(
+    root: str | os.PathLike, out: str | os.PathLike, manifest_path: str | os.PathLike | None = None
+) -> list[str]:
     """Writes the graded files of `root` into the zip `out`; returns their relative paths.
 
     Raises:
@@ -52,7 +55,7 @@ def write_submission(root, out, manifest_path=None):
     return files
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=".", help="the folder holding assignment/ (default: the current folder)")
     parser.add_argument("--out", default="submission.zip", help="the zip to write (default: %(default)s)")

@@ -15,6 +15,9 @@
 Runs go in parallel, one per CPU, each pinned to its CPU; a bug run stops at its first failing test.
 """
 
+from __future__ import annotations
+
+import argparse
 import json
 import os
 import shutil
@@ -23,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,12 +42,12 @@ MIN_ALTERNATIVES = 12
 class Job:
     name: str
     kind: str  # reference | stub | alone | bug | alternative
-    module: str = None
-    submission: Path = None
-    only: list = None
-    maxfail: int = None
-    bug: object = None
-    results: dict = None
+    module: str | None = None
+    submission: Path | None = None
+    only: list[str] | None = None
+    maxfail: int | None = None
+    bug: Bug | None = None
+    results: grade.Results | None = None
     error: str = ""
     seconds: float = 0.0
     cost: float = 1.0  # a guess of its duration, to start long jobs first
@@ -72,17 +76,22 @@ class Check:
 
 @dataclass
 class Report:
-    checks: list = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
 
-    def add(self, name, ok, detail=""):
+    def add(self, name: str, ok: object, detail: str = "") -> None:
         self.checks.append(Check(name, bool(ok), detail))
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
 
-def load_bugs(root, modules=None, names=None, folder="bugs"):
+def load_bugs(
+    root: str | os.PathLike,
+    modules: Iterable[str] | None = None,
+    names: Iterable[str] | None = None,
+    folder: str = "bugs",
+) -> list[Bug]:
     """The bug catalogue: grading/bugs/<module>/<name>.patch, each with its one-sentence description (or, with
     folder="alternatives", the alternative-but-correct implementations, patches of the same form)."""
     bugs = []
@@ -103,8 +112,9 @@ def load_bugs(root, modules=None, names=None, folder="bugs"):
     return bugs
 
 
-def apply_bug(root, bug, dest):
-    """Copies the reference package to `dest` and applies the bug there (never to the working tree)."""
+def apply_bug(root: str | os.PathLike, bug: Bug, dest: str | os.PathLike) -> str:
+    """Copies the reference package to `dest` and applies the bug there (never to the working tree); returns ""
+    or why the bug could not be applied."""
     dest = Path(dest)
     shutil.copytree(
         Path(root) / "assignment", dest / "assignment", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -202,23 +212,23 @@ def _failing(results, want):
 
 
 def verify(
-    root=".",
+    root: str | os.PathLike = ".",
     *,
-    only=None,
-    bugs_only=False,
-    no_bugs=False,
-    bug_names=None,
-    jobs=None,
-    bugs_full=False,
-    parts=None,
-    settings=None,
-    min_bugs=MIN_BUGS,
-    min_alternatives=MIN_ALTERNATIVES,
-    attacks=True,
-    runner_user=None,
-    runner_python=None,
-    log=print,
-):
+    only: Iterable[str] | None = None,
+    bugs_only: bool = False,
+    no_bugs: bool = False,
+    bug_names: Iterable[str] | None = None,
+    jobs: int | None = None,
+    bugs_full: bool = False,
+    parts: Iterable[config.Part] | None = None,
+    settings: Mapping[str, object] | None = None,
+    min_bugs: int = MIN_BUGS,
+    min_alternatives: int = MIN_ALTERNATIVES,
+    attacks: bool = True,
+    runner_user: str | None = None,
+    runner_python: str | None = None,
+    log: Callable[[str], object] = print,
+) -> Report:
     """Runs every check and prints the tables; returns the Report."""
     started = time.monotonic()
     root = Path(root).resolve()
@@ -577,7 +587,7 @@ def _attacks(root, manifest, stubs, report, runner_user, runner_python, log):
     )
 
 
-def main(args):
+def main(args: argparse.Namespace) -> int:
     """The `verify` subcommand."""
     report = verify(
         args.root,

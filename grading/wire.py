@@ -10,11 +10,14 @@ A frame is an 8-byte big-endian length, then a 4-byte length of the JSON header,
 the order the header lists them.
 """
 
+from __future__ import annotations
+
 import io
 import json
 import math
 import os
 import struct
+from collections.abc import Callable
 
 import numpy as np
 
@@ -38,7 +41,7 @@ def _to_array(value):
     return array
 
 
-def encode(value):
+def encode(value: object) -> bytes:
     """Returns the bytes of one message holding `value` (raises WireError for what may not cross)."""
     arrays = []
     count = [0]
@@ -81,7 +84,7 @@ def encode(value):
     return body
 
 
-def decode(body):
+def decode(body: bytes) -> object:
     """Returns the value of one message; only plain types come out (raises WireError otherwise)."""
     try:
         (size,) = struct.unpack(">I", body[:4])
@@ -139,7 +142,7 @@ def _no_constant(name):
     raise WireError(f"bare {name} in a message")
 
 
-def roundtrip(value):
+def roundtrip(value: object) -> object:
     """`value` as the judge would receive it: what the in-process mode returns, so both modes see the same types."""
     return decode(encode(value))
 
@@ -148,12 +151,12 @@ def roundtrip(value):
 # Frames on a pipe.
 
 
-def send(fd, value):
+def send(fd: int, value: object) -> None:
     """Writes one framed message holding `value` to the file descriptor `fd`."""
     write_frame(fd, encode(value))
 
 
-def write_frame(fd, body):
+def write_frame(fd: int, body: bytes) -> None:
     """Writes one already encoded message to `fd`."""
     view = memoryview(struct.pack(">Q", len(body)) + body)
     while view:
@@ -161,7 +164,7 @@ def write_frame(fd, body):
         view = view[written:]
 
 
-def read_exactly(fd, n, wait=None):
+def read_exactly(fd: int, n: int, wait: Callable[[int], object] | None = None) -> bytes:
     """Reads `n` bytes from `fd`; `wait(fd)` blocks until readable or raises (the judge's deadline)."""
     chunks, left = [], n
     while left:
@@ -175,7 +178,7 @@ def read_exactly(fd, n, wait=None):
     return b"".join(chunks)
 
 
-def receive(fd, wait=None):
+def receive(fd: int, wait: Callable[[int], object] | None = None) -> object:
     """Reads one framed message from `fd` and returns its value."""
     (size,) = struct.unpack(">Q", read_exactly(fd, 8, wait))
     if size > MAX_FRAME:
