@@ -9,7 +9,17 @@ number of positions filled. The decode step is compiled once (XLA) and its logit
 `model(all_tokens)`.
 """
 
+from typing import TypedDict
+
 import tensorflow as tf
+
+
+class KVCache(TypedDict):
+    """The KV cache of a whole model, of fixed shapes (C = context_length, L = num_layers)."""
+
+    keys: tuple[tf.Tensor, ...]  # L tensors (B, nkv, C, hs), one per layer
+    values: tuple[tf.Tensor, ...]  # L tensors (B, nkv, C, hs), one per layer
+    index: tf.Tensor  # int32 scalar: the number of positions filled, the position of the next token
 
 
 class KVCacheDecoding:
@@ -28,14 +38,14 @@ class KVCacheDecoding:
                 f"{self.config.context_length}; crop it to its last {self.config.context_length} tokens"
             )
 
-    def init_cache(self, batch_size):
+    def init_cache(self, batch_size: int | tf.Tensor) -> KVCache:
         """Returns an empty KV cache for `batch_size` sequences: L zero tensors `(B, nkv, C, hs)` each for the keys
         and the values, and index 0."""
         c = self.config
         zeros = tf.zeros([batch_size, c.kv_heads, c.context_length, c.head_size])  # (B, nkv, C, hs)
         return {"keys": (zeros,) * c.num_layers, "values": (zeros,) * c.num_layers, "index": tf.constant(0, tf.int32)}
 
-    def prefill(self, tokens):
+    def prefill(self, tokens: tf.Tensor) -> tuple[tf.Tensor, KVCache]:
         """Returns `(logits, cache)`: the logits `(B, T, V)` of a prompt `(B, T)` and the KV cache holding it.
 
         Args:
@@ -52,7 +62,7 @@ class KVCacheDecoding:
         # it saves for a single prompt.
         return self(tokens, training=False, cache=self.init_cache(tf.shape(tokens)[0]))
 
-    def decode_step(self, next_ids, cache):
+    def decode_step(self, next_ids: tf.Tensor, cache: KVCache) -> tuple[tf.Tensor, KVCache]:
         """Returns `(logits, cache)`: the logits `(B, 1, V)` of one more token per sequence and the updated cache.
 
         Args:

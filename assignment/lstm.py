@@ -48,7 +48,7 @@ class LSTMCell(keras.layers.Layer):
     (TensorShape([2, 16]), TensorShape([2, 16]))
     """
 
-    def __init__(self, units, **kwargs):
+    def __init__(self, units: int, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(units, int) or units < 1:
             raise ValueError(f"`units` must be a positive int; got units={units!r}")
@@ -68,7 +68,7 @@ class LSTMCell(keras.layers.Layer):
 
         self.bias = self.add_weight(shape=(4 * units,), initializer=forget_bias_one, name="bias")
 
-    def call(self, x_t, state):
+    def call(self, x_t: tf.Tensor, state: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         # TODO: one LSTM step, with the equations of the class docstring (~6 lines)
         #   1. h_prev, c_prev = state -> each (B, H)
         #   2. z = x_t @ kernel + h_prev @ recurrent_kernel + bias -> (B, 4H)
@@ -89,7 +89,9 @@ class LSTMCell(keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
-def lstm_forward(cell, inputs, state):
+def lstm_forward(
+    cell: LSTMCell, inputs: tf.Tensor, state: tuple[tf.Tensor, tf.Tensor]
+) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
     """Returns the hidden state at every step and the last `(h, c)`: `cell` applied along the time axis of `inputs`.
 
     Args:
@@ -181,7 +183,9 @@ class LSTMLanguageModel(keras.Model):
     >>> more_logits = model(tf.ones((2, 3), tf.int32), states=states)  # continues after the first 7 tokens
     """
 
-    def __init__(self, vocab_size, embed_dim, hidden_dim, num_layers=1, dropout=0.0, **kwargs):
+    def __init__(
+        self, vocab_size: int, embed_dim: int, hidden_dim: int, num_layers: int = 1, dropout: float = 0.0, **kwargs
+    ):
         super().__init__(**kwargs)
         for name, value in (
             ("vocab_size", vocab_size),
@@ -213,7 +217,7 @@ class LSTMLanguageModel(keras.Model):
             cell.build((None, self.embed_dim if i == 0 else self.hidden_dim))
         self.output_layer.build((None, None, self.hidden_dim))
 
-    def get_initial_state(self, batch_size):
+    def get_initial_state(self, batch_size: int) -> list[tuple[tf.Tensor, tf.Tensor]]:
         """Returns the zero state: a list of `num_layers` pairs `(h, c)`, each of shape `(batch_size, H)`."""
         zeros = lambda: tf.zeros((batch_size, self.hidden_dim), self.compute_dtype)  # noqa: E731
         return [(zeros(), zeros()) for _ in range(self.num_layers)]
@@ -244,7 +248,13 @@ class LSTMLanguageModel(keras.Model):
             checked.append((h, c))
         return checked
 
-    def call(self, tokens, states=None, return_state=False, training=False):
+    def call(
+        self,
+        tokens: tf.Tensor,
+        states: list[tuple[tf.Tensor, tf.Tensor]] | None = None,
+        return_state: bool = False,
+        training: bool = False,
+    ) -> tf.Tensor | tuple[tf.Tensor, list[tuple[tf.Tensor, tf.Tensor]]]:
         tokens = _check_tokens(tokens, self.vocab_size)
         if states is None:
             states = self.get_initial_state(tf.shape(tokens)[0])

@@ -13,10 +13,12 @@ import heapq
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from numpy.typing import ArrayLike
 
 from assignment.tokenizer_base import UNK, VocabTokenizer, as_id_list
 
@@ -40,7 +42,7 @@ class CharTokenizer(VocabTokenizer):
 
     kind = "char"
 
-    def fit(self, text):
+    def fit(self, text: str) -> "CharTokenizer":
         """Builds the vocabulary from the characters of `text` and returns `self`.
 
         The vocabulary is `<unk>` (id 0) followed by every distinct character of `text`, each once.
@@ -55,7 +57,7 @@ class CharTokenizer(VocabTokenizer):
         # END SOLUTION
         return self
 
-    def encode(self, text):
+    def encode(self, text: str) -> np.ndarray:
         """Returns the ids of the characters of `text`: int32 array of shape `(len(text),)`.
 
         A character missing from the vocabulary becomes `self.unk_id`.
@@ -69,7 +71,7 @@ class CharTokenizer(VocabTokenizer):
         return np.array([self.token_to_id.get(ch, self.unk_id) for ch in text], dtype=np.int32)
         # END SOLUTION
 
-    def decode(self, ids):
+    def decode(self, ids: ArrayLike) -> str:
         """Returns the text for `ids` (a sequence of ints of shape `(T,)`); `<unk>` decodes to U+FFFD.
 
         Raises:
@@ -99,7 +101,7 @@ class WordTokenizer(VocabTokenizer):
 
     kind = "word"
 
-    def __init__(self, lowercase=False, max_vocab=None, min_freq=1):
+    def __init__(self, lowercase: bool = False, max_vocab: int | None = None, min_freq: int = 1):
         super().__init__(lowercase=lowercase)
         if max_vocab is not None and max_vocab < 2:
             raise ValueError(f"max_vocab must be at least 2 (<unk> and one token) or None; got max_vocab={max_vocab}")
@@ -108,16 +110,16 @@ class WordTokenizer(VocabTokenizer):
         self.max_vocab = max_vocab
         self.min_freq = min_freq
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "max_vocab": self.max_vocab, "min_freq": self.min_freq}
 
-    def tokenize(self, text):
+    def tokenize(self, text: str) -> list[str]:
         """Returns the list of token strings of `text` (lowercased first if `lowercase`)."""
         if self.lowercase:
             text = text.lower()
         return WORD_PATTERN.findall(text)
 
-    def fit(self, text):
+    def fit(self, text: str) -> "WordTokenizer":
         """Builds the vocabulary from `text` and returns `self`.
 
         The vocabulary is `<unk>` (id 0), then the tokens seen at least `min_freq` times, most frequent first
@@ -137,7 +139,7 @@ class WordTokenizer(VocabTokenizer):
         # END SOLUTION
         return self
 
-    def encode(self, text):
+    def encode(self, text: str) -> np.ndarray:
         """Returns the ids of the tokens of `text`: int32 array of shape `(num_tokens,)`; unknown -> `unk_id`."""
         self._check_fitted()
         # TODO: map each token to its id (~1 line)
@@ -147,7 +149,7 @@ class WordTokenizer(VocabTokenizer):
         return np.array([self.token_to_id.get(t, self.unk_id) for t in self.tokenize(text)], dtype=np.int32)
         # END SOLUTION
 
-    def decode(self, ids):
+    def decode(self, ids: ArrayLike) -> str:
         """Returns the text for `ids` (shape `(T,)`): the tokens concatenated, `<unk>` written as " <unk>".
 
         Raises:
@@ -162,7 +164,7 @@ class WordTokenizer(VocabTokenizer):
         # END SOLUTION
 
 
-def load_tokenizer(path):
+def load_tokenizer(path: str | Path) -> "CharTokenizer | WordTokenizer | BPETokenizer":
     """Returns the CharTokenizer, WordTokenizer or BPETokenizer saved at `path`, whichever it is."""
     kind = json.loads(Path(path).read_text(encoding="utf-8")).get("kind")
     classes = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer, BPETokenizer)}
@@ -171,7 +173,7 @@ def load_tokenizer(path):
     return classes[kind].load(path)
 
 
-def make_sequences(ids, seq_len, stride=None):
+def make_sequences(ids: ArrayLike, seq_len: int, stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Returns `(inputs, labels)`, both int32 arrays of shape `(N, seq_len)`, cut from the token stream `ids`.
 
     Window `n` covers `ids[n * stride : n * stride + seq_len + 1]`; its first `seq_len` tokens are the inputs and
@@ -213,7 +215,7 @@ def make_sequences(ids, seq_len, stride=None):
     return inputs, labels
 
 
-def train_val_split(ids, val_fraction=0.1):
+def train_val_split(ids: ArrayLike, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """Returns `(train_ids, val_ids)`: the first `1 - val_fraction` of the stream, and the rest.
 
     The split is contiguous, not shuffled: sequences cut from `train_ids` never contain validation tokens, so
@@ -241,7 +243,14 @@ def train_val_split(ids, val_fraction=0.1):
     return train_ids, val_ids
 
 
-def make_dataset(inputs, labels, batch_size, shuffle=True, seed=0, drop_remainder=False):
+def make_dataset(
+    inputs: ArrayLike,
+    labels: ArrayLike,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
     """Returns a `tf.data.Dataset` of `(inputs, labels)` batches, each int32 of shape `(B, T)`.
 
     Args:
@@ -282,7 +291,7 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 NUM_BYTES = 256  # ids 0..255 are the bytes themselves: every string encodes, nothing is unknown
 
 
-def merge_pair(ids, pair, new_id):
+def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     """Returns `ids` (a list of ints) with every occurrence of `pair` replaced by `new_id`, scanning left to right.
 
     Occurrences do not overlap: `merge_pair([5, 5, 5], (5, 5), 9) == [9, 5]`.
@@ -333,7 +342,7 @@ class BPETokenizer:
 
     kind = "bpe"
 
-    def __init__(self, vocab_size, special_tokens=()):
+    def __init__(self, vocab_size: int, special_tokens: Sequence[str] = ()):
         special_tokens = tuple(special_tokens)
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
             raise ValueError(f"vocab_size must be an integer; got vocab_size={vocab_size!r}")
@@ -353,17 +362,17 @@ class BPETokenizer:
         self._pattern = _gpt2_regex()
 
     @classmethod
-    def from_text(cls, text, **kwargs):
+    def from_text(cls, text: str, **kwargs) -> "BPETokenizer":
         """Returns a tokenizer built with `kwargs` and fitted on `text`."""
         return cls(**kwargs).fit(text)
 
     # -- what fit and encode build on (given) -------------------------------------------------------------------
 
-    def pretokenize(self, text):
+    def pretokenize(self, text: str) -> list[str]:
         """Returns the pre-tokens of `text` (no special tokens in it): `"Hi, you!"` -> `["Hi", ",", " you", "!"]`."""
         return self._pattern.findall(text)
 
-    def split_special(self, text):
+    def split_special(self, text: str) -> list[str]:
         """Returns `text` cut at the special tokens, as a list of non-empty strings, special tokens included.
 
         `"a<|endoftext|>b"` -> `["a", "<|endoftext|>", "b"]`; without special tokens, `[text]` (or `[]` if empty).
@@ -373,27 +382,27 @@ class BPETokenizer:
         return [piece for piece in self._special_re.split(text) if piece]
 
     @property
-    def special_ids(self):
+    def special_ids(self) -> dict[str, int]:
         """Returns `{special token: id}`; the special tokens come right after the merged tokens."""
         self._check_fitted()
         start = NUM_BYTES + len(self.merges)
         return {s: start + i for i, s in enumerate(self.special_tokens)}
 
     @property
-    def vocab_size(self):
+    def vocab_size(self) -> int:
         """Returns the number of ids: 256 bytes, one per learned merge, and the special tokens."""
         self._check_fitted()
         return NUM_BYTES + len(self.merges) + len(self.special_tokens)
 
     @property
-    def unk_id(self):
+    def unk_id(self) -> int:
         """Returns an id to start from when there is no prompt: the first special token, else "\\n" (10).
 
         A byte-level BPE has no unknown token (every byte has an id); the name is the other tokenizers'.
         """
         return self.special_ids[self.special_tokens[0]] if self.special_tokens else 10
 
-    def token_bytes(self, token_id):
+    def token_bytes(self, token_id: int) -> bytes:
         """Returns the bytes of one id (a special token's are its UTF-8 text)."""
         self._check_fitted()
         return self._bytes[token_id]
@@ -421,7 +430,7 @@ class BPETokenizer:
 
     # -- what the student writes ------------------------------------------------------------------------------
 
-    def fit(self, text):
+    def fit(self, text: str) -> "BPETokenizer":
         """Learns `vocab_size - 256 - len(special_tokens)` merges from `text` and returns `self`.
 
         Merges never cross a pre-token boundary or touch a special token. After `fit`, `self.merges[r]` is the
@@ -482,7 +491,7 @@ class BPETokenizer:
         # END SOLUTION
         return self
 
-    def encode_bytes(self, data):
+    def encode_bytes(self, data: bytes) -> list[int]:
         """Returns the ids of one pre-token's bytes `data`, merges applied by rank: a list of ints.
 
         Example: with merges `[(98, 99), (97, 98)]` ("bc" first, then "ab"), `b"abc"` -> `[97, 256]` ("a", "bc"):
@@ -503,7 +512,7 @@ class BPETokenizer:
         return ids
         # END SOLUTION
 
-    def encode(self, text):
+    def encode(self, text: str) -> np.ndarray:
         """Returns the ids of `text`: int32 array of shape `(num_tokens,)`; a special token in `text` is one id."""
         self._check_fitted()
         # TODO: (bonus, BPE) special tokens as one id each, everything else pre-token by pre-token (~8 lines)
@@ -525,7 +534,7 @@ class BPETokenizer:
 
     # -- given -------------------------------------------------------------------------------------------------
 
-    def decode(self, ids):
+    def decode(self, ids: ArrayLike) -> str:
         """Returns the text of `ids` (shape `(T,)`); bytes that are not valid UTF-8 become U+FFFD.
 
         Only an arbitrary sequence of ids (a model's sample) can cut a character in two: `encode`'s output always
@@ -543,17 +552,17 @@ class BPETokenizer:
                 )
         return b"".join(self._bytes[i] for i in ids).decode("utf-8", errors="replace")
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"vocab_size": self.target_vocab_size, "special_tokens": list(self.special_tokens)}
 
-    def save(self, path):
+    def save(self, path: str | Path) -> None:
         """Writes the tokenizer (settings, pattern and merges) to `path` as JSON."""
         self._check_fitted()
         payload = {"kind": self.kind, "config": self.get_config(), "pattern": GPT2_PATTERN, "merges": self.merges}
         Path(path).write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: str | Path) -> "BPETokenizer":
         """Returns the tokenizer saved at `path` by `save`."""
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
         if payload.get("kind") != cls.kind:
@@ -576,7 +585,7 @@ def _gpt2_regex():
     return regex.compile(GPT2_PATTERN)
 
 
-def bits_per_char(loss, num_tokens, num_chars):
+def bits_per_char(loss: float, num_tokens: int, num_chars: int) -> float:
     """Returns bits per character of a mean cross-entropy `loss` (nats per token) over `num_tokens` tokens
     that spell `num_chars` characters: the measure that compares models with different tokenizers."""
     return float(loss) * num_tokens / (num_chars * math.log(2))

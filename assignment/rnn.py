@@ -38,7 +38,7 @@ class RNNCell(keras.layers.Layer):
     TensorShape([2, 16])
     """
 
-    def __init__(self, units, **kwargs):
+    def __init__(self, units: int, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(units, int) or units < 1:
             raise ValueError(f"`units` must be a positive int; got units={units!r}")
@@ -52,7 +52,7 @@ class RNNCell(keras.layers.Layer):
         )
         self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
 
-    def call(self, x_t, h_prev):
+    def call(self, x_t: tf.Tensor, h_prev: tf.Tensor) -> tf.Tensor:
         # TODO: one RNN step, h_t = tanh(x_t @ kernel + h_prev @ recurrent_kernel + bias) (~1 line)
         #   1. x_t @ kernel -> (B, H); h_prev @ recurrent_kernel -> (B, H)
         #   2. add them and the bias (H,), which broadcasts over the batch -> (B, H)
@@ -65,7 +65,7 @@ class RNNCell(keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
-def rnn_forward(cell, inputs, h0):
+def rnn_forward(cell: RNNCell, inputs: tf.Tensor, h0: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Returns the hidden state at every step and the last one: `cell` applied along the time axis of `inputs`.
 
     Args:
@@ -154,7 +154,9 @@ class RNNLanguageModel(keras.Model):
     >>> more_logits = model(tf.ones((2, 3), tf.int32), states=states)  # continues after the first 7 tokens
     """
 
-    def __init__(self, vocab_size, embed_dim, hidden_dim, num_layers=1, dropout=0.0, **kwargs):
+    def __init__(
+        self, vocab_size: int, embed_dim: int, hidden_dim: int, num_layers: int = 1, dropout: float = 0.0, **kwargs
+    ):
         super().__init__(**kwargs)
         for name, value in (
             ("vocab_size", vocab_size),
@@ -186,7 +188,7 @@ class RNNLanguageModel(keras.Model):
             cell.build((None, self.embed_dim if i == 0 else self.hidden_dim))
         self.output_layer.build((None, None, self.hidden_dim))
 
-    def get_initial_state(self, batch_size):
+    def get_initial_state(self, batch_size: int) -> list[tf.Tensor]:
         """Returns the zero state: a list of `num_layers` float tensors of shape `(batch_size, H)`."""
         return [tf.zeros((batch_size, self.hidden_dim), self.compute_dtype) for _ in range(self.num_layers)]
 
@@ -207,7 +209,13 @@ class RNNLanguageModel(keras.Model):
                 )
         return states
 
-    def call(self, tokens, states=None, return_state=False, training=False):
+    def call(
+        self,
+        tokens: tf.Tensor,
+        states: list[tf.Tensor] | None = None,
+        return_state: bool = False,
+        training: bool = False,
+    ) -> tf.Tensor | tuple[tf.Tensor, list[tf.Tensor]]:
         tokens = _check_tokens(tokens, self.vocab_size)
         if states is None:
             states = self.get_initial_state(tf.shape(tokens)[0])

@@ -19,6 +19,7 @@ import numbers
 
 import numpy as np
 import tensorflow as tf
+from numpy.typing import ArrayLike
 
 NEG_INF = float("-inf")  # the logit of a filtered token: softmax turns it into a probability of exactly 0
 
@@ -94,7 +95,7 @@ def _check_seed(seed):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def greedy(logits):
+def greedy(logits: tf.Tensor | np.ndarray) -> tf.Tensor:
     """Returns the most probable token of each row: int32 tensor of shape `(B,)`.
 
     Args:
@@ -114,7 +115,7 @@ def greedy(logits):
 _argmax = greedy  # generate's `greedy` argument hides this function's name inside generate
 
 
-def apply_temperature(logits, temperature):
+def apply_temperature(logits: tf.Tensor | np.ndarray, temperature: float) -> tf.Tensor:
     """Returns the logits divided by `temperature`: float32 tensor of shape `(B, V)`.
 
     Args:
@@ -136,7 +137,7 @@ def apply_temperature(logits, temperature):
     # END SOLUTION
 
 
-def top_k_filter(logits, k):
+def top_k_filter(logits: tf.Tensor | np.ndarray, k: int) -> tf.Tensor:
     """Returns `logits` with every token below the k-th largest logit of its row set to `-inf`: shape `(B, V)`.
 
     A token is kept when its logit is at least the k-th largest logit of its row, so a token tied with the
@@ -167,7 +168,7 @@ def top_k_filter(logits, k):
     # END SOLUTION
 
 
-def top_p_filter(logits, p):
+def top_p_filter(logits: tf.Tensor | np.ndarray, p: float) -> tf.Tensor:
     """Returns `logits` with every token outside the nucleus of mass `p` set to `-inf`: shape `(B, V)`.
 
     Sort the tokens of a row by probability, most probable first (probabilities are `softmax(logits)`, so
@@ -208,7 +209,13 @@ def top_p_filter(logits, p):
     # END SOLUTION
 
 
-def sample(logits, temperature=1.0, top_k=None, top_p=None, seed=None):
+def sample(
+    logits: tf.Tensor | np.ndarray,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+) -> tf.Tensor:
     """Returns one token drawn from each row: int32 tensor of shape `(B,)`.
 
     The recipe, in this order: divide by `temperature`; keep the `top_k` best tokens (when given); keep the
@@ -386,8 +393,16 @@ def _check_prompt(prompt_ids):
 
 
 def generate(
-    model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_id=None, greedy=False
-):
+    model,
+    prompt_ids: ArrayLike | tf.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_id: int | None = None,
+    greedy: bool = False,
+) -> np.ndarray:
     """Returns the prompt followed by the generated tokens: int32 NumPy array of the prompt's rank,
     `(T + n,)` or `(B, T + n)` with `n <= max_new_tokens`.
 

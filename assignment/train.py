@@ -24,8 +24,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import keras
 import numpy as np
@@ -183,7 +184,7 @@ class TrainConfig:
     time_budget_minutes: float = 0.0  # stop (checkpointed, evaluated) after this long; rerun to go on (0: none)
 
     @classmethod
-    def from_dict(cls, values):
+    def from_dict(cls, values: Mapping[str, object]) -> "TrainConfig":
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in fields})
 
@@ -192,7 +193,7 @@ def compile_train_step(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer,
     clip_norm: float,
-    counters=(),
+    counters: Sequence[tf.Variable] = (),
     strategy: tf.distribute.Strategy | None = None,
     jit_compile: bool = True,
 ) -> Callable:
@@ -230,21 +231,35 @@ def compile_train_step(
 class Diverged(FloatingPointError):
     """The loss became NaN or infinite: training cannot go on from these weights."""
 
-    def __init__(self, what, last_checkpoint):
+    def __init__(self, what: str, last_checkpoint: str | None):
         super().__init__(
             f"training diverged: {what}. The last good checkpoint, {last_checkpoint or 'none (nothing saved yet)'}, "
             f"is kept; run again with a lower --lr (or more --warmup-steps, or a smaller --clip-norm)"
         )
 
 
+class HistoryRecord(TypedDict):
+    """One line of `history.jsonl`: an evaluation."""
+
+    step: int
+    train_loss: float  # mean over the steps since the last logged one
+    val_loss: float
+    val_perplexity: float
+    val_bits_per_char: float | None  # None when the characters behind the validation tokens are unknown
+    train_time: float  # seconds spent in training steps, over every session of the run
+    wall_time: float  # seconds since the run started, over every session
+    tokens_per_sec: float
+    lr: float  # the learning rate at this step
+
+
 class History:
     """`history.jsonl`: one JSON record per evaluation, kept consistent with the checkpoint a run resumes from."""
 
-    def __init__(self, path, writer=True):
+    def __init__(self, path: str | os.PathLike, writer: bool = True):
         self.path = Path(path)
         self.writer = writer
 
-    def read(self) -> list[dict]:
+    def read(self) -> list[HistoryRecord]:
         """Returns the records, oldest first; a line a kill cut short (the last one) is left out."""
         if not self.path.exists():
             return []
@@ -267,7 +282,7 @@ class History:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
             os.replace(tmp, self.path)
 
-    def append(self, record: dict) -> None:
+    def append(self, record: HistoryRecord) -> None:
         if self.writer:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -299,10 +314,10 @@ class _StopRequests:
 
 def train(
     model_fn: Callable[[], keras.Model],
-    train_ids,
-    val_ids,
-    config: "TrainConfig",
-    run_dir,
+    train_ids: np.ndarray,
+    val_ids: np.ndarray,
+    config: TrainConfig,
+    run_dir: str | os.PathLike,
     strategy: tf.distribute.Strategy | None = None,
     setup_fn: Callable[[keras.Model], None] | None = None,
     sample_fn: Callable[[keras.Model], str] | None = None,

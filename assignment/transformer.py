@@ -11,9 +11,10 @@ Build it bottom up: `causal_mask` -> `scaled_dot_product_attention` -> `MultiHea
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from assignment.kv_cache import KVCacheDecoding
+from assignment.kv_cache import KVCache, KVCacheDecoding
 from assignment.layers import FeedForward, linear, make_norm, normal_init, sinusoidal_table
 from assignment.transformer_config import (
     TransformerConfig,  # also `from assignment.transformer import TransformerConfig`
@@ -22,7 +23,7 @@ from assignment.transformer_config import (
 # -- Core: mask and attention ------------------------------------------------------------------------------------
 
 
-def causal_mask(seq_len):
+def causal_mask(seq_len: int | tf.Tensor) -> tf.Tensor:
     """Returns the causal mask, a bool tensor of shape `(seq_len, seq_len)`: True where query i may attend to key j.
 
     Query i may attend to keys j <= i (itself and the past), never to the future.
@@ -44,7 +45,12 @@ def causal_mask(seq_len):
     # END SOLUTION
 
 
-def scaled_dot_product_attention(q, k, v, mask=None):
+def scaled_dot_product_attention(
+    q: tf.Tensor | np.ndarray,
+    k: tf.Tensor | np.ndarray,
+    v: tf.Tensor | np.ndarray,
+    mask: tf.Tensor | np.ndarray | None = None,
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Returns `(output, weights)`: softmax(q k^T / sqrt(hs)) v over the last two axes.
 
     Args:
@@ -93,7 +99,7 @@ def scaled_dot_product_attention(q, k, v, mask=None):
 # -- Bonus parts used inside attention: RoPE, GQA/MQA, the KV cache ----------------------------------------------
 
 
-def apply_rope(x, positions, base=10000.0):
+def apply_rope(x: tf.Tensor, positions: tf.Tensor, base: float = 10000.0) -> tf.Tensor:
     """Returns x with rotary position embeddings (RoPE): pairs of dimensions rotated by position-dependent angles.
 
     Pair p (p = 0 .. hs/2 - 1) of the vector at position m is rotated by the angle m * base^(-2p / hs). Which two
@@ -129,7 +135,7 @@ def apply_rope(x, positions, base=10000.0):
     # END SOLUTION
 
 
-def expand_kv_heads(x, num_groups):
+def expand_kv_heads(x: tf.Tensor, num_groups: int) -> tf.Tensor:
     """Returns the key (or value) heads repeated for grouped-query attention: head h of the result is head h // g of x.
 
     With nh query heads sharing nkv key/value heads (g = nh // nkv per group), query head h reads key/value head
@@ -149,7 +155,7 @@ def expand_kv_heads(x, num_groups):
     # END SOLUTION
 
 
-def update_kv_cache(cache, new, index):
+def update_kv_cache(cache: tf.Tensor, new: tf.Tensor, index: int | tf.Tensor) -> tf.Tensor:
     """Returns the cache with `new` written at positions index .. index + T - 1, every other position unchanged.
 
     The cache is preallocated to the context length and keeps its shape, so a compiled decode step is traced once;
@@ -177,7 +183,7 @@ def update_kv_cache(cache, new, index):
     # END SOLUTION
 
 
-def cached_attention_mask(index, num_queries, length):
+def cached_attention_mask(index: int | tf.Tensor, num_queries: int | tf.Tensor, length: int) -> tf.Tensor:
     """Returns the bool mask `(T, C)` of T new queries over C cache slots: True where slot c <= the query's position.
 
     The T queries sit at positions index .. index + T - 1; cache positions after a query's own position are either
@@ -234,7 +240,15 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, num_heads, num_kv_heads=None, use_bias=True, use_rope=False, rope_base=10000.0, **kwargs):
+    def __init__(
+        self,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        use_bias: bool = True,
+        use_rope: bool = False,
+        rope_base: float = 10000.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -263,7 +277,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             self.bv = self.add_weight(name="bv", shape=(kv_width,), initializer="zeros")
             self.bo = self.add_weight(name="bo", shape=(d_model,), initializer="zeros")
 
-    def project_heads(self, x, positions):
+    def project_heads(self, x: tf.Tensor, positions: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Returns q `(B, nh, T, hs)` and k, v `(B, nkv, T, hs)`: x projected and split into heads (RoPE applied if on).
 
         Args:
@@ -296,7 +310,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             q, k = apply_rope(q, positions, self.rope_base), apply_rope(k, positions, self.rope_base)
         return q, k, v
 
-    def attend_heads(self, q, k, v, mask):
+    def attend_heads(self, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
         """Returns `(B, T, D)`: each query head attends over its keys, then heads are merged and projected by wo.
 
         Args:
@@ -317,7 +331,13 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         return linear(out, self.wo, self.bo if self.use_bias else None)  # (B, T, D)
         # END SOLUTION
 
-    def call(self, x, training=False, cache=None, cache_index=None):
+    def call(
+        self,
+        x: tf.Tensor,
+        training: bool = False,
+        cache: tuple[tf.Tensor, tf.Tensor] | None = None,
+        cache_index: int | tf.Tensor | None = None,
+    ) -> tf.Tensor | tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
         length = tf.shape(x)[1]  # T
         if cache is None:
             q, k, v = self.project_heads(x, tf.range(length))
@@ -353,14 +373,14 @@ class RMSNorm(keras.layers.Layer):
         float tensor `(..., D)`.
     """
 
-    def __init__(self, epsilon=1e-5, **kwargs):
+    def __init__(self, epsilon: float = 1e-5, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon
 
     def build(self, input_shape):
         self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer="ones")
 
-    def call(self, x):
+    def call(self, x: tf.Tensor) -> tf.Tensor:
         # TODO: (bonus, RMSNorm) divide by the root mean square over the last axis, then scale (~3 lines)
         #   1. the mean of the squares over the last axis, kept for broadcasting -> (..., 1)
         #   2. divide x by the root of (mean square + self.epsilon) (tf.math.rsqrt) -> (..., D)
@@ -374,7 +394,7 @@ class RMSNorm(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
-def swiglu(gate, up):
+def swiglu(gate: tf.Tensor, up: tf.Tensor) -> tf.Tensor:
     """Returns SwiGLU's gated hidden layer: silu(gate) * up, elementwise (Shazeer, 2020).
 
     Args:
@@ -419,7 +439,7 @@ class DecoderBlock(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config: TransformerConfig, **kwargs):
         super().__init__(**kwargs)
         self.config = config
 
@@ -444,7 +464,13 @@ class DecoderBlock(keras.layers.Layer):
         self.mlp.build(input_shape)
         self.dropout = keras.layers.Dropout(c.dropout)
 
-    def call(self, x, training=False, cache=None, cache_index=None):
+    def call(
+        self,
+        x: tf.Tensor,
+        training: bool = False,
+        cache: tuple[tf.Tensor, tf.Tensor] | None = None,
+        cache_index: int | tf.Tensor | None = None,
+    ) -> tf.Tensor | tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
         updated = [cache]  # the attention's updated KV cache, when decoding with one
 
         def attend(h):  # self.attention on a normalized input h (B, T, D) -> (B, T, D), reading and writing the cache
@@ -509,7 +535,7 @@ class TransformerLanguageModel(KVCacheDecoding, keras.Model):
     ```
     """
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config: TransformerConfig, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(config, TransformerConfig):
             raise TypeError(f"`config` must be a TransformerConfig; got {type(config).__name__}")
@@ -538,13 +564,15 @@ class TransformerLanguageModel(KVCacheDecoding, keras.Model):
         if not c.tie_embeddings:
             self.lm_head = self.add_weight(name="lm_head", shape=(c.d_model, c.vocab_size), initializer=normal_init())
 
-    def position_embeddings(self, positions):
+    def position_embeddings(self, positions: tf.Tensor) -> tf.Tensor:
         """Returns the learned or sinusoidal position vectors `(T, D)` of int32 positions `(T,)`."""
         if self.config.positions == "learned":
             return tf.gather(self.position_embedding, positions)  # (T, D)
         return tf.gather(tf.constant(self._sinusoids), positions)  # (T, D)
 
-    def call(self, tokens, training=False, cache=None):
+    def call(
+        self, tokens: tf.Tensor, training: bool = False, cache: KVCache | None = None
+    ) -> tf.Tensor | tuple[tf.Tensor, KVCache]:
         tokens = tf.convert_to_tensor(tokens)
         self._check_length(tokens.shape[1])
         start = 0 if cache is None else cache["index"]  # position of tokens[:, 0]
