@@ -176,6 +176,20 @@ def main(argv=None):
         shards[tokenizer] = out_dir / "shards" / tokenizer
         try:
             ready = prepare.read_meta(shards[tokenizer]) if (shards[tokenizer] / "meta.json").exists() else None
+            if ready is not None and not args.overwrite:
+                saved = json.loads((shards[tokenizer] / ready["tokenizer"]).read_text(encoding="utf-8"))["config"]
+                wanted = (str(args.corpus), args.vocab_size or 4096 if tokenizer == "bpe" else None)
+                found = (ready["corpus"], saved["vocab_size"] if tokenizer == "bpe" else None)
+                if found != wanted:
+                    print(
+                        f"error: {shards[tokenizer]} holds shards of {found[0]}"
+                        + (f" (BPE of {found[1]} ids)" if found[1] else "")
+                        + f", not of {wanted[0]}"
+                        + (f" (BPE of {wanted[1]} ids)" if wanted[1] else "")
+                        + ": pass --overwrite to start the comparison again, or another --runs-dir",
+                        file=sys.stderr,
+                    )
+                    return 2
             if ready is None or args.overwrite:
                 print(f"== preparing {args.corpus} with the {tokenizer} tokenizer into {shards[tokenizer]}")
                 vocab_size = args.vocab_size if tokenizer == "bpe" else None

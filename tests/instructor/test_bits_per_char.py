@@ -125,3 +125,20 @@ def test_compare_tokenizers_trains_each_on_the_same_validation_text(corpus_file,
     char = summary["char"]
     assert char["val_bits_per_char"] == pytest.approx(char["val_loss"] / math.log(2), rel=1e-5)
     assert (out_dir / "bits_per_char.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("change", [["--corpus", "other.txt"], ["--vocab-size", 260]])
+def test_compare_refuses_shards_of_another_corpus_or_vocabulary(change, corpus_file, tmp_path, capsys):
+    from assignment import compare
+
+    out_dir = tmp_path / "compare"
+    prepare.prepare(corpus_file, out_dir / "shards" / "bpe", "bpe", vocab_size=300, progress=False)
+    (tmp_path / "other.txt").write_text(TEXT[::-1], encoding="utf-8")
+    args = {"--corpus": corpus_file, "--vocab-size": 300}
+    args[change[0]] = tmp_path / change[1] if change[0] == "--corpus" else change[1]
+    argv = ["--config", "tiny", "--tokenizers", "bpe", "--runs-dir", out_dir, "--no-progress"]
+    argv += [str(a) for pair in args.items() for a in pair]
+    assert compare.main([str(a) for a in argv]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "holds shards of" in err[0] and "--overwrite" in err[0], err
+    assert not (out_dir / "bpe").exists(), "nothing trained on them"
