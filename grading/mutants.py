@@ -354,8 +354,10 @@ def _quote(arg):
     return shlex.quote(str(arg))
 
 
-def run_part(root, module, work, equivalents, log=print):
-    """Runs cosmic-ray on one part in `work`; returns a PartResult."""
+def run_part(root, module, work, equivalents, log=print, shard=(0, 1)):
+    """Runs cosmic-ray on one part in `work`; returns a PartResult. With shard=(k, n), only every n-th mutant from
+    the k-th (in cosmic-ray's order) runs here, in a copy of its own: n shards of a part run at once."""
+    k, n = shard
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
@@ -363,7 +365,7 @@ def run_part(root, module, work, equivalents, log=print):
 
     started = time.monotonic()
     result = PartResult(module)
-    copy = Path(work) / module
+    copy = Path(work) / (module if n == 1 else f"{module}-{k + 1}of{n}")
     _copy_repo(root, copy)
     target = copy / "assignment" / f"{module}.py"
     source = target.read_text(encoding="utf-8")
@@ -403,6 +405,12 @@ def run_part(root, module, work, equivalents, log=print):
         described = {}
         with use_db(str(db), WorkDB.Mode.open) as wdb:
             pending = list(wdb.pending_work_items)
+            others = [item.job_id for i, item in enumerate(pending) if i % n != k]
+            if others:
+                wdb.set_multiple_results(
+                    others, WorkResult(output="another shard", worker_outcome=WorkerOutcome.SKIPPED)
+                )
+            pending = [item for i, item in enumerate(pending) if i % n == k]
             for item in pending:
                 spec = item.mutations[0]
                 line = spec.start_pos[0]
@@ -414,7 +422,8 @@ def run_part(root, module, work, equivalents, log=print):
                     wdb.set_result(
                         item.job_id, WorkResult(output=f"equivalent: {why}", worker_outcome=WorkerOutcome.SKIPPED)
                     )
-        log(f"  {module}: {len(pending)} mutants in the solution regions, baseline {baseline:.0f} s; running ...")
+        part = module if n == 1 else f"{module} (shard {k + 1} of {n})"
+        log(f"  {part}: {len(pending)} mutants in the solution regions, baseline {baseline:.0f} s; running ...")
         tool("cosmic-ray", "exec", cfg, db)
         with use_db(str(db), WorkDB.Mode.open) as wdb:
             for item, res in wdb.completed_work_items:
@@ -446,7 +455,7 @@ def run_part(root, module, work, equivalents, log=print):
 # All parts.
 
 
-def run(root=".", only=None, jobs=None, keep=None, log=print):
+def run(root=".", only=None, jobs=None, keep=None, shards=1, log=print):
     from grading import config
 
     root = Path(root).resolve()
@@ -454,6 +463,9 @@ def run(root=".", only=None, jobs=None, keep=None, log=print):
     unknown = sorted(set(only or ()) - {p.module for p in config.PARTS})
     if unknown:
         log(f"error: no graded part {', '.join(unknown)}; the parts are {', '.join(p.module for p in config.PARTS)}")
+        return None
+    if shards < 1:
+        log(f"error: --shards {shards}: give a number of shards >= 1")
         return None
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="grading-mutants-"))
     if keep and work.exists() and any(work.iterdir()):
@@ -463,9 +475,10 @@ def run(root=".", only=None, jobs=None, keep=None, log=print):
     snapshot = work / "source"  # every part starts from this one copy: the tree may change while the run goes on
     _copy_repo(root, snapshot)
     equivalents = load_equivalents(root)
-    workers = max(1, min(jobs or os.cpu_count() or 1, len(modules)))
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(modules) * shards))
     log(f"mutation testing of the solution regions: {', '.join(modules)} on {workers} worker(s), in {work}")
-    queue = sorted(modules, key=lambda m: -len((root / "assignment" / f"{m}.py").read_text(encoding="utf-8")))
+    size = {m: len((root / "assignment" / f"{m}.py").read_text(encoding="utf-8")) for m in modules}
+    queue = [(m, k) for m in sorted(modules, key=lambda m: -size[m]) for k in range(shards)]  # longest first
     results = {}
     lock = threading.Lock()
 
@@ -474,14 +487,20 @@ def run(root=".", only=None, jobs=None, keep=None, log=print):
             with lock:
                 if not queue:
                     return
-                module = queue.pop(0)
-            res = run_part(snapshot, module, work, equivalents, log)
+                module, k = queue.pop(0)
+            res = run_part(snapshot, module, work, equivalents, log, (k, shards))
             with lock:
-                results[module] = res
+                if module in results:  # another shard of the part: one result per part
+                    whole = results[module]
+                    whole.mutants = sorted(whole.mutants + res.mutants, key=lambda m: (m.line, m.operator))
+                    whole.error = "; ".join(e for e in (whole.error, res.error) if e)
+                    whole.seconds = max(whole.seconds, res.seconds)
+                else:
+                    results[module] = res
                 killed, total = res.score
                 log(
-                    f"  {module}: done in {res.seconds:.0f} s: {killed}/{total} killed"
-                    + (f" ERROR {res.error}" if res.error else "")
+                    f"  {module}{f' (shard {k + 1} of {shards})' if shards > 1 else ''}: done in {res.seconds:.0f} s:"
+                    f" {killed}/{total} killed" + (f" ERROR {res.error}" if res.error else "")
                 )
 
     threads = [threading.Thread(target=worker) for _ in range(workers)]
@@ -529,7 +548,7 @@ def report(results, log=print):
 
 def main(args):
     """The `mutants` subcommand; exits 1 when a part could not be run (survivors alone do not fail it)."""
-    results = run(args.root, only=args.only, jobs=args.jobs, keep=args.keep)
+    results = run(args.root, only=args.only, jobs=args.jobs, keep=args.keep, shards=args.shards)
     if results is None:
         return 2
     report(results)
