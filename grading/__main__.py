@@ -88,6 +88,11 @@ def _parser():
     p.add_argument("--jobs", type=int, help="parts run at once (default: the number of CPUs)")
     p.add_argument("--keep", metavar="DIR", help="keep the copies and cosmic-ray sessions in this new folder")
     p.add_argument(
+        "--recheck",
+        metavar="JSON",
+        help="the --json of an earlier run: run only its survivors and mutants new since (the rest stay killed)",
+    )
+    p.add_argument(
         "--shards", type=int, default=1, metavar="N", help="split each part into N shards run at once (default: 1)"
     )
     p.add_argument("--json", metavar="FILE", help="also write every mutant and its outcome to this file")

@@ -356,9 +356,11 @@ def _quote(arg):
     return shlex.quote(str(arg))
 
 
-def run_part(root, module, work, equivalents, log=print, shard=(0, 1)):
+def run_part(root, module, work, equivalents, log=print, shard=(0, 1), recheck=None):
     """Runs cosmic-ray on one part in `work`; returns a PartResult. With shard=(k, n), only every n-th mutant from
-    the k-th (in cosmic-ray's order) runs here, in a copy of its own: n shards of a part run at once."""
+    the k-th (in cosmic-ray's order) runs here, in a copy of its own: n shards of a part run at once. With
+    `recheck` ({(module, original, mutated): outcome} of an earlier run), a mutant killed then is not run again (tests
+    are only ever added) and counts as killed; survivors and mutants new since then run."""
     k, n = shard
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
@@ -424,6 +426,10 @@ def run_part(root, module, work, equivalents, log=print, shard=(0, 1)):
                     wdb.set_result(
                         item.job_id, WorkResult(output=f"equivalent: {why}", worker_outcome=WorkerOutcome.SKIPPED)
                     )
+                elif recheck is not None and recheck.get((module, original, mutated)) in ("killed", "timeout"):
+                    wdb.set_result(
+                        item.job_id, WorkResult(output="killed before", worker_outcome=WorkerOutcome.SKIPPED)
+                    )
         part = module if n == 1 else f"{module} (shard {k + 1} of {n})"
         log(f"  {part}: {len(pending)} mutants in the solution regions, baseline {baseline:.0f} s; running ...")
         tool("cosmic-ray", "exec", cfg, db)
@@ -432,7 +438,9 @@ def run_part(root, module, work, equivalents, log=print, shard=(0, 1)):
                 if item.job_id not in described:
                     continue  # outside the regions or a stillborn operator
                 line, op, original, mutated = described[item.job_id]
-                if res.worker_outcome == WorkerOutcome.SKIPPED:
+                if res.worker_outcome == WorkerOutcome.SKIPPED and res.output == "killed before":
+                    outcome, why = "killed", "killed in the run rechecked"
+                elif res.worker_outcome == WorkerOutcome.SKIPPED:
                     outcome, why = "equivalent", (res.output or "")[len("equivalent: ") :]
                 elif res.output == "timeout":
                     outcome, why = "timeout", ""
@@ -457,7 +465,7 @@ def run_part(root, module, work, equivalents, log=print, shard=(0, 1)):
 # All parts.
 
 
-def run(root=".", only=None, jobs=None, keep=None, shards=1, log=print):
+def run(root=".", only=None, jobs=None, keep=None, shards=1, recheck=None, log=print):
     from grading import config
 
     root = Path(root).resolve()
@@ -490,7 +498,7 @@ def run(root=".", only=None, jobs=None, keep=None, shards=1, log=print):
                 if not queue:
                     return
                 module, k = queue.pop(0)
-            res = run_part(snapshot, module, work, equivalents, log, (k, shards))
+            res = run_part(snapshot, module, work, equivalents, log, (k, shards), recheck)
             with lock:
                 if module in results:  # another shard of the part: one result per part
                     whole = results[module]
@@ -550,7 +558,15 @@ def report(results, log=print):
 
 def main(args):
     """The `mutants` subcommand; exits 1 when a part could not be run (survivors alone do not fail it)."""
-    results = run(args.root, only=args.only, jobs=args.jobs, keep=args.keep, shards=args.shards)
+    recheck = None
+    if args.recheck:
+        try:
+            earlier = json.loads(Path(args.recheck).read_text(encoding="utf-8"))
+            recheck = {(r["module"], m["original"], m["mutated"]): m["outcome"] for r in earlier for m in r["mutants"]}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"error: --recheck {args.recheck}: not the --json file of an earlier run ({exc})", file=sys.stderr)
+            return 2
+    results = run(args.root, only=args.only, jobs=args.jobs, keep=args.keep, shards=args.shards, recheck=recheck)
     if results is None:
         return 2
     report(results)
