@@ -21,9 +21,11 @@ V, T = 7, 5  # vocabulary size, sequence length
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _tiny(vocab, length, dim=4, scale=1.0, dropout=0.0, seed=1):
+def _tiny(vocab, length, dim=4, scale=1.0, dropout=0.0, seed=1, gather=False):
     """A built TinyLM: embedding (V, D) by a one-hot product -> optional dropout -> Dense(V), logits `(B, T, V)`.
-    Not a student model (a probe helper). The one-hot product makes the embedding's gradient a dense tensor."""
+    Not a student model (a probe helper). The one-hot product makes the embedding's gradient a dense tensor; with
+    `gather`, the embedding is looked up with tf.gather as in real models, and its gradient is a tf.IndexedSlices
+    holding one row per token (a repeated token's rows are separate parts of one row of the dense gradient)."""
     import keras
     import tensorflow as tf
 
@@ -43,7 +45,10 @@ def _tiny(vocab, length, dim=4, scale=1.0, dropout=0.0, seed=1):
             )
 
         def call(self, tokens, training=False):
-            x = tf.matmul(tf.one_hot(tokens, vocab), self.table)  # (B, T, D)
+            if gather:
+                x = tf.gather(self.table, tokens)  # (B, T, D)
+            else:
+                x = tf.matmul(tf.one_hot(tokens, vocab), self.table)  # (B, T, D)
             return self.out(self.drop(x, training=training))  # (B, T, V)
 
     model = TinyLM()
@@ -265,6 +270,19 @@ def test_train_step_reports_the_gradient_norm_before_clipping(student):
     norm = global_norm(reference_gradients(result["before"], inputs, labels))
     _, grad_norm = _pair(result["outputs"][0])
     assert_close(float(grad_norm), norm, "grad_norm: the global norm of all gradients before clipping", rtol=1e-4)
+    # The embedding looked up with tf.gather, as in the transformer: its gradient is a tf.IndexedSlices whose rows
+    # repeat for a repeated token (15 tokens of 7 ids here); the norm is that of the summed, dense gradient.
+    result = _steps(student, inputs, labels, "SGD", 1.0, 0.05, model_kwargs={"scale": 3.0, "gather": True})
+    norm = global_norm(reference_gradients(result["before"], inputs, labels))
+    _, grad_norm = _pair(result["outputs"][0])
+    assert_close(
+        float(grad_norm),
+        norm,
+        "grad_norm of a model whose embedding is looked up with tf.gather: its gradient is a tf.IndexedSlices "
+        "with one row per token; the norm of the dense gradient (repeated rows summed, tf.convert_to_tensor) is "
+        "wanted, not the norm of the separate rows",
+        rtol=1e-4,
+    )
 
 
 @pytest.mark.points(2)
