@@ -146,7 +146,10 @@ def evaluate(model: keras.Model, dataset: Iterable) -> tuple[float, float]:
         total += float(tf.reduce_sum(tf.cast(weights, tf.float64) * tf.cast(ce, tf.float64)))
         count += float(tf.reduce_sum(tf.cast(weights, tf.float64)))
     loss = total / count
-    perplexity = math.exp(loss) if loss < 700 else math.inf  # exp overflows a float beyond ~709
+    try:
+        perplexity = math.exp(loss)
+    except OverflowError:  # past a loss of ~709.78
+        perplexity = math.inf
     # END SOLUTION
     return loss, perplexity
 
