@@ -291,7 +291,7 @@ class Checkpoints:
             f"is kept: free some space and run the same command to resume."
         )
 
-    def maybe_save(self):
+    def maybe_save(self) -> str | None:
         """Saves when the step is a multiple of `save_every_steps` or `save_every_minutes` have passed."""
         step = int(self.step)
         due_by_step = self.save_every_steps and step % self.save_every_steps == 0
@@ -300,7 +300,7 @@ class Checkpoints:
             return self.save()
         return None
 
-    def save_if_best(self, val_loss):
+    def save_if_best(self, val_loss: float) -> bool:
         """Saves the model to `best/` and returns True if `val_loss` is the lowest seen; returns False otherwise."""
         if not val_loss < float(self.best_val_loss):
             return False
@@ -311,22 +311,22 @@ class Checkpoints:
             raise self._save_failed(self._root / "best", "best", error) from None
         return True
 
-    def close(self):
+    def close(self) -> None:
         """Deletes a non-chief worker's scratch directory."""
         if not self.writer:
             shutil.rmtree(self._root, ignore_errors=True)
 
-    def last_saved_path(self):
+    def last_saved_path(self) -> str | None:
         """Returns the path of the newest checkpoint in `ckpt/`, or None."""
         return self.latest.latest_checkpoint
 
     @property
-    def last_saved_step(self):
+    def last_saved_step(self) -> int | None:
         """The step of the last checkpoint this run saved or restored (None before either)."""
         return self._last_saved_step
 
     @property
-    def saved_steps(self):
+    def saved_steps(self) -> list[int]:
         """Returns the steps of the checkpoints kept in `ckpt/`, oldest first."""
         return [_step(path) for path in self.latest.checkpoints]
 

@@ -10,6 +10,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from assignment.checkpoints import CheckpointError
 from assignment.configs import ARCHITECTURES, CONFIGS, MODELS
@@ -22,7 +23,7 @@ from assignment.train import Diverged
 class Parser(argparse.ArgumentParser):
     """An `ArgumentParser` whose errors are one line: what is wrong, and where the flags are listed."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
@@ -44,7 +45,7 @@ checkpoint first. A run directory written by another model or config is an error
 """
 
 
-def build_parser():
+def build_parser() -> Parser:
     parser = Parser(
         prog="python -m assignment.train",
         epilog=EXAMPLES,
@@ -199,7 +200,7 @@ def build_parser():
     return parser
 
 
-def not_written_yet(error):
+def not_written_yet(error: NotImplementedError) -> str:
     """Returns one line saying which TODO a `NotImplementedError` from a stub comes from, and where it is."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     message = lines[-1] if lines else type(error).__name__
@@ -208,7 +209,7 @@ def not_written_yet(error):
     return f"a part you write is not done yet: {message}{where}; `make test PART=<module>` checks it"
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     """Trains as the command line says; returns the exit status (0 done, 2 error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     try:
@@ -224,7 +225,7 @@ def main(argv=None):
     return 0
 
 
-def run_main():
+def run_main() -> NoReturn:
     """Runs `main` as a program and exits with its status."""
     code = main()
     if code == 130:  # interrupted: the checkpoint is saved and the logs flushed; do not wait on TensorFlow's

@@ -26,7 +26,7 @@ from pathlib import Path
 from assignment.cli import Parser, not_written_yet
 
 
-def build_parser():
+def build_parser() -> Parser:
     parser = Parser(
         prog="python -m assignment.compare",
         description="Train several models (or optimizers) on one token budget and compare them: a table and PNG "
@@ -97,7 +97,7 @@ def _median_speed(history):
     return sorted(speeds)[len(speeds) // 2] if speeds else float("nan")
 
 
-def plot(rows, out_dir):
+def plot(rows: list[dict], out_dir: str | Path) -> list[Path]:
     """Saves val_loss_vs_step.png and val_loss_vs_time.png into `out_dir`, and bits_per_char.png when the runs
     report bits per character; returns their paths."""
     import matplotlib
@@ -147,7 +147,7 @@ def plot(rows, out_dir):
     return paths
 
 
-def table(rows):
+def table(rows: list[dict]) -> str:
     """Returns the comparison as a Markdown table."""
     lines = [
         "| run | parameters | tokens/s | val loss per token | val bits per char | val perplexity | training time "
@@ -163,7 +163,7 @@ def table(rows):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from assignment import prepare, run_files, runs
     from assignment.checkpoints import CheckpointError

@@ -28,19 +28,20 @@ def _manifest():
     return json.loads(MANIFEST.read_text(encoding="utf-8"))
 
 
-def corpus_names():
+def corpus_names() -> list[str]:
     """Returns every name `load_corpus` accepts besides a path."""
     return [DEFAULT_CORPUS] + sorted(_manifest())
 
 
-def python_reference():
+def python_reference() -> str:
     """Returns the Python Language Reference that ships with CPython (`pydoc_data.topics`), about 465 KB."""
     from pydoc_data.topics import topics
 
     return "\n\n".join(topics[key] for key in sorted(topics))
 
 
-def sha256_of(path):
+def sha256_of(path: str | os.PathLike) -> str:
+    """The SHA-256 of the file at `path`, as hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -48,7 +49,7 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
-def download(url, dest, sha256, num_bytes=None, timeout=30):
+def download(url: str, dest: str | os.PathLike, sha256: str, num_bytes: int | None = None, timeout: float = 30) -> Path:
     """Downloads `url` to `dest`, verified by SHA-256, and returns `dest`.
 
     The bytes go to `dest` + ".part" first, with a progress bar; only a complete file whose checksum matches is
@@ -82,7 +83,7 @@ def download(url, dest, sha256, num_bytes=None, timeout=30):
     return dest
 
 
-def fetch(name, data_dir=None):
+def fetch(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """Returns the path of the named corpus in `data_dir`, downloading and verifying it first if needed."""
     corpora = _manifest()
     if name not in corpora:
@@ -94,7 +95,7 @@ def fetch(name, data_dir=None):
     return download(entry["url"], path, entry["sha256"], entry.get("bytes"))
 
 
-def read_text_file(path):
+def read_text_file(path: str | os.PathLike) -> str:
     """Returns the contents of a UTF-8 text file, with an error that names the file and the byte otherwise."""
     data = Path(path).read_bytes()
     try:
@@ -105,7 +106,7 @@ def read_text_file(path):
         ) from None
 
 
-def load_corpus(name_or_path=DEFAULT_CORPUS, data_dir=None):
+def load_corpus(name_or_path: str | os.PathLike = DEFAULT_CORPUS, data_dir: str | os.PathLike | None = None) -> str:
     """Returns the text of a corpus: `"pyref"` (offline default), a name from `data/corpora.json`, or a path.
 
     Raises:
@@ -127,7 +128,7 @@ def load_corpus(name_or_path=DEFAULT_CORPUS, data_dir=None):
     return text
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Download and verify the named corpora into data/.")
     parser.add_argument(
         "--download",

@@ -4,11 +4,16 @@ Training batches are cut at random offsets (nanoGPT's `get_batch`) from stateles
 restarts exactly at any position: a resumed run sees the same batches as a run that never stopped.
 """
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import tensorflow as tf
 
+if TYPE_CHECKING:
+    from assignment.preprocess import BPETokenizer, CharTokenizer, WordTokenizer
 
-def random_windows(ids, batch_size, seq_len, seed=0, start=0):
+
+def random_windows(ids: np.ndarray, batch_size: int, seq_len: int, seed: int = 0, start: int = 0) -> tf.data.Dataset:
     """Returns an endless `tf.data.Dataset` of `(inputs, labels)` batches, each int32 `(B, T)`, cut at random
     offsets of the token stream `ids` (nanoGPT's `get_batch`).
 
@@ -54,7 +59,7 @@ def random_windows(ids, batch_size, seq_len, seed=0, start=0):
     return dataset.with_options(options)
 
 
-def validation_batches(ids, seq_len, batch_size, max_batches=0):
+def validation_batches(ids: np.ndarray, seq_len: int, batch_size: int, max_batches: int = 0) -> tf.data.Dataset:
     """Returns the validation set: non-overlapping windows of `ids`, in order, as `(inputs, labels)` batches.
 
     A memory-mapped shard is read batch by batch, as `random_windows` does, so a validation shard of any size
@@ -84,7 +89,7 @@ class CorpusTooSmall(ValueError):
     """The corpus has too few tokens for one training batch or one validation window."""
 
 
-def check_data_size(train_ids, val_ids, batch_size, seq_len):
+def check_data_size(train_ids: np.ndarray, val_ids: np.ndarray, batch_size: int, seq_len: int) -> None:
     """Raises `CorpusTooSmall`, saying what is needed, unless there is a batch to train on and a window to validate."""
     need_train, need_val = batch_size * seq_len + 1, seq_len + 1
     if len(train_ids) < need_train or len(val_ids) < need_val:
@@ -104,7 +109,7 @@ def check_data_size(train_ids, val_ids, batch_size, seq_len):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def validation_tokens(num_ids, seq_len, batch_size, max_batches=0):
+def validation_tokens(num_ids: int, seq_len: int, batch_size: int, max_batches: int = 0) -> int:
     """Returns how many label tokens `validation_batches(ids, seq_len, batch_size, max_batches)` holds, for
     `num_ids` ids: `n` such that its labels are exactly `ids[1 : 1 + n]`, each once (the windows do not overlap)."""
     windows = max(0, (int(num_ids) - 1) // seq_len)
@@ -113,7 +118,7 @@ def validation_tokens(num_ids, seq_len, batch_size, max_batches=0):
     return windows * seq_len
 
 
-def characters_per_id(tokenizer):
+def characters_per_id(tokenizer: "CharTokenizer | WordTokenizer | BPETokenizer") -> np.ndarray:
     """Returns a float64 array of shape `(V,)`: how many characters of the text each id stands for.
 
     A character id (and the unknown character) is 1; a word id the length of its word, the unknown word NaN (its
@@ -133,7 +138,9 @@ def characters_per_id(tokenizer):
     raise ValueError(f"no character counts for a tokenizer of kind {kind!r}: expected char, word or bpe")
 
 
-def token_characters(tokenizer, text, ids):
+def token_characters(
+    tokenizer: "CharTokenizer | WordTokenizer | BPETokenizer", text: str, ids: np.ndarray
+) -> np.ndarray:
     """Returns an int64 array of shape `(len(ids),)`: the characters of `text` each of its ids `ids` spells
     (`ids == tokenizer.encode(text)`); they add up to `len(text)`, unknown words included."""
     kind = getattr(tokenizer, "kind", None)
@@ -160,13 +167,15 @@ class ValidationCharacters:
 
     CHUNK = 1 << 20
 
-    def __init__(self, val_ids, token_counts=None, id_counts=None):
+    def __init__(
+        self, val_ids: np.ndarray, token_counts: np.ndarray | None = None, id_counts: np.ndarray | None = None
+    ):
         self.val_ids = val_ids
         self.id_counts = id_counts
         self.cumulative = None if token_counts is None else np.cumsum(token_counts)
         self._cache = {}
 
-    def __call__(self, n):
+    def __call__(self, n: int) -> float | None:
         n = min(int(n), len(self.val_ids) - 1)
         if n <= 0:
             return None

@@ -12,7 +12,7 @@ import time
 from assignment.cli import Parser
 
 
-def build_parser():
+def build_parser() -> Parser:
     parser = Parser(
         prog="python -m assignment.generate",
         description="Generate text with a model trained by `python -m assignment.train` (or `make train`).",
@@ -69,7 +69,7 @@ def build_parser():
     return parser
 
 
-def check_args(args):
+def check_args(args: argparse.Namespace) -> str | None:
     """Returns what is wrong with the flags, naming the flag, its value and what is allowed; None when nothing."""
     if args.num_samples < 1:
         return f"--num-samples must be at least 1; got --num-samples {args.num_samples}"
@@ -84,7 +84,7 @@ def check_args(args):
     return None
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from assignment import sampling
     from assignment.checkpoints import CheckpointError

@@ -4,12 +4,17 @@
 norm and position-wise feed-forward net of every decoder block.
 """
 
+from typing import TYPE_CHECKING
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+if TYPE_CHECKING:
+    from assignment.transformer_config import TransformerConfig
 
-def linear(x, w, b=None, transpose_w=False):
+
+def linear(x: tf.Tensor, w: tf.Tensor, b: tf.Tensor | None = None, transpose_w: bool = False) -> tf.Tensor:
     """Returns `x w + b`: x `(..., D_in)` times w `(D_in, D_out)` (or w `(D_out, D_in)` with `transpose_w`).
 
     The leading axes are flattened into one 2-D matmul, which runs faster than `tf.matmul` broadcasting a 2-D
@@ -23,12 +28,12 @@ def linear(x, w, b=None, transpose_w=False):
     return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [d_out]], axis=0))  # (..., D_out)
 
 
-def normal_init(stddev=0.02):
+def normal_init(stddev: float = 0.02) -> keras.initializers.Initializer:
     """GPT-2's initializer: N(0, 0.02) keeps the initial logits small, so the initial loss is about ln(V)."""
     return keras.initializers.RandomNormal(stddev=stddev)
 
 
-def sinusoidal_table(length, d_model):
+def sinusoidal_table(length: int, d_model: int) -> np.ndarray:
     """Returns the fixed positions of "Attention is all you need": float32 `(length, d_model)`, sin on even columns
     and cos on odd ones, at frequencies 10000^(-2i / d_model)."""
     positions = np.arange(length)[:, None]  # (C, 1)
@@ -57,7 +62,7 @@ class FeedForward(keras.layers.Layer):
         float tensor `(B, T, D)`.
     """
 
-    def __init__(self, hidden_dim, activation="gelu", use_bias=True, **kwargs):
+    def __init__(self, hidden_dim: int, activation: str = "gelu", use_bias: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.hidden_dim = hidden_dim
         self.activation = activation
@@ -76,7 +81,7 @@ class FeedForward(keras.layers.Layer):
                 self.b_gate = self.add_weight(name="b_gate", shape=(self.hidden_dim,), initializer="zeros")
             self.b_out = self.add_weight(name="b_out", shape=(d_model,), initializer="zeros")
 
-    def call(self, x):
+    def call(self, x: tf.Tensor) -> tf.Tensor:
         h = linear(x, self.w_in, self.b_in if self.use_bias else None)  # (B, T, F)
         if self.activation == "swiglu":
             gate = linear(x, self.w_gate, self.b_gate if self.use_bias else None)  # (B, T, F)
@@ -96,7 +101,7 @@ class FeedForward(keras.layers.Layer):
         }
 
 
-def make_norm(config, name=None):
+def make_norm(config: "TransformerConfig", name: str | None = None) -> keras.layers.Layer:
     """Returns the norm layer the config asks for (LayerNorm with or without bias, non-parametric, or RMSNorm)."""
     if config.norm == "rmsnorm":
         from assignment.transformer import RMSNorm  # part 4's (bonus) layer; imported here, as it imports us

@@ -6,6 +6,7 @@ cosine decay; `evaluation_weights` swaps in the weights schedule-free AdamW is e
 
 import contextlib
 import re
+from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
@@ -18,7 +19,9 @@ OPTIMIZERS = ("adamw", "lion", "muon", "schedulefree", "adam", "sgd")
 LR_SCALE = {"adamw": 1.0, "adam": 1.0, "lion": 0.3, "muon": 1.0, "schedulefree": 2.0, "sgd": 100.0}
 
 
-def learning_rate_schedule(lr, steps, warmup_steps=0, min_lr_ratio=0.1):
+def learning_rate_schedule(
+    lr: float, steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1
+) -> keras.optimizers.schedules.LearningRateSchedule:
     """Returns nanoGPT's schedule: a linear warmup to `lr` over `warmup_steps`, then a cosine decay to
     `lr * min_lr_ratio` at step `steps` (constant after that)."""
     warmup_steps = max(0, min(int(warmup_steps), int(steps) - 1))
@@ -74,8 +77,17 @@ class ScheduleFreeAdamW(keras.optimizers.ScheduleFreeAdamW):
 
 
 def make_optimizer(
-    name, lr, steps, warmup_steps=0, min_lr_ratio=0.1, weight_decay=0.1, beta_1=0.9, beta_2=0.99, model=None, replicas=1
-):
+    name: str,
+    lr: float,
+    steps: int,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 0.1,
+    weight_decay: float = 0.1,
+    beta_1: float = 0.9,
+    beta_2: float = 0.99,
+    model: keras.Model | None = None,
+    replicas: int = 1,
+) -> keras.optimizers.Optimizer:
     """Returns the Keras optimizer `name` (one of `OPTIMIZERS`), following `learning_rate_schedule`.
 
     Schedule-free AdamW is the exception: it needs no schedule (only its own warmup), which is its point; it trains
@@ -116,7 +128,7 @@ def make_optimizer(
 
 
 @contextlib.contextmanager
-def evaluation_weights(model, optimizer):
+def evaluation_weights(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> Iterator[None]:
     """Inside the block, `model` holds the weights to evaluate and to save as the best checkpoint.
 
     Schedule-free AdamW trains at y = (1 - b1) z + b1 x but is evaluated at the average x = (y - (1 - b1) z) / b1;

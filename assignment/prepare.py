@@ -16,6 +16,8 @@ tokenizer is fitted on the training part only (at most `--fit-chars` characters 
 a temporary directory that is renamed to `--out` once complete: an interrupted run leaves nothing half-written.
 """
 
+from __future__ import annotations
+
 import argparse
 import codecs
 import json
@@ -23,7 +25,9 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypedDict
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # preprocess imports TensorFlow: its start-up chatter hides the bar
 
@@ -44,13 +48,40 @@ class PrepareError(ValueError):
     """Bad input to `prepare` or a shard that does not match its header; the message is one line."""
 
 
-def first_cut(text, start):
+class _ShardStats(TypedDict):
+    tokens: int
+    chars: int  # characters of the text it encodes
+    bytes: int  # UTF-8 bytes of that text
+
+
+class ShardStats(_ShardStats, total=False):
+    """What meta.json says of one shard; a word tokenizer's shards also count their unknown words."""
+
+    unk_tokens: int  # words encoded as <unk>
+    unk_chars: int  # their characters, which the ids lose
+
+
+class ShardMeta(TypedDict):
+    """meta.json, the header of a shard directory."""
+
+    format: str  # FORMAT
+    version: int  # VERSION
+    dtype: str  # of the ids in the .bin files: "uint16" or "uint32" (little-endian)
+    vocab_size: int
+    tokenizer: str  # the tokenizer's file, relative to the directory: "tokenizer.json"
+    tokenizer_kind: str  # "char", "word" or "bpe"
+    corpus: str  # the corpus name or the path of the text file
+    val_fraction: float
+    shards: dict[str, ShardStats]  # "train.bin" and "val.bin"
+
+
+def first_cut(text: str, start: int) -> int | None:
     """Returns the first position >= `start` where `text` can be cut without changing its pre-tokens, or None."""
     match = SAFE_CUT.search(text, start)
     return match.start() if match else None
 
 
-def nearest_cut(text, target):
+def nearest_cut(text: str, target: int) -> int | None:
     """Returns the safe cut of `text` closest to `target`, or None if `text` has none."""
     after = first_cut(text, target)
     before = None
@@ -76,12 +107,12 @@ def _cut_pieces(buffer, chunk_chars, final):
     return pieces, buffer
 
 
-def text_pieces(text, chunk_chars=CHUNK_CHARS):
+def text_pieces(text: str, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
     """Yields `text` in pieces of about `chunk_chars` characters, each ending at a safe cut (or the end)."""
     yield from _cut_pieces(text, chunk_chars, final=True)[0]
 
 
-def file_pieces(path, chunk_chars=CHUNK_CHARS):
+def file_pieces(path: str | os.PathLike, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
     """Yields the UTF-8 text of `path` in pieces ending at safe cuts, read a block at a time.
 
     Raises:
@@ -109,7 +140,7 @@ def file_pieces(path, chunk_chars=CHUNK_CHARS):
 class Source:
     """A corpus to stream: a named corpus (held in memory by `corpus.load_corpus`) or a text file (read in blocks)."""
 
-    def __init__(self, name_or_path):
+    def __init__(self, name_or_path: str | os.PathLike):
         self.name = str(name_or_path)
         path = Path(self.name)
         if self.name not in corpus.corpus_names() and path.is_file():
@@ -125,12 +156,12 @@ class Source:
                 raise PrepareError(str(error)) from None
             self.num_bytes = len(self.text.encode("utf-8"))
 
-    def pieces(self, chunk_chars=CHUNK_CHARS):
+    def pieces(self, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
         if self.path is None:
             return text_pieces(self.text, chunk_chars)
         return file_pieces(self.path, chunk_chars)
 
-    def split(self, val_fraction, chunk_chars=CHUNK_CHARS):
+    def split(self, val_fraction: float, chunk_chars: int = CHUNK_CHARS) -> Iterator[tuple[str, str]]:
         """Yields `(shard name, piece)`: the pieces of the first `1 - val_fraction` of the bytes to train.bin, the
         rest to val.bin, the piece that crosses the split cut at its safe cut nearest to it."""
         split_at = int(self.num_bytes * (1 - val_fraction))
@@ -154,7 +185,9 @@ class Source:
             done += size
 
 
-def make_tokenizer(kind, vocab_size=None, special_tokens=("<|endoftext|>",)):
+def make_tokenizer(
+    kind: str, vocab_size: int | None = None, special_tokens: Sequence[str] = ("<|endoftext|>",)
+) -> preprocess.CharTokenizer | preprocess.WordTokenizer | preprocess.BPETokenizer:
     """Returns an unfitted tokenizer of `kind` ("char", "word" or "bpe")."""
     if kind == "char":
         return preprocess.CharTokenizer()
@@ -169,21 +202,21 @@ def make_tokenizer(kind, vocab_size=None, special_tokens=("<|endoftext|>",)):
     raise PrepareError(f"unknown tokenizer {kind!r}: expected char, word or bpe")
 
 
-def dtype_for(vocab_size):
+def dtype_for(vocab_size: int) -> np.dtype:
     """Returns the smallest unsigned dtype that holds every id: uint16 up to 65,536 ids, else uint32."""
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
 
 
 def prepare(
-    source,
-    out,
-    tokenizer="char",
-    vocab_size=None,
-    val_fraction=0.1,
-    fit_chars=10_000_000,
-    chunk_chars=CHUNK_CHARS,
-    progress=True,
-):
+    source: str | os.PathLike | Source,
+    out: str | os.PathLike,
+    tokenizer: str | os.PathLike = "char",
+    vocab_size: int | None = None,
+    val_fraction: float = 0.1,
+    fit_chars: int = 10_000_000,
+    chunk_chars: int = CHUNK_CHARS,
+    progress: bool = True,
+) -> ShardMeta:
     """Writes the shards of `source` (a corpus name or path) to `out` and returns the header (meta.json's dict).
 
     `tokenizer` is "char", "word" or "bpe" (fitted on the training part), or the path of a saved tokenizer.json
@@ -252,7 +285,7 @@ def prepare(
                     "use more text or another val_fraction"
                 )
         tok.save(partial / "tokenizer.json")
-        meta = {
+        meta: ShardMeta = {
             "format": FORMAT,
             "version": VERSION,
             "dtype": dtype.name,
@@ -277,7 +310,7 @@ def prepare(
     return meta
 
 
-def read_meta(directory):
+def read_meta(directory: str | os.PathLike) -> ShardMeta:
     """Returns the header (meta.json) of a shard directory, checked for format and version."""
     path = Path(directory) / "meta.json"
     try:
@@ -293,7 +326,7 @@ def read_meta(directory):
     return meta
 
 
-def open_shard(path):
+def open_shard(path: str | os.PathLike) -> np.memmap:
     """Returns the token ids of a shard (`DIR/train.bin` or `DIR/val.bin`) as a read-only 1-D `np.memmap`.
 
     Raises:
@@ -315,7 +348,7 @@ def open_shard(path):
     return np.memmap(path, dtype=dtype, mode="r", shape=(entry["tokens"],))
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Encode a corpus into train.bin / val.bin token shards.")
     parser.add_argument("--corpus", default=corpus.DEFAULT_CORPUS, help="a corpus name or the path of a text file")
     parser.add_argument(

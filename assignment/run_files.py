@@ -5,14 +5,20 @@ directory (`python -m assignment.prepare`) holds `train.bin`, `val.bin`, `meta.j
 is written atomically (a temporary name, then a rename), so a killed run never leaves half a file.
 """
 
+from __future__ import annotations
+
 import json
 import os
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
 from assignment.data import ValidationCharacters, characters_per_id
+
+if TYPE_CHECKING:  # both import TensorFlow: loaded only when a tokenizer is read
+    from assignment.prepare import ShardMeta
+    from assignment.preprocess import BPETokenizer, CharTokenizer, WordTokenizer
 
 
 class RunConfig(TypedDict, total=False):
@@ -36,7 +42,7 @@ class UsageError(ValueError):
     """A command line, a config or a run directory that cannot work; the CLI prints it without a traceback."""
 
 
-def read_run_config(run_dir) -> RunConfig | None:
+def read_run_config(run_dir: str | os.PathLike) -> RunConfig | None:
     """Returns the dict of `run_dir/config.json`, or None when there is none; `UsageError` when it is damaged."""
     path = Path(run_dir) / "config.json"
     if not path.exists():
@@ -53,7 +59,7 @@ def read_run_config(run_dir) -> RunConfig | None:
     return config
 
 
-def write_json(path, value) -> None:
+def write_json(path: str | os.PathLike, value: object) -> None:
     """Writes `value` as JSON to `path` atomically: a killed run never leaves half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -61,7 +67,7 @@ def write_json(path, value) -> None:
     os.replace(tmp, path)
 
 
-def read_tokenizer(path):
+def read_tokenizer(path: str | os.PathLike) -> CharTokenizer | WordTokenizer | BPETokenizer:
     """Returns the tokenizer saved at `path`; `UsageError` when it is missing or damaged."""
     from assignment.preprocess import load_tokenizer
 
@@ -74,7 +80,7 @@ def read_tokenizer(path):
         ) from None
 
 
-def save_tokenizer(tokenizer, path):
+def save_tokenizer(tokenizer: CharTokenizer | WordTokenizer | BPETokenizer, path: str | os.PathLike) -> None:
     """Saves `tokenizer` to `path` atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -82,7 +88,9 @@ def save_tokenizer(tokenizer, path):
     os.replace(tmp, path)
 
 
-def read_shards(data_dir):
+def read_shards(
+    data_dir: str | os.PathLike,
+) -> tuple[np.memmap, np.memmap, CharTokenizer | WordTokenizer | BPETokenizer, ShardMeta]:
     """Returns `(train_ids, val_ids, tokenizer, meta)` of a shard directory written by `assignment.prepare`, the ids
     memory-mapped; `UsageError` when it is not one or a shard does not match its header."""
     from assignment import prepare
@@ -102,7 +110,7 @@ def read_shards(data_dir):
     return train_ids, val_ids, tokenizer, meta
 
 
-def check_same_tokenizer(data_dir, meta, init_from) -> None:
+def check_same_tokenizer(data_dir: str | os.PathLike, meta: ShardMeta, init_from: str | os.PathLike) -> None:
     """Raises `UsageError` unless the shards of `data_dir` were encoded by the tokenizer of the run `init_from`
     (the same saved tokenizer: the same ids for the same text), or when that cannot be checked."""
     shards_path, run_path = Path(data_dir) / meta["tokenizer"], Path(init_from) / "tokenizer.json"
@@ -123,7 +131,9 @@ def check_same_tokenizer(data_dir, meta, init_from) -> None:
         )
 
 
-def shard_characters(tokenizer, val_ids, meta) -> ValidationCharacters:
+def shard_characters(
+    tokenizer: CharTokenizer | WordTokenizer | BPETokenizer, val_ids: np.ndarray, meta: ShardMeta
+) -> ValidationCharacters:
     """Returns the characters counter of a memory-mapped validation shard (`ValidationCharacters`): from the
     characters each id stands for, a word tokenizer's unknown words at the mean length the header records."""
     id_counts = characters_per_id(tokenizer)

@@ -5,14 +5,17 @@ The vocabulary with `<unk>` at id 0, id lookup, and saving to / loading from JSO
 
 import json
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import tensorflow as tf
+from numpy.typing import ArrayLike
 
 UNK = "<unk>"  # id 0 in every vocabulary: stands for any token the tokenizer has not seen
+T = TypeVar("T", bound="VocabTokenizer")  # the tokenizer class a classmethod (from_text, load) is called on
 
 
-def as_id_list(ids):
+def as_id_list(ids: ArrayLike | tf.Tensor) -> list[int]:
     """Returns `ids` (list, NumPy array or tensor, any shape) as a flat list of Python ints."""
     if isinstance(ids, (tf.Tensor, tf.Variable)):
         ids = ids.numpy()
@@ -29,24 +32,24 @@ class VocabTokenizer:
 
     kind = None  # "char" or "word": written to JSON so `load_tokenizer` can rebuild the right class
 
-    def __init__(self, lowercase=False):
+    def __init__(self, lowercase: bool = False):
         self.lowercase = lowercase
         self.vocab = None
         self.token_to_id = None
 
     @classmethod
-    def from_text(cls, text, **kwargs):
+    def from_text(cls: type[T], text: str, **kwargs) -> T:
         """Returns a tokenizer built with `kwargs` and fitted on `text`."""
         return cls(**kwargs).fit(text)
 
     @property
-    def vocab_size(self):
+    def vocab_size(self) -> int:
         """Returns the number of tokens in the vocabulary, `<unk>` included."""
         self._check_fitted()
         return len(self.vocab)
 
     @property
-    def unk_id(self):
+    def unk_id(self) -> int:
         """Returns the id that every unknown token maps to (0)."""
         return 0
 
@@ -68,17 +71,17 @@ class VocabTokenizer:
                     f"cannot decode id {i}: valid ids are 0..{len(self.vocab) - 1} (vocab_size={len(self.vocab)})"
                 )
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"lowercase": self.lowercase}
 
-    def save(self, path):
+    def save(self, path: str | Path) -> None:
         """Writes the tokenizer (its settings and vocabulary) to `path` as JSON."""
         self._check_fitted()
         payload = {"kind": self.kind, "config": self.get_config(), "vocab": self.vocab}
         Path(path).write_text(json.dumps(payload, ensure_ascii=False, indent=1), encoding="utf-8")
 
     @classmethod
-    def load(cls, path):
+    def load(cls: type[T], path: str | Path) -> T:
         """Returns the tokenizer saved at `path` by `save`."""
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
         if payload.get("kind") != cls.kind:

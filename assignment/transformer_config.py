@@ -199,22 +199,22 @@ class TransformerConfig:
             raise ValueError(f"`dropout` must be in [0, 1); got dropout={self.dropout!r}")
 
     @property
-    def head_size(self):
+    def head_size(self) -> int:
         """hs = d_model // num_heads."""
         return self.d_model // self.num_heads
 
     @property
-    def kv_heads(self):
+    def kv_heads(self) -> int:
         """nkv: `num_kv_heads`, or `num_heads` when it is None."""
         return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
     @property
-    def mlp_hidden(self):
+    def mlp_hidden(self) -> int:
         """F: the feed-forward width, round(mlp_ratio * d_model)."""
         return max(1, round(self.mlp_ratio * self.d_model))
 
     @classmethod
-    def preset(cls, name, **overrides):
+    def preset(cls, name: str, **overrides) -> "TransformerConfig":
         """Returns the config of a named architecture (`gpt2`, `olmo`, `llama2`, `openlm`, `falcon`, `palm`).
 
         Args:
@@ -235,12 +235,12 @@ class TransformerConfig:
             options["num_kv_heads"] = _kv_heads_for(attention, options.get("num_heads", cls.num_heads))
         return cls(**options)
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         """Returns the fields as a JSON-serializable dict (for a run directory's config.json)."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values):
+    def from_dict(cls, values: dict | str) -> "TransformerConfig":
         """Returns the config of a dict made by `to_dict` (or a JSON string of one)."""
         if isinstance(values, str):
             values = json.loads(values)

@@ -2,11 +2,13 @@
 bootstrap of an exponent (given, not graded)."""
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def fit_power_law(x, y, grid=400):
+def fit_power_law(x: ArrayLike, y: ArrayLike, grid: int = 400) -> dict[str, float]:
     """Returns `dict(a, alpha, l_inf, sse)`: the least-squares fit of `y = a * x**-alpha + l_inf`.
 
     For a fixed `l_inf` the model is a straight line in log space, `log(y - l_inf) = log(a) - alpha log(x)`, so
@@ -47,12 +49,12 @@ def fit_power_law(x, y, grid=400):
     return dict(a=a, alpha=alpha, l_inf=l_inf, sse=sse)
 
 
-def power_law(x, fit):
+def power_law(x: ArrayLike, fit: dict[str, float]) -> np.ndarray:
     """Returns `fit["a"] * x**-fit["alpha"] + fit["l_inf"]`."""
     return fit["a"] * np.asarray(x, np.float64) ** -fit["alpha"] + fit["l_inf"]
 
 
-def fit_loss_surface(n, d, loss, grid=60):
+def fit_loss_surface(n: ArrayLike, d: ArrayLike, loss: ArrayLike, grid: int = 60) -> dict[str, float]:
     """Returns `dict(e, a, b, alpha, beta, sse)`: the least-squares fit of `loss = e + a / n**alpha + b / d**beta`
     (Chinchilla's approach 3). For fixed exponents the model is linear in `(e, a, b)`, so we scan a grid of
     `(alpha, beta)` in [0.05, 1.5]^2, solve each by linear least squares and keep the best with `a, b >= 0`."""
@@ -74,14 +76,14 @@ def fit_loss_surface(n, d, loss, grid=60):
     return best
 
 
-def optimal_allocation(fit, compute):
+def optimal_allocation(fit: dict[str, float], compute: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Returns `(n_opt, d_opt)`: the split of `compute = 6 n d` FLOPs that minimises the fitted loss surface."""
     g = (fit["alpha"] * fit["a"] / (fit["beta"] * fit["b"])) ** (1 / (fit["alpha"] + fit["beta"]))
     n_opt = g * (np.asarray(compute, np.float64) / 6) ** (fit["beta"] / (fit["alpha"] + fit["beta"]))
     return n_opt, np.asarray(compute, np.float64) / (6 * n_opt)
 
 
-def pareto_frontier(compute, loss):
+def pareto_frontier(compute: Sequence[float], loss: Sequence[float]) -> list[int]:
     """Returns the indices, by increasing compute, of the runs no cheaper-or-equal run beats: the compute-optimal
     frontier."""
     order = sorted(range(len(compute)), key=lambda i: (compute[i], loss[i]))
@@ -93,7 +95,13 @@ def pareto_frontier(compute, loss):
     return frontier
 
 
-def bootstrap_exponent(rows, x_key, fit_rows, samples=500, seed=0):
+def bootstrap_exponent(
+    rows: list[dict],
+    x_key: str,
+    fit_rows: Callable[[list[dict]], list[dict]],
+    samples: int = 500,
+    seed: int = 0,
+) -> np.ndarray:
     """Returns the exponents alpha of `samples` bootstrap fits: runs drawn with replacement from `rows`, the fit
     taken over `fit_rows(resampled)` (e.g. its frontier); resamples with fewer than 3 distinct x are skipped."""
     rng = np.random.default_rng(seed)

@@ -4,9 +4,10 @@ stored sizes (given, not graded)."""
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def quantize(w, bits, group_size=None):
+def quantize(w: ArrayLike, bits: int, group_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Returns `(q, scales)`: `w` quantized to signed `bits`-bit integers, one scale per group.
 
     Groups are runs of `group_size` consecutive elements along the last axis (the whole last axis when None); a
@@ -44,7 +45,7 @@ def quantize(w, bits, group_size=None):
     return q.reshape(w.shape[:-1] + (groups * g,))[..., :k], stored
 
 
-def dequantize(q, scales, group_size=None):
+def dequantize(q: ArrayLike, scales: ArrayLike, group_size: int | None = None) -> np.ndarray:
     """Returns the float32 array `q * scale` that `quantize` encoded (same shape as `q`)."""
     q = np.asarray(q)
     k = q.shape[-1]
@@ -53,7 +54,7 @@ def dequantize(q, scales, group_size=None):
     return q.astype(np.float32) * per_element
 
 
-def pack_int4(q):
+def pack_int4(q: ArrayLike) -> np.ndarray:
     """Returns uint8 `(ceil(n / 2),)`: the n int4 values of `q` (each in [-8, 7]) two per byte, the even-indexed
     one in the low nibble (a trailing zero nibble pads an odd n)."""
     flat = np.asarray(q, np.int8).reshape(-1)
@@ -65,20 +66,20 @@ def pack_int4(q):
     return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)
 
 
-def unpack_int4(packed, n):
+def unpack_int4(packed: ArrayLike, n: int) -> np.ndarray:
     """Returns int8 `(n,)`: the first n values that `pack_int4` packed into `packed`."""
     packed = np.asarray(packed, np.uint8)
     nibbles = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1)[:n].astype(np.int8)
     return np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8)
 
 
-def stored_bytes(num_values, bits, num_scales):
+def stored_bytes(num_values: int, bits: int, num_scales: int) -> int:
     """Returns the bytes of `num_values` codes of `bits` bits (int4: two per byte) and their float16 scales."""
     code_bytes = num_values if bits == 8 else math.ceil(num_values * bits / 8)
     return code_bytes + 2 * num_scales
 
 
-def fake_quantize(w, bits, group_size=None):
+def fake_quantize(w: ArrayLike, bits: int, group_size: int | None = None) -> np.ndarray:
     """Returns `dequantize(*quantize(w, bits, group_size))`: what the model computes with after quantizing."""
     q, scales = quantize(w, bits, group_size)
     if bits == 4:  # through the packed form, as it would be stored
