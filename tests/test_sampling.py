@@ -266,6 +266,13 @@ def test_top_k_one_keeps_the_max_and_k_above_vocab_keeps_all(student):
         np.ones((2, 4)),
         "top_k_filter(logits, k=10) with V=4 (k > V keeps every token)",
     )
+    _assert_filtered(
+        student.call("sampling.top_k_filter", logits[:1], 2),
+        logits[:1],
+        [[0, 1, 0, 1]],
+        "top_k_filter(one row, k=2) with V=4: k is compared with the vocabulary size V (the last axis), not with "
+        "the batch size B=1",
+    )
 
 
 @pytest.mark.points(1)
@@ -317,6 +324,14 @@ def test_top_p_one_keeps_all_and_the_most_probable_is_always_kept(student):
     )
     _assert_filtered(
         student.call("sampling.top_p_filter", logits, 1.0), logits, np.ones((2, 8)), "top_p_filter(logits, p=1)"
+    )
+    peaked = np.array([[20.0, 0.0, -5.0, -20.0, -40.0, -60.0]], dtype=np.float32)
+    _assert_filtered(
+        student.call("sampling.top_p_filter", peaked, 1.0),
+        peaked,
+        np.ones((1, 6)),
+        "top_p_filter(logits, p=1) on a peaked row: the first token holds all but 2e-9 of the mass, so a float32 "
+        "cumulative sum is already 1.0 after it; p = 1 must keep every token all the same (return early)",
     )
     _assert_filtered(
         student.call("sampling.top_p_filter", logits, 0.01),
