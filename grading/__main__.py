@@ -21,11 +21,16 @@ COMMANDS = {
 }
 
 
+def _help(command):
+    """The one-line help of `command`, with `%` escaped (argparse formats help strings: "100%," would break it)."""
+    return COMMANDS[command][1].replace("%", "%%")
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m grading", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("grade", help=COMMANDS["grade"][1])
+    p = sub.add_parser("grade", help=_help("grade"))
     p.add_argument("submission", help="the submission folder (Gradescope: /autograder/submission)")
     p.add_argument("--out", default="results.json", help="where to write results.json (default: %(default)s)")
     p.add_argument("--bundle", help="folder holding tests/, assignment/ and grading/ (default: this package's parent)")
@@ -50,18 +55,18 @@ def _parser():
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work directory")
     p.add_argument("--quiet", action="store_true", help="print nothing; only write results.json")
 
-    p = sub.add_parser("build-student", help=COMMANDS["build-student"][1])
+    p = sub.add_parser("build-student", help=_help("build-student"))
     p.add_argument("--root", default=".", help="the repository (default: the current folder)")
     p.add_argument("--out", default="dist/student", help="release folder (default: %(default)s)")
     p.add_argument("--no-zip", action="store_true", help="do not write the .zip next to the folder")
     p.add_argument("--no-import-check", action="store_true", help="skip importing the stub modules")
 
-    p = sub.add_parser("build-autograder", help=COMMANDS["build-autograder"][1])
+    p = sub.add_parser("build-autograder", help=_help("build-autograder"))
     p.add_argument("--root", default=".", help="the repository (default: the current folder)")
     p.add_argument("--out", default="dist/autograder", help="bundle folder; the zip goes next to it")
     p.add_argument("--no-import-check", action="store_true", help="skip importing the stub modules")
 
-    p = sub.add_parser("verify", help=COMMANDS["verify"][1])
+    p = sub.add_parser("verify", help=_help("verify"))
     p.add_argument("--root", default=".", help="the repository (default: the current folder)")
     p.add_argument("--only", action="append", metavar="MODULE", help="check only this part (repeatable)")
     p.add_argument("--bugs-only", action="store_true", help="only the patches: the bug catalogue and the alternatives")
@@ -78,11 +83,11 @@ def _parser():
         "--bugs-full", action="store_true", help="run every test on each bug (default: stop at the first failure)"
     )
 
-    p = sub.add_parser("clauses", help=COMMANDS["clauses"][1])
+    p = sub.add_parser("clauses", help=_help("clauses"))
     p.add_argument("--root", default=".", help="the repository (default: the current folder)")
     p.add_argument("--summary", action="store_true", help="print only the per-part counts and the problems")
 
-    p = sub.add_parser("mutants", help=COMMANDS["mutants"][1])
+    p = sub.add_parser("mutants", help=_help("mutants"))
     p.add_argument("--root", default=".", help="the repository (default: the current folder)")
     p.add_argument("--only", action="append", metavar="MODULE", help="only this part (repeatable)")
     p.add_argument("--jobs", type=int, help="parts run at once (default: the number of CPUs)")

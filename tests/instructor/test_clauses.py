@@ -60,3 +60,12 @@ def test_a_graded_function_without_clauses_is_reported(copy):
     problems = _problems(copy)
     assert any(p.startswith("sampling.greedy: graded, but") for p in problems), problems
     assert any("sampling.greedy_renamed: listed" in p for p in problems), problems
+
+
+def test_the_clauses_command_is_listed_and_help_prints():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "grading", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]  # a help string with "100%" once broke argparse's formatting
+    assert "clauses" in out.stdout and "verify" in out.stdout
