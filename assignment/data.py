@@ -141,17 +141,18 @@ def characters_per_id(tokenizer: "CharTokenizer | WordTokenizer | BPETokenizer")
 def token_characters(
     tokenizer: "CharTokenizer | WordTokenizer | BPETokenizer", text: str, ids: np.ndarray
 ) -> np.ndarray:
-    """Returns an int64 array of shape `(len(ids),)`: the characters of `text` each of its ids `ids` spells
-    (`ids == tokenizer.encode(text)`); they add up to `len(text)`, unknown words included."""
+    """Returns an array of shape `(len(ids),)`: the characters of `text` each of its ids `ids` spells
+    (`ids == tokenizer.encode(text)`); they add up to `len(text)`, unknown words included. (Ids that are not one
+    per token of the text, from a tokenizer still being written, count as `characters_per_id` says.)"""
     kind = getattr(tokenizer, "kind", None)
     if kind == "word":
         counts = np.array([len(token) for token in tokenizer.tokenize(text)], np.int64)
     elif kind == "char":
         counts = np.ones(len(text), np.int64)
     else:
-        counts = characters_per_id(tokenizer)[np.asarray(ids)].astype(np.int64)
-    if len(counts) != len(ids):
-        raise ValueError(f"{len(counts)} character counts for {len(ids)} ids: the ids are not this text's encoding")
+        counts = None
+    if counts is None or len(counts) != len(ids):
+        counts = characters_per_id(tokenizer)[np.asarray(ids, np.int64)]
     return counts
 
 
@@ -180,7 +181,8 @@ class ValidationCharacters:
         if n <= 0:
             return None
         if self.cumulative is not None:
-            return float(self.cumulative[n] - self.cumulative[0])
+            chars = float(self.cumulative[n] - self.cumulative[0])
+            return chars if np.isfinite(chars) else None
         if n not in self._cache:
             total = 0.0
             for start in range(1, 1 + n, self.CHUNK):
