@@ -168,6 +168,13 @@ def build_parser() -> Parser:
         help="tokens of the sample printed at the end (default 200); the samples logged to "
         "TensorBoard at each evaluation have at most 100, within the context (0: no samples)",
     )
+    loop.add_argument(
+        "--eval-samples",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log a sample to TensorBoard at each evaluation (default: the config's; nanogpt-cpu and speedrun "
+        "do not, as nanoGPT does not: they compete on time)",
+    )
     loop.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
 
     tune = parser.add_argument_group("fine-tuning and scale-out")

@@ -46,8 +46,9 @@ CONFIGS = {
             clip_norm=1.0,
             eval_every=250,
             save_every_steps=500,
-            max_eval_batches=4,
-        ),  # 256 windows of 64 tokens, like nanoGPT's 20 x 12; the last: all
+            max_eval_batches=4,  # 256 windows of 64 tokens, like nanoGPT's 20 x 12; the last: all
+            sample_at_eval=False,  # nanoGPT samples nothing while it trains
+        ),
     ),
     # Seconds: for smoke tests and the instructor's end-to-end tests.
     "tiny": dict(

@@ -99,6 +99,7 @@ class RunRequest:
     time_budget: float | None = None
     sample_prompt: str = "The "
     sample_tokens: int = 200
+    eval_samples: bool | None = None  # a sample at each evaluation (None: the config's)
     no_progress: bool = False
     init_from: str | None = None
     freeze: list | None = None
@@ -274,6 +275,7 @@ def resolve_settings(request: RunRequest) -> dict:
         save_every_minutes=request.save_every_minutes,
         keep_last=request.keep_last,
         time_budget_minutes=request.time_budget,
+        sample_at_eval=request.eval_samples,
     )
     train_cfg.update({k: v for k, v in flags.items() if v is not None})
     if request.lr is None:

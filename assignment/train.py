@@ -184,6 +184,7 @@ class TrainConfig:
     # evaluation, so history.jsonl never runs ahead of the checkpoints)
     keep_last: int = 3  # the latest checkpoints kept in ckpt/
     jit_compile: bool = True  # compile the train step with XLA (single device only)
+    sample_at_eval: bool = True  # log a text sample to TensorBoard at each evaluation (False: losses only)
     time_budget_minutes: float = 0.0  # stop (checkpointed, evaluated) after this long; rerun to go on (0: none)
 
     @classmethod
@@ -229,6 +230,27 @@ def compile_train_step(
         return strategy.reduce(mean, loss, axis=None), strategy.reduce(mean, grad_norm, axis=None)
 
     return distributed
+
+
+class CompiledForward:
+    """`model(inputs, training=False)` as one `tf.function`: what the loop hands `evaluate`.
+
+    Called eagerly, a Keras model dispatches every layer and op from Python, which cost the `nanogpt-cpu` run more
+    than its forward passes (an evaluation over the whole validation tail took longer than 250 training steps).
+    Compiled once with a relaxed batch size, the last, smaller batch reuses the graph. Any other attribute is the
+    model's, so `evaluate` sees a model it can call as usual.
+    """
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        self._forward = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
+
+    def __call__(self, inputs, training=False):
+        """Returns logits `(B, T, V)` of int32 tokens `(B, T)`; `training=True` runs the model as it is."""
+        return self.model(inputs, training=True) if training else self._forward(inputs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
 
 
 class Diverged(FloatingPointError):
@@ -341,7 +363,8 @@ def train(
         run_dir: the run directory; checkpoints go to `ckpt/` and `best/`, logs to `logs/`.
         strategy: a `tf.distribute.Strategy` (e.g. `MirroredStrategy`), or None for one device.
         setup_fn: called with the built model before the optimizer is made: loads weights to fine-tune, freezes.
-        sample_fn: called with the model at each evaluation; returns a text sample for TensorBoard.
+        sample_fn: called with the model at each evaluation (unless `config.sample_at_eval` is False); returns a
+            text sample for TensorBoard.
         progress: show a tqdm progress bar.
         log: where messages go (`print` by default).
         stop_at: stop after this step with a checkpoint, as if interrupted there (the schedule still runs to
@@ -453,14 +476,17 @@ def train(
 
         return round(bits_per_char(val_loss, n, chars), 6)
 
+    forward = CompiledForward(model) if strategy is None else model
+
     def run_evaluation(step, train_loss, tokens_per_sec, final=False):
         with evaluation_weights(model, optimizer):
-            val_loss, val_perplexity = evaluate(model, full_val_data if final else val_data)
+            val_loss, val_perplexity = evaluate(forward, full_val_data if final else val_data)
             val_bpc = bits_per_character(val_loss, final)
             if not math.isfinite(val_loss):
                 raise Diverged(f"the validation loss is {val_loss} at step {step}", ckpts.last_saved_path())
             best = ckpts.save_if_best(val_loss)
-            sample = sample_fn(model) if sample_fn is not None and chief else None
+            sampling = sample_fn is not None and chief and cfg.sample_at_eval
+            sample = sample_fn(model) if sampling else None
         with writer.as_default(step=step):
             tf.summary.scalar("val/loss", val_loss)
             tf.summary.scalar("val/perplexity", min(val_perplexity, 1e30))

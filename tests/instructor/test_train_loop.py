@@ -250,3 +250,22 @@ def test_every_evaluation_has_its_checkpoint(tmp_path):
     result, _ = run(tmp_path, config(steps=10, eval_every=5, save_every_steps=0, keep_last=5))
     assert result["checkpoints"].saved_steps == [5, 10]
     assert [r["step"] for r in result["history"]] == [5, 10]
+
+
+def test_the_loops_evaluation_equals_evaluate_on_the_plain_model(tmp_path):
+    """The loop evaluates through a compiled forward pass (dropout off), with the same loss as the eager model."""
+    result, _ = run(tmp_path, config(steps=6, eval_every=6, eval_batch_size=5))
+    _, val_ids = token_stream()
+    plain, _ = train.evaluate(result["model"], data.validation_batches(val_ids, 8, 5))
+    assert result["val_loss"] == pytest.approx(plain, abs=1e-5)
+
+
+@pytest.mark.parametrize("sample_at_eval, expected", [(True, 2), (False, 0)])
+def test_samples_at_evaluations_only_when_asked(tmp_path, sample_at_eval, expected):
+    calls = []
+    run(
+        tmp_path,
+        config(steps=10, eval_every=5, sample_at_eval=sample_at_eval),
+        sample_fn=lambda m: calls.append(1) or "x",
+    )
+    assert len(calls) == expected
