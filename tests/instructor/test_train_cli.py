@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assignment import cli, generate, runs
+from assignment import cli, configs, generate, optim, runs
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
@@ -204,3 +204,18 @@ def test_fine_tuning_keeps_frozen_weights_unchanged(trained, tmp_path):
         elif not np.array_equal(a.numpy(), b.numpy()):
             changed.append(name)
     assert any(name.startswith("block_1/") for name in changed), changed
+
+
+@pytest.mark.parametrize("name", sorted(configs.CONFIGS))
+def test_every_named_config_is_made_of_existing_options(name):
+    """A misspelled setting would be dropped silently: every key must be a TrainConfig field, and the model build."""
+    import dataclasses
+
+    from assignment.train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(configs.CONFIGS[name]["train"]) <= fields, set(configs.CONFIGS[name]["train"]) - fields
+    settings = runs.resolve_settings(runs.RunRequest(config=name))
+    model_config = runs.full_model_config("transformer", settings["model_config"], vocab_size=74)
+    assert model_config["context_length"] == settings["train"]["seq_len"]
+    assert TrainConfig.from_dict(settings["train"]).optimizer in optim.OPTIMIZERS
