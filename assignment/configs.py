@@ -57,17 +57,17 @@ CONFIGS = {
         rnn=dict(embed_dim=64, hidden_dim=256, num_layers=1),
         lstm=dict(embed_dim=64, hidden_dim=256, num_layers=1),
         train=dict(
-            steps=600,
+            steps=300,
             batch_size=16,
             optimizer="muon",
-            lr=3e-3,
+            lr=6e-3,
             min_lr_ratio=0.1,
             warmup_steps=30,
             weight_decay=0.1,
             beta_1=0.9,
             beta_2=0.99,
             clip_norm=1.0,
-            eval_every=600,  # one evaluation, over the whole validation tail, at the end
+            eval_every=300,  # one evaluation, over the whole validation tail, at the end
             save_every_steps=0,
             save_every_minutes=0,
             sample_at_eval=False,
