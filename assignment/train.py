@@ -124,7 +124,7 @@ def evaluate(model: keras.Model, dataset: Iterable) -> tuple[float, float]:
     `loss` is the mean cross-entropy per label token over the *whole* dataset, each token counted once with its
     weight: the sum over all batches of `sum(w * ce)`, divided by the sum over all batches of `sum(w)`. Batches
     may have different sizes (the last one is often smaller), so this is not the mean of the per-batch means.
-    `perplexity = exp(loss)`.
+    `perplexity = exp(loss)`, `inf` once exp overflows a float (past a loss of about 709.78).
 
     Args:
         model: a `keras.Model` mapping int32 tokens `(B, T)` to logits `(B, T, V)`; run it with `training=False`.

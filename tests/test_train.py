@@ -346,12 +346,21 @@ def test_evaluate_is_the_token_mean_over_uneven_batches(student):
 
 
 @pytest.mark.points(1)
-@pytest.mark.clause("train.evaluate: `perplexity = exp(loss)`")
+@pytest.mark.clause("train.evaluate: `perplexity = exp(loss)`", "train.evaluate: `inf` once exp overflows a float")
 def test_evaluate_perplexity_is_exp_of_the_loss(student):
     inputs, labels, losses = uneven_data(student)
     loss, perplexity = student.run(evaluate_on, dict(vocab=V, length=T), [inputs, labels], 4, uses=(_tiny,))
     assert_close(float(perplexity), math.exp(losses.mean()), "perplexity = exp(mean token loss)", rtol=1e-5)
     assert_close(float(perplexity), math.exp(float(loss)), "perplexity = exp(the loss evaluate returns)", rtol=1e-6)
+    # Weights 100 times larger: logits of about 1e4, a loss far past 709.78, where exp overflows a float.
+    loss, perplexity = student.run(
+        evaluate_on, dict(vocab=V, length=T, scale=100.0), [inputs, labels], 4, uses=(_tiny,)
+    )
+    assert float(loss) > 710  # the test's own premise
+    assert float(perplexity) == math.inf, (
+        f"a loss of {float(loss):.0f} nats per token: exp(loss) overflows a float, so the perplexity is inf "
+        f"(math.exp raises OverflowError there: catch it, or compare the loss with ~709.78); got {perplexity}"
+    )
 
 
 @pytest.mark.points(0.5)
