@@ -285,28 +285,50 @@ def _last_step(logits, what):
 class _CachedReader:
     """Protocol 1, the KV cache: `prefill` the prompt once, then `decode_step` one token at a time.
 
-    The cache holds `context_length` positions; once it is full, every later step re-reads the last
-    `context_length` tokens with a plain call, exactly as `_ContextReader` does. A model whose cache methods
-    raise `NotImplementedError` (the cache is a bonus TODO) is read that way from the start.
+    The cache holds `context_length` positions (C). When it is full and one more token comes, the reader
+    re-prefills the last `refill_length(C)` tokens, half the context rounded up (the new token included), and goes
+    on decoding with the cache: the window the model reads then grows again, one token a step, from C/2 to C, and
+    is refilled once more. So at every step the logits are those of the model reading exactly the last
+    `window` tokens, where `window` is the whole sequence while it fits in the context (the same text as
+    re-reading it), and past the context cycles through C/2 + 1 .. C (re-reading would use the last C tokens
+    every time). It costs one prefill of C/2 tokens every C/2 tokens instead of a full re-read at every step.
+
+    A rolling cache (dropping the oldest slot and keeping the others) would be cheaper still but reads something
+    no call of the model reads: the cached keys and values of every layer above the first were computed from
+    tokens that have left the window, and with learned or sinusoidal positions the absolute positions baked
+    into them would have to shift. Re-prefilling works the same for every positional scheme.
+
+    A model whose cache methods raise `NotImplementedError` (the cache is a bonus TODO) is read by re-reading
+    the context, as `_ContextReader` does, from the start.
     """
 
     def __init__(self, model):
         self.model = model
         self.context_length = _context_length(model)
         self.cache = None
-        self.cached = 0  # tokens in the cache
+        self.cached = 0  # tokens in the cache: the window the model reads
         self.fallback = None  # a _ContextReader once the model's cache turns out not to be implemented
+
+    @staticmethod
+    def refill_length(context_length):
+        """Returns how many of the last tokens are re-read once a cache of `context_length` positions is full:
+        half of it, rounded up."""
+        return (context_length + 1) // 2
+
+    def _prefill(self, ids):
+        """Returns the last-step logits `(B, V)` after filling a new cache with `ids` `(B, T)`, T <= C."""
+        logits, self.cache = self.model.prefill(tf.constant(ids))  # (B, T, V)
+        self.cached = ids.shape[1]
+        return _last_step(logits, "model.prefill")
 
     def start(self, ids):
         """Returns the next-token logits `(B, V)` after reading the prompt `ids` `(B, T)`."""
         if self.context_length is not None:
             ids = ids[:, -self.context_length :]  # (B, min(T, L))
         try:
-            logits, self.cache = self.model.prefill(tf.constant(ids))  # (B, T, V)
+            return self._prefill(ids)
         except NotImplementedError:
             return self._without_cache(ids)
-        self.cached = ids.shape[1]
-        return _last_step(logits, "model.prefill")
 
     def _without_cache(self, ids):
         # The KV cache is a bonus TODO: until it is written, generation re-reads the context at every step.
@@ -318,8 +340,8 @@ class _CachedReader:
         if self.fallback is not None:
             return self.fallback.step(ids)
         if self.context_length is not None and self.cached >= self.context_length:
-            context = ids[:, -self.context_length :]  # (B, L): the cache is full, re-read a cropped context
-            return _last_step(self.model(tf.constant(context)), "model")
+            # The cache is full: start a new one from the last half of the context, the new token included.
+            return self._prefill(ids[:, -self.refill_length(self.context_length) :])  # (B, V)
         try:
             logits, self.cache = self.model.decode_step(tf.constant(ids[:, -1:]), self.cache)  # (B, 1, V)
         except NotImplementedError:
@@ -407,8 +429,10 @@ def generate(
     `(T + n,)` or `(B, T + n)` with `n <= max_new_tokens`.
 
     Works for every model of the package through the generation protocol, checked in order:
-    a model with `prefill` and `decode_step` uses its KV cache (and re-reads a context cropped to
-    `model.config.context_length` once the cache is full); a model whose `call` takes `states` and
+    a model with `prefill` and `decode_step` uses its KV cache, and once the cache is full (C =
+    `model.config.context_length` tokens) prefills a new one from the last half of the context and decodes on,
+    so past the context the model reads the last C/2 + 1 .. C tokens rather than always the last C (the same text
+    as re-reading while the sequence fits in the context); a model whose `call` takes `states` and
     `return_state` reads the prompt once and then carries its state; any other model re-reads the whole
     context at each step, cropped to its context length (`model.context_length` or
     `model.config.context_length`) when it has one, so a long prompt is cropped rather than refused.

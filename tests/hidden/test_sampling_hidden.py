@@ -261,6 +261,19 @@ def _expected(prompt, n, window):
     return seqs
 
 
+def _expected_cached(prompt, n, context):
+    """The greedy continuation with a KV cache of `context` positions that, once full, is prefilled again with the
+    last (context + 1) // 2 tokens: the window read grows from there one token a step (see sampling._CachedReader)."""
+    seqs = [list(row) for row in prompt]
+    window = min(len(seqs[0]), context)
+    for step in range(n):
+        if step > 0:
+            window = window + 1 if window < context else (context + 1) // 2
+        for seq in seqs:
+            seq.append((3 * sum(seq[-window:]) + 1) % VOCAB)
+    return seqs
+
+
 @pytest.mark.points(1)
 def test_generate_crops_to_the_context_length_and_falls_back_when_the_cache_is_full(student):
     prompt = np.array([[1, 2, 3, 4, 5, 6, 0, 2], [4, 0, 6, 1, 1, 2, 3, 5]], dtype=np.int32)
@@ -275,10 +288,12 @@ def test_generate_crops_to_the_context_length_and_falls_back_when_the_cache_is_f
             assert max(calls) <= window, f"the model read {max(calls)} tokens; its context is {window}"
     for prompt_len in (3, 8):
         out, seen = _generate(student, "cached", [5], prompt[:, :prompt_len], max_new_tokens=7, greedy=True)
-        assert out.tolist() == _expected(prompt[:, :prompt_len].tolist(), 7, 5), (
+        assert out.tolist() == _expected_cached(prompt[:, :prompt_len].tolist(), 7, 5), (
             f"a cached model with context_length 5 and a prompt of {prompt_len} tokens must give the same tokens "
-            "as full recomputation on the last 5 tokens, also after its cache is full"
+            "as full recomputation on the window its cache holds: the whole sequence while it fits, then, once the "
+            "cache is full, the last 3 tokens prefilled again and one more token a step"
         )
-        assert seen["prefills"] == [min(prompt_len, 5)], f"prefill read {seen['prefills']} tokens"
+        assert seen["prefills"][0] == min(prompt_len, 5), f"prefill read {seen['prefills']} tokens"
+        assert seen["prefills"][1:] == [3] * (len(seen["prefills"]) - 1), f"prefill read {seen['prefills']} tokens"
         assert max(seen["calls"], default=0) <= 5
     assert "prompt_ids" in _value_error(student, "window", [4], np.zeros((2, 0), dtype=np.int32), 3)
