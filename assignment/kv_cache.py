@@ -6,7 +6,8 @@ next_ids `(B, 1)`, and returns logits `(B, 1, V)`. The cache is a dict of fixed 
 context length: `keys` and `values`, each a tuple of L tensors `(B, nkv, C, hs)` (one per layer: a stacked
 `(B, L, nkv, C, hs)` tensor would have to be re-stacked, i.e. copied whole, at every step), and `index`, the
 number of positions filled. The decode step is compiled once (XLA) and its logits equal those of
-`model(all_tokens)`.
+`model(all_tokens)`. Once the cache is full, `generate` prefills a new one from the last half of the context (see
+`sampling._CachedReader`); those refills run as a graph, traced once.
 """
 
 from typing import TypedDict
@@ -29,6 +30,7 @@ class KVCacheDecoding:
 
     jit_decode = True  # compile the decode step with XLA: about 3x faster per token than graph mode on a CPU
     _decode_concrete = None  # the compiled decode step, made at the first eager `decode_step`
+    _prefill_fn = None  # the prefill as a graph, made at the first eager `prefill` after a decode step (False: eager)
 
     def _check_length(self, length):
         """Raises ValueError if `length` (an int, or None when unknown while tracing) is longer than the context."""
@@ -58,8 +60,24 @@ class KVCacheDecoding:
                 f"prefill needs tokens of shape (B, T) with 1 <= T <= context_length="
                 f"{self.config.context_length}; got shape {tuple(tokens.shape)}"
             )
-        # One pass, run as it comes (eagerly, or inside the caller's tf.function): compiling it would cost more than
-        # it saves for a single prompt.
+        if tf.executing_eagerly() and self._decode_concrete is not None:
+            # The model is generating (its decode step is compiled), so this is a refill of `sampling.generate`, one
+            # every context_length / 2 tokens: run it as a graph, traced once for every length (about 50x faster
+            # than eagerly). A model whose code cannot be traced with an unknown length stays eager.
+            if self._prefill_fn is None:
+                self._prefill_fn = tf.function(
+                    lambda tokens: self(tokens, training=False, cache=self.init_cache(tf.shape(tokens)[0])),
+                    autograph=False,
+                    input_signature=[tf.TensorSpec((None, None), tf.int32)],
+                )
+                try:
+                    self._prefill_fn.get_concrete_function()
+                except Exception:  # noqa: BLE001 -- any failure to trace means: run eagerly, as before
+                    self._prefill_fn = False
+            if self._prefill_fn:
+                return self._prefill_fn(tokens)
+        # The first prompt runs as it comes (eagerly, or inside the caller's tf.function): compiling it would cost
+        # more than it saves for a single prompt.
         return self(tokens, training=False, cache=self.init_cache(tf.shape(tokens)[0]))
 
     def decode_step(self, next_ids: tf.Tensor, cache: KVCache) -> tuple[tf.Tensor, KVCache]:
