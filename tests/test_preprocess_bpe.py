@@ -183,6 +183,8 @@ def test_bpe_merge_pair_replaces_occurrences_left_to_right_without_overlap(stude
         ([], (1, 2), 9, []),
         # A pre-token longer than 256 ids, its last id left unpaired (a bound check with `is` holds only below 257).
         ([7] * 301, (7, 7), 9, [9] * 150 + [7]),
+        # Ids of merged tokens (above 256): equal ids are not always the same int object.
+        ([300, 301, 5, 300, 301], (300, 301), 999, [999, 5, 999]),
     ]
     for ids, pair, new_id, expected in cases:
         got = [int(i) for i in student.call("preprocess.merge_pair", list(ids), pair, new_id)]
