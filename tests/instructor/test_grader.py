@@ -393,18 +393,26 @@ def test_verify_proves_the_toy_course_and_reports_what_is_wrong(tmp_path):
     }.items():
         (root / "grading" / "bugs" / module).mkdir(parents=True)
         (root / "grading" / "bugs" / module / f"{name}.patch").write_text(text)
+    # The harmless change is also a correct alternative: as one, it must keep full marks.
+    alternatives = root / "grading" / "alternatives" / "beta"
+    alternatives.mkdir(parents=True)
+    (alternatives / "harmless.patch").write_text((root / "grading" / "bugs" / "beta" / "harmless.patch").read_text())
     lines = []
-    report = verify.verify(root, parts=PARTS, settings=SETTINGS, min_bugs=2, log=lines.append)
+    report = verify.verify(root, parts=PARTS, settings=SETTINGS, min_bugs=2, min_alternatives=1, log=lines.append)
     output = "\n".join(lines)
     failed = {c.name for c in report.checks if not c.ok}
     assert failed == {
         "the points of each part add up to CONVENTIONS.md",  # beta has no hidden test
         "bug beta/harmless is caught by a test of its part",
         "every graded test file is judged (each of its tests takes the `student` fixture)",  # the toy's are not
+        # the toy has no grading/clauses.txt: a course without a clause-to-test map is not proven
+        "every docstring clause of the graded code is pinned by a graded test (grading/clauses.txt)",
     }, output
+    assert "cannot read the clause list" in output
+    assert "alternative beta/harmless keeps full marks on its part" in {c.name for c in report.checks if c.ok}, output
     assert "alpha/minus" in output and "test_add (visible)" in output and "NOT CAUGHT" in output
     assert "graded suite on one CPU" in output and "anonymous" in output
-    assert lines[-1] == f"verify: {len(report.checks) - 3} passed, 3 failed"
+    assert lines[-1] == f"verify: {len(report.checks) - 4} passed, 4 failed"
     assert (root / "assignment" / "alpha.py").read_text() == ALPHA, "bugs are never applied to the working tree"
 
 
