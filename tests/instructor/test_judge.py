@@ -130,6 +130,7 @@ def _grade_sampling(tmp_path, manifest, sampling_source):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # grades a whole part: about 40 s on a quiet machine, minutes on a loaded one
 def test_a_judged_part_that_does_not_import_fails_each_test_once_with_the_error(tmp_path, sampling_manifest):
     source = (REPO / "assignment" / "sampling.py").read_text().replace("def greedy(", "def greedy(((", 1)
     tests, results = _grade_sampling(tmp_path, sampling_manifest, source)
@@ -146,6 +147,7 @@ def test_a_judged_part_that_does_not_import_fails_each_test_once_with_the_error(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # grades a whole part, one test of it hanging until its own 8 s limit
 def test_a_judged_test_that_hangs_costs_only_itself(tmp_path, sampling_manifest):
     source = (REPO / "assignment" / "sampling.py").read_text()
     source += "\n\ndef greedy(logits, *args, **kwargs):\n    while True:\n        pass\n"
