@@ -29,6 +29,7 @@ def manifest():
     return built
 
 
+@pytest.mark.timeout(600)  # grades a submission end to end: seconds on a quiet machine, minutes on a loaded one
 @pytest.mark.parametrize("attack", attacks.ATTACKS, ids=[a.name for a in attacks.ATTACKS])
 def test_attack_is_blocked(attack, manifest, stub_root, runner_user, unprivileged_python):
     attacks.make_canary()
