@@ -14,6 +14,8 @@ from typing import TypedDict
 
 import tensorflow as tf
 
+LayerCache = tuple[tf.Tensor, tf.Tensor]  # one layer's (keys, values), each (B, nkv, C, hs)
+
 
 class KVCache(TypedDict):
     """The KV cache of a whole model, of fixed shapes (C = context_length, L = num_layers)."""

@@ -10,8 +10,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from assignment.transformer_config import TransformerConfig
+
 if TYPE_CHECKING:
     from assignment.transformer_config import TransformerConfig
+
+
+TensorLike = tf.Tensor | np.ndarray  # what the functions of part 4 accept: tensors, and NumPy arrays too
 
 
 def linear(x: tf.Tensor, w: tf.Tensor, b: tf.Tensor | None = None, transpose_w: bool = False) -> tf.Tensor:
@@ -111,3 +116,13 @@ def make_norm(config: "TransformerConfig", name: str | None = None) -> keras.lay
     return keras.layers.LayerNormalization(
         epsilon=config.norm_epsilon, scale=parametric, center=parametric and config.bias != "none", name=name
     )
+
+
+class FromConfig:
+    """`from_config` for a Keras layer or model built from one `TransformerConfig`, whose `get_config` stores
+    `config.to_dict()` under `"config"`."""
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(TransformerConfig.from_dict(config.pop("config")), **config)

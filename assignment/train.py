@@ -18,7 +18,6 @@ A run directory (`runs/<name>/`) holds everything a run needs to resume or to ge
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -26,7 +25,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TypedDict
 
 import keras
 import numpy as np
@@ -35,6 +33,7 @@ import tensorflow as tf
 from assignment.checkpoints import CheckpointError, Checkpoints
 from assignment.data import check_data_size, random_windows, validation_batches, validation_tokens
 from assignment.distribute import is_chief
+from assignment.history import History
 from assignment.optim import evaluation_weights, make_optimizer
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -261,56 +260,6 @@ class Diverged(FloatingPointError):
             f"training diverged: {what}. The last good checkpoint, {last_checkpoint or 'none (nothing saved yet)'}, "
             f"is kept; run again with a lower --lr (or more --warmup-steps, or a smaller --clip-norm)"
         )
-
-
-class HistoryRecord(TypedDict):
-    """One line of `history.jsonl`: an evaluation."""
-
-    step: int
-    train_loss: float  # mean over the steps since the last logged one
-    val_loss: float
-    val_perplexity: float
-    val_bits_per_char: float | None  # None when the characters behind the validation tokens are unknown
-    train_time: float  # seconds spent in training steps, over every session of the run
-    wall_time: float  # seconds since the run started, over every session
-    tokens_per_sec: float
-    lr: float  # the learning rate at this step
-
-
-class History:
-    """`history.jsonl`: one JSON record per evaluation, kept consistent with the checkpoint a run resumes from."""
-
-    def __init__(self, path: str | os.PathLike, writer: bool = True):
-        self.path = Path(path)
-        self.writer = writer
-
-    def read(self) -> list[HistoryRecord]:
-        """Returns the records, oldest first; a line a kill cut short (the last one) is left out."""
-        if not self.path.exists():
-            return []
-        records = []
-        for line in self.path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "step" in record:
-                records.append(record)
-        return records
-
-    def truncate(self, step: int) -> None:
-        """Drops the records after `step` (written after the checkpoint a resumed run restarts from) and any torn
-        line, rewriting the file atomically."""
-        if self.writer and self.path.exists():
-            records = [r for r in self.read() if r["step"] <= step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-            os.replace(tmp, self.path)
-
-    def append(self, record: HistoryRecord) -> None:
-        if self.writer:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 class _StopRequests:

@@ -11,14 +11,11 @@ Build it bottom up: `causal_mask` -> `scaled_dot_product_attention` -> `MultiHea
 """
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from assignment.kv_cache import KVCache, KVCacheDecoding
-from assignment.layers import FeedForward, linear, make_norm, normal_init, sinusoidal_table
-from assignment.transformer_config import (
-    TransformerConfig,  # also `from assignment.transformer import TransformerConfig`
-)
+from assignment.kv_cache import KVCache, KVCacheDecoding, LayerCache
+from assignment.layers import FeedForward, FromConfig, TensorLike, linear, make_norm, normal_init, sinusoidal_table
+from assignment.transformer_config import TransformerConfig  # also `from assignment.transformer import ...`
 
 # -- Core: mask and attention ------------------------------------------------------------------------------------
 
@@ -46,10 +43,7 @@ def causal_mask(seq_len: int | tf.Tensor) -> tf.Tensor:
 
 
 def scaled_dot_product_attention(
-    q: tf.Tensor | np.ndarray,
-    k: tf.Tensor | np.ndarray,
-    v: tf.Tensor | np.ndarray,
-    mask: tf.Tensor | np.ndarray | None = None,
+    q: TensorLike, k: TensorLike, v: TensorLike, mask: TensorLike | None = None
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Returns `(output, weights)`: softmax(q k^T / sqrt(hs)) v over the last two axes.
 
@@ -240,15 +234,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     ```
     """
 
-    def __init__(
-        self,
-        num_heads: int,
-        num_kv_heads: int | None = None,
-        use_bias: bool = True,
-        use_rope: bool = False,
-        rope_base: float = 10000.0,
-        **kwargs,
-    ):
+    def __init__(self, num_heads, num_kv_heads=None, use_bias=True, use_rope=False, rope_base=10000.0, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -332,12 +318,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         # END SOLUTION
 
     def call(
-        self,
-        x: tf.Tensor,
-        training: bool = False,
-        cache: tuple[tf.Tensor, tf.Tensor] | None = None,
-        cache_index: int | tf.Tensor | None = None,
-    ) -> tf.Tensor | tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
+        self, x: tf.Tensor, training=False, cache: LayerCache | None = None, cache_index: tf.Tensor | None = None
+    ) -> tf.Tensor | tuple[tf.Tensor, LayerCache]:
         length = tf.shape(x)[1]  # T
         if cache is None:
             q, k, v = self.project_heads(x, tf.range(length))
@@ -414,7 +396,7 @@ def swiglu(gate: tf.Tensor, up: tf.Tensor) -> tf.Tensor:
 # -- The decoder block and the language model --------------------------------------------------------------------
 
 
-class DecoderBlock(keras.layers.Layer):
+class DecoderBlock(FromConfig, keras.layers.Layer):
     """One pre-norm decoder block: residual self-attention and feed-forward branches, sequential or parallel.
 
     Sublayers, created in `build`: `norm1`, `attention` (a `MultiHeadSelfAttention`), `norm2` (None for the
@@ -465,12 +447,8 @@ class DecoderBlock(keras.layers.Layer):
         self.dropout = keras.layers.Dropout(c.dropout)
 
     def call(
-        self,
-        x: tf.Tensor,
-        training: bool = False,
-        cache: tuple[tf.Tensor, tf.Tensor] | None = None,
-        cache_index: int | tf.Tensor | None = None,
-    ) -> tf.Tensor | tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
+        self, x: tf.Tensor, training=False, cache: LayerCache | None = None, cache_index: tf.Tensor | None = None
+    ) -> tf.Tensor | tuple[tf.Tensor, LayerCache]:
         updated = [cache]  # the attention's updated KV cache, when decoding with one
 
         def attend(h):  # self.attention on a normalized input h (B, T, D) -> (B, T, D), reading and writing the cache
@@ -500,13 +478,8 @@ class DecoderBlock(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "config": self.config.to_dict()}
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        return cls(TransformerConfig.from_dict(config.pop("config")), **config)
 
-
-class TransformerLanguageModel(KVCacheDecoding, keras.Model):
+class TransformerLanguageModel(KVCacheDecoding, FromConfig, keras.Model):
     """A decoder-only transformer language model: `logits = model(tokens)`, with a KV cache for generation.
 
     Token embedding (plus learned or sinusoidal positions unless RoPE), `num_layers` `DecoderBlock`s, a final norm
@@ -619,8 +592,3 @@ class TransformerLanguageModel(KVCacheDecoding, keras.Model):
 
     def get_config(self):
         return {"config": self.config.to_dict(), "name": self.name}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        return cls(TransformerConfig.from_dict(config.pop("config")), **config)

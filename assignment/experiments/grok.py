@@ -63,8 +63,9 @@ def grok(args):
 
     from assignment import run_files
     from assignment.checkpoints import Checkpoints
+    from assignment.history import History
     from assignment.optim import make_optimizer
-    from assignment.train import History, train_step
+    from assignment.train import train_step
     from assignment.transformer import TransformerConfig, TransformerLanguageModel
 
     settings = _grok_settings(args)
