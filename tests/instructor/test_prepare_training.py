@@ -6,18 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from cli_helpers import main
 
 from assignment import cli, data, generate, prepare, preprocess
 
 TINY = ["--config", "tiny", "--no-progress", "--no-jit", "--sample-tokens", 0]
 TEXT = "".join(f"Line {i}: the quick brown fox jumps over the lazy dog, again and again.\n" for i in range(400))
-
-
-def main(capsys, module, *args, expect=0):
-    code = module.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert code == expect, f"main({args}) returned {code}, expected {expect}\n--- stdout\n{out}\n--- stderr\n{err}"
-    return out, err
 
 
 @pytest.fixture(scope="module")

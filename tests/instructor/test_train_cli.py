@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import main
 
 from assignment import cli, configs, generate, optim, runs
 
@@ -36,14 +37,6 @@ def run_module(module, *args, expect=0, timeout=240):
         f"{expect}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     )
     return proc
-
-
-def main(capsys, module, *args, expect=0):
-    """Calls `module.main(args)` here; returns (stdout, stderr) after checking the exit code."""
-    code = module.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert code == expect, f"main({args}) returned {code}, expected {expect}\n--- stdout\n{out}\n--- stderr\n{err}"
-    return out, err
 
 
 @pytest.fixture(scope="module")
