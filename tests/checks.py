@@ -22,3 +22,19 @@ def assert_close(actual, expected, what="output", atol=1e-5, rtol=1e-5):
             f"{what} differs from the reference: largest difference {diff[where]:.3g} at index {where} "
             f"(got {actual[where]:.6g}, expected {expected[where]:.6g}; tolerance atol={atol}, rtol={rtol})"
         )
+
+
+def step_value(result, what):
+    """The value of one step of a tokenizer session (a probe's result); fails the test if the step raised."""
+    assert "error" not in result, f"{what} raised {result.get('error')}: {result.get('message')}"
+    return result["value"]
+
+
+def step_ids(result, what):
+    """The ids `encode` returned in one step of a tokenizer session, checked to be a 1-D int32 NumPy array."""
+    ids = step_value(result, what)
+    assert result["type"] == "ndarray", f"{what} must return a NumPy array, got {result['type']}"
+    assert result["dtype"] == "int32", f"{what} must return int32 ids, got dtype {result['dtype']}"
+    ids = np.asarray(ids)
+    assert_shape(ids, (ids.size,), what)
+    return ids

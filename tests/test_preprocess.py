@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from checks import assert_shape
+from checks import assert_shape, step_ids, step_value
 
 TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer\n"
 
@@ -63,20 +63,6 @@ def _session(student, kind, fit_text, steps, options=None, save=False):
     return student.run(tokenizer_session, kind, options or {}, fit_text, steps, save=save)
 
 
-def _value(result, what):
-    """The value of one step of a tokenizer session; fails the test if the step raised."""
-    assert "error" not in result, f"{what} raised {result.get('error')}: {result.get('message')}"
-    return result["value"]
-
-
-def _ids(result, what):
-    """The ids `encode` returned in one step, checked to be an int32 NumPy array."""
-    ids = _value(result, what)
-    assert result["type"] == "ndarray", f"encode must return a NumPy array, got {result['type']}"
-    assert result["dtype"] == "int32", f"encode must return int32 ids, got dtype {result['dtype']}"
-    return np.asarray(ids)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenizers
 # ---------------------------------------------------------------------------------------------------------------
@@ -90,13 +76,13 @@ def _ids(result, what):
 )
 def test_char_tokenizer_round_trips_known_text(student):
     s = _session(student, "CharTokenizer", TEXT, [("encode", [TEXT])])
-    ids = _ids(s["results"][0], "CharTokenizer.encode(text)")
+    ids = step_ids(s["results"][0], "CharTokenizer.encode(text)")
     assert_shape(ids, (len(TEXT),), "CharTokenizer.encode(text)")
     s = _session(student, "CharTokenizer", TEXT, [("decode", [ids]), ("decode", [ids.tolist()])])
-    assert _value(s["results"][0], "decode") == TEXT, (
+    assert step_value(s["results"][0], "decode") == TEXT, (
         "decode(encode(text)) must give back the text the tokenizer was fitted on"
     )
-    assert _value(s["results"][1], "decode of a list") == TEXT, "decode must also accept a Python list of ids"
+    assert step_value(s["results"][1], "decode of a list") == TEXT, "decode must also accept a Python list of ids"
 
 
 @pytest.mark.points(1)
@@ -109,7 +95,7 @@ def test_char_vocab_has_one_id_per_character_plus_unknown(student):
     assert s["vocab_size"] == 4, (
         f"'abcab' has 3 distinct characters plus <unk>: expected vocab_size 4, got {s['vocab_size']}"
     )
-    ids = _ids(s["results"][0], "encode('abc')").tolist()
+    ids = step_ids(s["results"][0], "encode('abc')").tolist()
     assert len(set(ids)) == 3, f"'a', 'b', 'c' must get three different ids, got {ids}"
     assert s["unk_id"] is not None, "the tokenizer must have an unk_id"
     assert s["unk_id"] not in ids, "a known character must not be encoded as the unknown id"
@@ -120,7 +106,7 @@ def test_char_vocab_has_one_id_per_character_plus_unknown(student):
 @pytest.mark.clause("preprocess.CharTokenizer.encode: A character missing from the vocabulary becomes `self.unk_id`.")
 def test_char_unknown_character_maps_to_unk_id(student):
     s = _session(student, "CharTokenizer", "abc", [("encode", ["azb"])])
-    ids = _ids(s["results"][0], "encode('azb')").tolist()
+    ids = step_ids(s["results"][0], "encode('azb')").tolist()
     unk = s["unk_id"]
     assert ids[1] == unk, f"'z' was never seen: expected unk_id {unk}, got {ids[1]}"
     assert ids[0] != unk and ids[2] != unk
@@ -136,11 +122,11 @@ def test_char_unknown_character_maps_to_unk_id(student):
 )
 def test_word_tokenizer_splits_words_and_punctuation_and_round_trips(student):
     s = _session(student, "WordTokenizer", TEXT, [("encode", ["To be, or not"]), ("encode", [TEXT])])
-    ids = _ids(s["results"][0], "WordTokenizer.encode('To be, or not')")
+    ids = step_ids(s["results"][0], "WordTokenizer.encode('To be, or not')")
     assert_shape(ids, (5,), "WordTokenizer.encode('To be, or not') (tokens: 'To', ' be', ',', ' or', ' not')")
-    all_ids = _ids(s["results"][1], "WordTokenizer.encode(text)")
+    all_ids = step_ids(s["results"][1], "WordTokenizer.encode(text)")
     s = _session(student, "WordTokenizer", TEXT, [("decode", [all_ids])])
-    assert _value(s["results"][0], "decode") == TEXT, "decode(encode(text)) must give back the fitted text"
+    assert step_value(s["results"][0], "decode") == TEXT, "decode(encode(text)) must give back the fitted text"
 
 
 @pytest.mark.points(0.5)
@@ -149,8 +135,8 @@ def test_word_tokenizer_lowercase_merges_cases(student):
     lower = _session(
         student, "WordTokenizer", "Dog dog DOG", [("encode", ["DOG dOg"]), ("encode", ["dog dog"])], {"lowercase": True}
     )
-    shouting = _ids(lower["results"][0], "encode('DOG dOg')").tolist()
-    assert shouting == _ids(lower["results"][1], "encode('dog dog')").tolist()
+    shouting = step_ids(lower["results"][0], "encode('DOG dOg')").tolist()
+    assert shouting == step_ids(lower["results"][1], "encode('dog dog')").tolist()
     assert lower["unk_id"] not in shouting, "with lowercase=True, 'DOG' is the known word 'dog'"
     cased = _session(student, "WordTokenizer", "Dog dog DOG", [])
     assert cased["vocab_size"] == lower["vocab_size"] + 1, (
@@ -169,9 +155,9 @@ def test_word_max_vocab_keeps_the_most_frequent_tokens(student):
     text = " a" * 5 + " b" * 3 + " c"
     s = _session(student, "WordTokenizer", text, [("encode", [" c"]), ("encode", [" a b"])], {"max_vocab": 3})
     assert s["vocab_size"] == 3, f"max_vocab=3 counts <unk>: expected vocab_size 3, got {s['vocab_size']}"
-    rare = _ids(s["results"][0], "encode(' c')").tolist()
+    rare = step_ids(s["results"][0], "encode(' c')").tolist()
     assert rare == [s["unk_id"]], "' c' is the rarest token and must fall outside max_vocab=3"
-    assert s["unk_id"] not in _ids(s["results"][1], "encode(' a b')").tolist(), (
+    assert s["unk_id"] not in step_ids(s["results"][1], "encode(' a b')").tolist(), (
         "' a' and ' b' are the two most frequent tokens"
     )
 
@@ -186,7 +172,7 @@ def test_word_min_freq_drops_rare_tokens(student):
     assert s["vocab_size"] == 3, (
         f"with min_freq=2 only ' a' and ' b' (plus <unk>) remain; got vocab_size {s['vocab_size']}"
     )
-    assert _ids(s["results"][0], "encode(' c')").tolist() == [s["unk_id"]]
+    assert step_ids(s["results"][0], "encode(' c')").tolist() == [s["unk_id"]]
 
 
 @pytest.mark.points(0.5)
@@ -196,12 +182,12 @@ def test_tokenizers_save_and_load_as_json(student):
         json.loads(s["saved"])  # must be JSON
         again = s["loaded"]
         assert again["vocab_size"] == s["vocab_size"], f"{kind}: vocab_size changed after save/load"
-        ids = _ids(s["results"][0], f"{kind}.encode")
-        assert _ids(again["results"][0], f"{kind}.encode after load").tolist() == ids.tolist(), (
+        ids = step_ids(s["results"][0], f"{kind}.encode")
+        assert step_ids(again["results"][0], f"{kind}.encode after load").tolist() == ids.tolist(), (
             f"{kind}: ids changed after load"
         )
         s = _session(student, kind, TEXT, [("decode", [ids])], options, save=True)
-        assert _value(s["loaded"]["results"][0], "decode after load") == _value(s["results"][0], "decode")
+        assert step_value(s["loaded"]["results"][0], "decode after load") == step_value(s["results"][0], "decode")
 
 
 @pytest.mark.points(0.5)
@@ -226,17 +212,17 @@ def test_decode_rejects_ids_outside_the_vocabulary(student):
 )
 def test_decode_writes_unknown_ids_as_documented(student):
     s = _session(student, "CharTokenizer", "abc", [("encode", ["azb"])])
-    ids = _ids(s["results"][0], "CharTokenizer.encode('azb')")
+    ids = step_ids(s["results"][0], "CharTokenizer.encode('azb')")
     s = _session(student, "CharTokenizer", "abc", [("decode", [ids])])
-    got = _value(s["results"][0], "CharTokenizer.decode")
+    got = step_value(s["results"][0], "CharTokenizer.decode")
     assert got == "a\ufffdb", (
         f"CharTokenizer: the unknown id must decode to U+FFFD (the replacement character '\ufffd'), one character "
         f"like every other id: decode(encode('azb')) fitted on 'abc' must be 'a\ufffdb', got {got!r}"
     )
     s = _session(student, "WordTokenizer", " a b", [("encode", [" a q b"])])
-    ids = _ids(s["results"][0], "WordTokenizer.encode(' a q b')")
+    ids = step_ids(s["results"][0], "WordTokenizer.encode(' a q b')")
     s = _session(student, "WordTokenizer", " a b", [("decode", [ids]), ("decode", [[s["vocab_size"]]])])
-    got = _value(s["results"][0], "WordTokenizer.decode")
+    got = step_value(s["results"][0], "WordTokenizer.decode")
     assert got == " a <unk> b", (
         "WordTokenizer: the unknown id must decode to ' <unk>' (with its leading space, like the words around it): "
         f"decode(encode(' a q b')) fitted on ' a b' must be ' a <unk> b', got {got!r}"
@@ -245,7 +231,7 @@ def test_decode_writes_unknown_ids_as_documented(student):
         f"WordTokenizer.decode([vocab_size]) must raise ValueError (ids lie in [0, vocab_size)); got {s['results'][1]}"
     )
     s = _session(student, "CharTokenizer", "abC", [("encode", ["ABC"])], {"lowercase": True})
-    assert s["vocab_size"] == 4 and s["unk_id"] not in _ids(s["results"][0], "encode('ABC')").tolist(), (
+    assert s["vocab_size"] == 4 and s["unk_id"] not in step_ids(s["results"][0], "encode('ABC')").tolist(), (
         "CharTokenizer(lowercase=True) fitted on 'abC' knows 'a', 'b', 'c' (vocab_size 4) and encodes 'ABC' "
         f"without unknown ids; got vocab_size {s['vocab_size']}"
     )
@@ -256,13 +242,13 @@ def test_decode_writes_unknown_ids_as_documented(student):
 def test_word_vocabulary_is_ordered_by_frequency_then_alphabetically(student):
     text = " d b c a c"  # ' c' twice; ' a', ' b', ' d' once each, seen in the order d, b, a
     s = _session(student, "WordTokenizer", text, [("encode", [" c a b d"])])
-    ids = _ids(s["results"][0], "encode(' c a b d')").tolist()
+    ids = step_ids(s["results"][0], "encode(' c a b d')").tolist()
     assert ids == [1, 2, 3, 4], (
         f"fitted on {text!r}, the vocabulary is <unk> (id 0), ' c' (the most frequent), then the ties ' a', ' b', "
         f"' d' in alphabetical order, not in the order first seen: encode(' c a b d') must be [1, 2, 3, 4], got {ids}"
     )
     s = _session(student, "WordTokenizer", text, [("encode", [" a b"])], {"max_vocab": 3})
-    ids = _ids(s["results"][0], "encode(' a b')").tolist()
+    ids = step_ids(s["results"][0], "encode(' a b')").tolist()
     assert ids == [2, s["unk_id"]], (
         f"max_vocab=3 on {text!r} keeps <unk>, ' c' and ' a' (the alphabetically first of the ties): "
         f"encode(' a b') must be [2, {s['unk_id']}], got {ids}"

@@ -9,9 +9,8 @@ result: round trips on any Unicode text, special tokens as single ids, merges ap
 import collections
 import re
 
-import numpy as np
 import pytest
-from checks import assert_shape
+from checks import step_ids, step_value
 
 EOT = "<|endoftext|>"
 WORDS = "low lower lowest newer newest wider widest low new now snow slow slower show shower new low"
@@ -76,22 +75,6 @@ def bpe_constructor_error(vocab_size, special_tokens):
 
 def _session(student, vocab_size, fit_text, steps=(), special_tokens=(), save=False):
     return student.run(bpe_session, vocab_size, list(special_tokens), fit_text, list(steps), save=save)
-
-
-def _value(result, what):
-    """The value of one step of a session; fails the test if the step raised."""
-    assert "error" not in result, f"{what} raised {result.get('error')}: {result.get('message')}"
-    return result["value"]
-
-
-def _ids(result, what):
-    """The ids `encode` returned in one step, checked to be a 1-D int32 NumPy array."""
-    ids = _value(result, what)
-    assert result["type"] == "ndarray", f"{what} must return a NumPy array, got {result['type']}"
-    assert result["dtype"] == "int32", f"{what} must return int32 ids, got dtype {result['dtype']}"
-    ids = np.asarray(ids)
-    assert_shape(ids, (ids.size,), what)
-    return ids
 
 
 def _merges(session):
@@ -257,8 +240,8 @@ def test_bpe_fit_stops_when_the_text_runs_out_of_pairs(student):
         f"when no pre-token has two ids left (not fail, not invent merges); got merges {_show(_merges(s))}"
     )
     assert s["vocab_size"] == 258, f"256 bytes and 2 merges make vocab_size 258; got {s['vocab_size']}"
-    assert _ids(s["results"][0], "encode('abab')").tolist() == [257], "'abab' must encode to the single id 257"
-    assert _value(s["results"][1], "decode([257])") == "abab"
+    assert step_ids(s["results"][0], "encode('abab')").tolist() == [257], "'abab' must encode to the single id 257"
+    assert step_value(s["results"][1], "decode([257])") == "abab"
 
 
 @pytest.mark.bonus
@@ -296,13 +279,13 @@ def test_bpe_special_tokens_are_single_ids_and_never_merged(student):
     )
     eot = s["vocab_size"] - 1
     assert s["special_ids"] == {EOT: eot}, f"the special token comes last: expected {{{EOT!r}: {eot}}}"
-    ids = [_ids(r, f"encode({t!r})").tolist() for r, t in zip(s["results"], probes)]
+    ids = [step_ids(r, f"encode({t!r})").tolist() for r, t in zip(s["results"], probes)]
     assert ids[0] == [eot], f"encode({EOT!r}) must be the single id [{eot}], got {ids[0]}"
     assert ids[1].count(eot) == 2 and ids[1][-1] == eot, f"'low{EOT}low{EOT}' must hold id {eot} twice, got {ids[1]}"
     assert eot not in ids[2], f"'<|endoftext' is not the special token, got {ids[2]}"
     s = _session(student, 256 + 20 + 1, text, [("decode", [i]) for i in ids], special_tokens=(EOT,))
     for r, t in zip(s["results"], probes):
-        assert _value(r, "decode") == t, f"decode(encode({t!r})) gave {r.get('value')!r}"
+        assert step_value(r, "decode") == t, f"decode(encode({t!r})) gave {r.get('value')!r}"
 
 
 @pytest.mark.bonus
@@ -320,7 +303,7 @@ def test_bpe_encode_applies_merges_by_rank_not_by_position(student):
     assert _merges(s) == merges, f"expected merges {_show(merges)}, got {_show(_merges(s))}"
     for word, result in zip(words, s["results"]):
         expected = [i for w in re.findall(r" ?[a-z]+", word) for i in _reference_encode(w, merges)]
-        got = _ids(result, f"encode({word!r})").tolist()
+        got = step_ids(result, f"encode({word!r})").tolist()
         assert got == expected, (
             f"encode({word!r}) with merges {_show(merges)}: expected {expected}, got {got}. Merge the pair of "
             "lowest rank first (('b', 'c') before ('a', 'b')), wherever it is in the word"
@@ -348,13 +331,13 @@ def test_bpe_round_trips_any_unicode_text(student):
         "日本語" * 20,
     ]
     s = _session(student, 320, fit_text, [("encode", [t]) for t in texts])
-    ids = [_ids(r, f"encode({t!r})") for r, t in zip(s["results"], texts)]
+    ids = [step_ids(r, f"encode({t!r})") for r, t in zip(s["results"], texts)]
     for t, i in zip(texts, ids):
         assert all(0 <= x < s["vocab_size"] for x in i.tolist()), f"ids of {t!r} outside [0, vocab_size): {i}"
     assert len(ids[0]) < len(texts[0].encode()), "learned merges must shorten fitted text"
     s = _session(student, 320, fit_text, [("decode", [i]) for i in ids])
     for r, t in zip(s["results"], texts):
-        assert _value(r, "decode") == t, f"decode(encode({t!r})) gave {r.get('value')!r}"
+        assert step_value(r, "decode") == t, f"decode(encode({t!r})) gave {r.get('value')!r}"
 
 
 @pytest.mark.bonus
@@ -365,11 +348,11 @@ def test_bpe_saves_loads_and_respects_vocab_size(student):
     s = _session(student, 270, WORDS, [("encode", [sample])], special_tokens=(EOT,), save=True)
     assert s["vocab_size"] == 270, f"vocab_size=270 with 1 special token learns 13 merges; got {s['vocab_size']}"
     assert len(_merges(s)) == 13, f"expected 13 merges, got {len(_merges(s))}"
-    ids = _ids(s["results"][0], "encode").tolist()
+    ids = step_ids(s["results"][0], "encode").tolist()
     for how, again in zip(("BPETokenizer.load", "load_tokenizer"), s["loaded"]):
         assert again["class"] == "BPETokenizer", f"{how} must rebuild a BPETokenizer, got {again['class']}"
         assert again["vocab_size"] == 270, f"{how}: vocab_size changed to {again['vocab_size']}"
-        assert _ids(again["results"][0], f"encode after {how}").tolist() == ids, f"ids changed after {how}"
+        assert step_ids(again["results"][0], f"encode after {how}").tolist() == ids, f"ids changed after {how}"
     error = student.run(bpe_constructor_error, 256, [EOT])
     assert error is not None and error["error"] == "ValueError" and "vocab_size" in error["message"], (
         f"BPETokenizer(vocab_size=256, special_tokens=({EOT!r},)) has no room for the 256 bytes and the special "
