@@ -1,46 +1,36 @@
 """The grader: `python -m grading grade SUBMISSION_DIR --out results.json` (what Gradescope's run_autograder calls).
 
-Only the student's `assignment/<module>.py` files are taken from the submission; the tests, their conftest, the
-package scaffolding and the list of tests with their points (the manifest) all come from the bundle this file sits
-in. The tests run in a child process (see runner.py); results.json follows Gradescope's schema:
-
-- one entry per graded test, `status` passed/failed, `score` of `max_score`, the failure message as `output`;
-- visible tests are `visible`, hidden tests `after_published` (students see them once grades are published);
-- bonus tests have `max_score` 0 and `score` = their points when they pass: Gradescope adds them to the score as
-  extra credit without raising the assignment's total of 100 (their name says "bonus" and how many points);
-- `score` is the sum of the tests' scores, bonus included; `output` is the score table of the visible tests.
+Only the student's `assignment/<module>.py` files are taken from the submission (upload.py finds them and
+assembles the package); the tests, their conftest, the package scaffolding and the list of tests with their points
+(the manifest, whose types are below) all come from the bundle this file sits in. The tests run in a child process
+(see runner.py); results.json follows Gradescope's schema (results.py says how).
 """
 
 from __future__ import annotations
 
-import errno
-import io
 import json
 import os
 import pwd
 import resource
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from grading import runner, sandbox
+from grading.results import Results, build_results, fmt, score_table, write_results
+from grading.upload import assemble_package, copy_tests, locate_submission, python_files, read_regular
 
 if TYPE_CHECKING:
     import argparse
 
     from grading.judge import JudgeSpec
 
-MESSAGE_LIMIT = 4_000  # characters of a failure message kept in results.json
 FAILURES_SHOWN = 4  # failed tests listed per part by `make grade`
-# Never taken from a submission even inside assignment/: they would change how the package or pytest behave.
-NEVER_TAKEN = {"__init__", "conftest", "sitecustomize", "usercustomize", "setup"}
 JUDGE_INI = """\
 [pytest]
 markers =
@@ -51,11 +41,6 @@ markers =
 filterwarnings =
     ignore::DeprecationWarning
 """
-MAX_FILE_BYTES = 2 * 2**20  # one module file of the submission
-MAX_UPLOAD_BYTES = 50 * 2**20  # a zip in the submission, and what is unpacked from it
-MAX_UPLOAD_FILES = 5_000  # entries of the upload looked at
-MAX_HELPERS = 20  # helper modules taken beside the graded ones
-SKIP_DIRS = {"__MACOSX", "__pycache__", ".git", ".venv", "venv", "env", "site-packages", "node_modules", "tests"}
 
 
 def bundle_root() -> Path:
@@ -117,392 +102,6 @@ class Manifest(TypedDict):
 def load_manifest(path: str | os.PathLike) -> Manifest:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The submission: find the student's module files wherever the upload put them.
-
-
-def read_regular(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> tuple[bytes | None, str]:
-    """Returns (bytes, "") of a regular file of at most `limit` bytes, or (None, reason): never follows a symbolic
-    link, never opens a device or a pipe (a link to /dev/zero or to a root-only file is refused by name)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return None, "it is a symbolic link (only regular files are taken)"
-        return None, f"it cannot be read ({exc.strerror})"
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return None, "it is not a regular file (only regular files are taken)"
-        if info.st_size > limit:
-            return None, f"it is {info.st_size} bytes, more than the limit of {limit}"
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
-        if len(data) > limit:
-            return None, f"it is larger than the limit of {limit} bytes"
-        return data, ""
-    finally:
-        os.close(fd)
-
-
-def _is_regular(path):
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _candidate_dirs(submission, modules, notes=None):
-    """{folder: modules whose <module>.py is a regular file in it}; walks at most MAX_UPLOAD_FILES entries."""
-    found = {}
-    seen = 0
-    for dirpath, dirnames, filenames in os.walk(submission):  # never descends into a linked folder
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
-        seen += len(filenames) + len(dirnames)
-        if seen > MAX_UPLOAD_FILES:
-            if notes is not None:
-                notes.append(f"the upload holds more than {MAX_UPLOAD_FILES} files: only the first ones were looked at")
-            break
-        present = set()
-        for m in modules:
-            if f"{m}.py" in filenames:
-                if _is_regular(os.path.join(dirpath, f"{m}.py")):
-                    present.add(m)
-                elif notes is not None:
-                    rel = _rel(Path(dirpath) / f"{m}.py", submission)
-                    notes.append(f"ignored {rel}: it is a symbolic link or not a regular file")
-        if present:
-            found[Path(dirpath)] = present
-    return found
-
-
-def _extract_zips(submission, into, notes=None):
-    """Unpacks the .py files of any .zip at the top of the submission (a student who uploaded a zip inside a zip):
-    regular files only, each and all together capped, never outside `into`."""
-    extracted = []
-    for archive in sorted(Path(submission).glob("*.zip")):
-        target = Path(into) / archive.stem
-        data, reason = read_regular(archive, MAX_UPLOAD_BYTES)
-        if data is None:
-            if notes is not None:
-                notes.append(f"ignored {archive.name}: {reason}")
-            continue
-        total = 0
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as z:
-                for member in z.infolist()[:MAX_UPLOAD_FILES]:
-                    name = Path(member.filename)
-                    mode = member.external_attr >> 16
-                    if (
-                        not member.filename.endswith(".py")
-                        or name.is_absolute()
-                        or ".." in name.parts
-                        or stat.S_IFMT(mode) not in (0, stat.S_IFREG)  # a link or a device: only regular files
-                    ):
-                        continue
-                    with z.open(member) as f:
-                        content = f.read(MAX_FILE_BYTES + 1)
-                    total += len(content)
-                    if len(content) > MAX_FILE_BYTES or total > MAX_UPLOAD_BYTES:
-                        continue
-                    dest = target / name
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.write_bytes(content)
-            extracted.append(target)
-        except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, ValueError):
-            continue
-    return extracted
-
-
-def locate_submission(
-    submission: str | os.PathLike,
-    modules: Iterable[str],
-    scratch: Path | None = None,
-    known: Iterable[str] = (),
-) -> tuple[dict[str, Path], list[str], list[Path]]:
-    """Returns ({module: path}, notes, helpers): the student's module files, what was noticed, helper modules.
-
-    Prefers the directory holding most of the modules, then one named `assignment`, then the shallowest: a zip of
-    the whole repository, of the assignment folder, or the bare files all work. Helpers are the other modules
-    beside them, except those in `known` (the bundle's own scaffolding and other graded modules)."""
-    submission = Path(submission)
-    notes = []
-    candidates = _candidate_dirs(submission, modules, notes)
-    if not candidates and scratch is not None:
-        for target in _extract_zips(submission, scratch, notes):
-            candidates.update(_candidate_dirs(target, modules))
-        if candidates:
-            notes.append("found the files inside a .zip in the submission")
-    if not candidates:
-        return {}, notes, []
-
-    def rank(d):
-        return (-len(candidates[d]), d.name != "assignment", len(d.parts), str(d))
-
-    ordered = sorted(candidates, key=rank)
-    primary = ordered[0]
-    found = {m: primary / f"{m}.py" for m in candidates[primary]}
-    for m in modules:
-        if m in found:
-            continue
-        for d in ordered[1:]:
-            if m in candidates[d]:
-                found[m] = d / f"{m}.py"
-                notes.append(f"took {m}.py from {_rel(d / f'{m}.py', submission)}, not beside the other files")
-                break
-    helpers = sorted(
-        p
-        for p in primary.glob("*.py")
-        if p.stem not in modules
-        and p.stem not in known
-        and p.stem not in NEVER_TAKEN
-        and p.stem.isidentifier()
-        and _is_regular(p)
-    )[:MAX_HELPERS]
-    return found, notes, helpers
-
-
-def _python_files(submission, limit=20):
-    """The names of the .py files of a submission (outside virtualenvs and caches), to say what was found."""
-    names = set()
-    for _dirpath, dirnames, filenames in os.walk(submission):
-        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".")]
-        names |= {f for f in filenames if f.endswith(".py")}
-    return sorted(names)[:limit]
-
-
-def _rel(path, base):
-    try:
-        return Path(path).relative_to(base).as_posix()
-    except ValueError:
-        return str(path)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The work directory: the bundle's scaffolding and tests, with the student's module files dropped in.
-
-
-def assemble_package(
-    work: str | os.PathLike,
-    bundle: str | os.PathLike,
-    found: Mapping[str, Path],
-    helpers: Iterable[Path] = (),
-    graded: Iterable[str] | None = None,
-) -> None:
-    """Fills `work`/assignment with the bundle's scaffolding and the student's module files (regular files only).
-
-    `graded` names the modules that must come from the submission: the bundle's copy of a graded module the
-    student did not submit is left out, never used in its place."""
-    work, bundle = Path(work), Path(bundle)
-    package = work / "assignment"
-    package.mkdir(parents=True, exist_ok=True)
-    graded = set(graded if graded is not None else found)
-    for src in sorted((bundle / "assignment").glob("*.py")):
-        if src.stem not in graded:
-            shutil.copyfile(src, package / src.name)
-    if not (package / "__init__.py").exists():
-        (package / "__init__.py").write_text("")
-    scaffolding = {p.stem for p in package.glob("*.py")}
-    for module, path in found.items():
-        data, _ = read_regular(path)
-        if data is not None:
-            (package / f"{module}.py").write_bytes(data)
-    for path in helpers:
-        data, _ = read_regular(path)
-        if path.stem not in scaffolding and data is not None:
-            (package / path.name).write_bytes(data)
-    for path in [work, package, *package.iterdir()]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-
-
-def copy_tests(work: str | os.PathLike, bundle: str | os.PathLike, files: Iterable[str]) -> None:
-    """Copies the bundle's tests (tests/hidden/ only when `files` has a hidden test) into `work`/tests."""
-    work, bundle = Path(work), Path(bundle)
-    want_hidden = any(f.startswith("tests/hidden/") for f in files)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
-    (work / "tests").mkdir(exist_ok=True)
-    for src in sorted((bundle / "tests").iterdir()):
-        if src.name.startswith(".") or src.name in ("instructor", "__pycache__"):
-            continue
-        if src.is_dir():
-            if src.name != "hidden" or want_hidden:
-                shutil.copytree(src, work / "tests" / src.name, ignore=ignore, dirs_exist_ok=True)
-        else:
-            shutil.copy(src, work / "tests" / src.name)
-
-
-def assemble(
-    work: str | os.PathLike,
-    bundle: str | os.PathLike,
-    files: Iterable[str],
-    found: Mapping[str, Path],
-    timeout: float,
-    helpers: Iterable[Path] = (),
-    graded: Iterable[str] | None = None,
-) -> None:
-    """Fills `work` with assignment/, the bundle's tests and pytest.ini (how the legacy runner and the manifest's
-    collection see a submission)."""
-    assemble_package(work, bundle, found, helpers, graded)
-    copy_tests(work, bundle, files)
-    runner.write_pytest_ini(work, timeout)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# results.json and the score table.
-
-
-class EntryData(TypedDict):
-    """The `extra_data` of one test's entry in results.json: what the score table reads."""
-
-    nodeid: str
-    outcome: str  # runner.TestOutcome.outcome: "passed", "failed", "timeout", "missing", "not_run", ...
-    points: float
-    bonus: bool
-    hidden: bool
-    duration: float  # seconds
-
-
-class ResultEntry(TypedDict):
-    """One test in results.json, in Gradescope's schema."""
-
-    name: str  # "Part 2a (rnn): test_cell_shape [hidden]"
-    number: str  # "<part label>.<n>"
-    score: float
-    max_score: float  # 0 for a bonus test: Gradescope counts its score as extra credit
-    status: Literal["passed", "failed"]
-    output: str  # the failure message, or "passed in 1.2 s"
-    visibility: Literal["visible", "after_published"]
-    tags: list[str]  # [module], then "hidden" and "bonus" when they apply
-    extra_data: EntryData
-
-
-class GradeStats(TypedDict):
-    """results.json's `extra_data` after a run: the split of the score, time and memory."""
-
-    wall_s: float
-    peak_rss_mb: float
-    peak_anon_mb: float
-    user: str  # who ran the student's code
-    modules: list[str]  # the modules this run graded
-    core_score: float
-    core_max: float
-    bonus_score: float
-    bonus_max: float
-
-
-class _Results(TypedDict):
-    score: float  # the tests' scores, bonus included
-    output: str  # the score table of the visible tests, then the notes
-    tests: list[ResultEntry]
-    extra_data: GradeStats | dict[str, str]  # {"refused": ...} or {"error": ...} when the grader could not grade
-
-
-class Results(_Results, total=False):
-    """results.json, what Gradescope reads (its schema); a grader that failed writes only the required keys."""
-
-    execution_time: int  # seconds
-    stdout_visibility: str
-
-
-def _fmt(x):
-    return f"{x:g}"
-
-
-def _name(test, part):
-    tags = []
-    if test["hidden"]:
-        tags.append("hidden")
-    if test["bonus"]:
-        tags.append(f"bonus, {_fmt(test['points'])} pts")
-    tag = f" [{', '.join(tags)}]" if tags else ""
-    return f"Part {part['label']} ({part['module']}): {test['name']}{tag}"
-
-
-def build_results(
-    manifest: Manifest,
-    outcomes: Mapping[str, runner.TestOutcome],
-    *,
-    notes: Sequence[str] = (),
-    wall: float = 0.0,
-    extra: GradeStats | None = None,
-) -> Results:
-    """Returns Gradescope's results.json content for the manifest's tests and their outcomes."""
-    parts = {p["module"]: p for p in manifest["parts"]}
-    entries = []
-    counters = {}
-    for test in manifest["tests"]:
-        part = parts[test["module"]]
-        outcome = outcomes.get(test["id"]) or runner.TestOutcome("not_run", "not run (no result was recorded)")
-        passed = outcome.outcome == "passed"
-        counters[part["module"]] = counters.get(part["module"], 0) + 1
-        if passed:
-            output = f"passed in {outcome.duration:.1f} s"
-        else:
-            output = runner.truncate(outcome.message.strip() or outcome.outcome, MESSAGE_LIMIT)
-        entries.append(
-            {
-                "name": _name(test, part),
-                "number": f"{part['label']}.{counters[part['module']]}",
-                "score": test["points"] if passed else 0.0,
-                "max_score": 0.0 if test["bonus"] else test["points"],
-                "status": "passed" if passed else "failed",
-                "output": output,
-                "visibility": "after_published" if test["hidden"] else "visible",
-                "tags": [part["module"]]
-                + (["hidden"] if test["hidden"] else [])
-                + (["bonus"] if test["bonus"] else []),
-                "extra_data": {
-                    "nodeid": test["id"],
-                    "outcome": outcome.outcome,
-                    "points": test["points"],
-                    "bonus": test["bonus"],
-                    "hidden": test["hidden"],
-                    "duration": round(outcome.duration, 3),
-                },
-            }
-        )
-    score = sum(e["score"] for e in entries)
-    table = score_table(entries, show_hidden=False)
-    output = table + ("\n\n" + "\n".join(notes) if notes else "")
-    return {
-        "score": round(score, 4),
-        "execution_time": int(round(wall)),
-        "output": output,
-        "stdout_visibility": "hidden",
-        "tests": entries,
-        "extra_data": dict(extra or {}),
-    }
-
-
-def score_table(entries: Iterable[ResultEntry], show_hidden: bool = True) -> str:
-    """A per-part table of the points earned: visible tests, hidden tests (when shown) and bonus tests."""
-    parts = {}  # module -> (label, {"visible"|"hidden"|"bonus": [earned, possible]})
-    for e in entries:
-        data = e["extra_data"]
-        if data["hidden"] and not show_hidden:
-            continue
-        module = e["tags"][0]
-        label, cells = parts.setdefault(module, (e["number"].split(".")[0], {}))
-        key = "bonus" if data["bonus"] else "hidden" if data["hidden"] else "visible"
-        cell = cells.setdefault(key, [0.0, 0.0])
-        cell[0] += e["score"]
-        cell[1] += data["points"]
-    columns = [k for k in ("visible", "hidden", "bonus") if any(k in cells for _, cells in parts.values())]
-    totals = {k: [sum(c.get(k, [0, 0])[i] for _, c in parts.values()) for i in (0, 1)] for k in columns}
-    header = f"{'Part':<5} {'Module':<12}" + "".join(f" {k.capitalize():>13}" for k in columns)
-    rule = "-" * len(header)
-
-    def row(label, module, cells):
-        text = f"{label:<5} {module:<12}"
-        for k in columns:
-            c = cells.get(k)
-            text += f" {_fmt(c[0]):>6} / {_fmt(c[1]):<4}" if c else " " * 14
-        return text.rstrip()
-
-    lines = [header, rule] + [row(label, m, cells) for m, (label, cells) in parts.items()]
-    return "\n".join(lines + [rule, row("", "total", totals)])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -589,7 +188,7 @@ def grade(
         judged = set(manifest.get("judged", ()))
         outcomes = {}
         for m in missing:
-            seen = _python_files(submission)
+            seen = python_files(submission)
             message = refused.get(m, "") + (". " if m in refused else "")
             message += (
                 f"assignment/{m}.py is missing from your submission, so none of the tests of part "
@@ -684,17 +283,6 @@ def grade(
             log(f"work directory kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def write_results(results: Results, out: str | os.PathLike) -> None:
-    """Writes results.json atomically; never through a link a student could have planted."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(results, indent=2, ensure_ascii=False))
-    os.replace(tmp, out)
 
 
 def run_judge(
@@ -820,8 +408,8 @@ def print_report(
     data = results["extra_data"]
     log("")
     log(
-        f"score: {_fmt(data['core_score'])} / {_fmt(data['core_max'])}"
-        + (f"  (+ bonus {_fmt(data['bonus_score'])} / {_fmt(data['bonus_max'])})" if data["bonus_max"] else "")
+        f"score: {fmt(data['core_score'])} / {fmt(data['core_max'])}"
+        + (f"  (+ bonus {fmt(data['bonus_score'])} / {fmt(data['bonus_max'])})" if data["bonus_max"] else "")
         + f"   time {data['wall_s']:.0f} s, peak memory {data['peak_rss_mb']:.0f} MB"
     )
     notes = results["output"].split("\n\n", 1)[1] if "\n\n" in results["output"] else ""

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from grading import config, grade, runner
+from grading import config, runner, upload
 from grading.grade import Manifest, ManifestPart, ManifestTest
 
 
@@ -66,7 +66,7 @@ def build_manifest(
     work = Path(tempfile.mkdtemp(prefix="grading-collect-"))
     try:
         found = {m: root / "assignment" / f"{m}.py" for m in set(file_modules.values())}
-        grade.assemble(work, root, files, found, settings["timeout"])
+        upload.assemble(work, root, files, found, settings["timeout"])
         spec = runner.RunSpec(
             root=work,
             files=files,

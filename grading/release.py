@@ -35,6 +35,8 @@ TEMPLATES = Path(__file__).with_name("templates")
 RUNTIME = (
     "__main__.py",
     "grade.py",
+    "upload.py",
+    "results.py",
     "runner.py",
     "pytest_child.py",
     "judge.py",

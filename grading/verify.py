@@ -33,6 +33,7 @@ from pathlib import Path
 from grading import attacks as attack_suite
 from grading import clauses, config, grade, release, sandbox
 from grading import manifest as manifest_builder
+from grading.results import Results
 
 MIN_BUGS = 25
 MIN_ALTERNATIVES = 12
@@ -47,7 +48,7 @@ class Job:
     only: list[str] | None = None
     maxfail: int | None = None
     bug: Bug | None = None
-    results: grade.Results | None = None
+    results: Results | None = None
     error: str = ""
     seconds: float = 0.0
     cost: float = 1.0  # a guess of its duration, to start long jobs first

@@ -15,6 +15,7 @@ from toy_project import ALPHA, BETA, PARTS, SETTINGS, make_toy
 
 from grading import grade, runner
 from grading import manifest as manifest_builder
+from grading.results import MESSAGE_LIMIT
 
 REPO = Path(__file__).resolve().parents[2]
 ALPHA_TESTS = 7  # visible and hidden
@@ -193,7 +194,7 @@ def test_huge_output_is_truncated(course, tmp_path):
     tests, results = run(course, submit(course, tmp_path, alpha=noisy), tmp_path)
     output = tests["test_add"]["output"]
     assert tests["test_add"]["status"] == "failed" and "expected add(2, 3) 5, got -1" in output
-    assert "characters cut" in output and len(output) <= grade.MESSAGE_LIMIT + 100
+    assert "characters cut" in output and len(output) <= MESSAGE_LIMIT + 100
     assert len(json.dumps(results)) < 100_000
 
 
@@ -362,7 +363,7 @@ def test_command_line_writes_results_json(course, tmp_path):
 def test_build_commands_are_not_in_a_student_copy(tmp_path):
     pkg = tmp_path / "grading"
     pkg.mkdir()
-    for name in ("__init__.py", "__main__.py", "grade.py", "runner.py", "pytest_child.py"):
+    for name in ("__init__.py", "__main__.py", "grade.py", "upload.py", "results.py", "runner.py", "pytest_child.py"):
         shutil.copy(REPO / "grading" / name, pkg / name)
     # -S: no site-packages, so no editable install of this repository can supply the missing modules
     proc = subprocess.run(

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from grading import grade, judge, probes, wire
+from grading import grade, judge, probes, upload, wire
 
 
 class Liar(np.ndarray):
@@ -61,13 +61,13 @@ def test_uploads_are_read_as_regular_files_only(tmp_path):
     os.symlink("/etc/passwd", tmp_path / "link.py")
     os.symlink("/nonexistent", tmp_path / "dangling.py")
     (tmp_path / "big.py").write_bytes(b"#" * 100)
-    assert grade.read_regular(tmp_path / "ok.py") == (b"x = 1\n", "")
+    assert upload.read_regular(tmp_path / "ok.py") == (b"x = 1\n", "")
     for name in ("link.py", "dangling.py"):
-        data, reason = grade.read_regular(tmp_path / name)
+        data, reason = upload.read_regular(tmp_path / name)
         assert data is None and "symbolic link" in reason
-    data, reason = grade.read_regular("/dev/zero")
+    data, reason = upload.read_regular("/dev/zero")
     assert data is None and "not a regular file" in reason
-    data, reason = grade.read_regular(tmp_path / "big.py", limit=10)
+    data, reason = upload.read_regular(tmp_path / "big.py", limit=10)
     assert data is None and "limit" in reason
 
 

@@ -252,6 +252,8 @@ def test_release_holds_the_stubbed_package_visible_tests_and_its_own_tooling(toy
         "grading/__init__.py",
         "grading/__main__.py",
         "grading/grade.py",
+        "grading/upload.py",
+        "grading/results.py",
         "grading/runner.py",
         "grading/pytest_child.py",
         "grading/judge.py",
@@ -456,6 +458,8 @@ def test_autograder_bundle_has_gradescope_scripts_all_tests_and_no_reference(toy
         "tests/test_alpha.py",
         "grading/manifest.json",
         "grading/grade.py",
+        "grading/upload.py",
+        "grading/results.py",
         "assignment/alpha.py",
     } <= names
     assert not any(
