@@ -356,9 +356,23 @@ def _quote(arg):
     return shlex.quote(str(arg))
 
 
+def shard_items(items, k, n):
+    """Splits cosmic-ray's work items into (shard k's, the others') by every n-th of them in the order of their
+    mutations (line, column, operator, occurrence). Each shard inits a database of its own, whose job ids are random
+    and whose order is not the same from one database to the next: that order would split the same mutants
+    differently in each shard, running some twice and others never."""
+
+    def key(item):
+        spec = item.mutations[0]
+        return (str(spec.module_path), tuple(spec.start_pos), tuple(spec.end_pos), spec.operator_name, spec.occurrence)
+
+    ordered = sorted(items, key=key)
+    return [it for i, it in enumerate(ordered) if i % n == k], [it for i, it in enumerate(ordered) if i % n != k]
+
+
 def run_part(root, module, work, equivalents, log=print, shard=(0, 1), recheck=None):
     """Runs cosmic-ray on one part in `work`; returns a PartResult. With shard=(k, n), only every n-th mutant from
-    the k-th (in cosmic-ray's order) runs here, in a copy of its own: n shards of a part run at once. With
+    the k-th (see shard_items) runs here, in a copy of its own: n shards of a part run at once. With
     `recheck` ({(module, original, mutated): outcome} of an earlier run), a mutant killed then is not run again (tests
     are only ever added) and counts as killed; survivors and mutants new since then run."""
     k, n = shard
@@ -408,13 +422,12 @@ def run_part(root, module, work, equivalents, log=print, shard=(0, 1), recheck=N
         tool("cr-filter-operators", db, cfg)
         described = {}
         with use_db(str(db), WorkDB.Mode.open) as wdb:
-            pending = list(wdb.pending_work_items)
-            others = [item.job_id for i, item in enumerate(pending) if i % n != k]
+            pending, others = shard_items(wdb.pending_work_items, k, n)
             if others:
                 wdb.set_multiple_results(
-                    others, WorkResult(output="another shard", worker_outcome=WorkerOutcome.SKIPPED)
+                    [item.job_id for item in others],
+                    WorkResult(output="another shard", worker_outcome=WorkerOutcome.SKIPPED),
                 )
-            pending = [item for i, item in enumerate(pending) if i % n == k]
             for item in pending:
                 spec = item.mutations[0]
                 line = spec.start_pos[0]

@@ -202,6 +202,20 @@ def lm_embedding_edit(config, tokens, row, delta):
     return {"matrices": matrices, "before": before, "after": np.asarray(model(tokens))}
 
 
+def lm_cancelled_inputs(config, tokens):
+    """Probe: the logits of a tied model with learned positions whose position table is set to minus the embeddings
+    of `tokens` (C,), row by row, so that token embedding plus position is 0 at every position."""
+    import numpy as np
+    import tensorflow as tf
+
+    model = _lm(config)
+    vocab, width, context = config["vocab_size"], config["d_model"], config["context_length"]
+    embedding = [w for w in model.trainable_weights if tuple(w.shape) == (vocab, width)][0]
+    positions = [w for w in model.trainable_weights if tuple(w.shape) == (context, width)][0]
+    positions.assign(-tf.gather(embedding, tokens))
+    return np.asarray(model(tf.constant(tokens[None])))[0]  # (C, V)
+
+
 def lm_training(config, tokens, labels, what, steps=100, randomize=True):
     """Probe: `what` = "gradients" (paths of the weights without a gradient), "loss" (the mean cross-entropy of a
     fresh model) or "overfit" (first and last loss of `steps` Adam steps at 1e-2 on one batch)."""
@@ -508,7 +522,7 @@ def test_model_logits_have_shape_batch_time_vocab(student):
             assert_shape(out, (batch, time, V), f"logits (B, T, V) of the {name} model")
 
 
-@pytest.mark.points(1.5)
+@pytest.mark.points(1)
 def test_model_logits_never_depend_on_later_tokens(student):
     for name, overrides in CORE_CONFIGS.items():
         tokens = _tokens(1, C)
@@ -560,6 +574,28 @@ def test_tied_embeddings_are_one_matrix_used_for_input_and_output(student):
                 "the input (the output projection must be lm_head, not the embedding)",
                 atol=1e-6,
             )
+
+
+@pytest.mark.points(0.5)
+@pytest.mark.clause("transformer.TransformerLanguageModel: Token embedding (plus learned or sinusoidal positions")
+def test_positions_are_added_to_the_token_embeddings(student):
+    repeated = np.full((1, C), 5, np.int32)  # one token at every position: only the positions tell them apart
+    for positions in ("learned", "sinusoidal"):
+        (logits,) = student.run(lm_logits, dict(CORE, positions=positions), [repeated], uses=(_lm,))
+        assert np.abs(logits[0] - logits[0, :1]).max() > 1e-3, (
+            f'positions="{positions}": a sequence repeating one token gave the same logits at every position, so '
+            "the model cannot tell positions apart: the position vectors must be added to the token embeddings"
+        )
+    tokens = _tokens(1, C, seed=5)[0]
+    logits = student.run(lm_cancelled_inputs, dict(CORE, positions="learned"), tokens, uses=(_lm,))
+    assert_close(
+        logits,
+        np.broadcast_to(logits[:1], logits.shape),
+        "logits at each position against those at position 0, with the position table set to minus the tokens' "
+        "embeddings (token embedding + position = 0 everywhere, so every position must see the same zero vectors; "
+        "the positions are added to the token embeddings as they are, not subtracted, multiplied or scaled)",
+        atol=1e-5,
+    )
 
 
 @pytest.mark.points(1)

@@ -57,3 +57,31 @@ def test_an_equivalent_entry_still_matches_a_line_of_its_module():
         if line not in {row.strip() for row in (ROOT / "assignment" / f"{module}.py").read_text().splitlines()}
     ]
     assert not stale, f"entries of grading/mutants_equivalent.toml whose line is gone: {stale}"
+
+
+def test_shards_of_a_part_split_its_mutants_without_overlap(tmp_path):
+    """Each shard inits its own cosmic-ray database (random job ids): the shards must still run every mutant once."""
+    from cosmic_ray.work_db import WorkDB, use_db
+
+    (tmp_path / "assignment").mkdir()
+    (tmp_path / "assignment" / "toy.py").write_text(
+        "def f(a, b):\n    return (a + b) * (a - b) if a < b else a // b\n", encoding="utf-8"
+    )
+    config = tmp_path / "cosmic-ray.toml"
+    config.write_text(mutants._config("toy", [], ["true"], 10.0))
+    shards = []
+    for k in range(3):
+        db = tmp_path / f"session{k}.sqlite"
+        subprocess.run(
+            [str(Path(sys.executable).parent / "cosmic-ray"), "init", str(config), str(db)], cwd=tmp_path, check=True
+        )
+        with use_db(str(db), WorkDB.Mode.open) as wdb:
+            items = list(wdb.pending_work_items)
+            mine, others = mutants.shard_items(items, k, 3)
+        describe = lambda item: (item.mutations[0].operator_name, item.mutations[0].occurrence)  # noqa: E731
+        assert sorted(map(describe, mine + others)) == sorted(map(describe, items))
+        shards.append(set(map(describe, mine)))
+    every = set(map(describe, items))
+    assert len(every) > 10, f"the toy module should give a dozen mutants or more, got {len(every)}"
+    assert set.union(*shards) == every, f"mutants no shard ran: {sorted(every - set.union(*shards))}"
+    assert sum(map(len, shards)) == len(every), "some mutants ran in two shards"
