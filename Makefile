@@ -29,22 +29,22 @@ lint: $(STAMP)  ## ruff: lint and format check (what CI runs)
 	$(VENV)/bin/ruff format --check .
 
 train: $(STAMP)  ## main job: train the reference transformer on the offline default corpus (RUN=runs/main)
-	$(PY) -m assignment.train --model transformer --corpus pyref --run-dir $(RUN) $(ARGS)
+	$(PY) -m lmrun train --model transformer --corpus pyref --run-dir $(RUN) $(ARGS)
 
 generate: $(STAMP)  ## sample text from a trained run (RUN=runs/main)
-	$(PY) -m assignment.generate --run-dir $(RUN) $(ARGS)
+	$(PY) -m lmrun generate --run-dir $(RUN) $(ARGS)
 
 tensorboard: $(STAMP)  ## serve the TensorBoard logs under runs/
 	$(VENV)/bin/tensorboard --logdir runs
 
 compare: $(STAMP)  ## train RNN, LSTM and transformer on one token budget; print a table, save a plot
-	$(PY) -m assignment.compare $(ARGS)
+	$(PY) -m lmrun compare $(ARGS)
 
 experiments: $(STAMP)  ## the lecture's questions by experiment: scaling, ablate, quantize, grok (ARGS=--quick: seconds)
-	@for e in scaling ablate quantize grok; do echo "== $$e"; $(PY) -m assignment.experiments $$e $(ARGS) || exit 1; done
+	@for e in scaling ablate quantize grok; do echo "== $$e"; $(PY) -m lmrun experiments $$e $(ARGS) || exit 1; done
 
 data: $(STAMP)  ## download and verify the named corpora into data/
-	$(PY) -m assignment.corpus --download all
+	$(PY) -m lmrun data --download all
 
 bench: $(STAMP)  ## run the benchmarks (they print figures; nothing passes or fails)
 	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

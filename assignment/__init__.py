@@ -1,55 +1,9 @@
-"""A language model from the ground up, in TensorFlow.
+"""A language model from the ground up, in TensorFlow: the six files you edit.
 
 Parts: preprocess (1), rnn and lstm (2), sampling (3), transformer (4), train (5).
 Submodules are not imported here, so a broken part never breaks another one:
 import what you need, e.g. ``from assignment import transformer``.
-
-Importing the package imports TensorFlow quietly: its C++ libraries print start-up lines (oneDNN, CUDA drivers, CPU
-instructions, and a `failed call to cuInit` error on a machine without a GPU) straight to the process's stderr,
-before TensorFlow's own log level applies. Those lines are dropped; anything else TensorFlow prints while loading
-is shown as usual.
+The given building blocks they use live in `lmkit`; the programs that run them (`python -m lmrun train`) in `lmrun`.
 """
 
-import os
-import re
-import sys
-import tempfile
-
-# Start-up lines of TensorFlow's C++ libraries that say nothing about the user's work.
-_CHATTER = re.compile(
-    r"WARNING: All log messages before absl::InitializeLog"
-    r"|^[IW]\d{4} "  # absl INFO and WARNING lines: oneDNN, cudart_stub, cpu_feature_guard
-    r"|^E\d{4} .*(cuInit|cuda_platform|cuda_executor|Unable to register cu)"  # no GPU here: expected
-    r"|^To enable the following instructions:|rebuild TensorFlow with the appropriate compiler flags"
-)
-
-
-def _import_tensorflow_quietly():
-    """Imports TensorFlow with its start-up chatter on file descriptor 2 filtered out (see the module docstring)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # after start-up: C++ errors only, Python warnings as usual
-    if "tensorflow" in sys.modules:
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no file descriptor 2 to redirect
-        import tensorflow  # noqa: F401
-
-        return
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices("GPU")  # the CUDA probe prints its error now, inside the capture
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode("utf-8", errors="replace").splitlines()
-            kept = [line for line in lines if line.strip() and not _CHATTER.search(line)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr)
-
-
-_import_tensorflow_quietly()
+import lmkit  # noqa: F401  (imports TensorFlow without its start-up chatter)

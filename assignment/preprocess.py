@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from numpy.typing import ArrayLike
 
-from assignment.tokenizer_base import UNK, VocabTokenizer, as_id_list
+from lmkit.tokenizer_base import UNK, VocabTokenizer, as_id_list
 
 # A word is a run of letters/digits/underscores with at most one leading space; punctuation marks are tokens of
 # their own (also with one optional leading space); whitespace runs are kept as tokens. Keeping the whitespace
@@ -583,9 +583,3 @@ def _gpt2_regex():
             "BPETokenizer needs the `regex` package for GPT-2's pre-tokenizer (\\p{L}, \\p{N}): pip install regex"
         ) from None
     return regex.compile(GPT2_PATTERN)
-
-
-def bits_per_char(loss: float, num_tokens: int, num_chars: int) -> float:
-    """Returns bits per character of a mean cross-entropy `loss` (nats per token) over `num_tokens` tokens
-    that spell `num_chars` characters: the measure that compares models with different tokenizers."""
-    return float(loss) * num_tokens / (num_chars * math.log(2))

@@ -6,11 +6,14 @@ E embedding width, V vocabulary.
     tokens (B, T) -> embedding (B, T, E) -> num_layers x rnn_forward (B, T, H) -> output_layer -> logits (B, T, V)
 
 You write two pieces, scaffolded upward: `RNNCell.call` (one step) and `rnn_forward` (the loop over time, reusing
-the cell). Everything else (weights, the embedding, the projection, input checks) is given.
+the cell). Everything else (weights, the embedding, the projection, input checks) is given: the language-model
+shell is `lmkit.recurrent`, shared with part 2b.
 """
 
 import keras
 import tensorflow as tf
+
+from lmkit.recurrent import RecurrentLanguageModel
 
 
 class RNNCell(keras.layers.Layer):
@@ -99,26 +102,7 @@ def rnn_forward(cell: RNNCell, inputs: tf.Tensor, h0: tf.Tensor) -> tuple[tf.Ten
     # END SOLUTION
 
 
-def _check_tokens(tokens, vocab_size):
-    """Returns `tokens` as a 2-D integer tensor, or raises ValueError naming what was received and expected."""
-    tokens = tf.convert_to_tensor(tokens)
-    if tokens.shape.rank != 2 or not tokens.dtype.is_integer:
-        raise ValueError(
-            f"expected tokens as an integer tensor of shape (batch_size, seq_len); got shape {tuple(tokens.shape)} "
-            f"with dtype {tokens.dtype.name}"
-            + (". Add a batch axis with tokens[None, :]" if tokens.shape.rank == 1 else "")
-        )
-    if tf.executing_eagerly() and tokens.shape.num_elements():  # ids cannot be read inside a compiled graph
-        low, high = int(tf.reduce_min(tokens)), int(tf.reduce_max(tokens))
-        if low < 0 or high >= vocab_size:
-            raise ValueError(
-                f"expected token ids in [0, {vocab_size}) (vocab_size={vocab_size}); got ids from {low} to {high} "
-                f"in tokens of shape {tuple(tokens.shape)}"
-            )
-    return tokens
-
-
-class RNNLanguageModel(keras.Model):
+class RNNLanguageModel(RecurrentLanguageModel):
     """Returns next-token logits from an embedding, `num_layers` stacked RNN layers and a projection.
 
     Args:
@@ -154,88 +138,11 @@ class RNNLanguageModel(keras.Model):
     >>> more_logits = model(tf.ones((2, 3), tf.int32), states=states)  # continues after the first 7 tokens
     """
 
-    def __init__(
-        self, vocab_size: int, embed_dim: int, hidden_dim: int, num_layers: int = 1, dropout: float = 0.0, **kwargs
-    ):
-        super().__init__(**kwargs)
-        for name, value in (
-            ("vocab_size", vocab_size),
-            ("embed_dim", embed_dim),
-            ("hidden_dim", hidden_dim),
-            ("num_layers", num_layers),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int; got {name}={value!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1); got dropout={dropout!r}")
-        self.vocab_size = vocab_size
-        self.embed_dim = embed_dim
-        self.hidden_dim = hidden_dim
-        self.num_layers = num_layers
-        self.dropout = dropout
-        self.embedding = keras.layers.Embedding(vocab_size, embed_dim, name="embedding")
-        self.cells = [RNNCell(hidden_dim, name=f"rnn_cell_{i}") for i in range(num_layers)]
-        for i, cell in enumerate(self.cells):
-            # tf.train.Checkpoint does not look inside Keras' tracked lists: one attribute per cell gets it saved.
-            setattr(self, f"cell_{i}", cell)
-        self.dropout_layer = keras.layers.Dropout(dropout)
-        self.output_layer = keras.layers.Dense(vocab_size, name="output_layer")
+    state_parts = ("h",)
+    cell_prefix = "rnn_cell"
 
-    def build(self, input_shape):
-        # Built here, outside any loop, so that no weight is ever created inside tf.scan / tf.while_loop.
-        self.embedding.build(input_shape)
-        for i, cell in enumerate(self.cells):
-            cell.build((None, self.embed_dim if i == 0 else self.hidden_dim))
-        self.output_layer.build((None, None, self.hidden_dim))
+    def make_cell(self, units: int, name: str) -> RNNCell:
+        return RNNCell(units, name=name)
 
-    def get_initial_state(self, batch_size: int) -> list[tf.Tensor]:
-        """Returns the zero state: a list of `num_layers` float tensors of shape `(batch_size, H)`."""
-        return [tf.zeros((batch_size, self.hidden_dim), self.compute_dtype) for _ in range(self.num_layers)]
-
-    def _check_states(self, states, batch_size):
-        """Returns `states` as a list of `(B, H)` tensors, or raises ValueError naming the shape received."""
-        if not isinstance(states, (list, tuple)) or len(states) != self.num_layers:
-            got = f"a list of {len(states)}" if isinstance(states, (list, tuple)) else f"a {type(states).__name__}"
-            raise ValueError(
-                f"expected states as a list of {self.num_layers} tensors (one per layer) of shape "
-                f"(batch_size, hidden_dim); got {got}"
-            )
-        states = [tf.convert_to_tensor(h) for h in states]
-        expected = (batch_size, self.hidden_dim)
-        for i, h in enumerate(states):
-            if not h.shape.is_compatible_with(expected):
-                raise ValueError(
-                    f"expected states[{i}] of shape {expected} (batch_size, hidden_dim); got {tuple(h.shape)}"
-                )
-        return states
-
-    def call(
-        self,
-        tokens: tf.Tensor,
-        states: list[tf.Tensor] | None = None,
-        return_state: bool = False,
-        training: bool = False,
-    ) -> tf.Tensor | tuple[tf.Tensor, list[tf.Tensor]]:
-        tokens = _check_tokens(tokens, self.vocab_size)
-        if states is None:
-            states = self.get_initial_state(tf.shape(tokens)[0])
-        else:
-            states = self._check_states(states, tokens.shape[0])
-        x = self.dropout_layer(self.embedding(tokens), training=training)  # (B, T, E)
-        final_states = []
-        for cell, h0 in zip(self.cells, states):
-            x, h_last = rnn_forward(cell, x, h0)  # (B, T, H), (B, H)
-            x = self.dropout_layer(x, training=training)
-            final_states.append(h_last)
-        logits = self.output_layer(x)  # (B, T, V)
-        return (logits, final_states) if return_state else logits
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "vocab_size": self.vocab_size,
-            "embed_dim": self.embed_dim,
-            "hidden_dim": self.hidden_dim,
-            "num_layers": self.num_layers,
-            "dropout": self.dropout,
-        }
+    def forward(self, cell: RNNCell, inputs: tf.Tensor, state):
+        return rnn_forward(cell, inputs, state)

@@ -13,9 +13,9 @@ Build it bottom up: `causal_mask` -> `scaled_dot_product_attention` -> `MultiHea
 import keras
 import tensorflow as tf
 
-from assignment.kv_cache import KVCache, KVCacheDecoding, LayerCache
-from assignment.layers import FeedForward, FromConfig, TensorLike, linear, make_norm, normal_init, sinusoidal_table
-from assignment.transformer_config import TransformerConfig  # also `from assignment.transformer import ...`
+from lmkit.kv_cache import KVCache, KVCacheDecoding, LayerCache
+from lmkit.layers import FeedForward, FromConfig, TensorLike, linear, make_norm, normal_init, sinusoidal_table
+from lmkit.transformer_config import TransformerConfig  # also `from assignment.transformer import ...`
 
 # -- Core: mask and attention ------------------------------------------------------------------------------------
 
@@ -274,7 +274,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         #   The lines after the region apply RoPE and return q, k, v; a small helper for steps 2-3, used three
         #   times, keeps it short.
         #   1. project: q = x wq (+ bq when self.use_bias) -> (B, T, nh * hs); k, v with wk, wv -> (B, T, nkv * hs)
-        #      (tf.matmul(x, w) works; linear(x, w, b) from assignment/layers.py does the same, faster)
+        #      (tf.matmul(x, w) works; linear(x, w, b) from lmkit/layers.py does the same, faster)
         #   2. split heads: reshape the last axis into (heads, hs), keeping the batch and time sizes (use
         #      tf.shape(x) for them: they may be unknown while tracing) -> (B, T, nh, hs); k, v -> (B, T, nkv, hs)
         #   3. move the head axis before time (tf.transpose) -> (B, nh, T, hs); k, v -> (B, nkv, T, hs)
@@ -427,7 +427,7 @@ class DecoderBlock(FromConfig, keras.layers.Layer):
 
     def build(self, input_shape):
         c = self.config
-        self.norm1 = make_norm(c, name="norm1")
+        self.norm1 = make_norm(c, name="norm1", rms_norm=RMSNorm)
         self.norm1.build(input_shape)
         self.attention = MultiHeadSelfAttention(
             c.num_heads,
@@ -440,9 +440,9 @@ class DecoderBlock(FromConfig, keras.layers.Layer):
         self.attention.build(input_shape)
         self.norm2 = None
         if c.block == "sequential":
-            self.norm2 = make_norm(c, name="norm2")
+            self.norm2 = make_norm(c, name="norm2", rms_norm=RMSNorm)
             self.norm2.build(input_shape)
-        self.mlp = FeedForward(c.mlp_hidden, activation=c.activation, use_bias=c.bias == "all", name="mlp")
+        self.mlp = FeedForward(c.mlp_hidden, activation=c.activation, use_bias=c.bias == "all", gate=swiglu, name="mlp")
         self.mlp.build(input_shape)
         self.dropout = keras.layers.Dropout(c.dropout)
 
@@ -494,7 +494,7 @@ class TransformerLanguageModel(KVCacheDecoding, FromConfig, keras.Model):
     Call arguments:
         tokens: int tensor `(B, T)`, T <= context_length.
         training: bool; dropout is active only when True.
-        cache: optional KV cache (see `prefill` in assignment/kv_cache.py); tokens then come after the cached ones.
+        cache: optional KV cache (see `prefill` in lmkit/kv_cache.py); tokens then come after the cached ones.
 
     Returns:
         logits `(B, T, V)` (float32) of the next token at every position; with a cache, `(logits, cache)`.
@@ -531,7 +531,7 @@ class TransformerLanguageModel(KVCacheDecoding, FromConfig, keras.Model):
         for i, block in enumerate(self.blocks):
             block.build((None, None, c.d_model))
             setattr(self, f"block_{i}", block)  # tf.train.Checkpoint does not look inside Keras' tracked lists
-        self.final_norm = make_norm(c, name="final_norm")
+        self.final_norm = make_norm(c, name="final_norm", rms_norm=RMSNorm)
         self.final_norm.build((None, None, c.d_model))
         self.lm_head = None
         if not c.tie_embeddings:

@@ -20,7 +20,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from assignment import corpus, preprocess  # noqa: E402
+from assignment import preprocess  # noqa: E402
+from lmrun import corpus
 
 STANDIN = Path(__file__).resolve().parent.parent / "data" / "shakespeare_standin.txt"
 EOT = "<|endoftext|>"

@@ -45,7 +45,8 @@ show("python")
 t = time.perf_counter()
 import keras, tensorflow as tf
 show("import tensorflow, keras", t)
-from assignment import optim, train
+from lmkit import loop, optim
+from assignment import train
 from assignment.transformer import TransformerConfig, TransformerLanguageModel
 config = TransformerConfig.preset("llama2", vocab_size=104, d_model=128, num_heads=4, num_layers=4, context_length=128)
 model = TransformerLanguageModel(config)
@@ -53,7 +54,7 @@ model(tf.zeros((1, 128), tf.int32))
 optimizer = optim.make_optimizer("adamw", 2e-3, 1400, 100, model=model)
 optimizer.build(model.trainable_variables)
 show("model and optimizer built")
-step = train.compile_train_step(model, optimizer, 1.0, (), None, os.environ["JIT"] == "1")
+step = loop.compile_train_step(train.train_step, model, optimizer, 1.0, (), None, os.environ["JIT"] == "1")
 x = tf.random.uniform((16, 128), 0, 104, tf.int32)
 t = time.perf_counter()
 float(step(x, x)[0])
@@ -62,7 +63,7 @@ t = time.perf_counter()
 for _ in range(20):
     float(step(x, x)[0])
 show("20 more steps", t)
-forward = train.CompiledForward(model)
+forward = loop.CompiledForward(model)
 t = time.perf_counter()
 data = tf.data.Dataset.from_tensor_slices((tf.zeros((512, 128), tf.int32),) * 2).batch(64)
 train.evaluate(forward, data)

@@ -101,7 +101,7 @@ def label(setting):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-dir", required=True, help="a trained run directory (python -m assignment.train)")
+    parser.add_argument("--run-dir", required=True, help="a trained run directory (python -m lmrun train)")
     parser.add_argument("--which", default="best", help="checkpoint: best (default), latest, or a path")
     parser.add_argument("--prompt", default="The ", help="prompt of every sample (default: 'The ')")
     parser.add_argument("--tokens", type=int, default=200, help="new tokens per sample (default 200)")
@@ -113,8 +113,8 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="figure path (default: <run-dir>/sampling_study.png)")
     args = parser.parse_args(argv)
 
-    from assignment.corpus import load_corpus
-    from assignment.runs import load_run
+    from lmrun.corpus import load_corpus
+    from lmrun.runs import load_run
 
     model, tokenizer, config, checkpoint = load_run(args.run_dir, args.which)
     corpus_words = set(load_corpus(config.get("corpus", "pyref")).split())

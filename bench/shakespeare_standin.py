@@ -8,7 +8,7 @@ and cuts the result to the same length. It is close in size and form, not the sa
 with nanoGPT's only roughly.
 
     python bench/shakespeare_standin.py --out data/shakespeare_standin.txt
-    python -m assignment.train --config nanogpt-cpu --corpus data/shakespeare_standin.txt --run-dir runs/nanogpt
+    python -m lmrun train --config nanogpt-cpu --corpus data/shakespeare_standin.txt --run-dir runs/nanogpt
 """
 
 import argparse

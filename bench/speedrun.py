@@ -8,7 +8,7 @@ output lines are timestamped from the moment it was launched:
     python bench/speedrun.py --configs speedrun nanogpt-cpu --runs 3 \\
         --nanogpt ~/nanoGPT --nanogpt-python ~/torch-venv/bin/python   # and nanoGPT, interleaved A B C A B C ...
 
-- ours (`python -m assignment.train --config NAME --corpus CORPUS`, a fresh run directory each time): steps,
+- ours (`python -m lmrun train --config NAME --corpus CORPUS`, a fresh run directory each time): steps,
   tokens/s of the training steps, the loop's tokens/s (every token trained over the loop's wall time, evaluations
   and checkpoints included, compilation and start-up excluded), time to target (from launch to the first
   evaluation at or below the target; `speedrun` evaluates the whole validation tail once, at its end) and the final
@@ -94,11 +94,11 @@ def timestamped(command, cwd=None, env=None, stop=None):
 
 
 def run_ours(config, corpus, target, extra=()):
-    """Returns the figures of one `python -m assignment.train --config CONFIG` run."""
+    """Returns the figures of one `python -m lmrun train --config CONFIG` run."""
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / config
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        command = [sys.executable, "-m", "assignment.train", "--config", config, "--corpus", str(corpus)]
+        command = [sys.executable, "-m", "lmrun", "train", "--config", config, "--corpus", str(corpus)]
         command += ["--run-dir", str(run_dir), "--no-progress", "--sample-tokens", "0", *extra]
         cpu = cpu_seconds()
         lines, wall = timestamped(command, cwd=ROOT, env=env)
@@ -143,7 +143,7 @@ def run_to_target(flags, corpus, target, every):
     the loss reaches `target`; returns (steps, training seconds, tokens/s of the steps, validation loss) there."""
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
-        command = [sys.executable, "-m", "assignment.train", "--config", "nanogpt-cpu", *flags]
+        command = [sys.executable, "-m", "lmrun", "train", "--config", "nanogpt-cpu", *flags]
         command += ["--corpus", str(corpus), "--run-dir", str(run_dir), "--no-progress", "--sample-tokens", "0"]
         command += ["--eval-every", str(every), "--eval-batches", "0", "--save-every-steps", "0"]
 

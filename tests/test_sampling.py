@@ -185,7 +185,7 @@ def test_temperature_divides_logits_one_is_identity_and_limits(student):
     out = np.asarray(student.call("sampling.apply_temperature", logits.astype(np.float64), 2.0))
     assert out.dtype == np.float32, (
         f"apply_temperature must return float32 logits, also for float64 input; got dtype {out.dtype} "
-        "(_check_logits converts them)"
+        "(check_logits converts them)"
     )
 
     exact = lambda t: np.stack([_softmax(row / t) for row in logits.astype(np.float64)])  # noqa: E731

@@ -1,6 +1,6 @@
 """Bits per character, the validation loss every tokenizer shares: the total in nats over the validation text
 evaluated, divided by the characters that text holds and by ln 2. The expected values here count the characters
-by decoding the evaluated ids (or from the text), independently of `assignment.data`'s counters."""
+by decoding the evaluated ids (or from the text), independently of `lmkit.data`'s counters."""
 
 import json
 import math
@@ -8,7 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from assignment import cli, data, prepare, preprocess
+from assignment import preprocess
+from lmkit import data
+from lmrun import cli, prepare
 
 TINY = ["--config", "tiny", "--no-progress", "--no-jit", "--sample-tokens", 0]
 # ASCII, so decoding any run of ids gives back exactly its characters; the validation tail has unseen words.
@@ -74,7 +76,7 @@ def test_a_character_run_reports_the_loss_in_bits(corpus_file, tmp_path, capsys)
 
 
 def test_unknown_words_of_a_word_shard_count_their_characters(corpus_file, tmp_path):
-    from assignment import run_files
+    from lmrun import run_files
 
     meta = prepare.prepare(corpus_file, tmp_path / "word", "word", progress=False)
     val_meta = meta["shards"]["val.bin"]
@@ -87,7 +89,7 @@ def test_unknown_words_of_a_word_shard_count_their_characters(corpus_file, tmp_p
 
 @pytest.mark.timeout(600)
 def test_compare_tokenizers_trains_each_on_the_same_validation_text(corpus_file, tmp_path, capsys):
-    from assignment import compare
+    from lmrun import compare
 
     out_dir = tmp_path / "compare"
     args = [
@@ -129,7 +131,7 @@ def test_compare_tokenizers_trains_each_on_the_same_validation_text(corpus_file,
 
 @pytest.mark.parametrize("change", [["--corpus", "other.txt"], ["--vocab-size", 260]])
 def test_compare_refuses_shards_of_another_corpus_or_vocabulary(change, corpus_file, tmp_path, capsys):
-    from assignment import compare
+    from lmrun import compare
 
     out_dir = tmp_path / "compare"
     prepare.prepare(corpus_file, out_dir / "shards" / "bpe", "bpe", vocab_size=300, progress=False)

@@ -5,7 +5,8 @@ import collections
 
 import pytest
 
-from assignment import corpus, preprocess
+from assignment import preprocess
+from lmrun import corpus
 
 EOT = "<|endoftext|>"
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from assignment import corpus
+from lmrun import corpus
 
 PAYLOAD = ("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 2000).encode("utf-8")
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

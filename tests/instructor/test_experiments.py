@@ -1,4 +1,4 @@
-"""`python -m assignment.experiments`: the quantization helpers, the power-law fit, the frontier, the command line's
+"""`python -m lmrun experiments`: the quantization helpers, the power-law fit, the frontier, the command line's
 errors, and `--quick` runs of the four experiments (slow), including a sweep interrupted and resumed."""
 
 import csv
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from assignment.experiments import fits, grok, quantization, quantize, scaling
-from assignment.experiments.__main__ import main
+from lmrun.experiments import fits, grok, quantization, quantize, scaling
+from lmrun.experiments.cli import main
 
 # ----------------------------------------------------------------------------------------------------------------
 # Quantization helpers
@@ -218,7 +218,7 @@ def test_scaling_quick_writes_table_fits_and_plots(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_an_interrupted_sweep_resumes_and_never_trains_a_finished_run_twice(tmp_path, capsys, monkeypatch):
-    from assignment import runs
+    from lmrun import runs
 
     real_train = runs.train
     trainings = []

@@ -1,4 +1,4 @@
-"""`python -m assignment.prepare`: shards that decode back to the corpus, chunk cuts that change no token, a header
+"""`python -m lmrun prepare`: shards that decode back to the corpus, chunk cuts that change no token, a header
 that `open_shard` checks, one clear error line for bad input, and nothing half-written."""
 
 import json
@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from assignment import prepare, preprocess
+from assignment import preprocess
+from lmkit.data import bits_per_char
+from lmrun import prepare
 
 TEXT = (
     "The quick brown fox.\nIt's   jumping over 12 lazy dogs!\n\n  Indented line\twith tab\n"
@@ -129,8 +131,8 @@ def test_an_interrupted_run_leaves_the_previous_shards_intact(tmp_path, corpus_f
 def test_bits_per_char_converts_a_loss_per_token(tmp_path, corpus_file):
     import math
 
-    assert preprocess.bits_per_char(math.log(2), num_tokens=10, num_chars=10) == pytest.approx(1.0)
-    assert preprocess.bits_per_char(math.log(4), num_tokens=5, num_chars=20) == pytest.approx(0.5)
+    assert bits_per_char(math.log(2), num_tokens=10, num_chars=10) == pytest.approx(1.0)
+    assert bits_per_char(math.log(4), num_tokens=5, num_chars=20) == pytest.approx(0.5)
     meta = prepare.prepare(corpus_file, tmp_path / "bpe", "bpe", vocab_size=300, progress=False)
     val = meta["shards"]["val.bin"]
     assert val["chars"] > val["tokens"], "the header gives what bits per character needs: tokens and characters"

@@ -1,6 +1,6 @@
 """Training on token shards: `random_windows` reads a memory-mapped shard window by window and gives the batches
-the same ids in memory give; `python -m assignment.train --data DIR` trains on BPE shards from
-`python -m assignment.prepare`, resumes, and `generate` reads the run with its BPE tokenizer."""
+the same ids in memory give; `python -m lmrun train --data DIR` trains on BPE shards from
+`python -m lmrun prepare`, resumes, and `generate` reads the run with its BPE tokenizer."""
 
 import json
 
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from cli_helpers import main
 
-from assignment import cli, data, generate, prepare, preprocess
+from assignment import preprocess
+from lmkit import data
+from lmrun import cli, generate, prepare
 
 TINY = ["--config", "tiny", "--no-progress", "--no-jit", "--sample-tokens", 0]
 TEXT = "".join(f"Line {i}: the quick brown fox jumps over the lazy dog, again and again.\n" for i in range(400))

@@ -1,4 +1,4 @@
-"""`python -m assignment.train` and `python -m assignment.generate` end to end on the seconds-long 'tiny' config:
+"""`python -m lmrun train` and `python -m lmrun generate` end to end on the seconds-long 'tiny' config:
 train, resume, already done, generate, TensorBoard logs, clear errors, fine-tuning with frozen layers.
 
 The first training run and the fine-tuning run are real subprocesses; the other invocations call the same
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from cli_helpers import main
 
-from assignment import cli, configs, generate, optim, runs
+from lmkit import optim
+from lmrun import cli, configs, generate, runs
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
@@ -204,7 +205,7 @@ def test_every_named_config_is_made_of_existing_options(name):
     """A misspelled setting would be dropped silently: every key must be a TrainConfig field, and the model build."""
     import dataclasses
 
-    from assignment.train import TrainConfig
+    from lmkit.loop import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert set(configs.CONFIGS[name]["train"]) <= fields, set(configs.CONFIGS[name]["train"]) - fields

@@ -130,7 +130,7 @@ def _free_ports(n):
 @pytest.mark.timeout(600)
 @pytest.mark.slow
 def test_multi_worker_strategy_with_two_local_workers_matches_one_device(tmp_path, capsys):
-    from assignment import cli
+    from lmrun import cli
 
     args = [
         "--config",

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from assignment import checkpoints, cli, generate
+from lmkit import checkpoints
+from lmrun import cli, generate
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--config", "tiny", "--no-progress", "--no-jit", "--sample-tokens", "0"]
@@ -91,7 +92,7 @@ def test_a_bad_training_flag_is_one_line_and_writes_nothing(flags, needle, tmp_p
 @pytest.fixture(scope="module")
 def shards_of(trained, tmp_path_factory):
     """`shards_of(tokenizer)`: shards of a small text, by a new BPE ("bpe") or by the trained run's tokenizer."""
-    from assignment import prepare
+    from lmrun import prepare
 
     root = tmp_path_factory.mktemp("shards")
     (root / "text.txt").write_text("The with statement is used to wrap a block.\n" * 300)
@@ -281,7 +282,7 @@ def test_full_disk_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pa
 def test_no_tensorflow_start_up_lines_on_stderr(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "assignment.train", *TINY, "--run-dir", str(tmp_path / "run"), "--steps", "2"],
+        [sys.executable, "-m", "lmrun", "train", *TINY, "--run-dir", str(tmp_path / "run"), "--steps", "2"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -324,7 +325,7 @@ def student_release(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
-    [["assignment.train", *TINY], ["assignment.compare", "--config", "tiny", "--steps", "2", "--no-progress"]],
+    [["assignment.train", *TINY], ["lmrun.compare", "--config", "tiny", "--steps", "2", "--no-progress"]],
     ids=["train", "compare"],
 )
 def test_commands_on_the_stub_release_name_the_missing_todo_in_one_line(command, student_release, tmp_path):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from assignment import checkpoints, data, optim, train
+from assignment import train
+from lmkit import checkpoints, data, optim
 
 V = 11
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from assignment import checkpoints, runs
+from lmkit import checkpoints
+from lmrun import runs
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
@@ -104,7 +105,7 @@ BIG_MODEL = textwrap.dedent("""
 
 SAVER = BIG_MODEL + textwrap.dedent("""
     import sys
-    from assignment import checkpoints
+    from lmkit import checkpoints
 
     model = Big()
     ckpts = checkpoints.Checkpoints(sys.argv[1], model, keep_last=2, save_every_steps=1)

@@ -1,4 +1,4 @@
-"""The command line of the experiments: `python -m assignment.experiments {scaling,ablate,quantize,grok}` (given,
+"""The command line of the experiments: `python -m lmrun experiments {scaling,ablate,quantize,grok}` (given,
 not graded)."""
 
 import argparse
@@ -7,12 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from assignment.cli import Parser
-from assignment.experiments.ablate import ABLATIONS, _slug, ablate
-from assignment.experiments.grok import grok
-from assignment.experiments.quantize import quantize_run
-from assignment.experiments.scaling import SCALING_STEPS, scaling
-from assignment.experiments.sweeps import ExperimentError
+from lmkit.errors import LMError
+from lmrun.cli import Parser
+from lmrun.experiments.ablate import ABLATIONS, _slug, ablate
+from lmrun.experiments.grok import grok
+from lmrun.experiments.quantize import quantize_run
+from lmrun.experiments.scaling import SCALING_STEPS, scaling
 
 
 def _positive_int(flag):
@@ -46,16 +46,16 @@ def _number(flag, low, high, low_in=True):
 
 def build_parser():
     parser = Parser(
-        prog="python -m assignment.experiments",
+        prog="python -m lmrun experiments",
         description="The lecture's questions, answered by experiment on this machine. Each writes a Markdown and a "
         "CSV table and PNG plots into --out; runs resume, and finished runs are re-used, not trained again.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-        "  python -m assignment.experiments scaling                 # ~20 min: 6 sizes x 4 budgets, L(C) fit\n"
-        "  python -m assignment.experiments ablate --seeds 3\n"
-        "  python -m assignment.experiments quantize --run-dir runs/main\n"
-        "  python -m assignment.experiments grok --p 97 --steps 6000\n"
-        "  python -m assignment.experiments scaling --quick --out /tmp/scaling   # seconds: what the tests run",
+        "  python -m lmrun experiments scaling                 # ~20 min: 6 sizes x 4 budgets, L(C) fit\n"
+        "  python -m lmrun experiments ablate --seeds 3\n"
+        "  python -m lmrun experiments quantize --run-dir runs/main\n"
+        "  python -m lmrun experiments grok --p 97 --steps 6000\n"
+        "  python -m lmrun experiments scaling --quick --out /tmp/scaling   # seconds: what the tests run",
     )
     sub = parser.add_subparsers(
         dest="experiment", metavar="{scaling,ablate,quantize,grok}", required=True, parser_class=Parser
@@ -169,7 +169,7 @@ def check_args(parser, args):
         if not args.quick and round(args.train_fraction * p * p) >= p * p:
             parser.error(f"--train-fraction leaves no validation pair for p={p}; got {args.train_fraction}")
     if args.experiment == "quantize" and args.run_dir is not None:
-        from assignment.run_files import read_run_config
+        from lmrun.run_files import read_run_config
 
         try:
             if read_run_config(args.run_dir) is None:
@@ -189,9 +189,6 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    from assignment.checkpoints import CheckpointError
-    from assignment.data import CorpusTooSmall
-    from assignment.train import Diverged
 
     out = Path(args.out)
     if args.overwrite and out.exists():
@@ -208,7 +205,7 @@ def main(argv=None):
     started = time.perf_counter()
     try:
         EXPERIMENTS[args.experiment](args)
-    except (ExperimentError, CheckpointError, CorpusTooSmall, Diverged) as error:
+    except LMError as error:
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -220,7 +217,3 @@ def main(argv=None):
         return 130
     print(f"{args.experiment}: {time.perf_counter() - started:.0f} s")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -152,7 +152,3 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{name}: {path} ({path.stat().st_size:,} bytes, SHA-256 verified)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

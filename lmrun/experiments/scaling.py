@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assignment.experiments.fits import (
+from lmrun.experiments.fits import (
     bootstrap_exponent,
     fit_loss_surface,
     fit_power_law,
@@ -13,7 +13,7 @@ from assignment.experiments.fits import (
     pareto_frontier,
     power_law,
 )
-from assignment.experiments.sweeps import Sweep, plain_log_ticks, pyplot, quick_corpus, small_llama_request, write_table
+from lmrun.experiments.sweeps import Sweep, plain_log_ticks, pyplot, quick_corpus, small_llama_request, write_table
 
 # (d_model, num_layers, num_heads): LLaMA-2-style models whose non-embedding parameters span ~140x. Each trains at
 # every token budget with its own cosine schedule (Chinchilla's approach 1 with one run per budget).

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 
-from assignment.experiments.sweeps import Sweep, pyplot, quick_corpus, small_llama_request, write_table
+from lmrun.experiments.sweeps import Sweep, pyplot, quick_corpus, small_llama_request, write_table
 
 # Each variant changes one row of the lecture's table from the llama2 preset (RMSNorm, RoPE, GQA, no biases,
-# sequential block, SwiGLU at 8/3, untied embeddings). `--set` values, as `python -m assignment.train --set`.
+# sequential block, SwiGLU at 8/3, untied embeddings). `--set` values, as `python -m lmrun train --set`.
 ABLATIONS = {
     "llama2 (base)": [],
     "norm: LayerNorm": ["norm=layernorm"],

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from assignment.experiments.quantization import (
+from lmkit.errors import ExperimentError
+from lmkit.quantization import (
     dequantize,
     fake_quantize,
     pack_int4,
@@ -13,7 +14,7 @@ from assignment.experiments.quantization import (
     stored_bytes,
     unpack_int4,
 )
-from assignment.experiments.sweeps import ExperimentError, pyplot, quick_corpus, write_table
+from lmrun.experiments.sweeps import pyplot, quick_corpus, write_table
 
 WEIGHT_SCHEMES = (  # (label, bits, group size); None: one scale per output channel (the whole input axis)
     ("float32", 32, None),
@@ -137,10 +138,11 @@ def quantize_run(args):
     """Quantizes a trained run's weights and KV cache; writes quantize.md/.csv and a plot. Returns the rows."""
     from tqdm.auto import tqdm
 
-    from assignment import preprocess, run_files, runs, sampling
-    from assignment.corpus import load_corpus
-    from assignment.data import validation_batches
+    from assignment import preprocess, sampling
     from assignment.train import evaluate
+    from lmkit.data import validation_batches
+    from lmrun import run_files, runs
+    from lmrun.corpus import load_corpus
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Named configurations for `python -m assignment.train --config NAME` (given, not graded).
+"""Named configurations for `python -m lmrun train --config NAME` (given, not graded).
 
 Any flag overrides them. Each setting carries its reason beside it. Given, not graded.
 """

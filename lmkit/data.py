@@ -4,20 +4,19 @@ Training batches are cut at random offsets (nanoGPT's `get_batch`) from stateles
 restarts exactly at any position: a resumed run sees the same batches as a run that never stopped.
 """
 
-from typing import TYPE_CHECKING
+import math
 
 import numpy as np
 import tensorflow as tf
 
-if TYPE_CHECKING:
-    from assignment.preprocess import BPETokenizer, CharTokenizer, WordTokenizer
+from lmkit.errors import CorpusTooSmall
 
 
 def random_windows(ids: np.ndarray, batch_size: int, seq_len: int, seed: int = 0, start: int = 0) -> tf.data.Dataset:
     """Returns an endless `tf.data.Dataset` of `(inputs, labels)` batches, each int32 `(B, T)`, cut at random
     offsets of the token stream `ids` (nanoGPT's `get_batch`).
 
-    `ids` is a 1-D int array, or a token shard memory-mapped by `assignment.prepare.open_shard`: a `np.memmap` is
+    `ids` is a 1-D int array, or a token shard memory-mapped by `lmrun.prepare.open_shard`: a `np.memmap` is
     read window by window (only the pages of the batch), never loaded whole, and gives the same batches as the
     same ids in memory.
 
@@ -62,31 +61,27 @@ def random_windows(ids: np.ndarray, batch_size: int, seq_len: int, seed: int = 0
 def validation_batches(ids: np.ndarray, seq_len: int, batch_size: int, max_batches: int = 0) -> tf.data.Dataset:
     """Returns the validation set: non-overlapping windows of `ids`, in order, as `(inputs, labels)` batches.
 
-    A memory-mapped shard is read batch by batch, as `random_windows` does, so a validation shard of any size
-    costs no memory; the batches are those of the same ids in memory.
+    Window n holds `ids[n * T : n * T + T + 1]`: inputs its first T tokens, labels its last T, both int32 `(B, T)`;
+    the last batch may be smaller. A memory-mapped shard is read batch by batch, as `random_windows` does, so a
+    validation shard of any size costs no memory; the batches are those of the same ids in memory.
     """
-    if isinstance(ids, np.memmap):
-        num_windows = validation_tokens(len(ids), seq_len, batch_size, max_batches) // seq_len
-        window = np.arange(seq_len + 1)
+    num_windows = validation_tokens(len(ids), seq_len, batch_size, max_batches) // seq_len
+    if not isinstance(ids, np.memmap):
+        stream = np.asarray(ids[: num_windows * seq_len + 1], dtype=np.int32)
+        inputs = stream[:-1].reshape(num_windows, seq_len)  # (N, T)
+        labels = stream[1:].reshape(num_windows, seq_len)  # (N, T)
+        return tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(batch_size).prefetch(2)
+    window = np.arange(seq_len + 1)
 
-        def read_windows(indices):  # (b,) -> (b, T + 1), in NumPy: only these windows leave the file
-            return np.asarray(ids[indices[:, None] * seq_len + window[None, :]], dtype=np.int32)
+    def read_windows(indices):  # (b,) -> (b, T + 1), in NumPy: only these windows leave the file
+        return np.asarray(ids[indices[:, None] * seq_len + window[None, :]], dtype=np.int32)
 
-        def load(indices):
-            windows = tf.numpy_function(read_windows, [indices], tf.int32, stateful=False)
-            windows = tf.ensure_shape(windows, [None, seq_len + 1])
-            return windows[:, :-1], windows[:, 1:]
+    def load(indices):
+        windows = tf.numpy_function(read_windows, [indices], tf.int32, stateful=False)
+        windows = tf.ensure_shape(windows, [None, seq_len + 1])
+        return windows[:, :-1], windows[:, 1:]
 
-        return tf.data.Dataset.range(num_windows).batch(batch_size).map(load).prefetch(2)
-    from assignment import preprocess
-
-    inputs, labels = preprocess.make_sequences(ids, seq_len)
-    dataset = preprocess.make_dataset(inputs, labels, batch_size, shuffle=False)
-    return dataset.take(max_batches) if max_batches else dataset
-
-
-class CorpusTooSmall(ValueError):
-    """The corpus has too few tokens for one training batch or one validation window."""
+    return tf.data.Dataset.range(num_windows).batch(batch_size).map(load).prefetch(2)
 
 
 def check_data_size(train_ids: np.ndarray, val_ids: np.ndarray, batch_size: int, seq_len: int) -> None:
@@ -118,7 +113,7 @@ def validation_tokens(num_ids: int, seq_len: int, batch_size: int, max_batches: 
     return windows * seq_len
 
 
-def characters_per_id(tokenizer: "CharTokenizer | WordTokenizer | BPETokenizer") -> np.ndarray:
+def characters_per_id(tokenizer: object) -> np.ndarray:
     """Returns a float64 array of shape `(V,)`: how many characters of the text each id stands for.
 
     A character id (and the unknown character) is 1; a word id the length of its word, the unknown word NaN (its
@@ -138,9 +133,7 @@ def characters_per_id(tokenizer: "CharTokenizer | WordTokenizer | BPETokenizer")
     raise ValueError(f"no character counts for a tokenizer of kind {kind!r}: expected char, word or bpe")
 
 
-def token_characters(
-    tokenizer: "CharTokenizer | WordTokenizer | BPETokenizer", text: str, ids: np.ndarray
-) -> np.ndarray:
+def token_characters(tokenizer: object, text: str, ids: np.ndarray) -> np.ndarray:
     """Returns an array of shape `(len(ids),)`: the characters of `text` each of its ids `ids` spells
     (`ids == tokenizer.encode(text)`); they add up to `len(text)`, unknown words included. (Ids that are not one
     per token of the text, from a tokenizer still being written, count as `characters_per_id` says.)"""
@@ -190,3 +183,9 @@ class ValidationCharacters:
                 total += float(self.id_counts[chunk].sum())
             self._cache[n] = total if np.isfinite(total) else None
         return self._cache[n]
+
+
+def bits_per_char(loss: float, num_tokens: int, num_chars: int) -> float:
+    """Returns bits per character of a mean cross-entropy `loss` (nats per token) over `num_tokens` tokens
+    that spell `num_chars` characters: the measure that compares models with different tokenizers."""
+    return float(loss) * num_tokens / (num_chars * math.log(2))

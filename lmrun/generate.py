@@ -1,4 +1,4 @@
-"""Sample text from a trained run directory, `python -m assignment.generate` (given, not graded).
+"""Sample text from a trained run directory, `python -m lmrun generate` (given, not graded).
 
 The run directory holds everything needed (config.json, tokenizer.json and the checkpoints), so nothing else is
 read: the model is rebuilt from its config, its weights restored from the best checkpoint (or the latest), and
@@ -10,7 +10,8 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from assignment.cli import Parser
+from lmkit.errors import LMError
+from lmrun.cli import Parser
 
 if TYPE_CHECKING:
     import keras
@@ -18,13 +19,13 @@ if TYPE_CHECKING:
 
 def build_parser() -> Parser:
     parser = Parser(
-        prog="python -m assignment.generate",
-        description="Generate text with a model trained by `python -m assignment.train` (or `make train`).",
+        prog="python -m lmrun generate",
+        description="Generate text with a model trained by `python -m lmrun train` (or `make train`).",
         epilog="examples:\n"
-        "  python -m assignment.generate                                  # runs/main, prompt 'The '\n"
-        "  python -m assignment.generate --prompt 'def ' --temperature 0.5 --max-new-tokens 300\n"
-        "  python -m assignment.generate --top-p 0.9 --num-samples 3 --seed 1\n"
-        "  python -m assignment.generate --temperature 0     # greedy: always the most probable token",
+        "  python -m lmrun generate                                  # runs/main, prompt 'The '\n"
+        "  python -m lmrun generate --prompt 'def ' --temperature 0.5 --max-new-tokens 300\n"
+        "  python -m lmrun generate --top-p 0.9 --num-samples 3 --seed 1\n"
+        "  python -m lmrun generate --temperature 0     # greedy: always the most probable token",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -102,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     launched = time.perf_counter()
     args = build_parser().parse_args(argv)
     from assignment import sampling
-    from assignment.checkpoints import CheckpointError
-    from assignment.run_files import UsageError
-    from assignment.runs import load_run
+    from lmrun.runs import load_run
 
     problem = check_args(args)
     if problem:
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         model, tokenizer, config, path = load_run(args.run_dir, args.checkpoint)
-    except (UsageError, CheckpointError, FileNotFoundError) as error:
+    except (LMError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.unk_id]
@@ -155,7 +154,3 @@ def main(argv: list[str] | None = None) -> int:
         rate = new / max(seconds, 1e-9)
         print(f"({new} tokens in {seconds:.2f} s, {rate:,.0f} tokens/s: the decoding loop alone)", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

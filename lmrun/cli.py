@@ -1,4 +1,4 @@
-"""The command line of training: `python -m assignment.train` (given, not graded).
+"""The command line of training: `python -m lmrun train` (given, not graded).
 
 `build_parser()` turns flags into a `runs.RunRequest`; `main(argv)` runs it and turns every error a user can cause
 (a bad flag, a damaged run directory, a full disk, a diverging run, a part not written yet) into one line on stderr
@@ -6,18 +6,13 @@ and exit status 2, without a traceback.
 """
 
 import argparse
-import os
 import sys
-import traceback
-from pathlib import Path
 from typing import NoReturn
 
-from assignment.checkpoints import CheckpointError
-from assignment.configs import ARCHITECTURES, CONFIGS, MODELS
-from assignment.data import CorpusTooSmall
-from assignment.optim import OPTIMIZERS
-from assignment.runs import RunRequest, UsageError, run
-from assignment.train import Diverged
+from lmkit.errors import LMError, not_written_yet
+from lmkit.optim import OPTIMIZERS
+from lmrun.configs import ARCHITECTURES, CONFIGS, MODELS
+from lmrun.runs import RunRequest, run
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,16 +24,16 @@ class Parser(argparse.ArgumentParser):
 
 EXAMPLES = """\
 examples:
-  python -m assignment.train                                     # `make train`: the main job (--config main)
-  python -m assignment.train --config nanogpt-cpu --run-dir runs/nanogpt --corpus shakespeare
-  python -m assignment.train --model lstm --run-dir runs/lstm --steps 1000
-  python -m assignment.train --preset palm --run-dir runs/palm      # a tiny PaLM (parallel blocks, MQA)
-  python -m assignment.train --preset gpt2 --set norm=rmsnorm --run-dir runs/gpt2-rms
-  python -m assignment.train --optimizer lion --run-dir runs/lion
-  python -m assignment.train --init-from runs/main --corpus my.txt --freeze embeddings 2 --run-dir runs/ft
-  python -m assignment.train --strategy mirrored --cpu-replicas 2 --run-dir runs/mirrored
-  python -m assignment.prepare --tokenizer bpe --out data/shards/pyref-bpe && \
-    python -m assignment.train --data data/shards/pyref-bpe --run-dir runs/bpe   # BPE token shards, memory-mapped
+  python -m lmrun train                                     # `make train`: the main job (--config main)
+  python -m lmrun train --config nanogpt-cpu --run-dir runs/nanogpt --corpus shakespeare
+  python -m lmrun train --model lstm --run-dir runs/lstm --steps 1000
+  python -m lmrun train --preset palm --run-dir runs/palm      # a tiny PaLM (parallel blocks, MQA)
+  python -m lmrun train --preset gpt2 --set norm=rmsnorm --run-dir runs/gpt2-rms
+  python -m lmrun train --optimizer lion --run-dir runs/lion
+  python -m lmrun train --init-from runs/main --corpus my.txt --freeze embeddings 2 --run-dir runs/ft
+  python -m lmrun train --strategy mirrored --cpu-replicas 2 --run-dir runs/mirrored
+  python -m lmrun prepare --tokenizer bpe --out data/shards/pyref-bpe && \
+    python -m lmrun train --data data/shards/pyref-bpe --run-dir runs/bpe   # BPE token shards, memory-mapped
 
 Running the same command again resumes from the latest checkpoint (or says the run is done); Ctrl-C saves a
 checkpoint first. A run directory written by another model or config is an error, never a silent fresh start.
@@ -47,7 +42,7 @@ checkpoint first. A run directory written by another model or config is an error
 
 def build_parser() -> Parser:
     parser = Parser(
-        prog="python -m assignment.train",
+        prog="python -m lmrun train",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a character- or word-level language model (RNN, LSTM or transformer), with "
@@ -101,7 +96,7 @@ def build_parser() -> Parser:
     data.add_argument(
         "--data",
         metavar="DIR",
-        help="train on token shards written by `python -m assignment.prepare` (train.bin / val.bin, memory-mapped, "
+        help="train on token shards written by `python -m lmrun prepare` (train.bin / val.bin, memory-mapped, "
         "with their tokenizer, e.g. BPE); replaces --corpus, --tokenizer and --val-fraction",
     )
     data.add_argument(
@@ -207,21 +202,12 @@ def build_parser() -> Parser:
     return parser
 
 
-def not_written_yet(error: NotImplementedError) -> str:
-    """Returns one line saying which TODO a `NotImplementedError` from a stub comes from, and where it is."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    message = lines[-1] if lines else type(error).__name__
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if "assignment" in Path(f.filename).parts]
-    where = f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})" if frames else ""
-    return f"a part you write is not done yet: {message}{where}; `make test PART=<module>` checks it"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Trains as the command line says; returns the exit status (0 done, 2 error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     try:
         run(RunRequest(**vars(args)))
-    except (UsageError, CorpusTooSmall, CheckpointError, Diverged) as error:
+    except LMError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except NotImplementedError as error:
@@ -230,17 +216,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-def run_main() -> NoReturn:
-    """Runs `main` as a program and exits with its status."""
-    code = main()
-    if code == 130:  # interrupted: the checkpoint is saved and the logs flushed; do not wait on TensorFlow's
-        sys.stdout.flush()  # threads at exit, which can hang after an interrupted input pipeline
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    run_main()

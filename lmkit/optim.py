@@ -53,7 +53,7 @@ class ScheduleFreeAdamW(keras.optimizers.ScheduleFreeAdamW):
     The model holds y = (1 - b1) z + b1 x; the optimizer keeps z (`momentum`) and the Adam second moment. Each
     step recovers x from y and z, moves z by the Adam step, averages x toward z with weight 1 / t and writes the
     new y. Keras 3.15 reads z for that recovery after it has already moved z, which pushes x uphill by
-    (1 - b1) / b1 of every step; here z is read first. Measured with `python -m assignment.compare --optimizers`
+    (1 - b1) / b1 of every step; here z is read first. Measured with `python -m lmrun compare --optimizers`
     (500 steps): with Keras' step, x had a validation loss of 2.62 where the training weights y had 1.65; with
     this one, 1.31 and 1.34, as the paper predicts (x better than y).
     """

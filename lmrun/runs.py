@@ -1,4 +1,4 @@
-"""Run directories: what `python -m assignment.train`, `generate` and `compare` share (given, not graded).
+"""Run directories: what `python -m lmrun train`, `generate` and `compare` share (given, not graded).
 
 `RunRequest` holds everything a training run is asked for (the command line's flags, with the same defaults);
 `run(request)` checks it, prepares the run directory (config.json, tokenizer.json), trains through
@@ -17,14 +17,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from assignment.checkpoints import freeze, load_weights
-from assignment.configs import ARCHITECTURES, CONFIGS, MODELS, describe
-from assignment.data import ValidationCharacters, check_data_size, token_characters
-from assignment.distribute import is_chief, make_strategy
-from assignment.optim import LR_SCALE, OPTIMIZERS, evaluation_weights
-from assignment.run_files import (
+from assignment.train import train
+from lmkit.checkpoints import freeze, load_weights
+from lmkit.data import ValidationCharacters, check_data_size, token_characters
+from lmkit.distribute import is_chief, make_strategy
+from lmkit.errors import UsageError
+from lmkit.loop import TrainConfig
+from lmkit.optim import LR_SCALE, OPTIMIZERS, evaluation_weights
+from lmrun.configs import ARCHITECTURES, CONFIGS, MODELS, describe
+from lmrun.run_files import (
     RunConfig,
-    UsageError,
     check_same_tokenizer,
     read_run_config,
     read_shards,
@@ -33,7 +35,6 @@ from assignment.run_files import (
     shard_characters,
     write_json,
 )
-from assignment.train import TrainConfig, train
 
 # What makes a run directory's run: resuming with any of these changed would silently train something else.
 # (steps, evaluation, logging and checkpoint frequencies may change between invocations.)
@@ -55,7 +56,7 @@ TRAIN_IDENTITY = (
 
 @dataclasses.dataclass
 class RunRequest:
-    """What a training run is asked for: the command line's flags (see `python -m assignment.train --help`).
+    """What a training run is asked for: the command line's flags (see `python -m lmrun train --help`).
 
     None means "the named config's value". `compare` and the tests build one directly instead of an argv.
     """
@@ -74,7 +75,7 @@ class RunRequest:
     set: list = dataclasses.field(default_factory=list)  # KEY=VALUE TransformerConfig fields
     corpus: str = "pyref"
     tokenizer: str = "char"
-    data: str | None = None  # a shard directory from `python -m assignment.prepare`: its tokenizer and split
+    data: str | None = None  # a shard directory from `python -m lmrun prepare`: its tokenizer and split
     val_fraction: float = 0.1
     steps: int | None = None
     batch_size: int | None = None
@@ -193,7 +194,7 @@ def load_run(run_dir, which: str = "best") -> tuple[keras.Model, object, RunConf
     if config is None:
         raise UsageError(
             f"{run_dir} is not a run directory (no config.json); train one with "
-            f"python -m assignment.train --run-dir {run_dir}"
+            f"python -m lmrun train --run-dir {run_dir}"
         )
     tokenizer = read_tokenizer(run_dir / "tokenizer.json")
     model = build_model(config["model"], config["model_config"])
@@ -371,7 +372,7 @@ def _remove_run_dir(run_dir):
 def run(request: RunRequest, log: Callable[[str], None] = print) -> dict:
     """Trains as `request` (a `RunRequest`) says and returns the result dict of `train`."""
     from assignment import preprocess
-    from assignment.corpus import load_corpus
+    from lmrun.corpus import load_corpus
 
     validate(request)
     settings = resolve_settings(request)
@@ -481,7 +482,7 @@ def run(request: RunRequest, log: Callable[[str], None] = print) -> dict:
         log(
             f"{run_dir} is already trained to step {result['step']} of {cfg.steps}{figures}. Nothing to do: "
             f"pass --steps N (more than {result['step']}) to train further, --overwrite to start again, or "
-            f"sample with python -m assignment.generate --run-dir {run_dir}"
+            f"sample with python -m lmrun generate --run-dir {run_dir}"
         )
         return result
     if result["out_of_time"]:

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class ExperimentError(ValueError):
-    """Something the user can fix (a flag, a run directory); printed as one line."""
+from lmkit.errors import ExperimentError
 
 
 def non_embedding_parameters(model):
@@ -26,7 +24,7 @@ def non_embedding_parameters(model):
 def small_llama_request(corpus, d_model, num_layers, num_heads, context, batch, steps, quick, **overrides):
     """Returns the `RunRequest` every sweep trains: a LLaMA-2-style model of the given size on `corpus`, for
     `steps` steps with a 10% warmup, evaluated once at the end, no time budget; `overrides` set any other field."""
-    from assignment import runs
+    from lmrun import runs
 
     return runs.RunRequest(
         config="main",
@@ -74,7 +72,7 @@ class Sweep:
         """Returns a row dict (name, parameters, tokens, val_loss, tokens_per_sec, ...) of the run `request`."""
         import keras
 
-        from assignment import run_files, runs
+        from lmrun import run_files, runs
 
         request.run_dir = str(self.out_dir / name)
         request.no_progress = True
@@ -161,7 +159,7 @@ def write_table(out_dir, name, header, rows, notes=""):
 def quick_corpus(out_dir):
     """Returns the path of a 20,000-character slice of the default corpus in `out_dir`: `--quick` runs read it, so
     their final evaluation over the whole validation split takes milliseconds."""
-    from assignment.corpus import python_reference
+    from lmrun.corpus import python_reference
 
     path = Path(out_dir) / "quick_corpus.txt"
     if not path.exists():

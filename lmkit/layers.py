@@ -4,17 +4,13 @@
 norm and position-wise feed-forward net of every decoder block.
 """
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from assignment.transformer_config import TransformerConfig
-
-if TYPE_CHECKING:
-    from assignment.transformer_config import TransformerConfig
-
+from lmkit.transformer_config import TransformerConfig
 
 TensorLike = tf.Tensor | np.ndarray  # what the functions of part 4 accept: tensors, and NumPy arrays too
 
@@ -67,11 +63,23 @@ class FeedForward(keras.layers.Layer):
         float tensor `(B, T, D)`.
     """
 
-    def __init__(self, hidden_dim: int, activation: str = "gelu", use_bias: bool = True, **kwargs):
+    def __init__(
+        self,
+        hidden_dim: int,
+        activation: str = "gelu",
+        use_bias: bool = True,
+        gate: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        if activation == "swiglu" and gate is None:
+            raise ValueError(
+                "activation='swiglu' needs `gate`, the function gate(gate, up) -> (B, T, F): part 4's swiglu"
+            )
         self.hidden_dim = hidden_dim
         self.activation = activation
         self.use_bias = use_bias
+        self.gate = gate
 
     def build(self, input_shape):
         d_model = input_shape[-1]
@@ -90,9 +98,7 @@ class FeedForward(keras.layers.Layer):
         h = linear(x, self.w_in, self.b_in if self.use_bias else None)  # (B, T, F)
         if self.activation == "swiglu":
             gate = linear(x, self.w_gate, self.b_gate if self.use_bias else None)  # (B, T, F)
-            from assignment.transformer import swiglu  # part 4's (bonus) function; imported here, as it imports us
-
-            h = swiglu(gate, h)  # (B, T, F)
+            h = self.gate(gate, h)  # (B, T, F)
         else:
             h = tf.nn.gelu(h, approximate=True)  # (B, T, F)
         return linear(h, self.w_out, self.b_out if self.use_bias else None)  # (B, T, D)
@@ -106,12 +112,15 @@ class FeedForward(keras.layers.Layer):
         }
 
 
-def make_norm(config: "TransformerConfig", name: str | None = None) -> keras.layers.Layer:
-    """Returns the norm layer the config asks for (LayerNorm with or without bias, non-parametric, or RMSNorm)."""
+def make_norm(
+    config: TransformerConfig, name: str | None = None, rms_norm: type[keras.layers.Layer] | None = None
+) -> keras.layers.Layer:
+    """Returns the norm layer the config asks for (LayerNorm with or without bias, non-parametric, or RMSNorm:
+    `rms_norm(epsilon=..., name=...)`, part 4's RMSNorm class, which the caller passes)."""
     if config.norm == "rmsnorm":
-        from assignment.transformer import RMSNorm  # part 4's (bonus) layer; imported here, as it imports us
-
-        return RMSNorm(epsilon=config.norm_epsilon, name=name)
+        if rms_norm is None:
+            raise ValueError("norm='rmsnorm' needs `rms_norm`, the RMSNorm layer class of part 4")
+        return rms_norm(epsilon=config.norm_epsilon, name=name)
     parametric = config.norm == "layernorm"
     return keras.layers.LayerNormalization(
         epsilon=config.norm_epsilon, scale=parametric, center=parametric and config.bias != "none", name=name

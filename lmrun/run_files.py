@@ -1,7 +1,7 @@
 """The files of a run directory and of a shard directory, read with one clear error each (given, not graded).
 
 A run directory holds `config.json` (a `RunConfig`), `tokenizer.json`, `history.jsonl` and the checkpoints; a shard
-directory (`python -m assignment.prepare`) holds `train.bin`, `val.bin`, `meta.json` and its tokenizer. Everything
+directory (`python -m lmrun prepare`) holds `train.bin`, `val.bin`, `meta.json` and its tokenizer. Everything
 is written atomically (a temporary name, then a rename), so a killed run never leaves half a file.
 """
 
@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
-from assignment.data import ValidationCharacters, characters_per_id
+from lmkit.data import ValidationCharacters, characters_per_id
+from lmkit.errors import PrepareError, UsageError
 
 if TYPE_CHECKING:  # both import TensorFlow: loaded only when a tokenizer is read
-    from assignment.prepare import ShardMeta
     from assignment.preprocess import BPETokenizer, CharTokenizer, WordTokenizer
+    from lmrun.prepare import ShardMeta
 
 
 class RunConfig(TypedDict, total=False):
@@ -35,11 +36,7 @@ class RunConfig(TypedDict, total=False):
     train: dict  # the `TrainConfig` fields
     init_from: str | None  # the run whose best weights a fine-tuning run started from
     freeze: dict | None  # {"embeddings": bool, "first_layers": int}
-    data: str | None  # a shard directory of `python -m assignment.prepare`
-
-
-class UsageError(ValueError):
-    """A command line, a config or a run directory that cannot work; the CLI prints it without a traceback."""
+    data: str | None  # a shard directory of `python -m lmrun prepare`
 
 
 def read_run_config(run_dir: str | os.PathLike) -> RunConfig | None:
@@ -91,16 +88,16 @@ def save_tokenizer(tokenizer: CharTokenizer | WordTokenizer | BPETokenizer, path
 def read_shards(
     data_dir: str | os.PathLike,
 ) -> tuple[np.memmap, np.memmap, CharTokenizer | WordTokenizer | BPETokenizer, ShardMeta]:
-    """Returns `(train_ids, val_ids, tokenizer, meta)` of a shard directory written by `assignment.prepare`, the ids
+    """Returns `(train_ids, val_ids, tokenizer, meta)` of a shard directory written by `lmrun.prepare`, the ids
     memory-mapped; `UsageError` when it is not one or a shard does not match its header."""
-    from assignment import prepare
+    from lmrun import prepare
 
     data_dir = Path(data_dir)
     try:
         meta = prepare.read_meta(data_dir)
         train_ids = prepare.open_shard(data_dir / "train.bin")
         val_ids = prepare.open_shard(data_dir / "val.bin")
-    except (prepare.PrepareError, OSError) as error:
+    except (PrepareError, OSError) as error:
         raise UsageError(f"--data {data_dir}: {error}") from None
     tokenizer = read_tokenizer(data_dir / meta["tokenizer"])
     if tokenizer.vocab_size != meta["vocab_size"]:
@@ -126,7 +123,7 @@ def check_same_tokenizer(data_dir: str | os.PathLike, meta: ShardMeta, init_from
         raise UsageError(
             f"--data {data_dir} was encoded by another tokenizer than --init-from {init_from} "
             f"({meta['tokenizer_kind']}, {meta['vocab_size']} ids, against the run's {run_tok.get('kind')}, "
-            f"{run_vocab} ids): prepare the shards with the run's, python -m assignment.prepare --tokenizer "
+            f"{run_vocab} ids): prepare the shards with the run's, python -m lmrun prepare --tokenizer "
             f"{run_path} --out DIR"
         )
 

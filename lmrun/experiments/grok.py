@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from assignment.experiments.sweeps import ExperimentError, pyplot, write_table
+from lmkit.errors import ExperimentError
+from lmrun.experiments.sweeps import pyplot, write_table
 
 
 def modular_addition(p, train_fraction, seed=0):
@@ -61,12 +62,12 @@ def grok(args):
     import tensorflow as tf
     from tqdm.auto import tqdm
 
-    from assignment import run_files
-    from assignment.checkpoints import Checkpoints
-    from assignment.history import History
-    from assignment.optim import make_optimizer
     from assignment.train import train_step
     from assignment.transformer import TransformerConfig, TransformerLanguageModel
+    from lmkit.checkpoints import Checkpoints
+    from lmkit.history import History
+    from lmkit.optim import make_optimizer
+    from lmrun import run_files
 
     settings = _grok_settings(args)
     out = Path(args.out)

@@ -1,6 +1,6 @@
 """Token shards: a corpus encoded once into train.bin / val.bin, read through np.memmap (given, not graded).
 
-    python -m assignment.prepare --corpus pyref --tokenizer bpe --vocab-size 4096 --out data/shards/pyref-bpe4096
+    python -m lmrun prepare --corpus pyref --tokenizer bpe --vocab-size 4096 --out data/shards/pyref-bpe4096
 
 The output directory holds `train.bin` and `val.bin` (the token ids back to back, little-endian `uint16`, or
 `uint32` when the vocabulary has more than 65,536 ids), `tokenizer.json` and `meta.json`, the header: dtype,
@@ -34,7 +34,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # preprocess imports TensorF
 import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from assignment import corpus, preprocess  # noqa: E402
+from assignment import preprocess  # noqa: E402
+from lmkit.errors import PrepareError
+from lmrun import corpus
 
 FORMAT = "lm-token-shards"
 VERSION = 1
@@ -42,10 +44,6 @@ SHARDS = ("train.bin", "val.bin")
 CHUNK_CHARS = 1 << 20  # characters encoded per step: small enough for a smooth bar, large enough to be fast
 READ_BYTES = 1 << 20
 SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")  # a newline between two non-space characters: no pre-token spans it
-
-
-class PrepareError(ValueError):
-    """Bad input to `prepare` or a shard that does not match its header; the message is one line."""
 
 
 class _ShardStats(TypedDict):
@@ -316,9 +314,7 @@ def read_meta(directory: str | os.PathLike) -> ShardMeta:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise PrepareError(
-            f"{path} is missing: {directory} is not a shard directory (run assignment.prepare)"
-        ) from None
+        raise PrepareError(f"{path} is missing: {directory} is not a shard directory (run lmrun.prepare)") from None
     except (OSError, ValueError) as error:
         raise PrepareError(f"{path} is not a readable header: {error}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
@@ -367,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prepare: error: {error}", file=sys.stderr)
         return 2
     except NotImplementedError as error:  # the student release, before the tokenizer's TODOs are written
-        from assignment.cli import not_written_yet
+        from lmkit.errors import not_written_yet
 
         print(f"prepare: error: {not_written_yet(error)}", file=sys.stderr)
         return 2
@@ -377,7 +373,3 @@ def main(argv: list[str] | None = None) -> int:
         f"vocabulary {meta['vocab_size']:,}, {train['chars'] / max(train['tokens'], 1):.2f} characters per token)"
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

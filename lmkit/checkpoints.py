@@ -19,12 +19,10 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from lmkit.errors import CheckpointError
+
 TIMESTAMP_LINE = r"\s*(all_model_checkpoint_timestamps|last_preserved_timestamp):.*"
 CHECKPOINT_FILE = re.compile(r"^(?P<name>[a-z]+)-(?P<step>\d+)\.(?P<kind>index|data-\d{5}-of-(?P<shards>\d{5}))$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, restored or written; the message names the file and what to do."""
 
 
 def model_state(model: keras.Model) -> tf.Module:
@@ -353,8 +351,7 @@ def load_weights(model: keras.Model, run_dir, which: str = "best", log: Callable
         path = path or newest_readable(run_dir / "ckpt", "ckpt", log)
         if path is None:
             raise CheckpointError(
-                f"{run_dir} holds no readable checkpoint: train it first (python -m assignment.train --run-dir "
-                f"{run_dir})"
+                f"{run_dir} holds no readable checkpoint: train it first (python -m lmrun train --run-dir {run_dir})"
             )
     else:
         path = str(which)

@@ -1,4 +1,4 @@
-"""Distribution strategies for `python -m assignment.train --strategy NAME` (given, not graded).
+"""Distribution strategies for `python -m lmrun train --strategy NAME` (given, not graded).
 
 `make_strategy` builds one (none, mirrored over GPUs or logical CPUs, multi-worker); `is_chief` tells the one
 process that writes the run directory.

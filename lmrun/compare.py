@@ -7,7 +7,7 @@ and wall time) and saves two PNG plots of the validation loss, against the step 
 into the comparison directory. `--optimizers` compares optimizers the same way.
 
 `--tokenizers char word bpe` compares tokenizers: the corpus is encoded once per tokenizer into token shards
-(`assignment.prepare`, into `RUNS_DIR/shards/<tokenizer>`; each tokenizer fitted on the same training part, so
+(`lmrun.prepare`, into `RUNS_DIR/shards/<tokenizer>`; each tokenizer fitted on the same training part, so
 all validate on the same text), and the same model trains on each for the same steps of the same batch size and
 context length, evaluated on the whole validation text each time. Losses per token do not compare across
 tokenizers (a BPE token holds about four characters); bits per character do: the total loss over the validation
@@ -23,19 +23,20 @@ import json
 import sys
 from pathlib import Path
 
-from assignment.cli import Parser, not_written_yet
+from lmkit.errors import LMError, PrepareError, not_written_yet
+from lmrun.cli import Parser
 
 
 def build_parser() -> Parser:
     parser = Parser(
-        prog="python -m assignment.compare",
+        prog="python -m lmrun compare",
         description="Train several models (or optimizers) on one token budget and compare them: a table and PNG "
         "plots of validation loss against step and against training time.",
         epilog="examples:\n"
-        "  python -m assignment.compare                        # `make compare`: rnn, lstm, transformer\n"
-        "  python -m assignment.compare --models transformer --optimizers adamw lion muon schedulefree \\\n"
+        "  python -m lmrun compare                        # `make compare`: rnn, lstm, transformer\n"
+        "  python -m lmrun compare --models transformer --optimizers adamw lion muon schedulefree \\\n"
         "      --runs-dir runs/optimizers --steps 1500\n"
-        "  python -m assignment.compare --models transformer --tokenizers char word bpe --runs-dir runs/tokenizers",
+        "  python -m lmrun compare --models transformer --tokenizers char word bpe --runs-dir runs/tokenizers",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -165,10 +166,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from assignment import prepare, run_files, runs
-    from assignment.checkpoints import CheckpointError
-    from assignment.data import CorpusTooSmall
-    from assignment.train import Diverged
+    from lmrun import prepare, run_files, runs
 
     out_dir = Path(args.runs_dir)
     shards = {}
@@ -194,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"== preparing {args.corpus} with the {tokenizer} tokenizer into {shards[tokenizer]}")
                 vocab_size = args.vocab_size if tokenizer == "bpe" else None
                 prepare.prepare(args.corpus, shards[tokenizer], tokenizer, vocab_size, progress=not args.no_progress)
-        except (prepare.PrepareError, OSError) as error:
+        except (PrepareError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         except NotImplementedError as error:
@@ -225,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}")
         try:
             result = runs.run(request)
-        except (runs.UsageError, CorpusTooSmall, CheckpointError, Diverged) as error:
+        except LMError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         except NotImplementedError as error:
@@ -262,7 +260,3 @@ def main(argv: list[str] | None = None) -> int:
     for path in plot(rows, out_dir):
         print(f"saved {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
