@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from lmrun.experiments import fits, grok, quantization, quantize, scaling
+from lmkit import quantization
+from lmrun.experiments import fits, grok, quantize, scaling
 from lmrun.experiments.cli import main
 
 # ----------------------------------------------------------------------------------------------------------------
