@@ -31,6 +31,10 @@ from lmkit.errors import CheckpointError, Diverged
 from lmkit.history import History
 from lmkit.optim import evaluation_weights, make_optimizer
 
+MAX_LOGGED_PERPLEXITY = (
+    1e30  # TensorBoard's scalars are float32: a larger perplexity (a loss above ~69) cannot be logged
+)
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -309,7 +313,7 @@ def train(
             sample = sample_fn(model) if sampling else None
         with writer.as_default(step=step):
             tf.summary.scalar("val/loss", val_loss)
-            tf.summary.scalar("val/perplexity", min(val_perplexity, 1e30))
+            tf.summary.scalar("val/perplexity", min(val_perplexity, MAX_LOGGED_PERPLEXITY))
             if val_bpc is not None:
                 tf.summary.scalar("val/bits_per_char", val_bpc)
             if sample is not None:
@@ -397,7 +401,9 @@ def train(
                     bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
                     with writer.as_default(step=step):
                         tf.summary.scalar("train/loss", train_loss)
-                        tf.summary.scalar("train/perplexity", math.exp(min(train_loss, 700)))
+                        tf.summary.scalar(
+                            "train/perplexity", min(math.exp(min(train_loss, 700)), MAX_LOGGED_PERPLEXITY)
+                        )
                         tf.summary.scalar("train/grad_norm", window_norm / window_steps)
                         tf.summary.scalar("train/lr", float(optimizer.learning_rate))
                         tf.summary.scalar("train/tokens_per_sec", tokens_per_sec)

@@ -29,12 +29,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TypedDict
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # preprocess imports TensorFlow: its start-up chatter hides the bar
+import numpy as np
+from tqdm.auto import tqdm
 
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from assignment import preprocess  # noqa: E402
+from assignment import preprocess  # imports TensorFlow through lmkit, without its start-up chatter
 from lmkit.errors import PrepareError
 from lmrun import corpus
 

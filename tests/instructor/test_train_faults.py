@@ -158,6 +158,13 @@ def test_a_diverging_run_stops_with_the_step_and_a_suggestion(tmp_path, capsys):
     assert_one_line_error(code, err, "diverged", "at step", "lower --lr")
 
 
+def test_a_loss_too_large_to_log_still_ends_in_the_divergence_message(tmp_path, capsys):
+    """--lr 1000 first gives finite losses above 1e11, whose perplexity no float32 scalar holds: the loop logs a
+    capped value (it used to end in a ValueError traceback from tf.summary), then diverges as usual."""
+    code, _, err = run_cli(capsys, cli, *TINY, "--run-dir", tmp_path / "run", "--lr", "1000", "--log-every", "1")
+    assert_one_line_error(code, err, "diverged", "at step", "lower --lr")
+
+
 def resume(capsys, run_dir, *extra):
     return run_cli(capsys, cli, *TINY, "--run-dir", run_dir, "--steps", 30, *extra)
 
