@@ -158,14 +158,14 @@ def rms_norm(x, scale, epsilon=1e-5):
 
 
 def swiglu_feed_forward(x, hidden_dim):
-    """Probe: FeedForward(hidden_dim, activation="swiglu", use_bias=False) with random weights (seed 1, scale 0.5):
-    its w_gate, w_in, w_out and output on `x`."""
+    """Probe: FeedForward(hidden_dim, activation="swiglu", use_bias=False, gate=swiglu) with random weights (seed 1,
+    scale 0.5): its w_gate, w_in, w_out and output on `x`."""
     import numpy as np
     import tensorflow as tf
 
     from assignment import transformer
 
-    mlp = transformer.FeedForward(hidden_dim=hidden_dim, activation="swiglu", use_bias=False)
+    mlp = transformer.FeedForward(hidden_dim=hidden_dim, activation="swiglu", use_bias=False, gate=transformer.swiglu)
     x = tf.constant(x)
     mlp(x)
     rng = np.random.default_rng(1)

@@ -44,7 +44,7 @@ def run_module(module, *args, expect=0, timeout=240):
 def trained(tmp_path_factory):
     """A run directory trained by the CLI for 20 steps, and the output of that run."""
     run_dir = tmp_path_factory.mktemp("cli") / "run"
-    proc = run_module("assignment.train", *TINY, "--run-dir", run_dir, "--sample-tokens", 20)
+    proc = run_module("lmrun", "train", *TINY, "--run-dir", run_dir, "--sample-tokens", 20)
     return run_dir, proc.stdout
 
 
@@ -54,7 +54,7 @@ def test_every_flag_has_help():
     for parser in (cli.build_parser(), generate.build_parser()):
         for action in parser._actions:
             assert action.help and len(action.help) > 10, f"{parser.prog}: {action.option_strings} has no help"
-    out = run_module("assignment.train", "--help").stdout
+    out = run_module("lmrun", "train", "--help").stdout
     for flag in (
         "--model",
         "--config",
@@ -167,7 +167,8 @@ def test_fine_tuning_keeps_frozen_weights_unchanged(trained, tmp_path):
     corpus.write_text("def add(x, y):\n    return x + y\n\n" * 200)
     tuned = tmp_path / "tuned"
     out = run_module(
-        "assignment.train",
+        "lmrun",
+        "train",
         *TINY,
         "--init-from",
         run_dir,

@@ -88,7 +88,8 @@ def test_cli_trains_and_samples_under_mirrored_strategy(tmp_path):
         [
             sys.executable,
             "-m",
-            "assignment.train",
+            "lmrun",
+            "train",
             "--config",
             "tiny",
             "--no-progress",
@@ -151,7 +152,8 @@ def test_multi_worker_strategy_with_two_local_workers_matches_one_device(tmp_pat
             [
                 sys.executable,
                 "-m",
-                "assignment.train",
+                "lmrun",
+                "train",
                 *args,
                 "--strategy",
                 "multiworker",

@@ -332,7 +332,7 @@ def student_release(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
-    [["assignment.train", *TINY], ["lmrun.compare", "--config", "tiny", "--steps", "2", "--no-progress"]],
+    [["lmrun", "train", *TINY], ["lmrun", "compare", "--config", "tiny", "--steps", "2", "--no-progress"]],
     ids=["train", "compare"],
 )
 def test_commands_on_the_stub_release_name_the_missing_todo_in_one_line(command, student_release, tmp_path):
@@ -341,7 +341,7 @@ def test_commands_on_the_stub_release_name_the_missing_todo_in_one_line(command,
             sys.executable,
             "-m",
             *command,
-            *(["--run-dir"] if command[0] == "assignment.train" else ["--runs-dir"]),
+            *(["--run-dir"] if command[1] == "train" else ["--runs-dir"]),
             str(tmp_path / "runs"),
         ],
         cwd=student_release,

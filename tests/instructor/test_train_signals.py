@@ -26,7 +26,8 @@ def command(run_dir, *extra):
     return [
         sys.executable,
         "-m",
-        "assignment.train",
+        "lmrun",
+        "train",
         "--config",
         "tiny",
         "--no-progress",
