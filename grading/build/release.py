@@ -155,7 +155,7 @@ def _todo_list(manifest, regions):
 
 
 def render(template: str, **values: str) -> str:
-    """The text of grading/templates/`template` with each `{{KEY}}` replaced by `values[KEY]`."""
+    """The text of grading/build/templates/`template` with each `{{KEY}}` replaced by `values[KEY]`."""
     text = (TEMPLATES / template).read_text()
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)

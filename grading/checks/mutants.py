@@ -3,7 +3,7 @@
 For each graded part (grading/config.py), in a temporary copy of the repository (the working tree is never mutated):
 
 1. cosmic-ray's `init` lists every mutation of assignment/<module>.py; its line filter (`cr-filter-lines`) keeps only
-   the lines between `# BEGIN SOLUTION` and `# END SOLUTION` (grading/markers.py finds them); its operator filter
+   the lines between `# BEGIN SOLUTION` and `# END SOLUTION` (grading/build/markers.py finds them); its operator filter
    drops the stillborn operators of STILLBORN (below); the mutants listed as equivalent in
    grading/checks/mutants_equivalent.toml are skipped too, with the reason given there.
 2. cosmic-ray's `exec` writes each mutant into the copy's assignment/<module>.py and runs the part's graded tests

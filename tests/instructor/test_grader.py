@@ -436,3 +436,38 @@ def test_headline_of_an_error_raised_inside_a_tf_function_is_the_exception_not_t
     assert headline(inside) == "NotImplementedError: train_step: 1. run the model — see the TODO above"
     plain = "\nAssertionError: loss did not decrease: 2.30 -> 2.31\nassert 2.31 < 2.30\n"
     assert headline(plain) == "AssertionError: loss did not decrease: 2.30 -> 2.31"
+
+
+def test_a_graded_test_without_the_student_fixture_is_refused_by_name(tmp_path):
+    root = make_toy(tmp_path / "course")
+    legacy = "import pytest\n\nfrom assignment import beta\n\n\n@pytest.mark.points(1)\ndef test_old_style():\n"
+    (root / "tests" / "test_beta_old.py").write_text(legacy + "    assert beta.mean([2]) == 2\n")
+    with pytest.raises(manifest_builder.ManifestError, match=r"tests/test_beta_old.py::test_old_style") as info:
+        manifest_builder.build_manifest(root, parts=PARTS, settings=SETTINGS)
+    assert "`student` fixture" in str(info.value) and "test_mean" not in str(info.value)
+
+
+LMKIT_OPS = "def double(x):\n    return 2 * x\n"
+ALPHA_WITH_LMKIT = ALPHA.replace("return 2 * x", "from lmkit.ops import double\n        return double(x)")
+
+
+def test_the_runner_imports_the_given_packages_from_the_bundle_never_from_the_submission(tmp_path):
+    """lmkit/ (a given package) comes from the grader's own copy; a submission's lmkit/ is ignored."""
+    root = make_toy(tmp_path / "course")
+    (root / "lmkit").mkdir()
+    (root / "lmkit" / "__init__.py").write_text("")
+    (root / "lmkit" / "ops.py").write_text(LMKIT_OPS)
+    (root / "assignment" / "alpha.py").write_text(ALPHA_WITH_LMKIT)
+    manifest, problems = manifest_builder.build_manifest(root, parts=PARTS, settings=SETTINGS)
+    assert problems == []
+    sub = tmp_path / "submission"
+    (sub / "assignment").mkdir(parents=True)
+    (sub / "assignment" / "alpha.py").write_text(ALPHA_WITH_LMKIT)
+    (sub / "assignment" / "beta.py").write_text(BETA)
+    (sub / "lmkit").mkdir()
+    (sub / "lmkit" / "__init__.py").write_text("")
+    (sub / "lmkit" / "ops.py").write_text("def double(x):\n    return 1000\n")
+    (sub / "lmkit" / "beta.py").write_text("def mean(xs):\n    return 0\n")  # named like a graded module
+    tests, results = run((root, manifest), sub, tmp_path)
+    assert tests["test_twice"]["status"] == "passed", tests["test_twice"]["output"]
+    assert results["extra_data"]["core_score"] == 8
