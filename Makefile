@@ -65,7 +65,7 @@ grade: $(STAMP)  ## grade one submission as the autograder does (SUBMISSION=dir)
 	$(PY) -m grading grade $(SUBMISSION) --out results.json
 
 notebooks: $(STAMP)  ## run every notebook top to bottom against the reference solution
-	$(PY) -m grading.run_notebooks
+	$(PY) -m grading.build.run_notebooks
 
 clean:  ## remove build outputs (keeps .venv, runs/ and data/)
 	rm -rf dist build *.egg-info .pytest_cache

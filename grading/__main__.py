@@ -1,4 +1,8 @@
-"""`python -m grading COMMAND`: build the student release and the autograder, grade a submission, verify the tests."""
+"""`python -m grading COMMAND`: build the student release and the autograder, grade a submission, verify the tests.
+
+`grade` runs grading/runtime/ (shipped to students and to Gradescope); the other commands are build side
+(grading/build/) and checks (grading/checks/), absent from a shipped copy.
+"""
 
 import argparse
 import importlib
@@ -6,16 +10,16 @@ import sys
 
 # command -> (module, help). Only `grade` ships with the student release and the autograder bundle.
 COMMANDS = {
-    "grade": ("grading.grade", "grade a submission and write Gradescope's results.json"),
-    "build-student": ("grading.release", "build the student release into dist/student/ and dist/student.zip"),
-    "build-autograder": ("grading.autograder", "build the Gradescope bundle dist/autograder.zip"),
-    "verify": ("grading.verify", "prove the tests: reference 100%, stubs 0, each part alone, the bug catalogue"),
+    "grade": ("grading.runtime.grade", "grade a submission and write Gradescope's results.json"),
+    "build-student": ("grading.build.release", "build the student release into dist/student/ and dist/student.zip"),
+    "build-autograder": ("grading.build.autograder", "build the Gradescope bundle dist/autograder.zip"),
+    "verify": ("grading.checks.verify", "prove the tests: reference 100%, stubs 0, each part alone, the bug catalogue"),
     "clauses": (
-        "grading.clauses",
+        "grading.checks.clauses",
         "the clause-to-test map: every promise of a graded docstring and the tests pinning it",
     ),
     "mutants": (
-        "grading.mutants",
+        "grading.checks.mutants",
         "mutation testing of the solution regions (cosmic-ray): survivors and score per part",
     ),
 }
@@ -104,18 +108,36 @@ def _parser():
     return parser
 
 
+def _import(command, module_name):
+    """The module of `command`, or None (said on stderr) when this copy of the grader does not have it."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if module_name == exc.name or module_name.startswith(f"{exc.name}."):
+            print(f"`{command}` is instructor tooling and is not part of this copy of the grader.", file=sys.stderr)
+            return None
+        raise
+
+
+def _manifest_for(args, grade):
+    """The manifest the `grade` command grades against: --manifest, else the bundle's grading/manifest.json, else
+    one collected now against the bundle's own assignment/ (a repository: build side, never shipped)."""
+    manifest = grade.shipped_manifest(args.manifest, args.bundle)
+    if manifest is not None:
+        return manifest
+    from grading.build.manifest import collect_for_grading
+
+    log = (lambda line: None) if args.quiet else print
+    return collect_for_grading(args.bundle or grade.bundle_root(), log=log)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    module_name = COMMANDS[args.command][0]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            print(
-                f"`{args.command}` is instructor tooling and is not part of this copy of the grader.", file=sys.stderr
-            )
-            return 2
-        raise
+    module = _import(args.command, COMMANDS[args.command][0])
+    if module is None:
+        return 2
+    if args.command == "grade":
+        return module.main(args, lambda: _manifest_for(args, module))
     return module.main(args)
 
 

@@ -16,13 +16,13 @@ def pytest_configure(config):
 
 def _judge():
     """The grader's judge when these tests run under it (it never imports TensorFlow or the student's code)."""
-    module = sys.modules.get("grading.judge")
+    module = sys.modules.get("grading.runtime.judge")
     return getattr(module, "ACTIVE", None)
 
 
 @pytest.fixture
 def student(request):
-    """Calls the student's code: `out = student.run(probe, *args)` (see grading/probes.py).
+    """Calls the student's code: `out = student.run(probe, *args)` (see grading/runtime/probes.py).
 
     Under plain pytest the probe runs here; under the grader it runs in the sandboxed runner and only plain data
     comes back. Either way `out` holds arrays, numbers, strings, lists and dicts, and an exception raised by the
@@ -30,7 +30,7 @@ def student(request):
     judge = _judge()
     if judge is not None:
         return judge.student(request.node)
-    from grading.probes import InProcessStudent
+    from grading.runtime.probes import InProcessStudent
 
     return InProcessStudent()
 

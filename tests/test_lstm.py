@@ -33,7 +33,7 @@ def _random_states(num_layers=1, seed=4):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Probes: they run where the student's code runs and return plain data (see grading/probes.py)
+# Probes: they run where the student's code runs and return plain data (see grading/runtime/probes.py)
 # ---------------------------------------------------------------------------------------------------------------
 
 

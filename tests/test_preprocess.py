@@ -10,7 +10,7 @@ TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the m
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Probes: they run where the student's code runs and return plain data (see grading/probes.py)
+# Probes: they run where the student's code runs and return plain data (see grading/runtime/probes.py)
 # ---------------------------------------------------------------------------------------------------------------
 
 

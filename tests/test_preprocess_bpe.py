@@ -17,7 +17,7 @@ WORDS = "low lower lowest newer newest wider widest low new now snow slow slower
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Probes: they run where the student's code runs and return plain data (see grading/probes.py)
+# Probes: they run where the student's code runs and return plain data (see grading/runtime/probes.py)
 # ---------------------------------------------------------------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ def _normal(shape, seed, scale=0.5):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Probes: they run where the student's code runs and return plain data (see grading/probes.py)
+# Probes: they run where the student's code runs and return plain data (see grading/runtime/probes.py)
 # ---------------------------------------------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ V, T = 7, 5  # vocabulary size, sequence length
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Probes: they run where the student's code runs and return plain data (see grading/probes.py)
+# Probes: they run where the student's code runs and return plain data (see grading/runtime/probes.py)
 # ---------------------------------------------------------------------------------------------------------------
 
 

@@ -53,7 +53,7 @@ def _random_mask(shape, seed):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Probes: they run where the student's code runs and return plain data (see grading/probes.py)
+# Probes: they run where the student's code runs and return plain data (see grading/runtime/probes.py)
 
 
 def attention_session(q, k, v, mask, upstream):

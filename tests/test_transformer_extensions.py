@@ -27,7 +27,7 @@ def _tokens(batch, time, seed=0):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Probes: they run where the student's code runs and return plain data (see grading/probes.py)
+# Probes: they run where the student's code runs and return plain data (see grading/runtime/probes.py)
 
 
 def call_with_tensors(name, args, tensors=()):

@@ -1,13 +1,15 @@
-"""The attack suite (grading/attacks.py) against the real grader: every hostile submission scores 0 and leaks
-nothing; and the suite itself sees a forgery when the tests run in the student's process (the legacy mode)."""
+"""The attack suite (grading/checks/attacks.py) against the real grader: every hostile submission scores 0 and
+leaks nothing; and the forgery that patches pytest, which would win 20 points were the test run in the student's
+process, wins nothing from the judge."""
 
 import shutil
 from pathlib import Path
 
 import pytest
 
-from grading import attacks, release
-from grading import manifest as manifest_builder
+from grading.build import manifest as manifest_builder
+from grading.build import release
+from grading.checks import attacks
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,18 +39,6 @@ def test_attack_is_blocked(attack, manifest, stub_root, runner_user, unprivilege
     assert outcome.blocked, f"{attack.name} ({attack.what}): {outcome.problems}"
 
 
-LEGACY_TEST = """
-import numpy as np
-import pytest
-
-from assignment import sampling
-
-
-@pytest.mark.points(20)
-def test_greedy():
-    assert np.asarray(sampling.greedy(np.array([[0.0, 1.0], [2.0, 1.0]]))).tolist() == [1, 0]
-"""
-
 JUDGED_TEST = """
 import pytest
 
@@ -59,20 +49,17 @@ def test_greedy(student):
 """
 
 
-@pytest.mark.parametrize("style", ["legacy", "judged"])
-def test_the_suite_sees_a_forgery_and_the_judge_stops_it(style, stub_root, tmp_path, runner_user, unprivileged_python):
-    """The same one-test course, its test written both ways: patching pytest forges 20 points when the test runs in
-    the student's process, and nothing when the judge runs it."""
+def test_the_judge_stops_a_forgery_of_pytest(stub_root, tmp_path, runner_user, unprivileged_python):
+    """A one-test course whose test takes `student`: patching pytest from the student's code forges nothing, since
+    the judge, not the student's process, runs the test (a test without `student` is refused when the manifest is
+    built: tests/instructor/test_grader.py)."""
     bundle = tmp_path / "bundle"
     shutil.copytree(REPO / "assignment", bundle / "assignment")
     (bundle / "tests").mkdir()
     shutil.copy(REPO / "tests" / "conftest.py", bundle / "tests" / "conftest.py")
-    (bundle / "tests" / "test_sampling.py").write_text(LEGACY_TEST if style == "legacy" else JUDGED_TEST)
+    (bundle / "tests" / "test_sampling.py").write_text(JUDGED_TEST)
     built, problems = manifest_builder.build_manifest(bundle, log=lambda line: None)
-    assert problems == [] and (built["judged"] == []) == (style == "legacy")
+    assert problems == [] and built["judged"] == ["tests/test_sampling.py"]
     attack = next(a for a in attacks.ATTACKS if a.name == "patch_pytest")
     outcome = attacks.run_attack(attack, bundle, built, stub_root, python=unprivileged_python, runner_user=runner_user)
-    if style == "legacy":
-        assert not outcome.blocked and outcome.score == 20, outcome.problems
-    else:
-        assert outcome.blocked, outcome.problems
+    assert outcome.blocked and outcome.score == 0, outcome.problems

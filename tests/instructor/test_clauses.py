@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from grading import clauses
+from grading.checks import clauses
 
 ROOT = Path(__file__).resolve().parents[2]
 CLAUSE = "a token tied with the k-th one is kept too"
@@ -13,11 +13,11 @@ CLAUSE = "a token tied with the k-th one is kept too"
 
 @pytest.fixture
 def copy(tmp_path):
-    """A copy of what the map reads: assignment/, the graded tests and grading/clauses.txt."""
+    """A copy of what the map reads: assignment/, the graded tests and grading/checks/clauses.txt."""
     shutil.copytree(ROOT / "assignment", tmp_path / "assignment", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "tests", tmp_path / "tests", ignore=shutil.ignore_patterns("__pycache__", "instructor"))
-    (tmp_path / "grading").mkdir()
-    shutil.copy(ROOT / "grading" / "clauses.txt", tmp_path / "grading" / "clauses.txt")
+    (tmp_path / "grading" / "checks").mkdir(parents=True)
+    shutil.copy(ROOT / "grading" / "checks" / "clauses.txt", tmp_path / "grading" / "checks" / "clauses.txt")
     return tmp_path
 
 
@@ -56,7 +56,7 @@ def test_a_marker_naming_no_clause_is_reported(copy):
 
 
 def test_a_graded_function_without_clauses_is_reported(copy):
-    _edit(copy / "grading" / "clauses.txt", "sampling.greedy\n", "sampling.greedy_renamed\n")
+    _edit(copy / "grading" / "checks" / "clauses.txt", "sampling.greedy\n", "sampling.greedy_renamed\n")
     problems = _problems(copy)
     assert any(p.startswith("sampling.greedy: graded, but") for p in problems), problems
     assert any("sampling.greedy_renamed: listed" in p for p in problems), problems

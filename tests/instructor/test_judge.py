@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from grading import grade, judge, probes, upload, wire
+from grading.runtime import grade, judge, probes, upload, wire
 
 
 class Liar(np.ndarray):
@@ -105,7 +105,7 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def sampling_manifest():
-    from grading import manifest as manifest_builder
+    from grading.build import manifest as manifest_builder
 
     built, problems = manifest_builder.build_manifest(REPO, log=lambda line: None)
     assert problems == [] and "tests/test_sampling.py" in built["judged"]

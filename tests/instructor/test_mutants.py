@@ -1,4 +1,5 @@
-"""`make mutants` (grading/mutants.py): its bad inputs and the list of equivalent mutants (no mutant is run here)."""
+"""`make mutants` (grading/checks/mutants.py): its bad inputs and the list of equivalent mutants (no mutant is run
+here)."""
 
 import subprocess
 import sys
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from grading import mutants
+from grading.checks import mutants
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +44,7 @@ def test_recheck_of_a_file_that_is_not_an_earlier_run_is_refused(tmp_path):
 
 def test_the_equivalent_mutants_file_parses_and_every_entry_says_why():
     equivalents = mutants.load_equivalents(ROOT)
-    assert equivalents, "grading/mutants_equivalent.toml lists the equivalent survivors"
+    assert equivalents, "grading/checks/mutants_equivalent.toml lists the equivalent survivors"
     for (module, line, mutant), why in equivalents.items():
         assert (ROOT / "assignment" / f"{module}.py").exists(), module
         assert line != mutant and why.strip(), (module, line)
@@ -56,7 +57,7 @@ def test_an_equivalent_entry_still_matches_a_line_of_its_module():
         for (module, line, _), _ in mutants.load_equivalents(ROOT).items()
         if line not in {row.strip() for row in (ROOT / "assignment" / f"{module}.py").read_text().splitlines()}
     ]
-    assert not stale, f"entries of grading/mutants_equivalent.toml whose line is gone: {stale}"
+    assert not stale, f"entries of grading/checks/mutants_equivalent.toml whose line is gone: {stale}"
 
 
 def test_shards_of_a_part_split_its_mutants_without_overlap(tmp_path):

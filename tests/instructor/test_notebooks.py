@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grading import markers, run_notebooks
+from grading.build import markers, run_notebooks
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = run_notebooks.find_notebooks(ROOT)
@@ -105,7 +105,7 @@ def stubbed_copy(root, dest):
 def test_notebooks_run_on_the_reference():
     """`make notebooks`: every notebook runs to the end, and no cell's error is hidden by the todo helper."""
     result = subprocess.run(
-        [sys.executable, "-m", "grading.run_notebooks"], cwd=ROOT, capture_output=True, text=True, timeout=880
+        [sys.executable, "-m", "grading.build.run_notebooks"], cwd=ROOT, capture_output=True, text=True, timeout=880
     )
     assert result.returncode == 0, f"make notebooks failed:\n{result.stdout[-8000:]}\n{result.stderr[-2000:]}"
 

@@ -3,6 +3,7 @@ file:line, and nothing that must stay with the instructor reaches the student re
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import textwrap
@@ -12,10 +13,15 @@ from pathlib import Path
 import pytest
 from toy_project import PARTS, SETTINGS, make_toy
 
-from grading import autograder, grade, markers, release
-from grading import manifest as manifest_builder
+from grading.build import autograder, markers, release
+from grading.build import manifest as manifest_builder
+from grading.runtime import grade
 
 REPO = Path(__file__).resolve().parents[2]
+# grading/runtime/ ships whole, in the release and in the bundle
+RUNTIME_FILES = {
+    p.relative_to(REPO).as_posix() for p in (REPO / "grading" / "runtime").rglob("*.py") if "__pycache__" not in p.parts
+}
 
 
 def stub(source):
@@ -251,20 +257,11 @@ def test_release_holds_the_stubbed_package_visible_tests_and_its_own_tooling(toy
         ".gitignore",
         "grading/__init__.py",
         "grading/__main__.py",
-        "grading/grade.py",
-        "grading/upload.py",
-        "grading/results.py",
-        "grading/runner.py",
-        "grading/pytest_child.py",
-        "grading/judge.py",
-        "grading/sandbox.py",
-        "grading/probes.py",
-        "grading/probe_runner.py",
-        "grading/wire.py",
-        "grading/run_notebooks.py",
-        "grading/submission.py",
+        "grading/build/__init__.py",
+        "grading/build/run_notebooks.py",
+        "grading/build/submission.py",
         "grading/manifest.json",
-    } == files
+    } | RUNTIME_FILES == files
     alpha = (out / "assignment" / "alpha.py").read_text()
     assert "return a + b" not in alpha and "SOLUTION" not in alpha
     assert 'raise NotImplementedError("add: add the two numbers (~1 line) — see the TODO above")' in alpha
@@ -281,7 +278,10 @@ def test_release_holds_the_stubbed_package_visible_tests_and_its_own_tooling(toy
 
 def test_release_grades_itself_with_make_grade_path(toy_release, tmp_path):
     out = toy_release.out
-    results, _ = grade.grade(out, tmp_path / "r.json", bundle=out, drop_privileges=False, log=lambda line: None)
+    manifest = grade.shipped_manifest(bundle=out)
+    results, _ = grade.grade(
+        out, tmp_path / "r.json", manifest=manifest, bundle=out, drop_privileges=False, log=lambda line: None
+    )
     assert results["score"] == 0 and len(results["tests"]) == 9
     assert all("NotImplementedError" in e["output"] for e in results["tests"])
     assert all(e["visibility"] == "visible" for e in results["tests"])
@@ -403,8 +403,10 @@ def test_leak_scan_flags_files_that_must_not_ship(tmp_path):
     for name in (
         "tests/hidden/test_x_hidden.py",
         "tests/instructor/test_y.py",
-        "grading/verify.py",
-        "grading/bugs/x/y.patch",
+        "grading/checks/verify.py",
+        "grading/checks/bugs/x/y.patch",
+        "grading/build/release.py",
+        "grading/config.py",
     ):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x = 1\n")
@@ -412,8 +414,10 @@ def test_leak_scan_flags_files_that_must_not_ship(tmp_path):
     for name in (
         "tests/hidden/test_x_hidden.py: hidden",
         "tests/instructor/test_y.py: instructor",
-        "grading/verify.py: grading internals",
-        "grading/bugs/x/y.patch",
+        "grading/checks/verify.py: grading internals",
+        "grading/checks/bugs/x/y.patch",
+        "grading/build/release.py: grading internals",
+        "grading/config.py: grading internals",
     ):
         assert name in leaks
 
@@ -457,13 +461,12 @@ def test_autograder_bundle_has_gradescope_scripts_all_tests_and_no_reference(toy
         "tests/hidden/test_alpha_hidden.py",
         "tests/test_alpha.py",
         "grading/manifest.json",
-        "grading/grade.py",
-        "grading/upload.py",
-        "grading/results.py",
+        "grading/__main__.py",
         "assignment/alpha.py",
-    } <= names
+    } | RUNTIME_FILES <= names
     assert not any(
-        n.startswith(("tests/instructor", "grading/bugs")) or n.endswith(("verify.py", "release.py")) for n in names
+        n.startswith(("tests/instructor", "grading/checks", "grading/build")) or n.endswith(("verify.py", "release.py"))
+        for n in names
     )
     for script in ("setup.sh", "run_autograder"):
         assert modes[script] & stat.S_IXUSR, f"{script} must be executable in the zip"
@@ -498,3 +501,17 @@ def test_the_real_course_builds_a_release_and_a_bundle(tmp_path):
     assert package <= set(build.files), f"subpackages ship whole; missing: {sorted(package - set(build.files))}"
     autograder.build_autograder(REPO, tmp_path / "autograder", manifest=manifest, check_import=False)
     assert os.access(tmp_path / "autograder" / "run_autograder", os.X_OK)
+
+
+def test_the_given_packages_ship_whole_in_the_release_and_the_bundle(toy, tmp_path):
+    root = tmp_path / "course"
+    shutil.copytree(toy[0], root)
+    (root / "lmkit" / "layers").mkdir(parents=True)
+    (root / "lmkit" / "__init__.py").write_text('"""Given building blocks."""\n')
+    (root / "lmkit" / "layers" / "__init__.py").write_text("def dense(x):\n    return x\n")
+    build = release.build_student(root, tmp_path / "student", manifest=toy[1], check_import=False)
+    assert {"lmkit/__init__.py", "lmkit/layers/__init__.py"} <= set(build.files)
+    assert '"lmkit", "lmkit.layers"' in (tmp_path / "student" / "pyproject.toml").read_text()
+    autograder.build_autograder(root, tmp_path / "autograder", manifest=toy[1], check_import=False)
+    assert (tmp_path / "autograder" / "lmkit" / "layers" / "__init__.py").exists()
+    assert not (tmp_path / "autograder" / "lmrun").exists(), "a given package the course lacks is skipped"

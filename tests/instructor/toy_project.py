@@ -1,8 +1,9 @@
 """A tiny synthetic course (two parts, no TensorFlow) that the release builder and the grader are tested on.
 
 `make_toy(root)` writes it: assignment/alpha.py and assignment/beta.py with solution markers in functions, methods,
-a decorated static method and a nested function; visible, hidden and bonus tests with points. Not collected by
-pytest itself (its name does not start with test_)."""
+a decorated static method and a nested function; visible, hidden and bonus tests with points, each calling the
+student's code through the `student` fixture (as every graded test must). Not collected by pytest itself (its name
+does not start with test_)."""
 
 import json
 from pathlib import Path
@@ -91,13 +92,20 @@ def spread(xs):
 
 TESTS = {
     "tests/conftest.py": '''\
-"""Toy conftest: nothing heavy."""
+"""Toy conftest: the `student` fixture (as tests/conftest.py has it), nothing heavy."""
+import sys
+
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    yield
+@pytest.fixture
+def student(request):
+    judge = getattr(sys.modules.get("grading.runtime.judge"), "ACTIVE", None)
+    if judge is not None:
+        return judge.student(request.node)
+    from grading.runtime.probes import InProcessStudent
+
+    return InProcessStudent()
 ''',
     "tests/checks.py": """\
 def assert_equal(got, expected, what="value"):
@@ -106,72 +114,79 @@ def assert_equal(got, expected, what="value"):
     "tests/test_alpha.py": """\
 import pytest
 
-from assignment import alpha
 from checks import assert_equal
 
 
-@pytest.mark.points(1)
-def test_add():
-    assert_equal(alpha.add(2, 3), 5, "add(2, 3)")
+def accumulate(values):
+    from assignment import alpha
 
-
-@pytest.mark.points(1)
-def test_add_negative():
-    assert_equal(alpha.add(-2, -3), -5, "add(-2, -3)")
-
-
-@pytest.mark.points(1)
-def test_accumulator():
     acc = alpha.Accumulator()
-    acc.push(2)
-    assert_equal(acc.push(3), 5, "the total after pushing 2 and 3")
+    total = None
+    for value in values:
+        total = acc.push(value)
+    return total
+
+
+def scaled(k, x):
+    from assignment import alpha
+
+    return alpha.make_scaler(k)(x)
 
 
 @pytest.mark.points(1)
-def test_twice():
-    assert_equal(alpha.Accumulator.twice(4), 8, "twice(4)")
+def test_add(student):
+    assert_equal(student.call("alpha.add", 2, 3), 5, "add(2, 3)")
+
+
+@pytest.mark.points(1)
+def test_add_negative(student):
+    assert_equal(student.call("alpha.add", -2, -3), -5, "add(-2, -3)")
+
+
+@pytest.mark.points(1)
+def test_accumulator(student):
+    assert_equal(student.run(accumulate, [2, 3]), 5, "the total after pushing 2 and 3")
+
+
+@pytest.mark.points(1)
+def test_twice(student):
+    assert_equal(student.call("alpha.Accumulator.twice", 4), 8, "twice(4)")
 
 
 @pytest.mark.parametrize("k", [2, 3])
 @pytest.mark.points(0.5)
-def test_scaler(k):
-    assert_equal(alpha.make_scaler(k)(5), 5 * k, f"make_scaler({k})(5)")
+def test_scaler(student, k):
+    assert_equal(student.run(scaled, k, 5), 5 * k, f"make_scaler({k})(5)")
 """,
     "tests/hidden/test_alpha_hidden.py": """\
 import pytest
 
-from assignment import alpha
-
 
 @pytest.mark.points(1)
-def test_add_floats_hidden():
-    assert alpha.add(0.5, 0.25) == 0.75
+def test_add_floats_hidden(student):
+    assert student.call("alpha.add", 0.5, 0.25) == 0.75
 """,
     "tests/test_beta.py": """\
 import pytest
 
-from assignment import beta
+
+@pytest.mark.points(1)
+def test_mean(student):
+    assert student.call("beta.mean", [1, 2, 3]) == 2
 
 
 @pytest.mark.points(1)
-def test_mean():
-    assert beta.mean([1, 2, 3]) == 2
-
-
-@pytest.mark.points(1)
-def test_spread():
-    assert beta.spread([4, 1, 9]) == 8
+def test_spread(student):
+    assert student.call("beta.spread", [4, 1, 9]) == 8
 """,
     "tests/test_beta_extensions.py": """\
 import pytest
 
-from assignment import beta
-
 
 @pytest.mark.bonus
 @pytest.mark.points(3)
-def test_mean_of_floats_bonus():
-    assert beta.mean([0.5, 1.5]) == 1.0
+def test_mean_of_floats_bonus(student):
+    assert student.call("beta.mean", [0.5, 1.5]) == 1.0
 """,
 }
 

@@ -3,8 +3,8 @@
 At the root of the zip, as Gradescope wants: `setup.sh` (installs Python and the test dependencies into
 /autograder/venv), `run_autograder` (grades /autograder/submission into /autograder/results/results.json) and
 `requirements.txt`; beside them the grader (grading/ with a manifest of every graded test, hidden ones included),
-the tests (visible and hidden, with their conftest and helpers) and the package scaffolding with every solution
-region stubbed, never the reference.
+the tests (visible and hidden, with their conftest and helpers), the package scaffolding with every solution
+region stubbed, never the reference, and the given packages (lmkit/, lmrun/) whole.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from grading import markers, release
+from grading.build import manifest as manifest_builder
+from grading.build import markers, release
 
 if TYPE_CHECKING:
-    from grading.grade import Manifest
+    from grading.runtime.schema import Manifest
 
 RECEIPT = """\
 # What the graded tests need, with TensorFlow and Keras pinned to the versions `make verify` ran them with.
@@ -59,11 +60,10 @@ def build_autograder(
     log: Callable[[str], object] = print,
 ) -> Manifest:
     """Builds the bundle into `out` (and `zip_path`); returns the manifest used. Raises release.BuildError."""
-    from grading import manifest as manifest_builder
-
     root = Path(root).resolve()
     out = release.fresh_folder(out)
     regions = release.stub_package(root, out)
+    release.copy_given_packages(root, out)
     problems = []
     if manifest is None:
         manifest, problems = manifest_builder.build_manifest(root, python=python, log=log)
@@ -104,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
     zip_path = out.with_suffix(".zip")
     try:
         manifest = build_autograder(root, out, zip_path=zip_path, check_import=not args.no_import_check)
-    except (release.BuildError, markers.MarkerError) as exc:
+    except (release.BuildError, markers.MarkerError, manifest_builder.ManifestError) as exc:
         print(f"build-autograder failed:\n{exc}", file=sys.stderr)
         return 1
     tests = manifest["tests"]

@@ -23,10 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grading import wire
+from grading.runtime import wire
 
 RUNNER_USER = os.environ.get("GRADER_RUNNER_USER", "student")  # created by setup.sh; never root, never a real user
-HARNESS_FILES = ("wire.py", "probes.py", "probe_runner.py")
 STARTUP_TIMEOUT = 300.0  # importing TensorFlow on a slow, shared CPU
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
@@ -92,15 +91,16 @@ def kill_user_processes(user: RunnerUser | None) -> None:
 
 
 def install_harness(dest: str | os.PathLike) -> Path:
-    """Copies the runner's own code (grading/{__init__,wire,probes,probe_runner}.py) into `dest`/grading, read-only."""
+    """Copies the runner's own code, grading/runtime/ whole (probe_runner.py and what it imports), into
+    `dest`/grading/runtime, read-only for the runner."""
     pkg = Path(dest) / "grading"
     pkg.mkdir(parents=True, exist_ok=True)
-    here = Path(__file__).parent
     (pkg / "__init__.py").write_text("")
-    for name in HARNESS_FILES:
-        shutil.copyfile(here / name, pkg / name)
-    for path in [Path(dest), pkg, *pkg.iterdir()]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    shutil.copytree(Path(__file__).parent, pkg / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for dirpath, _dirnames, filenames in os.walk(dest):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o644)
     return Path(dest)
 
 
@@ -137,12 +137,14 @@ def drop_to(user: RunnerUser | None, limits: Limits, cpu: int | None) -> Callabl
 
 @dataclass
 class Sandbox:
-    """Where and how runners start: one fresh scratch folder per runner, copied from `package` (root-owned)."""
+    """Where and how runners start: one fresh scratch folder per runner, copied from `package` and the `given`
+    packages (root-owned)."""
 
     python: str
-    harness: Path  # holds grading/ with the runner's code (install_harness)
+    harness: Path  # holds grading/runtime/ with the runner's code (install_harness)
     package: Path  # the student's assignment/ package, as assembled by the grader
     scratch: Path  # parent of each runner's scratch folder
+    given: tuple[Path, ...] = ()  # the grader's own given packages (lmkit/, ...), copied beside assignment/
     user: RunnerUser | None = None  # None: run as the current user (unsandboxed)
     limits: Limits = field(default_factory=Limits)
     cpu: int | None = None
@@ -150,11 +152,15 @@ class Sandbox:
     started: int = 0
 
     def fresh_folder(self) -> Path:
-        """A new scratch folder holding a copy of the package, owned by the runner's user (before it runs)."""
+        """A new scratch folder holding a copy of the package and of the given packages, owned by the runner's user
+        (before it runs)."""
         self.started += 1
         folder = Path(self.scratch) / f"run-{self.started}"
         folder.mkdir(mode=0o700)
         shutil.copytree(self.package, folder / "assignment", symlinks=False)
+        for given in self.given:
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(given, folder / Path(given).name, symlinks=False, ignore=ignore)
         for name in ("home", "tmp"):
             (folder / name).mkdir()
         if self.user is not None:
@@ -186,7 +192,7 @@ class Runner:
             sandbox.python,
             "-I",
             "-B",
-            str(Path(sandbox.harness) / "grading" / "probe_runner.py"),
+            str(Path(sandbox.harness) / "grading" / "runtime" / "probe_runner.py"),
             "--root",
             str(folder),
             "--harness",

@@ -1,7 +1,8 @@
 """The judge: runs the graded tests with pytest, sends each probe to the runner, decides every outcome.
 
-`python -m grading.judge SPEC.json` (started by grade.py) never imports `assignment`, TensorFlow or Keras: an import
-hook refuses them, so a test file that needs them cannot be judged by mistake. The tests' `student` fixture
+`python -m grading.runtime.judge SPEC.json` (started by grade.py) never imports `assignment`, TensorFlow or Keras
+(nor the given packages, lmkit/...): an import hook refuses them, so a test file that needs them cannot be judged by
+mistake. The tests' `student` fixture
 (tests/conftest.py) asks this plugin for a RemoteStudent, whose `run(probe, *args)` crosses to the runner
 (sandbox.py, probe_runner.py) and comes back as plain data, or as StudentError / ProbeTimeout / ProbeCrashed.
 
@@ -25,9 +26,10 @@ from typing import TypedDict
 
 import pytest
 
-from grading import probes, sandbox
+from grading.runtime import probes, sandbox
+from grading.runtime.schema import GIVEN_PACKAGES
 
-FORBIDDEN = ("assignment", "tensorflow", "keras")
+FORBIDDEN = ("assignment", "tensorflow", "keras", *GIVEN_PACKAGES)
 MESSAGE_LIMIT = 1_500  # characters of a visible test's failure message
 HIDDEN_MESSAGE = "This hidden test did not pass."
 ACTIVE = None  # the Judge of this process, which tests/conftest.py's `student` fixture asks for a RemoteStudent
@@ -37,8 +39,9 @@ class SandboxSpec(TypedDict):
     """How the judge starts runners (sandbox.Sandbox as plain data)."""
 
     python: str
-    harness: str  # holds grading/ with the runner's code (sandbox.install_harness)
+    harness: str  # holds grading/runtime/ with the runner's code (sandbox.install_harness)
     package: str  # the assembled assignment/ package
+    given: list[str]  # the grader's given packages (lmkit/, ...), copied beside it into each runner's folder
     scratch: str  # parent of each runner's scratch folder
     user: list | None  # [uid, gid, name] of the runner's user; None: the current user, unsandboxed
     cpu: int | None
@@ -46,7 +49,7 @@ class SandboxSpec(TypedDict):
 
 
 class JudgeSpec(TypedDict):
-    """spec.json, what grade.py asks of `python -m grading.judge`."""
+    """spec.json, what grade.py asks of `python -m grading.runtime.judge`."""
 
     root: str  # the judge's folder: tests/ and pytest.ini
     files: list[str]  # test files, relative to root
@@ -56,7 +59,8 @@ class JudgeSpec(TypedDict):
     timeouts: dict[str, float]  # node id -> seconds
     timeout: float  # seconds per test without an entry in timeouts
     collect_timeout: float  # seconds to import the student's module
-    total_timeout: float
+    total_timeout: float  # seconds left for this run of the judge
+    total_limit: float  # seconds of the whole grading run (for messages)
     maxfail: int | None
     out: str  # where the JudgeReport is written
     sandbox: SandboxSpec
@@ -255,7 +259,11 @@ class Judge:
         self.current = Test(nodeid, module, timeout, nodeid in self.hidden)
         self.reports[nodeid] = []
         if time.monotonic() > self.deadline:
-            self.outcomes[nodeid] = ("not_run", "not run: the whole test run reached its time limit before this test")
+            limit = self.spec.get("total_limit", self.spec["total_timeout"])
+            self.outcomes[nodeid] = (
+                "not_run",
+                f"not run: the whole test run reached its time limit of {limit:g} s before this test",
+            )
             pytest.skip("past the deadline")
 
     def pytest_runtest_logreport(self, report):
@@ -289,10 +297,10 @@ def describe(report: pytest.TestReport) -> tuple[str, str]:
     message = crash.message if crash is not None else str(longrepr)
     kind = "failed"
     for prefix, outcome in (
-        ("grading.probes.StudentError: ", "failed"),
-        ("grading.probes.ProbeTimeout: ", "timeout"),
-        ("grading.probes.ProbeCrashed: ", "crashed"),
-        ("grading.judge.ModuleBroken: ", "error"),
+        ("grading.runtime.probes.StudentError: ", "failed"),
+        ("grading.runtime.probes.ProbeTimeout: ", "timeout"),
+        ("grading.runtime.probes.ProbeCrashed: ", "crashed"),
+        ("grading.runtime.judge.ModuleBroken: ", "error"),
         ("AssertionError: ", "failed"),
     ):
         if message.startswith(prefix):
@@ -321,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         harness=Path(box["harness"]),
         package=Path(box["package"]),
         scratch=Path(box["scratch"]),
+        given=tuple(Path(p) for p in box.get("given", ())),
         user=user,
         cpu=box["cpu"],
         preimport=tuple(box["preimport"]),
@@ -361,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from grading import judge  # the module itself, not __main__: tests/conftest.py finds the Judge there
+    import importlib
 
-    sys.exit(judge.main())
+    # The module itself under its own name, not __main__: tests/conftest.py finds the Judge there.
+    sys.exit(importlib.import_module("grading.runtime.judge").main())

@@ -13,12 +13,9 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypedDict
+from typing import Literal, TypedDict
 
-from grading import runner
-
-if TYPE_CHECKING:
-    from grading.grade import Manifest
+from grading.runtime.schema import Manifest, TestOutcome
 
 MESSAGE_LIMIT = 4_000  # characters of a failure message kept in results.json
 
@@ -27,7 +24,7 @@ class EntryData(TypedDict):
     """The `extra_data` of one test's entry in results.json: what the score table reads."""
 
     nodeid: str
-    outcome: str  # runner.TestOutcome.outcome: "passed", "failed", "timeout", "missing", "not_run", ...
+    outcome: str  # schema.TestOutcome.outcome: "passed", "failed", "timeout", "missing", "not_run", ...
     points: float
     bonus: bool
     hidden: bool
@@ -80,6 +77,36 @@ def fmt(x):
     return f"{x:g}"
 
 
+def truncate(text: str, limit: int) -> str:
+    """`text` if it fits in `limit` characters, else its head and tail around a note of how much was cut."""
+    if len(text) <= limit:
+        return text
+    head, tail = int(limit * 0.6), int(limit * 0.3)
+    return f"{text[:head]}\n[... {len(text) - head - tail} characters cut ...]\n{text[-tail:]}"
+
+
+def summary_line(message: str) -> str:
+    """The line of an error message a student should read first (the exception), for one-line notes."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("E ")]
+    if errors:
+        return errors[-1][1:].strip()
+    return lines[0] if lines else ""
+
+
+def headline(output: str) -> str:
+    """The first line of a failed test's output, the one line `make grade` shows; for an error raised inside a
+    `tf.function` ("XError: in user code:"), the exception line at the end of TensorFlow's trace instead."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if first.endswith("in user code:"):
+        kind = first.split(":", 1)[0]
+        inner = [line for line in lines[1:] if line.startswith(kind + ": ")]
+        if inner:
+            return inner[0]
+    return first
+
+
 def _name(test, part):
     tags = []
     if test["hidden"]:
@@ -92,7 +119,7 @@ def _name(test, part):
 
 def build_results(
     manifest: Manifest,
-    outcomes: Mapping[str, runner.TestOutcome],
+    outcomes: Mapping[str, TestOutcome],
     *,
     notes: Sequence[str] = (),
     wall: float = 0.0,
@@ -104,13 +131,13 @@ def build_results(
     counters = {}
     for test in manifest["tests"]:
         part = parts[test["module"]]
-        outcome = outcomes.get(test["id"]) or runner.TestOutcome("not_run", "not run (no result was recorded)")
+        outcome = outcomes.get(test["id"]) or TestOutcome("not_run", "not run (no result was recorded)")
         passed = outcome.outcome == "passed"
         counters[part["module"]] = counters.get(part["module"], 0) + 1
         if passed:
             output = f"passed in {outcome.duration:.1f} s"
         else:
-            output = runner.truncate(outcome.message.strip() or outcome.outcome, MESSAGE_LIMIT)
+            output = truncate(outcome.message.strip() or outcome.outcome, MESSAGE_LIMIT)
         entries.append(
             {
                 "name": _name(test, part),

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from grading.grade import Manifest
+    from grading.runtime.schema import Manifest
 
 TARGET = "sampling"  # a part graded by the judge
 CANARY_FILE = Path("/var/tmp/grader-attack-canary")  # root-only, 0600: a file the student's code must not read
@@ -39,7 +39,8 @@ def _steal():
     found = [repr(dict(os.environ))]
     paths = [CANARY, "/proc/%d/environ" % os.getppid(), "/proc/%d/cmdline" % os.getppid()]
     for pattern in ("/tmp/grading-*/judge/tests/hidden/*.py", "/tmp/grading-*/*/tests/hidden/*.py",
-                    "/autograder/source/tests/hidden/*.py", "/tmp/*/tests/hidden/*.py", "/tmp/grading-*/judge/*"):
+                    "/autograder/source/tests/hidden/*.py", "/tmp/*/tests/hidden/*.py", "/tmp/grading-*/judge/*",
+                    "/tmp/grading-*/harness/grading/runtime/*"):
         paths += glob.glob(pattern)
     for path in paths:
         try:
@@ -159,14 +160,8 @@ def _forge():
             os.write(fd, frame * 3)
         except OSError:
             pass
-    if "--events" in sys.argv and "--select" in sys.argv:  # the legacy child's report: claim every test passed
-        with open(sys.argv[sys.argv.index("--select") + 1]) as f:
-            ids = json.load(f)
-        with open(sys.argv[sys.argv.index("--events") + 1], "a") as f:
-            for nodeid in ids:
-                f.write(json.dumps({"e": "result", "id": nodeid, "outcome": "passed"}) + "\n")
     fake = {"score": 100, "tests": [{"name": "x", "score": 100, "max_score": 0, "status": "passed"}]}
-    for path in glob.glob("/tmp/grading-*/judge/outcomes.json") + glob.glob("/tmp/grader-*/events-*.jsonl") + [
+    for path in glob.glob("/tmp/grading-*/judge/outcomes*.json") + glob.glob("/tmp/grading-*/judge/spec*.json") + [
         "/autograder/results/results.json"
     ]:
         try:
@@ -190,9 +185,10 @@ _forge()
         "overwrites the runner's code, the tests and its own scratch copy, then crashes so a restart runs them",
         """
 import glob, os
-for pattern in ("/tmp/grading-*/harness/grading/*.py", "/tmp/grading-*/judge/tests/*.py",
+for pattern in ("/tmp/grading-*/harness/grading/runtime/*.py", "/tmp/grading-*/judge/tests/*.py",
                 "/tmp/grading-*/package/assignment/*.py", "/autograder/source/tests/*.py",
-                "/autograder/source/grading/*.py", "assignment/*.py", "../*/assignment/sampling.py"):
+                "/autograder/source/grading/runtime/*.py", "assignment/*.py", "../*/assignment/sampling.py",
+                "lmkit/*.py"):
     for path in glob.glob(pattern):
         try:
             with open(path, "a") as f:
@@ -434,7 +430,7 @@ def run_attack(
     log: Callable[[str], object] | None = None,
 ) -> Outcome:
     """Grades the attack's upload and returns an Outcome saying whether it was blocked, and if not, why."""
-    from grading import grade
+    from grading.runtime import grade
 
     if attack.needs_sandbox and not sandboxed:
         return Outcome(attack, True, skipped="needs root and the runner's user")

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypedDict
 
-from grading import wire
+from grading.runtime import wire
 
 SEED = 1234  # every test starts from this seed (Python, NumPy, TensorFlow), before its first probe
 STUDENT_TEXT_LIMIT = 300  # characters of an exception message from the student's code shown in a failure

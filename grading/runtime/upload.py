@@ -1,7 +1,9 @@
 """The upload: find the student's module files wherever the submission put them, and assemble the package to grade.
 
 Only regular files are read (never a link, a device or a pipe), each capped (the MAX_* limits); a .zip at the top of
-the submission is unpacked when no module file lies outside one.
+the submission is unpacked when no module file lies outside one. Only the graded modules of assignment/ (and helper
+modules beside them) are taken: the rest of assignment/ and the given packages (schema.GIVEN_PACKAGES) always come
+from the bundle, whatever the submission holds.
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from grading import runner
+from grading.runtime.schema import GIVEN_PACKAGES
 
 # Never taken from a submission even inside assignment/: they would change how the package or pytest behave.
-NEVER_TAKEN = {"__init__", "conftest", "sitecustomize", "usercustomize", "setup"}
+NEVER_TAKEN = {"__init__", "conftest", "sitecustomize", "usercustomize", "setup", *GIVEN_PACKAGES}
 MAX_FILE_BYTES = 2 * 2**20  # one module file of the submission
 MAX_UPLOAD_BYTES = 50 * 2**20  # a zip in the submission, and what is unpacked from it
 MAX_UPLOAD_FILES = 5_000  # entries of the upload looked at
 MAX_HELPERS = 20  # helper modules taken beside the graded ones
+# Never searched for the student's files: the given packages come from the bundle (a module of theirs named like a
+# graded one must not be taken for it), and the tests are the bundle's.
 SKIP_DIRS = {"__MACOSX", "__pycache__", ".git", ".venv", "venv", "env", "site-packages", "node_modules", "tests"}
+SKIP_DIRS |= set(GIVEN_PACKAGES)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,7 +203,8 @@ def assemble_package(
     helpers: Iterable[Path] = (),
     graded: Iterable[str] | None = None,
 ) -> None:
-    """Fills `work`/assignment with the bundle's scaffolding and the student's module files (regular files only).
+    """Fills `work`/assignment with the bundle's scaffolding (every non-graded .py of its assignment/, whatever
+    they are) and the student's module files (regular files only).
 
     `graded` names the modules that must come from the submission: the bundle's copy of a graded module the
     student did not submit is left out, never used in its place."""
@@ -240,17 +246,7 @@ def copy_tests(work: str | os.PathLike, bundle: str | os.PathLike, files: Iterab
             shutil.copy(src, work / "tests" / src.name)
 
 
-def assemble(
-    work: str | os.PathLike,
-    bundle: str | os.PathLike,
-    files: Iterable[str],
-    found: Mapping[str, Path],
-    timeout: float,
-    helpers: Iterable[Path] = (),
-    graded: Iterable[str] | None = None,
-) -> None:
-    """Fills `work` with assignment/, the bundle's tests and pytest.ini (how the legacy runner and the manifest's
-    collection see a submission)."""
-    assemble_package(work, bundle, found, helpers, graded)
-    copy_tests(work, bundle, files)
-    runner.write_pytest_ini(work, timeout)
+def given_packages(bundle: str | os.PathLike) -> list[Path]:
+    """The bundle's given packages (schema.GIVEN_PACKAGES) that it has: folders the runner gets whole, beside the
+    assembled assignment/. A package the course does not have (yet) is skipped."""
+    return [Path(bundle) / name for name in GIVEN_PACKAGES if (Path(bundle) / name).is_dir()]

@@ -1,22 +1,31 @@
 """The manifest: every graded test with its part, points, visibility and timeout, fixed when the bundle is built.
 
-Build-time only (it imports the reference solution to collect the tests): it ships with neither the student release
-nor the autograder, which read the manifest.json it produced. A test file whose every test takes the `student`
-fixture is listed under `judged`: the judge grades it without importing the student's code (judge.py); the others
-run whole in the runner (runner.py, the legacy mode).
+Build-time only (it imports the reference solution to collect the tests, collect.py): it ships with neither the
+student release nor the autograder, which read the manifest.json it produced (its types: grading/runtime/schema.py).
+Every graded test must take the `student` fixture, so that the judge grades it without importing the student's
+code (grading/runtime/judge.py): a graded test that does not is refused (ManifestError names it).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from grading import config, runner, upload
-from grading.grade import Manifest, ManifestPart, ManifestTest
+from grading import config
+from grading.runtime.grade import JUDGE_INI
+from grading.runtime.schema import Manifest, ManifestPart, ManifestTest
+
+COLLECT_TIMEOUT = 600  # seconds to collect every test file against the reference (TensorFlow on a busy machine)
+
+
+class ManifestError(Exception):
+    """The tests cannot be graded as they are: the message names each test at fault and says what to do."""
 
 
 def graded_test_files(root: str | os.PathLike) -> list[str]:
@@ -63,32 +72,21 @@ def build_manifest(
         else:
             file_modules[f] = m
     files = [f for f in files if f in file_modules]
-    work = Path(tempfile.mkdtemp(prefix="grading-collect-"))
-    try:
-        found = {m: root / "assignment" / f"{m}.py" for m in set(file_modules.values())}
-        upload.assemble(work, root, files, found, settings["timeout"])
-        spec = runner.RunSpec(
-            root=work,
-            files=files,
-            tests=[],
-            file_modules=file_modules,
-            timeout=settings["timeout"],
-            collect_timeout=max(settings["collect_timeout"], 120),
-            total_timeout=600,
-            preimport=tuple(settings["preimport"]),
-            python=python,
-            collect_only=True,
-            log=log,
-        )
-        run = runner.run(spec)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    for f, message in run.collect_errors.items():
+    items, collect_errors = collect(root, files, python=python)
+    for f, message in collect_errors.items():
         problems.append(f"{f} does not collect against the reference:\n{message[:3000]}")
-    problems += run.notes
+    unjudged = [
+        item["id"] for item in items if item["points"] is not None and "student" not in item.get("fixtures", ())
+    ]
+    if unjudged:
+        raise ManifestError(
+            "every graded test (one with @pytest.mark.points) must take the `student` fixture and call the student's "
+            "code through `student.run(probe, ...)` / `student.call(...)` (CONVENTIONS.md); these do not:\n"
+            + "\n".join(f"  {nodeid}" for nodeid in unjudged)
+        )
     tests: list[ManifestTest] = []
     fixtures_of = {}  # test file -> the fixtures of each of its tests
-    for item in run.items:
+    for item in items:
         f = item["id"].split("::")[0]
         fixtures_of.setdefault(f, []).append(item.get("fixtures", []))
         if item["points"] is None:
@@ -126,3 +124,48 @@ def build_manifest(
         "settings": settings,
     }
     return manifest, problems
+
+
+def collect(root: str | os.PathLike, files: Iterable[str], *, python: str = sys.executable) -> tuple[list, dict]:
+    """(items, errors): the tests of `files` collected in a child process against `root`'s own assignment/
+    (collect.py), and {test file: message} for those that did not collect."""
+    root = Path(root).resolve()
+    files = list(files)
+    if not files:
+        return [], {}
+    work = Path(tempfile.mkdtemp(prefix="grading-collect-"))
+    try:
+        (work / "pytest.ini").write_text(JUDGE_INI)
+        out = work / "collected.json"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYTEST"))}
+        env.update(
+            PYTHONPATH=str(Path(__file__).resolve().parents[2]),  # this grading package
+            PYTHONDONTWRITEBYTECODE="1",
+            PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
+            TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        )
+        proc = subprocess.run(
+            [python, "-m", "grading.build.collect", str(root), str(out), str(work / "pytest.ini"), *files],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=COLLECT_TIMEOUT,
+        )
+        if not out.exists():
+            tail = (proc.stdout + proc.stderr)[-3000:]
+            return [], {f: f"the collection failed (exit {proc.returncode}):\n{tail}" for f in files}
+        data = json.loads(out.read_text())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return data["items"], data["errors"]
+
+
+def collect_for_grading(bundle: str | os.PathLike, *, python: str = sys.executable, log=print) -> Manifest:
+    """The manifest the `grade` command uses in a bundle without manifest.json (a repository): collected now
+    against the bundle's own assignment/, its problems logged as warnings."""
+    log("collecting the graded tests against the reference (no manifest.json in this bundle)")
+    manifest, problems = build_manifest(bundle, python=python, log=log)
+    for p in problems:
+        log(f"warning: {p}")
+    return manifest

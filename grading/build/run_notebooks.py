@@ -1,6 +1,6 @@
 """Runs every notebook in notebooks/ top to bottom in a fresh kernel, and exits non-zero when one fails.
 
-    python -m grading.run_notebooks [--root DIR] [--timeout SECONDS] [--executed-dir DIR] [NOTEBOOK ...]
+    python -m grading.build.run_notebooks [--root DIR] [--timeout SECONDS] [--executed-dir DIR] [NOTEBOOK ...]
 
 Each notebook runs on a copy in memory: the stored file is never written (notebooks are kept without outputs;
 `--executed-dir` writes the executed copies elsewhere, to look at the plots). The kernel starts in notebooks/, as
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ANSI_COLOR = re.compile(r"\x1b\[[0-9;]*m")
 TODO_MESSAGES = ("Not implemented yet:", "Skipped:")  # printed by the `todo` helper in each notebook's first cell
 TODO_LOCATION = re.compile(r"Not implemented yet: finish the TODO in (.+?), then re-run")

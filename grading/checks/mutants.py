@@ -3,9 +3,9 @@
 For each graded part (grading/config.py), in a temporary copy of the repository (the working tree is never mutated):
 
 1. cosmic-ray's `init` lists every mutation of assignment/<module>.py; its line filter (`cr-filter-lines`) keeps only
-   the lines between `# BEGIN SOLUTION` and `# END SOLUTION` (grading/markers.py finds them); its operator filter
+   the lines between `# BEGIN SOLUTION` and `# END SOLUTION` (grading/build/markers.py finds them); its operator filter
    drops the stillborn operators of STILLBORN (below); the mutants listed as equivalent in
-   grading/mutants_equivalent.toml are skipped too, with the reason given there.
+   grading/checks/mutants_equivalent.toml are skipped too, with the reason given there.
 2. cosmic-ray's `exec` writes each mutant into the copy's assignment/<module>.py and runs the part's graded tests
    (tests/test_<module>*.py and tests/hidden/test_<module>*.py, stopping at the first failure). The test command
    is a small client of a warm test server: a process of the copy that imported TensorFlow once and forks a fresh
@@ -35,12 +35,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-EQUIVALENT_FILE = Path("grading") / "mutants_equivalent.toml"
+from grading.runtime.schema import GIVEN_PACKAGES
+
+EQUIVALENT_FILE = Path("grading") / "checks" / "mutants_equivalent.toml"
 # Operators whose mutants cannot run on this code: every solution region computes on tensors, ints and strings,
 # where a bitwise operator in place of an arithmetic one raises at once (TypeError on float tensors and strings),
 # so these only inflate the score; `+` for `-` and the like stay.
 STILLBORN = [r"core/ReplaceBinaryOperator_\w+_(BitOr|BitAnd|BitXor|LShift|RShift)$"]
-COPIED = ("assignment", "tests", "grading", "pyproject.toml")
+COPIED = ("assignment", *GIVEN_PACKAGES, "tests", "grading", "pyproject.toml")  # each copied when present
 PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "--no-header", "-o", "addopts=-rf", "-o", "timeout=0"]
 
 
@@ -117,7 +119,7 @@ def serve(sock_path, target=None, preimport=("numpy", "tensorflow", "keras", "py
     import collections
     import importlib
 
-    from grading import markers
+    from grading.build import markers
 
     original = Path(target).read_text(encoding="utf-8") if target else ""
     regions = markers.find_regions(original, str(target)) if target else []
@@ -237,7 +239,7 @@ class Server:
         self.sock = str(self.root / "pytest.sock")
         env = dict(os.environ, PYTHONPATH=str(self.root), PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="2")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "grading.mutants", "serve", self.sock, *([str(target)] if target else [])],
+            [sys.executable, "-m", "grading.checks.mutants", "serve", self.sock, *([str(target)] if target else [])],
             cwd=self.root,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -252,7 +254,16 @@ class Server:
         raise RuntimeError("the test server did not start listening within 120 s")
 
     def command(self, tests, timeout):
-        return [sys.executable, "-m", "grading.mutants", "client", self.sock, "--timeout", f"{timeout:.0f}", "--"] + [
+        return [
+            sys.executable,
+            "-m",
+            "grading.checks.mutants",
+            "client",
+            self.sock,
+            "--timeout",
+            f"{timeout:.0f}",
+            "--",
+        ] + [
             *PYTEST_ARGS,
             *tests,
         ]
@@ -269,7 +280,8 @@ class Server:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Equivalent mutants: grading/mutants_equivalent.toml, keyed by module, original line and mutated line (stripped).
+# Equivalent mutants: grading/checks/mutants_equivalent.toml, keyed by module, original line and mutated line
+# (stripped).
 
 
 def load_equivalents(root):
@@ -313,7 +325,7 @@ def _qualname(regions, line):
 
 
 def part_tests(root, module):
-    from grading import manifest
+    from grading.build import manifest
 
     modules = sorted(p.stem for p in (Path(root) / "assignment").glob("*.py") if p.stem != "__init__")
     return [f for f in manifest.graded_test_files(root) if manifest.module_of(f, modules) == module]
@@ -379,7 +391,7 @@ def run_part(root, module, work, equivalents, log=print, shard=(0, 1), recheck=N
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
-    from grading import markers
+    from grading.build import markers
 
     started = time.monotonic()
     result = PartResult(module)
@@ -612,4 +624,4 @@ if __name__ == "__main__":
             timeout = float(argv[2])
         rest = argv[argv.index("--") + 1 :] if "--" in argv else []
         sys.exit(client(sock, rest, timeout))
-    sys.exit("usage: python -m grading.mutants serve SOCKET | client SOCKET [--timeout S] -- PYTEST_ARGS")
+    sys.exit("usage: python -m grading.checks.mutants serve SOCKET | client SOCKET [--timeout S] -- PYTEST_ARGS")

@@ -1,6 +1,6 @@
 """`make submission`: zips the graded files, and nothing else, into submission.zip for Gradescope.
 
-    python -m grading.submission [--out submission.zip] [--root .]
+    python -m grading.build.submission [--out submission.zip] [--root .]
 
 The graded files are the `assignment/<module>.py` files the tests of the manifest (grading/manifest.json) grade;
 the grader takes only those from an upload, so they are all the zip holds: no .venv, no runs/, no tests. Each file

@@ -1,7 +1,8 @@
 """The runner: the only process that imports the student's code. It runs probes and sends back plain data.
 
-Started by the judge (judge.py) as `python -I HARNESS/grading/probe_runner.py --root SANDBOX --in FD --out FD`, as an
-unprivileged user, in a scratch folder holding the student's package and nothing of the tests. It reads requests
+Started by the judge (judge.py) as `python -I HARNESS/grading/runtime/probe_runner.py --root SANDBOX --in FD --out FD`,
+as an unprivileged user, in a scratch folder holding the student's package, the grader's copy of the given packages
+(lmkit/, ...) and nothing of the tests. It reads requests
 from one pipe and answers each on the other (wire.py: no pickle either way):
 
 - {"op": "import", "module": m} -> {"ok": true} or the error: imports `assignment.<m>` (so a module that does not
@@ -18,12 +19,18 @@ import sys
 import traceback
 
 
-def isolate(root: str) -> None:
-    """Makes `import assignment` find the scratch folder's package only (never an editable install's)."""
+def isolate(root: str, packages: tuple[str, ...] = ("assignment",)) -> None:
+    """Makes `import assignment` (and each of `packages`) find the scratch folder's copy only (never an editable
+    install's, never a repository's on the path)."""
+    here = os.path.dirname(os.path.abspath(__file__))  # the harness's grading/runtime/: not a top-level package
     kept = []
     for entry in sys.path:
         full = os.path.abspath(entry or ".")
-        if "__editable__" in entry or (full != root and os.path.exists(os.path.join(full, "assignment"))):
+        if (
+            full == here
+            or "__editable__" in entry
+            or (full != root and any(os.path.exists(os.path.join(full, name)) for name in packages))
+        ):
             continue
         kept.append(entry)
     sys.path[:] = [root] + kept
@@ -44,11 +51,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preimport", default="")
     args = parser.parse_args(argv)
     sys.path.insert(0, args.harness)
-    from grading import probes, wire
+    from grading.runtime import probes, wire
+    from grading.runtime.schema import GIVEN_PACKAGES
 
     root = os.path.abspath(args.root)
     os.chdir(root)
-    isolate(root)
+    isolate(root, ("assignment", *GIVEN_PACKAGES))
     sys.path.insert(1, args.harness)
     sys.dont_write_bytecode = True
     for name in filter(None, args.preimport.split(",")):

@@ -25,29 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from grading import markers
+from grading.build import manifest as manifest_builder
+from grading.build import markers
+from grading.runtime.schema import GIVEN_PACKAGES
 
 if TYPE_CHECKING:
-    from grading.grade import Manifest
+    from grading.runtime.schema import Manifest
 
+GRADING = Path(__file__).resolve().parents[1]  # this grading/ package
 TEMPLATES = Path(__file__).with_name("templates")
-# The grading modules a release or a bundle carries: exactly what `python -m grading grade` needs.
-RUNTIME = (
-    "__main__.py",
-    "grade.py",
-    "upload.py",
-    "results.py",
-    "runner.py",
-    "pytest_child.py",
-    "judge.py",
-    "sandbox.py",
-    "probes.py",
-    "probe_runner.py",
-    "wire.py",
-)
-# What only the student release adds: `make notebooks` and `make submission`.
-STUDENT_TOOLS = ("run_notebooks.py", "submission.py")
+# A release or a bundle carries grading/__main__.py and grading/runtime/ whole (what `python -m grading grade`
+# needs), with a manifest.json; the student release adds the tools behind `make notebooks` and `make submission`.
+STUDENT_TOOLS = ("build/run_notebooks.py", "build/submission.py")
 RUNTIME_INIT = '"""The grader behind `make grade`, the same one Gradescope runs. Nothing to edit here."""\n'
+TOOLS_INIT = '"""The tools behind `make notebooks` and `make submission`."""\n'
 SKIP_PARTS = {".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".ipynb_checkpoints", "dist", "build", "runs"}
 MAX_DATA_FILE = 2 * 2**20  # larger data files (downloaded corpora) stay out of the release
 MIN_LEAK_LENGTH = 12  # shorter solution lines (`return x`, `else:`) are too common to count as leaks
@@ -164,7 +155,7 @@ def _todo_list(manifest, regions):
 
 
 def render(template: str, **values: str) -> str:
-    """The text of grading/templates/`template` with each `{{KEY}}` replaced by `values[KEY]`."""
+    """The text of grading/build/templates/`template` with each `{{KEY}}` replaced by `values[KEY]`."""
     text = (TEMPLATES / template).read_text()
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
@@ -174,15 +165,56 @@ def render(template: str, **values: str) -> str:
     return text
 
 
-def write_runtime(dest: str | os.PathLike, manifest: Manifest, runtime: Iterable[str] = RUNTIME) -> None:
-    """The grader: grading/{__init__,__main__}.py, the `runtime` modules (RUNTIME and more) and manifest.json."""
+def write_runtime(dest: str | os.PathLike, manifest: Manifest, tools: Iterable[str] = ()) -> None:
+    """The grader: grading/{__init__,__main__}.py, grading/runtime/ whole, manifest.json, and the `tools` (paths
+    under grading/, e.g. STUDENT_TOOLS) with the __init__.py of their folders."""
     pkg = Path(dest) / "grading"
     pkg.mkdir(parents=True, exist_ok=True)
-    here = Path(__file__).parent
     (pkg / "__init__.py").write_text(RUNTIME_INIT)
-    for name in runtime:
-        shutil.copy(here / name, pkg / name)
+    shutil.copy(GRADING / "__main__.py", pkg / "__main__.py")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(GRADING / "runtime", pkg / "runtime", ignore=ignore, dirs_exist_ok=True)
+    for tool in tools:
+        target = pkg / tool
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not (target.parent / "__init__.py").exists():
+            (target.parent / "__init__.py").write_text(TOOLS_INIT)
+        shutil.copy(GRADING / tool, target)
     (pkg / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def copy_given_packages(root: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
+    """Copies each given package of `root` (GIVEN_PACKAGES: lmkit/, lmrun/) whole into `dest`, as it is (they hold
+    no solution); skips one the repository does not have. Returns the relative paths written."""
+    root, dest = Path(root), Path(dest)
+    written = []
+    for rel in project_files(root):
+        if Path(rel).parts[0] in GIVEN_PACKAGES:
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / rel, target)
+            written.append(rel)
+    return written
+
+
+def shipped_packages(dest: str | os.PathLike) -> list[str]:
+    """The importable packages of a release, for its pyproject.toml: assignment and the given packages, with their
+    subpackages (folders holding an __init__.py)."""
+    dest = Path(dest)
+    names = []
+    for top in ("assignment", *GIVEN_PACKAGES):
+        for init in sorted((dest / top).rglob("__init__.py")):
+            names.append(".".join(init.parent.relative_to(dest).parts))
+    return names
+
+
+def allowed_grading_files(tools: Iterable[str] = ()) -> set[str]:
+    """The files under grading/ a release or a bundle may hold (relative to grading/): what write_runtime writes."""
+    allowed = {"__init__.py", "__main__.py", "manifest.json"}
+    allowed |= {p.relative_to(GRADING).as_posix() for p in (GRADING / "runtime").rglob("*") if p.is_file()}
+    for tool in tools:
+        allowed |= {tool, (Path(tool).parent / "__init__.py").as_posix()}
+    return {a for a in allowed if "__pycache__" not in a}
 
 
 def solution_only_lines(
@@ -246,12 +278,13 @@ def leak_scan(
     *,
     hidden_names: Iterable[str] = (),
     allow_hidden: bool = False,
-    runtime: Iterable[str] = RUNTIME,
+    tools: Iterable[str] = (),
 ) -> list[str]:
-    """Returns the leaks found in `dest`, one `path:line: what` string each."""
+    """Returns the leaks found in `dest`, one `path:line: what` string each (`tools`: the files under grading/ it
+    may hold beside grading/runtime/, as write_runtime got them)."""
     dest = Path(dest)
     leaks = []
-    allowed_grading = {"__init__.py", "manifest.json", *runtime}
+    allowed_grading = allowed_grading_files(tools)
     hidden_re = re.compile(r"\b(" + "|".join(map(re.escape, sorted(hidden_names))) + r")\b") if hidden_names else None
     for path in sorted(p for p in dest.rglob("*") if p.is_file()):
         rel = path.relative_to(dest).as_posix()
@@ -260,8 +293,8 @@ def leak_scan(
             leaks.append(f"{rel}: instructor tests must not ship")
         if not allow_hidden and (parts[:2] == ("tests", "hidden") or path.stem.endswith("_hidden")):
             leaks.append(f"{rel}: hidden tests must not ship")
-        if parts[0] == "grading" and (len(parts) != 2 or parts[1] not in allowed_grading):
-            leaks.append(f"{rel}: grading internals must not ship (only {', '.join(sorted(allowed_grading))})")
+        if parts[0] == "grading" and Path(*parts[1:]).as_posix() not in allowed_grading:
+            leaks.append(f"{rel}: grading internals must not ship (only __main__.py, runtime/, manifest.json, tools)")
         if path.suffix in (".patch", ".diff") or "__pycache__" in parts:
             leaks.append(f"{rel}: must not ship")
         for number, line in enumerate(_text_lines(path), 1):
@@ -404,12 +437,11 @@ def build_student(
     log: Callable[[str], object] = print,
 ) -> Build:
     """Builds the student release into `out` (and `zip_path`); returns a Build or raises BuildError."""
-    from grading import manifest as manifest_builder
-
     root = Path(root).resolve()
     out = fresh_folder(out)
     build = Build(out)
     build.regions = stub_package(root, out)
+    copy_given_packages(root, out)
     problems = []
     for path, found in build.regions.items():
         for region in found:
@@ -451,7 +483,7 @@ def build_student(
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, target)
-    write_runtime(out, manifest, RUNTIME + STUDENT_TOOLS)
+    write_runtime(out, manifest, STUDENT_TOOLS)
     deps = _dependencies(root)
     (out / "README.md").write_text(
         render(
@@ -467,13 +499,14 @@ def build_student(
         render(
             "student/pyproject.toml",
             DEPENDENCIES="\n".join(f"    {d}," for d in deps),
+            PACKAGES=", ".join(f'"{name}"' for name in shipped_packages(out)),
             TIMEOUT=f"{manifest['settings']['timeout']:g}",
         )
     )
     (out / ".gitignore").write_text(render("student/gitignore"))
     problems += check_parses(out)
     solution = solution_only_lines(root, build.regions, shipped_tests)
-    problems += leak_scan(out, solution, hidden_names=hidden_test_names(root), runtime=RUNTIME + STUDENT_TOOLS)
+    problems += leak_scan(out, solution, hidden_names=hidden_test_names(root), tools=STUDENT_TOOLS)
     problems += reference_scan(out)
     if check_import:
         for name, error in import_check(out, python).items():
@@ -495,7 +528,7 @@ def main(args: argparse.Namespace) -> int:
     zip_path = None if args.no_zip else out.with_suffix(".zip")
     try:
         build = build_student(root, out, zip_path=zip_path, check_import=not args.no_import_check)
-    except (BuildError, markers.MarkerError) as exc:
+    except (BuildError, markers.MarkerError, manifest_builder.ManifestError) as exc:
         print(f"build-student failed:\n{exc}", file=sys.stderr)
         return 1
     for warning in build.warnings:

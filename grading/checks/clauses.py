@@ -2,7 +2,7 @@
 
 A graded function or class is one with a solution region (a class counts when one of its methods has one). Its
 promises (shapes, dtypes, values, edge cases, errors, determinism, training versus inference) are listed in
-grading/clauses.txt, each as a verbatim fragment of its docstring (whitespace and line breaks do not matter):
+grading/checks/clauses.txt, each as a verbatim fragment of its docstring (whitespace and line breaks do not matter):
 
     sampling.top_k_filter
         a token tied with the k-th one is kept too
@@ -28,8 +28,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grading import config, markers
-from grading import manifest as manifest_builder
+from grading import config
+from grading.build import manifest as manifest_builder
+from grading.build import markers
 
 DATA = Path(__file__).with_name("clauses.txt")
 MARKER = "clause"
@@ -140,7 +141,7 @@ def _resolve(cited, clauses_of):
 
 def load_map(root: str | os.PathLike, data: str | os.PathLike | None = None) -> tuple[list[Clause], list[str]]:
     """Returns (clauses in the data file's order, problems)."""
-    data = Path(data or Path(root) / "grading" / DATA.name)
+    data = Path(data or Path(root) / "grading" / "checks" / DATA.name)
     problems = []
     try:
         listed = read_list(data)

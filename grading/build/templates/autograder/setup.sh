@@ -20,4 +20,4 @@ chmod -R go-rwx /autograder/source
 # Fail the image build now, not at the first submission, if anything is missing.
 /autograder/venv/bin/python -c "import tensorflow, keras, numpy, pytest, pytest_timeout, regex; print('tensorflow', tensorflow.__version__, 'keras', keras.__version__)"
 # ... and if the student's code could not run as `student` (the grader would then refuse every submission).
-(cd /autograder/source && /autograder/venv/bin/python -c "from grading import sandbox; sandbox.python_for(sandbox.sandbox_policy(True)[0]); print('sandbox: the student user runs the interpreter')")
+(cd /autograder/source && /autograder/venv/bin/python -c "from grading.runtime import sandbox; sandbox.python_for(sandbox.sandbox_policy(True)[0]); print('sandbox: the student user runs the interpreter')")

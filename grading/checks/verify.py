@@ -5,12 +5,13 @@
 - the full stub release scores 0 on every graded test, and every test still gets a result (the harness holds);
 - each part alone: with every other part stubbed, the part's own tests all pass (no test leans on another part), so
   stubbing one part fails only that part's tests (the all-stub run shows they do fail);
-- every bug of the catalogue (grading/bugs/<module>/*.patch) applies to a copy of the reference and fails at least
-  one test of its own part; the catalogue holds at least 25 bugs;
-- every alternative-but-correct implementation (grading/alternatives/<module>/*.patch, patches like the bugs') applies
-  and keeps full marks on its part, so the tests accept correct code written differently; there are at least 12;
+- every bug of the catalogue (grading/checks/bugs/<module>/*.patch) applies to a copy of the reference and fails at
+  least one test of its own part; the catalogue holds at least 25 bugs;
+- every alternative-but-correct implementation (grading/checks/alternatives/<module>/*.patch, patches like the
+  bugs') applies and keeps full marks on its part, so the tests accept correct code written differently; there are
+  at least 12;
 - the points of each part add up to grading/config.py (CONVENTIONS.md), and the release builds without a leak;
-- every clause of a graded docstring listed in grading/clauses.txt is pinned by a graded test (`python -m grading
+- every clause of a graded docstring listed in grading/checks/clauses.txt is pinned by a graded test (`python -m grading
   clauses` prints the map).
 Runs go in parallel, one per CPU, each pinned to its CPU; a bug run stops at its first failing test.
 """
@@ -30,10 +31,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grading import attacks as attack_suite
-from grading import clauses, config, grade, release, sandbox
-from grading import manifest as manifest_builder
-from grading.results import Results
+from grading import config
+from grading.build import manifest as manifest_builder
+from grading.build import release
+from grading.checks import attacks as attack_suite
+from grading.checks import clauses
+from grading.runtime import grade, sandbox
+from grading.runtime.results import Results
+from grading.runtime.schema import GIVEN_PACKAGES
+
+JUDGED_CHECK = "every graded test takes the `student` fixture (the judge grades it)"
 
 MIN_BUGS = 25
 MIN_ALTERNATIVES = 12
@@ -93,10 +100,10 @@ def load_bugs(
     names: Iterable[str] | None = None,
     folder: str = "bugs",
 ) -> list[Bug]:
-    """The bug catalogue: grading/bugs/<module>/<name>.patch, each with its one-sentence description (or, with
+    """The bug catalogue: grading/checks/bugs/<module>/<name>.patch, each with its one-sentence description (or, with
     folder="alternatives", the alternative-but-correct implementations, patches of the same form)."""
     bugs = []
-    base = Path(root) / "grading" / folder
+    base = Path(root) / "grading" / "checks" / folder
     for path in sorted(base.glob("*/*.patch")):
         module = path.parent.name
         if modules and module not in modules:
@@ -114,12 +121,12 @@ def load_bugs(
 
 
 def apply_bug(root: str | os.PathLike, bug: Bug, dest: str | os.PathLike) -> str:
-    """Copies the reference package to `dest` and applies the bug there (never to the working tree); returns ""
-    or why the bug could not be applied."""
+    """Copies the reference package (and the given packages it has) to `dest` and applies the bug there (never to
+    the working tree); returns "" or why the bug could not be applied."""
     dest = Path(dest)
-    shutil.copytree(
-        Path(root) / "assignment", dest / "assignment", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-    )
+    for name in ("assignment", *GIVEN_PACKAGES):
+        if (Path(root) / name).is_dir():
+            shutil.copytree(Path(root) / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     text = bug.path.read_text(encoding="utf-8", errors="replace")
     touched = [
         line.split()[1] for line in text.splitlines() if line.startswith(("--- ", "+++ ")) and len(line.split()) > 1
@@ -162,7 +169,7 @@ def _run_reference(root, manifest_path, only, cpu, out):
         cmd += ["--cpu", str(cpu)]
     for m in only or ():
         cmd += ["--only", m]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))  # this grading package
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))  # this grading package
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
     wall = time.monotonic() - start
@@ -238,9 +245,14 @@ def verify(
     tmp = Path(tempfile.mkdtemp(prefix="grading-verify-"))
     try:
         log("collecting the graded tests against the reference ...")
-        manifest, problems = manifest_builder.build_manifest(
-            root, parts=parts, settings=settings, log=lambda line: None
-        )
+        try:
+            manifest, problems = manifest_builder.build_manifest(
+                root, parts=parts, settings=settings, log=lambda line: None
+            )
+        except manifest_builder.ManifestError as exc:  # nothing can be graded: the rest would only repeat it
+            report.add(JUDGED_CHECK, False, str(exc))
+            return _finish(report, started, log)
+        report.add(JUDGED_CHECK, True)
         report.add("every graded test collects and carries @pytest.mark.points", not problems, "\n".join(problems))
         modules = [p["module"] for p in manifest["parts"] if not only or p["module"] in only]
         if only:
@@ -254,17 +266,11 @@ def verify(
             _check_points(manifest, modules, report)
             ok, detail = clauses.check(root)
             report.add(
-                "every docstring clause of the graded code is pinned by a graded test (grading/clauses.txt)",
+                "every docstring clause of the graded code is pinned by a graded test (grading/checks/clauses.txt)",
                 ok,
                 detail,
             )
             log(f"clause-to-test map: {detail.splitlines()[0] if ok else 'see the failed check below'}")
-            unjudged = sorted(f for f, m in manifest["files"].items() if m in modules and f not in manifest["judged"])
-            report.add(
-                "every graded test file is judged (each of its tests takes the `student` fixture)",
-                not unjudged,
-                "not judged, so its tests could be forged from inside their own session: " + ", ".join(unjudged),
-            )
             try:
                 release.build_student(root, tmp / "release", manifest=manifest, check_import=False, log=lambda l: None)
                 report.add("the student release builds: markers, every module parses, nothing leaks", True)
@@ -419,6 +425,11 @@ def verify(
             _attacks(root, manifest, stubs, report, runner_user, runner_python, log)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return _finish(report, started, log)
+
+
+def _finish(report: Report, started: float, log: Callable[[str], object]) -> Report:
+    """Prints the failed checks and the closing line; returns `report`."""
     minutes, seconds = divmod(time.monotonic() - started, 60)
     failed = [c for c in report.checks if not c.ok]
     log("")
