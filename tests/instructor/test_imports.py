@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("lmkit", "assignment", "lmrun", "grading")
 # The layers of the course code, lowest first: a module may import its own layer and those below, never above.
 LAYERS = {"lmkit": 0, "assignment": 1, "lmrun": 2}
-GRADING_LAYERS = {"runtime": 0, "build": 1, "checks": 2}  # grading's subpackages; its top-level modules sit on top
+# grading's layers: runtime (shipped whole: it can import nothing else) <- the course config and build <- checks <-
+# the verbs of `python -m grading`
+GRADING_LAYERS = {"runtime": 0, "config": 1, "build": 1, "checks": 2}
 GRADED = {"__init__", "preprocess", "rnn", "lstm", "sampling", "transformer", "train"}
 
 
