@@ -220,9 +220,13 @@ def allowed_grading_files(tools: Iterable[str] = ()) -> set[str]:
 def solution_only_lines(
     root: str | os.PathLike, regions: Mapping[str, list[markers.Region]], shipped_tests: Iterable[str] = ()
 ) -> set[str]:
-    """Non-trivial lines found inside solution regions and nowhere else in the package or the shipped tests."""
+    """Non-trivial lines found inside solution regions and nowhere else in the package, the given packages (they
+    ship as they are) or the shipped tests."""
     root = Path(root)
     inside, outside = set(), set()
+    for package in GIVEN_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            outside |= {line.strip() for line in path.read_text(encoding="utf-8").splitlines()}
     for path in sorted((root / "assignment").rglob("*.py")):
         rel = path.relative_to(root).as_posix()
         source = path.read_text(encoding="utf-8")
