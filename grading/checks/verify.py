@@ -10,6 +10,9 @@
 - every alternative-but-correct implementation (grading/checks/alternatives/<module>/*.patch, patches like the
   bugs') applies and keeps full marks on its part, so the tests accept correct code written differently; there are
   at least 12;
+- every degenerate submission (grading/checks/degenerate/<module>/*.patch: a model returning zeros, a layer holding
+  no weights, a sampler returning seeded integers, code that answers probes instead of doing the work) scores 0 on
+  its part: no test passes without the work;
 - the points of each part add up to grading/config.py (CONVENTIONS.md), and the release builds without a leak;
 - every clause of a graded docstring listed in grading/checks/clauses.txt is pinned by a graded test (`python -m grading
   clauses` prints the map).
@@ -73,6 +76,7 @@ class Bug:
     seconds: float = 0.0
     failed: int = 0
     ran: int = 0
+    passed: list[str] = field(default_factory=list)  # a degenerate submission's tests that pass on its part
 
 
 @dataclass
@@ -305,7 +309,8 @@ def verify(
                     )
         bugs = [] if no_bugs else load_bugs(root, modules if only else None, bug_names)
         alternatives = [] if no_bugs else load_bugs(root, modules if only else None, bug_names, "alternatives")
-        for kind, patches in (("bug", bugs), ("alternative", alternatives)):
+        degenerate = [] if no_bugs else load_bugs(root, modules if only else None, bug_names, "degenerate")
+        for kind, patches in (("bug", bugs), ("alternative", alternatives), ("degenerate", degenerate)):
             for bug in patches:
                 dest = tmp / kind / bug.module / bug.name
                 bug.error = apply_bug(root, bug, dest)
@@ -319,8 +324,9 @@ def verify(
                             module=bug.module,
                             submission=dest,
                             only=[bug.module],
-                            # a bug stops at the first test it fails; so does an alternative, which then has failed
-                            maxfail=None if bugs_full else 1,
+                            # a bug stops at the first test it fails; so does an alternative, which then has failed;
+                            # a degenerate submission runs every test of its part, each of which must fail
+                            maxfail=None if bugs_full or kind == "degenerate" else 1,
                             bug=bug,
                             cost=5 if kind == "bug" else sum(t["timeout"] for t in tests_of[bug.module]) / 20,
                         )
@@ -387,8 +393,13 @@ def verify(
                 report.add(f"part {job.module} passes with every other part stubbed", not bad, "\n".join(bad))
                 mine = job.results["tests"]
                 part_rows[job.module]["alone"] = f"{sum(e['status'] == 'passed' for e in mine)}/{len(mine)}"
-            elif job.kind in ("bug", "alternative"):
+            elif job.kind in ("bug", "alternative", "degenerate"):
                 bug = job.bug
+                bug.passed = [
+                    e["extra_data"]["nodeid"]
+                    for e in job.results["tests"]
+                    if e["status"] == "passed" and e["tags"][0] == bug.module
+                ]
                 bug.seconds = job.seconds
                 failed = [
                     e
@@ -411,6 +422,12 @@ def verify(
                 f"alternative {alt.module}/{alt.name} keeps full marks on its part",
                 not alt.caught_by and not alt.error and alt.ran == len(tests_of.get(alt.module, ())),
                 alt.error or (f"fails {alt.caught_by}" if alt.caught_by else f"only {alt.ran} tests ran"),
+            )
+        for sham in degenerate:
+            report.add(
+                f"degenerate {sham.module}/{sham.name} scores 0 on its part",
+                not sham.error and not sham.passed,
+                sham.error or ("these pass without the work:\n" + "\n".join(sham.passed) if sham.passed else ""),
             )
         if not no_bugs and not only and not bug_names:
             report.add(f"the bug catalogue holds at least {min_bugs} bugs", len(bugs) >= min_bugs, f"{len(bugs)} bugs")

@@ -214,3 +214,15 @@ def test_every_named_config_is_made_of_existing_options(name):
     model_config = runs.full_model_config("transformer", settings["model_config"], vocab_size=74)
     assert model_config["context_length"] == settings["train"]["seq_len"]
     assert TrainConfig.from_dict(settings["train"]).optimizer in optim.OPTIMIZERS
+
+
+def test_lmrun_names_its_commands_and_refuses_an_unknown_one(capsys):
+    from lmrun import __main__ as lmrun_main
+
+    out, _ = main(capsys, lmrun_main, "--help")
+    for command in ("train", "generate", "compare", "prepare", "data", "experiments"):
+        assert f"python -m lmrun {command}" in out
+    _, err = main(capsys, lmrun_main, "trian", expect=2)
+    assert "unknown command 'trian'" in err and "train, generate" in err
+    _, err = main(capsys, lmrun_main, expect=2)
+    assert "python -m lmrun train" in err
