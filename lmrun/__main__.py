@@ -1,11 +1,11 @@
 """`python -m lmrun COMMAND [ARGS]`: one entry point for every program (given, not graded).
 
-    python -m lmrun train ...        train a model into a run directory; --help lists the flags
-    python -m lmrun generate ...     sample text from a trained run directory
-    python -m lmrun compare ...      RNN, LSTM and transformer on one token budget
-    python -m lmrun prepare ...      encode a corpus once into memory-mapped token shards
-    python -m lmrun data ...         download and verify the named corpora
-    python -m lmrun experiments ...  the lecture's questions: scaling, ablate, quantize, grok
+python -m lmrun train ...        train a model into a run directory; --help lists the flags
+python -m lmrun generate ...     sample text from a trained run directory
+python -m lmrun compare ...      RNN, LSTM and transformer on one token budget
+python -m lmrun prepare ...      encode a corpus once into memory-mapped token shards
+python -m lmrun data ...         download and verify the named corpora
+python -m lmrun experiments ...  the lecture's questions: scaling, ablate, quantize, grok
 """
 
 import os
