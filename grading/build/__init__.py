@@ -1,0 +1,1 @@
+"""Building what students and Gradescope get: the release, the autograder bundle, the manifest, the markers."""
