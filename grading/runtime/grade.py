@@ -482,11 +482,16 @@ def print_report(
 def main(args: argparse.Namespace, get_manifest: Callable[[], Manifest]) -> int:
     """The `grade` subcommand (grading/__main__.py says where the manifest comes from: `get_manifest`)."""
     try:
+        manifest = get_manifest()
+        limits = None
+        if args.no_cgroup:
+            limits = dataclasses.replace(sandbox.Limits.from_settings(manifest["settings"].get("limits")), cgroup=False)
         results, run = grade(
             args.submission,
             args.out,
             bundle=args.bundle,
-            manifest=get_manifest(),
+            manifest=manifest,
+            limits=limits,
             only=args.only or None,
             visible_only=args.visible_only,
             cpu=args.cpu,
