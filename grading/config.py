@@ -27,9 +27,9 @@ COLLECT_TIMEOUT = 60.0  # importing one test module, and with it the student's m
 TOTAL_TIMEOUT = 480.0  # the whole run; tests that have not started by then fail with "not run"
 
 # Limits of the runner, the process that runs the student's code (grading/runtime/sandbox.py enforces them; the
-# manifest carries them). Measured on the reference (docs/release-and-grading.md, "Resources"): a runner peaks at
-# about 450 MB anonymous, 920 MB resident of which about 500 MB are TensorFlow's shared-library pages, 1.0 GB of
-# private writable memory (VmData) and 40 threads on 2 CPUs.
+# manifest carries them). Measured on the reference (docs/release-and-grading.md, "Resources"): a runner's cgroup
+# peaks at 450 to 520 MB and 22 tasks; the runner at 910 MB resident (shared libraries included), 447 MB anonymous,
+# 700 MB of private writable memory (VmData) and 19 threads on one CPU.
 RUNNER_LIMITS = {
     "memory_mb": 600,  # cgroup memory.max of the runner and its processes: resident + page cache, as a container
     "data_mb": 2048,  # without a cgroup: RLIMIT_DATA of each runner process (private writable memory, mapped or not)
