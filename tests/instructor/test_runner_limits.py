@@ -10,6 +10,7 @@ import os
 import pwd
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -124,14 +125,17 @@ for _ in range(64):
 """
 
 
-def test_too_many_processes_loses_the_test_and_leaves_no_process_behind(course, tmp_path, mode, limits_user):  # noqa: F811
+def test_too_many_processes_loses_the_test_and_leaves_no_process_behind(
+    course,  # noqa: F811
+    tmp_path,
+    mode,
+    limits_user,
+    limits_python,
+):
     """32 detached processes and 64 busy threads, past a limit of 24: as the runner user (RLIMIT_NPROC never binds
     root), and the detached ones must be gone when grading ends."""
     root, manifest = course
-    try:
-        python = unprivileged(tmp_path)
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
+    python = limits_python
     results, _ = grade.grade(
         submit(course, tmp_path, alpha=in_twice(FORK_AND_THREADS)),
         None,
@@ -148,21 +152,26 @@ def test_too_many_processes_loses_the_test_and_leaves_no_process_behind(course, 
     assert sleepers() == [], "a detached process of the runner outlived the grading"
 
 
-def unprivileged(tmp_path):
-    """A Python the runner user can run (this machine's venv may live where other users cannot enter)."""
-    if os.access(sys.executable, os.X_OK) and not str(Path(sys.executable).resolve()).startswith("/root/"):
+@pytest.fixture(scope="module")
+def limits_python(tmp_path_factory):
+    """A Python the runner user can run (this machine's venv may live where other users cannot enter): this one,
+    or a venv of the system Python pointed at our packages, removed at the end."""
+    if not str(Path(sys.executable).resolve()).startswith("/root/"):
         return sys.executable
     system = Path(f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}")
     if not system.exists():
-        raise RuntimeError(f"needs {system}")
+        pytest.skip(f"needs {system}")
     import sysconfig
 
-    base = Path("/tmp") / f"grading-limits-venv-{os.getpid()}"
-    if not (base / "venv" / "bin" / "python").exists():
-        subprocess.run([str(system), "-m", "venv", "--without-pip", str(base / "venv")], check=True)
-        site = next((base / "venv" / "lib").glob("python3*/site-packages"))
-        (site / "ours.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-        subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    base = tmp_path_factory.mktemp("venv")
+    subprocess.run([str(system), "-m", "venv", "--without-pip", str(base / "venv")], check=True)
+    site = next((base / "venv" / "lib").glob("python3*/site-packages"))
+    (site / "ours.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    for folder in [base, *base.parents]:
+        if folder == Path(tempfile.gettempdir()):
+            break
+        os.chmod(folder, 0o755)
+    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
     return str(base / "venv" / "bin" / "python")
 
 
@@ -192,7 +201,7 @@ CRASHING_ALPHA = ALPHA.replace("    return a + b", "    import os\n    os._exit(
 
 
 @pytest.mark.parametrize("cgroup", [True, False], ids=["cgroup", "rlimits"])
-def test_two_graders_at_once_never_stop_each_others_runners(course, tmp_path, cgroup):  # noqa: F811
+def test_two_graders_at_once_never_stop_each_others_runners(course, tmp_path, cgroup, request):  # noqa: F811
     """Two `python -m grading grade` at once, with the same runner user where the machine allows (root): one
     submission is slow, the other crashes its runner five times (each crash stops a runner). The slow one keeps
     full marks; the crashing one loses exactly its crashed tests."""
@@ -203,12 +212,9 @@ def test_two_graders_at_once_never_stop_each_others_runners(course, tmp_path, cg
     command = [sys.executable]
     user_args = ["--no-drop-privileges"]
     if os.geteuid() == 0:
-        try:
-            pwd.getpwnam(LIMITS_USER)
-            command = [unprivileged(tmp_path)]
-            user_args = ["--runner-user", LIMITS_USER]
-        except (KeyError, RuntimeError):
-            pass
+        request.getfixturevalue("limits_user")
+        command = [request.getfixturevalue("limits_python")]
+        user_args = ["--runner-user", LIMITS_USER]
     procs = {}
     for name, alpha, beta in (("slow", SLOW_ALPHA, SLOW_BETA), ("crashing", CRASHING_ALPHA, BETA)):
         sub = submit(course, tmp_path / name, alpha=alpha, beta=beta)
