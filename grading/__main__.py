@@ -56,6 +56,11 @@ def _parser():
         help="as root without a runner user, run the student's code unsandboxed instead of refusing (your own "
         "machine; never the autograder)",
     )
+    p.add_argument(
+        "--no-cgroup",
+        action="store_true",
+        help="limit the student's code with rlimits only, even where a cgroup per runner could be made",
+    )
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work directory")
     p.add_argument("--quiet", action="store_true", help="print nothing; only write results.json")
 

@@ -26,6 +26,20 @@ TEST_TIMEOUT = 120.0  # per test, unless the test sets @pytest.mark.timeout(n) (
 COLLECT_TIMEOUT = 60.0  # importing one test module, and with it the student's module
 TOTAL_TIMEOUT = 480.0  # the whole run; tests that have not started by then fail with "not run"
 
+# Limits of the runner, the process that runs the student's code (grading/runtime/sandbox.py enforces them; the
+# manifest carries them). Measured on the reference (docs/release-and-grading.md, "Resources"): a runner's cgroup
+# peaks at 450 to 520 MB and 22 tasks; the runner at 910 MB resident (shared libraries included), 447 MB anonymous,
+# 700 MB of private writable memory (VmData) and 19 threads on one CPU.
+RUNNER_LIMITS = {
+    "memory_mb": 600,  # cgroup memory.max of the runner and its processes: resident + page cache, as a container
+    "data_mb": 2048,  # without a cgroup: RLIMIT_DATA of each runner process (private writable memory, mapped or not)
+    "processes": 160,  # processes and threads: cgroup pids.max; without a cgroup, RLIMIT_NPROC of the runner's user
+    "open_files": 256,  # RLIMIT_NOFILE of each runner process
+    "cpu_seconds": 600,  # RLIMIT_CPU of each runner process (the per-test and whole-run clocks stop it earlier)
+    "file_size_mb": 64,  # RLIMIT_FSIZE: the largest file it may write
+    "cgroup": True,  # a cgroup per runner when the grader can make one (root, writable /sys/fs/cgroup)
+}
+
 # Imported once in the child before any timeout starts, so no test or import alarm pays for them.
 PREIMPORT = ("numpy", "tensorflow", "keras")
 

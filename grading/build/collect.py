@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     root = os.path.abspath(root)
     isolate(root)
     collector = Collector()
-    args = ["--collect-only", "-q", "-c", ini, "--rootdir", root, "-p", "no:cacheprovider", *files]
+    args = ["--collect-only", "-q", "-c", ini, "--rootdir", root, "-p", "no:cacheprovider"]
+    args += ["--continue-on-collection-errors", *files]
     pytest.main(args, plugins=[collector])
     with open(out, "w", encoding="utf-8") as f:
         json.dump({"items": collector.items, "errors": collector.errors}, f)

@@ -61,6 +61,7 @@ def build_manifest(
     settings.setdefault("collect_timeout", config.COLLECT_TIMEOUT)
     settings.setdefault("total_timeout", config.TOTAL_TIMEOUT)
     settings.setdefault("preimport", list(config.PREIMPORT))
+    settings.setdefault("limits", dict(config.RUNNER_LIMITS))
     modules = sorted(p.stem for p in (root / "assignment").glob("*.py") if p.stem != "__init__")
     files = [f for f in graded_test_files(root) if hidden or not f.startswith("tests/hidden/")]
     problems = []

@@ -12,6 +12,7 @@ package, run the visible tests, seal them, run the hidden tests, write results.j
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from grading.runtime import sandbox
+from grading.runtime import cgroups, sandbox
 from grading.runtime.results import Results, build_results, fmt, headline, score_table, summary_line, write_results
 from grading.runtime.schema import Manifest, ManifestTest, RunResult, Settings, TestOutcome, load_manifest
 from grading.runtime.upload import (
@@ -181,6 +182,7 @@ class Phase:
     python: str
     cpu: int | None = None
     maxfail: int | None = None
+    limits: sandbox.Limits = field(default_factory=sandbox.Limits)
 
 
 def run_visible(phase: Phase, tests: Sequence[ManifestTest]) -> RunResult:
@@ -189,10 +191,10 @@ def run_visible(phase: Phase, tests: Sequence[ManifestTest]) -> RunResult:
 
 
 def seal(phase: Phase, visible: RunResult) -> None:
-    """Ends the visible phase for good before any hidden test reaches the judge's folder: every process of the
-    runner's user is killed and the runners' scratch folders are removed (the visible outcomes in `visible` are
+    """Ends the visible phase for good before any hidden test reaches the judge's folder: the visible judge has
+    stopped every runner it started (their cgroups, process groups and descendants; run_judge removes any cgroup
+    a killed judge left) and the runners' scratch folders are removed (the visible outcomes in `visible` are
     final)."""
-    sandbox.kill_user_processes(phase.user)
     shutil.rmtree(phase.work / "scratch-visible", ignore_errors=True)
 
 
@@ -211,10 +213,12 @@ def run_hidden(phase: Phase, tests: Sequence[ManifestTest], visible: RunResult) 
 
 def merge(into: RunResult, other: RunResult) -> None:
     into.outcomes.update(other.outcomes)
-    into.notes += other.notes
+    into.notes += [note for note in other.notes if note not in into.notes]
     into.collect_errors.update(other.collect_errors)
     into.peak_rss_mb = max(into.peak_rss_mb, other.peak_rss_mb)
     into.peak_anon_mb = max(into.peak_anon_mb, other.peak_anon_mb)
+    for key, value in other.peak.items():
+        into.peak[key] = max(into.peak.get(key, 0.0), value)
 
 
 def run_notes(run: RunResult, manifest: Manifest) -> list[str]:
@@ -245,6 +249,7 @@ def write_grade(
         "wall_s": round(run.wall, 2),
         "peak_rss_mb": round(run.peak_rss_mb, 1),
         "peak_anon_mb": round(run.peak_anon_mb, 1),
+        "peak": {key: round(value, 1) for key, value in run.peak.items()},
         "user": run.user,
         "modules": modules,
         "core_score": 0.0,
@@ -283,12 +288,13 @@ def grade(
     sandbox_required: bool = True,
     keep_workdir: bool = False,
     python: str = sys.executable,
+    limits: sandbox.Limits | None = None,
     log: Callable[[str], object] = print,
 ) -> tuple[Results, RunResult]:
     """Grades one submission against `manifest` and returns (results, run): results.json's content (also written to
     `out`) and the RunResult with timings and memory. Raises sandbox.SandboxRefused when root cannot drop
     privileges, unless `sandbox_required` is False (a student's own machine, where root is the student): then it
-    runs unsandboxed."""
+    runs unsandboxed. `limits` replaces the runner's limits the manifest holds (grading/config.py's)."""
     started = time.monotonic()
     bundle = Path(bundle or bundle_root()).resolve()
     manifest = select_tests(manifest, only, visible_only)
@@ -314,6 +320,7 @@ def grade(
             python=python,
             cpu=cpu,
             maxfail=maxfail,
+            limits=limits or sandbox.Limits.from_settings(settings.get("limits")),
         )
         run = RunResult(user=user.name if user else pwd.getpwuid(os.geteuid()).pw_name)
         visible = [t for t in to_run if not t["hidden"]]
@@ -330,7 +337,6 @@ def grade(
         run.wall = time.monotonic() - started
         return write_grade(manifest, outcomes, run, notes, out), run
     finally:
-        sandbox.kill_user_processes(user)
         if keep_workdir:
             log(f"work directory kept: {work}")
         else:
@@ -376,6 +382,7 @@ def run_judge(phase: Phase, tests: Sequence[ManifestTest], name: str) -> RunResu
             "user": [phase.user.uid, phase.user.gid, phase.user.name] if phase.user else None,
             "cpu": phase.cpu,
             "preimport": list(settings["preimport"]),
+            "limits": dataclasses.asdict(phase.limits),
         },
     }
     spec_path = judge_dir / f"spec-{name}.json"
@@ -390,19 +397,21 @@ def run_judge(phase: Phase, tests: Sequence[ManifestTest], name: str) -> RunResu
     result = RunResult()
     log_path = judge_dir / f"log-{name}.txt"
     with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [phase.python, "-m", "grading.runtime.judge", str(spec_path)],
+            cwd=judge_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
         try:
-            proc = subprocess.run(
-                [phase.python, "-m", "grading.runtime.judge", str(spec_path)],
-                cwd=judge_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                timeout=spec["total_timeout"] + 2 * sandbox.STARTUP_TIMEOUT,
-            )
-            code = proc.returncode
+            code = proc.wait(timeout=spec["total_timeout"] + 2 * sandbox.STARTUP_TIMEOUT)
         except subprocess.TimeoutExpired:
+            proc.kill()  # its runner dies with it (PR_SET_DEATHSIG); their cgroups go just below
+            proc.wait()
             code = "timeout"
+        cgroups.remove_leftovers(str(proc.pid))
     try:
         data = json.loads(Path(spec["out"]).read_text())
     except (OSError, ValueError):
@@ -415,6 +424,7 @@ def run_judge(phase: Phase, tests: Sequence[ManifestTest], name: str) -> RunResu
     result.notes += data["notes"]
     result.peak_rss_mb = data.get("peak", {}).get("rss_mb", 0.0)
     result.peak_anon_mb = data.get("peak", {}).get("anon_mb", 0.0)
+    result.peak = {k: v for k, v in data.get("peak", {}).items() if k not in ("rss_mb", "anon_mb")}
     for t in tests:
         if t["id"] not in result.outcomes:
             f = t["file"]
@@ -472,11 +482,16 @@ def print_report(
 def main(args: argparse.Namespace, get_manifest: Callable[[], Manifest]) -> int:
     """The `grade` subcommand (grading/__main__.py says where the manifest comes from: `get_manifest`)."""
     try:
+        manifest = get_manifest()
+        limits = None
+        if args.no_cgroup:
+            limits = dataclasses.replace(sandbox.Limits.from_settings(manifest["settings"].get("limits")), cgroup=False)
         results, run = grade(
             args.submission,
             args.out,
             bundle=args.bundle,
-            manifest=get_manifest(),
+            manifest=manifest,
+            limits=limits,
             only=args.only or None,
             visible_only=args.visible_only,
             cpu=args.cpu,

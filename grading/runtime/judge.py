@@ -7,7 +7,9 @@ mistake. The tests' `student` fixture
 (sandbox.py, probe_runner.py) and comes back as plain data, or as StudentError / ProbeTimeout / ProbeCrashed.
 
 - Per-test deadline: a probe that does not answer before the test's time limit stops the runner (and every process
-  of its user); the test fails, the next probe starts a fresh runner.
+  it started); the test fails, the next probe starts a fresh runner.
+- Per-runner limits (sandbox.Limits: memory, processes and threads, open files, CPU time): a runner past one loses
+  the current test with a message naming the limit, and is replaced by a fresh one for the next test.
 - A module that does not import (or hangs, or crashes while importing) fails the tests of its part, once each,
   without importing it again.
 - Visible tests run first. Before the first hidden test the runner is stopped and a fresh one started in a fresh
@@ -46,6 +48,7 @@ class SandboxSpec(TypedDict):
     user: list | None  # [uid, gid, name] of the runner's user; None: the current user, unsandboxed
     cpu: int | None
     preimport: list[str]
+    limits: dict  # sandbox.Limits as a dict (grading/config.py's RUNNER_LIMITS, through the manifest)
 
 
 class JudgeSpec(TypedDict):
@@ -73,7 +76,7 @@ class JudgeReport(TypedDict):
     collect_errors: dict[str, str]  # test file -> message
     notes: list[str]
     exit: int  # pytest's exit code
-    peak: dict[str, float]  # the runner's peak memory: {"rss_mb": ..., "anon_mb": ...}
+    peak: dict[str, float]  # the runners' peaks: rss_mb, anon_mb, data_mb, threads; cgroup_mb, tasks with a cgroup
 
 
 class ForbiddenImport:
@@ -140,7 +143,8 @@ class Judge:
         self.notes = []
         self.collect_errors = {}
         self.hidden_phase = False
-        self.peak = {"rss_mb": 0.0, "anon_mb": 0.0}
+        self.notes_limits = False
+        self.peak = {"rss_mb": 0.0, "anon_mb": 0.0, "data_mb": 0.0, "threads": 0.0}
         self.deadline = time.monotonic() + spec["total_timeout"]
 
     # -- the runner --------------------------------------------------------------------------------------------
@@ -148,14 +152,26 @@ class Judge:
     def stop_runner(self) -> None:
         if self.runner is not None:
             self.sample_memory(self.runner)
+            for key, value in self.runner.peak().items():
+                self.peak[key] = max(self.peak.get(key, 0.0), value)
             self.runner.stop()
         self.runner = None
         self.imported = set()
+
+    def limit_exceeded(self, runner: sandbox.Runner, reply: object = None) -> str | None:
+        """The limit `runner` went past (a sentence), after stopping it so the next test gets a fresh one."""
+        limit = runner.limit_exceeded(reply)
+        if limit is not None:
+            self.stop_runner()
+        return limit
 
     def ensure_runner(self) -> sandbox.Runner:
         if self.runner is None:
             try:
                 self.runner = sandbox.Runner(self.sandbox)
+                if not self.notes_limits:
+                    self.notes_limits = True
+                    self.notes.append(f"limits of the student's code: {self.sandbox.cgroup_note}")
             except sandbox.RunnerTimeout:
                 raise probes.ProbeCrashed("the process for the student's code did not start in time") from None
             except sandbox.RunnerDied as exc:
@@ -174,16 +190,23 @@ class Judge:
         what = f"assignment/{module}.py"
         try:
             reply = runner.call({"op": "import", "module": module}, time.monotonic() + limit)
+            exceeded = self.limit_exceeded(runner, reply)
+            if exceeded:
+                reply = {"ok": False, "message": f"importing {what} went past a limit: {exceeded}"}
         except sandbox.RunnerTimeout:
+            exceeded = self.limit_exceeded(runner)
             self.stop_runner()
             reply = {
                 "ok": False,
                 "message": f"importing {what} took longer than {limit:g} s: is there an infinite loop "
                 "or heavy work at the top level of the module?",
             }
+            if exceeded:
+                reply["message"] = f"importing {what} went past a limit: {exceeded}"
         except sandbox.RunnerDied as exc:
+            exceeded = self.limit_exceeded(runner)
             self.stop_runner()
-            reply = {"ok": False, "message": f"importing {what} crashed its process ({exc.args[0]})"}
+            reply = {"ok": False, "message": f"importing {what} crashed its process ({exceeded or exc.args[0]})"}
         if isinstance(reply, dict) and reply.get("ok") is True:
             self.imported.add(module)
             return
@@ -205,28 +228,43 @@ class Judge:
         try:
             reply = runner.call(req, test.deadline)
             self.sample_memory(runner)
-            return reply
         except sandbox.RunnerTimeout:
+            exceeded = self.limit_exceeded(runner)
             self.stop_runner()
+            if exceeded:
+                raise probes.ProbeCrashed(over_limit(exceeded)) from None
             raise probes.ProbeTimeout(
                 f"This test ran longer than its time limit of {test.timeout:g} s and was stopped: an infinite loop, "
                 "or an implementation far slower than needed?"
             ) from None
         except sandbox.RunnerDied as exc:
+            exceeded = self.limit_exceeded(runner)
             self.stop_runner()
+            if exceeded:
+                raise probes.ProbeCrashed(over_limit(exceeded)) from None
             raise probes.ProbeCrashed(
                 f"Your code crashed the process running it ({exc.args[0]}"
                 + (": out of memory?" if exc.args[0] == "SIGKILL" else "")
                 + ")."
             ) from None
+        exceeded = self.limit_exceeded(runner, reply)
+        if exceeded:
+            raise probes.ProbeCrashed(over_limit(exceeded))
+        return reply
 
     def sample_memory(self, runner: sandbox.Runner) -> None:
-        """Keeps the runner's peak resident and anonymous memory (what a container's limit charges), from /proc."""
+        """Keeps the runner's peak resident and anonymous memory (what a container's limit charges), its private
+        writable memory (what RLIMIT_DATA counts) and its threads, from /proc."""
         try:
             with open(f"/proc/{runner.proc.pid}/status") as f:
                 fields = dict(line.split(":", 1) for line in f if ":" in line)
-            self.peak["rss_mb"] = max(self.peak["rss_mb"], int(fields["VmHWM"].split()[0]) / 1024)
-            self.peak["anon_mb"] = max(self.peak["anon_mb"], int(fields["RssAnon"].split()[0]) / 1024)
+            for key, field, scale in (
+                ("rss_mb", "VmHWM", 1024),
+                ("anon_mb", "RssAnon", 1024),
+                ("data_mb", "VmData", 1024),
+                ("threads", "Threads", 1),
+            ):
+                self.peak[key] = max(self.peak.get(key, 0.0), int(fields[field].split()[0]) / scale)
         except (OSError, KeyError, ValueError):
             pass
 
@@ -290,6 +328,11 @@ class Judge:
         self.stop_runner()
 
 
+def over_limit(limit: str) -> str:
+    """The message of a test whose runner went past a limit."""
+    return f"Your code went past a limit of the grader and this test was stopped: {limit}."
+
+
 def describe(report: pytest.TestReport) -> tuple[str, str]:
     """(outcome, message) of a failed visible test: its exception and the line of the test it came from."""
     longrepr = report.longrepr
@@ -333,7 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         user=user,
         cpu=box["cpu"],
         preimport=tuple(box["preimport"]),
+        limits=sandbox.Limits.from_settings(box.get("limits")),
+        subreaper=True,
     )
+    sandbox.become_subreaper()
     global ACTIVE
     judge = ACTIVE = Judge(spec, config)
     root = spec["root"]

@@ -14,6 +14,7 @@ Nothing this process says is trusted: the judge checks the types of what comes b
 """
 
 import argparse
+import errno
 import os
 import sys
 import traceback
@@ -40,6 +41,26 @@ def isolate(root: str, packages: tuple[str, ...] = ("assignment",)) -> None:
         if "editable" not in (getattr(finder, "__module__", "") or "").lower()
         and "editable" not in getattr(finder, "__name__", type(finder).__name__).lower()
     ]
+
+
+LIMIT_ERRNOS = {errno.EMFILE: "files", errno.ENFILE: "files", errno.EAGAIN: "processes"}
+
+
+def limit_of(exc: BaseException) -> str | None:
+    """Which of the runner's limits an exception comes from ("memory", "processes", "files"), or None: a
+    MemoryError (RLIMIT_DATA), EAGAIN from fork or "can't start new thread" (pids.max, RLIMIT_NPROC), EMFILE
+    (RLIMIT_NOFILE), anywhere in the chain of causes. The judge names the limit; a lie costs only this test."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":
+            return "memory"
+        if isinstance(exc, OSError) and exc.errno in LIMIT_ERRNOS:
+            return LIMIT_ERRNOS[exc.errno]
+        if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+            return "processes"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,6 +111,10 @@ def main(argv: list[str] | None = None) -> None:
             if not message and isinstance(exc, AssertionError):
                 message = traceback.format_exception_only(type(exc), exc)[-1].strip()
             reply = {"ok": False, "type": type(exc).__name__, "message": message[:4000], "where": where}
+            try:
+                reply["limit"] = limit_of(exc)
+            except Exception:
+                pass
             body = wire.encode(reply)
         wire.write_frame(args.fd_out, body)
     os._exit(0)

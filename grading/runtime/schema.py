@@ -48,10 +48,23 @@ class _Settings(TypedDict):
     preimport: list[str]  # modules the runner imports before any timeout starts
 
 
+class _Limits(TypedDict, total=False):
+    """The runner's limits (sandbox.Limits; the course's values: grading/config.py's RUNNER_LIMITS)."""
+
+    memory_mb: int
+    data_mb: int
+    processes: int
+    open_files: int
+    cpu_seconds: int
+    file_size_mb: int
+    cgroup: bool
+
+
 class Settings(_Settings, total=False):
     """The grader's limits as manifest.json holds them (defaults from grading/config.py)."""
 
     grace: float  # unused since every test is judged; older manifests carry it
+    limits: _Limits  # the runner's limits; a manifest without them gets sandbox.Limits' defaults
 
 
 class Manifest(TypedDict):
@@ -91,4 +104,5 @@ class RunResult:
     wall: float = 0.0
     peak_rss_mb: float = 0.0  # max over children (ru_maxrss) and over samples of /proc
     peak_anon_mb: float = 0.0  # anonymous memory (RssAnon): what a container's memory limit really charges
+    peak: dict[str, float] = field(default_factory=dict)  # data_mb, threads; cgroup_mb, tasks (judge.py)
     user: str = ""
