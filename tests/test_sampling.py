@@ -161,6 +161,14 @@ def test_greedy_picks_the_argmax_of_each_row(student):
     )
     assert ids[:3].tolist() == [4, 0, 2], f"the largest logit of each row is at [4, 0, 2]; got {ids[:3].tolist()}"
     assert ids[3] in (1, 2, 4), f"row [1, 2, 2, 0.5, 2] ties at tokens 1, 2 and 4: any of them, got {ids[3]}"
+    one = np.asarray(student.call("sampling.greedy", logits[2:3]))
+    assert_shape(
+        one,
+        (1,),
+        "greedy(logits) for logits of shape (1, 5): a batch of one row still gives one id per row, shape (1,), "
+        "not a scalar (no squeeze)",
+    )
+    assert one.tolist() == [2], f"the largest logit of row [-2, -1.5, -0.5, -3, -1] is at 2; got {one.tolist()}"
 
 
 @pytest.mark.points(1)
@@ -278,6 +286,7 @@ def test_top_k_one_keeps_the_max_and_k_above_vocab_keeps_all(student):
 @pytest.mark.points(1)
 @pytest.mark.clause(
     "sampling.top_p_filter: every token outside the nucleus of mass `p` set to `-inf`: shape `(B, V)`",
+    "sampling.top_p_filter: A token is kept when the total probability of the tokens before it is below `p`.",
     "sampling.top_p_filter: the token whose probability crosses `p` is kept",
     "sampling.top_p_filter: With p = 0.7 the kept tokens are {0.45, 0.3}; with p = 0.8 they are {0.45, 0.3, 0.15}.",
     "sampling.top_p_filter: Kept entries are returned unchanged.",
@@ -352,25 +361,40 @@ def test_top_p_one_keeps_all_and_the_most_probable_is_always_kept(student):
     "sampling.top_p_filter: `-inf` entries have probability 0",
 )
 def test_sample_applies_temperature_then_top_k_then_top_p_on_what_is_left(student):
-    # top_k=2 leaves 0.4 and 0.3, renormalised to 0.57 and 0.43; top_p=0.5 on that keeps only token 0.
-    # (top-p on the full distribution, or before top-k, would keep tokens 0 and 1.)
-    logits = np.tile(np.log([0.4, 0.3, 0.2, 0.1]), (2000, 1)).astype(np.float32)
+    # top_k=2 leaves 0.4 and 0.3, renormalised to 0.57 and 0.43; top_p=0.5 on that keeps only the 0.4 token.
+    # (top-p on the full distribution, or before top-k, would keep the 0.3 token too.) Row r holds the
+    # distribution rotated by r, so its 0.4 token is token r % 4: the answer differs from row to row.
+    rows = np.arange(2000)
+    logits = np.stack([np.roll(np.log([0.4, 0.3, 0.2, 0.1]), r % 4) for r in range(4)])[rows % 4].astype(np.float32)
     ids = np.asarray(student.call("sampling.sample", logits, top_k=2, top_p=0.5, seed=0))
     assert_shape(ids, (2000,), "sample(logits) for logits of shape (2000, 4)")
-    assert set(ids.tolist()) == {0}, (
-        "sample(top_k=2, top_p=0.5) on probabilities [0.4, 0.3, 0.2, 0.1] must always draw token 0: top-k keeps "
-        "0.4 and 0.3, renormalised to 0.57 and 0.43, then top-p keeps 0.57 alone. "
-        f"Got tokens {sorted(set(ids.tolist()))}: apply top-p after top-k, on the renormalised distribution"
+    wrong = np.flatnonzero(ids != rows % 4)
+    assert wrong.size == 0, (
+        "sample(top_k=2, top_p=0.5) on probabilities [0.4, 0.3, 0.2, 0.1] (rotated by r in row r) must always draw "
+        "the 0.4 token: top-k keeps 0.4 and 0.3, renormalised to 0.57 and 0.43, then top-p keeps 0.57 alone. "
+        f"Row {wrong[0]} = {np.round(np.exp(logits[wrong[0]]), 2).tolist()} drew token {ids[wrong[0]]}: apply top-p "
+        "after top-k, on the renormalised distribution"
     )
-    # temperature 0.25 sharpens [0.5, 0.3, 0.2] to [0.87, 0.11, 0.02]: top_p=0.6 then keeps token 0 alone.
-    # (top-p before the temperature would keep tokens 0 and 1.)
-    logits = np.tile(np.log([0.5, 0.3, 0.2]), (2000, 1)).astype(np.float32)
+    # temperature 0.25 sharpens [0.5, 0.3, 0.2] to [0.87, 0.11, 0.02]: top_p=0.6 then keeps the 0.5 token alone.
+    # (top-p before the temperature would keep the 0.3 token too.)
+    logits = np.stack([np.roll(np.log([0.5, 0.3, 0.2]), r % 3) for r in range(3)])[rows % 3].astype(np.float32)
     ids = np.asarray(student.call("sampling.sample", logits, temperature=0.25, top_p=0.6, seed=0))
-    assert set(ids.tolist()) == {0}, (
-        "sample(temperature=0.25, top_p=0.6) on probabilities [0.5, 0.3, 0.2] must always draw token 0: the "
-        "temperature comes first and sharpens them to [0.87, 0.11, 0.02]. "
-        f"Got tokens {sorted(set(ids.tolist()))}"
+    assert_shape(ids, (2000,), "sample(logits) for logits of shape (2000, 3)")
+    wrong = np.flatnonzero(ids != rows % 3)
+    assert wrong.size == 0, (
+        "sample(temperature=0.25, top_p=0.6) on probabilities [0.5, 0.3, 0.2] (rotated by r in row r) must always "
+        "draw the 0.5 token: the temperature comes first and sharpens them to [0.87, 0.11, 0.02]. "
+        f"Row {wrong[0]} drew token {ids[wrong[0]]}"
     )
+    # top_k=3 leaves [0.4, 0.3, 0.2] / 0.9: the mass before the 0.2 token is 0.78 >= 0.75, so top_p=0.75 keeps
+    # tokens 0 and 1, drawn with probabilities 4/7 and 3/7. (top-p on the full distribution would keep token 2: the
+    # mass before it there is 0.7.)
+    row = np.log([0.4, 0.3, 0.2, 0.1]).astype(np.float32)
+    expected = _reference_probs(row, 1.0, top_k=3, top_p=0.75)
+    assert np.flatnonzero(expected).tolist() == [0, 1]
+    ids = np.asarray(student.call("sampling.sample", np.tile(row, (N_DRAWS, 1)), top_k=3, top_p=0.75, seed=3))
+    assert_shape(ids, (N_DRAWS,), f"sample(logits) for logits of shape ({N_DRAWS}, 4)")
+    _assert_draws_follow(ids, expected, "sample(top_k=3, top_p=0.75) on probabilities [0.4, 0.3, 0.2, 0.1]")
 
 
 @pytest.mark.points(1)
@@ -378,41 +402,80 @@ def test_sample_applies_temperature_then_top_k_then_top_p_on_what_is_left(studen
     "sampling.sample: Returns one token drawn from each row: int32 tensor of shape `(B,)`.",
     "sampling.sample: The same seed gives the same draws on every call",
     "sampling.sample: without a seed, draws come from TensorFlow's global random state and differ from one call to",
+    "sampling.sample: seed: integer or None.",
 )
 def test_sample_same_seed_same_draws_and_no_seed_differs(student):
-    logits = np.zeros((200, 10), dtype=np.float32)  # uniform over 10 tokens
-    first = np.asarray(student.call("sampling.sample", logits, seed=7))
-    assert_shape(first, (200,), "sample(logits, seed=7) for logits of shape (200, 10)")
-    assert first.dtype == np.int32, f"sample must return int32 ids, got dtype {first.dtype}"
-    again = np.asarray(student.call("sampling.sample", logits, seed=7))
+    # Every call draws from the same exact distribution (temperature 0.7 on a fixed row), so the draws must follow
+    # it, whatever their seed: repeating or differing is checked on draws that are right.
+    row = np.array([1.0, 0.2, -0.5, 0.6, 0.0, -1.0, 0.4, 0.8, -0.2, 0.3], dtype=np.float32)
+    expected = _reference_probs(row, 0.7)
+    logits = np.tile(row, (N_DRAWS, 1))
+
+    def draws(what, **kwargs):
+        ids = np.asarray(student.call("sampling.sample", logits, temperature=0.7, **kwargs))
+        assert_shape(ids, (N_DRAWS,), f"{what} for logits of shape ({N_DRAWS}, 10)")
+        assert ids.dtype == np.int32, f"sample must return int32 ids, got dtype {ids.dtype}"
+        _assert_draws_follow(ids, expected, f"{what} (temperature 0.7)")
+        return ids
+
+    first = draws("sample(logits, seed=7)", seed=7)
+    again = draws("sample(logits, seed=7), called again", seed=7)
     assert np.array_equal(first, again), (
         "the same seed must give the same draws on every call: derive the randomness from the seed alone "
         "(tf.random.stateless_categorical with seed=[seed, 0], or a generator created from the seed)"
     )
-    other = np.asarray(student.call("sampling.sample", logits, seed=8))
+    other = draws("sample(logits, seed=8)", seed=8)
     assert not np.array_equal(first, other), "different seeds must give different draws"
-    a, b = np.asarray(student.call("sampling.sample", logits)), np.asarray(student.call("sampling.sample", logits))
+    zero = draws("sample(logits, seed=0)", seed=0)
+    assert np.array_equal(zero, draws("sample(logits, seed=0), called again", seed=0)), (
+        "seed=0 is a seed like any other: two calls with seed=0 must give the same draws. "
+        "Test `seed is None`, not `if seed:` (0 is falsy)"
+    )
+    a, b = draws("sample(logits) without a seed"), draws("sample(logits) without a seed, called again")
     assert not np.array_equal(a, b), "without a seed, two calls must give different draws"
+    # top_k=1 leaves only the largest logit of each row: a seeded draw must be the argmax, whatever the seed.
+    varied = np.stack([np.roll(row, r) for r in range(10)])  # row r has its largest logit at token r
+    ids = np.asarray(student.call("sampling.sample", varied, top_k=1, seed=5))
+    assert ids.tolist() == list(range(10)), (
+        f"sample(top_k=1, seed=5) must draw the largest logit of each row, tokens {list(range(10))}; got {ids.tolist()}"
+    )
+    one = np.asarray(student.call("sampling.sample", varied[3:4], top_k=1, seed=5))
+    assert_shape(
+        one,
+        (1,),
+        "sample(logits, top_k=1, seed=5) for logits of shape (1, 10): a batch of one row still gives one id per row, "
+        "shape (1,), not a scalar (no squeeze)",
+    )
+    assert one.tolist() == [3], f"sample(top_k=1) on one row whose largest logit is token 3 gave {one.tolist()}"
 
 
-def seeded_then_unseeded(logits):
-    """Probe: twice, a seeded call of `sample` and then an unseeded one; returns the two unseeded draws."""
+def seeded_then_unseeded(logits, temperature):
+    """Probe: twice, a seeded call of `sample` and then an unseeded one; returns the four draws, in call order."""
     import numpy as np
 
     from assignment import sampling
 
     draws = []
     for _ in range(2):
-        sampling.sample(logits, seed=7)
-        draws.append(np.asarray(sampling.sample(logits)))
+        draws.append(np.asarray(sampling.sample(logits, temperature, seed=7)))
+        draws.append(np.asarray(sampling.sample(logits, temperature)))
     return draws
 
 
 @pytest.mark.points(0.5)
 @pytest.mark.clause("sampling.sample: without a seed, draws come from TensorFlow's global random state and differ")
 def test_sample_with_a_seed_leaves_the_global_random_state_alone(student):
-    logits = np.zeros((200, 10), dtype=np.float32)  # uniform over 10 tokens
-    first, second = student.run(seeded_then_unseeded, logits)
+    row = np.array([0.9, -0.3, 0.5, 0.0, 1.4, -1.1, 0.2, 0.7], dtype=np.float32)
+    temperature = 1.3
+    expected = _reference_probs(row, temperature)
+    logits = np.tile(row, (N_DRAWS, 1))
+    draws = student.run(seeded_then_unseeded, logits, temperature)
+    names = ["the first seeded call", "the first unseeded call", "the second seeded call", "the second unseeded call"]
+    for ids, name in zip(draws, names):
+        assert_shape(ids, (N_DRAWS,), f"sample(logits) for logits of shape ({N_DRAWS}, 8), {name}")
+        _assert_draws_follow(ids, expected, f"sample(logits, temperature={temperature}), {name}")
+    seeded_1, first, seeded_2, second = draws
+    assert np.array_equal(seeded_1, seeded_2), "sample(logits, seed=7) must give the same draws on every call"
     assert not np.array_equal(first, second), (
         "after sample(logits, seed=7), two unseeded calls gave the same draws: the seeded call reset TensorFlow's "
         "global random state (tf.random.set_seed?), so every later call without a seed repeats itself. A seed must "
@@ -453,9 +516,10 @@ def _fakes():
 
     vocab = 7
 
-    def next_token_logits(total):
-        """Logits `(..., V)` that make (3 * total + 1) mod V the clear favourite, from running sums of tokens."""
-        return 10.0 * tf.one_hot((3 * total + 1) % vocab, vocab)
+    def next_token_logits(total, steps=0):
+        """Logits `(..., V)` whose clear favourite is (3 * total + 1 + 2 * steps) mod V: `total` a running sum of
+        tokens, `steps` how many times the model was handed back the state (or cache) it returned."""
+        return 10.0 * tf.one_hot((3 * total + 1 + 2 * steps) % vocab, vocab)
 
     class BigramLM(keras.Model):
         """Next-token logits depend only on the current token: logits[b, t] = table[tokens[b, t]]."""
@@ -468,49 +532,45 @@ def _fakes():
             return tf.gather(self.table, tf.cast(tokens, tf.int32))  # (B, T, V)
 
     class RecurrentFake(keras.Model):
-        """A recurrent model whose state is the running sum of the tokens read."""
-
-        def __init__(self):
-            super().__init__()
-            self.reads = []  # (tokens read, whether a state came in), one entry per eager call
+        """A recurrent model whose state is (running sum of the tokens read, how many calls were given a state).
+        The favourite next token depends on both, so the tokens show whether the state was carried: re-reading the
+        context, dropping the state or passing a stale one favours other tokens."""
 
         def call(self, tokens, states=None, return_state=False, training=False):
             tokens = tf.cast(tokens, tf.int32)
-            start = tf.zeros([tf.shape(tokens)[0]], tf.int32) if states is None else states  # (B,)
-            totals = start[:, None] + tf.cumsum(tokens, axis=1)  # (B, T)
-            if tf.executing_eagerly():
-                self.reads.append((int(tokens.shape[1]), states is not None))
-            logits = next_token_logits(totals)  # (B, T, V)
-            return (logits, totals[:, -1]) if return_state else logits
+            batch = tf.shape(tokens)[0]
+            if states is None:
+                total, steps = tf.zeros([batch], tf.int32), tf.zeros([batch], tf.int32)
+            else:
+                total, steps = states[0], states[1] + 1
+            totals = total[:, None] + tf.cumsum(tokens, axis=1)  # (B, T)
+            logits = next_token_logits(totals, steps[:, None])  # (B, T, V)
+            return (logits, (totals[:, -1], steps)) if return_state else logits
 
     class CachedFake(keras.Model):
-        """A model with the KV-cache protocol: prefill reads the prompt, decode_step one token with the cache; the
-        favourite next token is a function of the sum of the tokens in the context window, as in `call`."""
+        """A model with the KV-cache protocol: prefill reads the prompt, decode_step one token with the cache, which
+        holds (running sum, decode steps so far). The favourite next token depends on both, so the tokens show
+        whether the cache was used: re-reading with `call`, prefilling again or passing a stale cache favours other
+        tokens."""
 
         def __init__(self, context_length):
             super().__init__()
             self.config = type("Config", (), {"context_length": context_length})()
-            self.prefills, self.decodes, self.calls = [], [], []  # token shapes each entry point received
 
         def call(self, tokens):
-            tokens = tf.cast(tokens, tf.int32)
-            if tf.executing_eagerly():
-                self.calls.append(tuple(tokens.shape))
-            return next_token_logits(tf.cumsum(tokens, axis=1))  # (B, T, V)
+            return next_token_logits(tf.cumsum(tf.cast(tokens, tf.int32), axis=1))  # (B, T, V)
 
         def prefill(self, tokens):
             tokens = tf.cast(tokens, tf.int32)
-            self.prefills.append(tuple(tokens.shape))
             assert tokens.shape[1] <= self.config.context_length, (
                 f"prefill got {tokens.shape[1]} tokens but the cache holds context_length="
                 f"{self.config.context_length}: crop the prompt"
             )
             totals = tf.cumsum(tokens, axis=1)  # (B, T)
-            return next_token_logits(totals), {"total": totals[:, -1], "length": int(tokens.shape[1])}
+            return next_token_logits(totals), {"total": totals[:, -1], "steps": 0, "length": int(tokens.shape[1])}
 
         def decode_step(self, next_ids, cache):
             next_ids = tf.cast(next_ids, tf.int32)
-            self.decodes.append(tuple(next_ids.shape))
             assert next_ids.shape[1:] == (1,), (
                 f"decode_step takes next_ids of shape (B, 1); got {tuple(next_ids.shape)}"
             )
@@ -518,28 +578,24 @@ def _fakes():
                 "decode_step was called with a full cache: once context_length tokens are cached, re-read a "
                 "cropped context instead"
             )
-            total = cache["total"] + next_ids[:, 0]  # (B,)
-            return next_token_logits(total)[:, None, :], {"total": total, "length": cache["length"] + 1}
+            total, steps = cache["total"] + next_ids[:, 0], cache["steps"] + 1  # (B,), int
+            logits = next_token_logits(total, steps)[:, None, :]  # (B, 1, V)
+            return logits, {"total": total, "steps": steps, "length": cache["length"] + 1}
 
     return {"bigram": BigramLM, "recurrent": RecurrentFake, "cached": CachedFake}
 
 
 def generate_with(kind, model_args, *args, **kwargs):
-    """Probe: generate() with a fake model of `_fakes()`; returns its output and what the model was asked to read."""
+    """Probe: generate() with a fake model of `_fakes()`; returns what it returned."""
     from assignment import sampling
 
     model = _fakes()[kind](*model_args)
-    out = sampling.generate(model, *args, **kwargs)
-    seen = {
-        name: list(getattr(model, name)) for name in ("reads", "prefills", "decodes", "calls") if hasattr(model, name)
-    }
-    return {"out": out, "seen": seen}
+    return sampling.generate(model, *args, **kwargs)
 
 
 def _generate(student, kind, model_args, *args, **kwargs):
-    """Returns (output, what the model read) of generate() with the fake model `kind`."""
-    result = student.run(generate_with, kind, model_args, *args, uses=(_fakes,), **kwargs)
-    return np.asarray(result["out"]), result["seen"]
+    """Returns the output of generate() with the fake model `kind`, as an array."""
+    return np.asarray(student.run(generate_with, kind, model_args, *args, uses=(_fakes,), **kwargs))
 
 
 # Each token may be followed only by the tokens listed; the others have logit -inf.
@@ -561,15 +617,24 @@ def _table(successors, vocab):
     return table
 
 
+def _argmax_chain(table, prompt, max_new_tokens):
+    """Returns each row of `prompt` followed by `max_new_tokens` argmax successors in the bigram `table`."""
+    seqs = [list(row) for row in np.atleast_2d(prompt)]
+    for seq in seqs:
+        for _ in range(max_new_tokens):
+            seq.append(int(np.argmax(table[seq[-1]])))
+    return seqs
+
+
 @pytest.mark.points(1)
 def test_generate_returns_prompt_plus_new_tokens_the_model_allows(student):
     table = _table(SUCCESSORS, 6)
-    out, _ = _generate(student, "bigram", [table], np.array([2, 4], dtype=np.int32), max_new_tokens=5, seed=1)
+    out = _generate(student, "bigram", [table], np.array([2, 4], dtype=np.int32), max_new_tokens=5, seed=1)
     assert_shape(out, (7,), "generate(model, prompt of shape (2,), max_new_tokens=5)")
     assert out[:2].tolist() == [2, 4], f"the output must start with the prompt [2, 4]; got {out.tolist()}"
 
     prompt = np.array([[0, 1], [5, 3], [2, 2]], dtype=np.int32)
-    out, _ = _generate(student, "bigram", [table], prompt, max_new_tokens=12, seed=2)
+    out = _generate(student, "bigram", [table], prompt, max_new_tokens=12, seed=2)
     assert_shape(out, (3, 14), "generate(model, prompt of shape (3, 2), max_new_tokens=12)")
     assert np.array_equal(out[:, :2], prompt), f"each row must start with its prompt; got {out[:, :2].tolist()}"
     for row in out:
@@ -578,7 +643,13 @@ def test_generate_returns_prompt_plus_new_tokens_the_model_allows(student):
                 f"generated {b} after {a}, which the model gives probability 0: row {row.tolist()}. "
                 "Each new token must be drawn from the logits of the last position"
             )
-    unchanged, _ = _generate(student, "bigram", [table], prompt, max_new_tokens=0)
+    out = _generate(student, "bigram", [table], prompt, max_new_tokens=8, top_k=1, seed=3)
+    expected = _argmax_chain(table, prompt, 8)
+    assert out.tolist() == expected, (
+        f"generate(top_k=1) keeps only the most probable successor at each step: expected {expected}, "
+        f"got {out.tolist()}"
+    )
+    unchanged = _generate(student, "bigram", [table], prompt, max_new_tokens=0)
     assert np.array_equal(unchanged, prompt), "max_new_tokens=0 must return the prompt unchanged"
     error = student.error(generate_with, "bigram", [table], prompt, max_new_tokens=-1, uses=(_fakes,))
     assert error is not None and error.type_name == "ValueError" and "max_new_tokens" in error.message, (
@@ -602,7 +673,7 @@ def test_generate_first_token_follows_the_models_filtered_distribution(student):
     expected = _reference_probs(table[1], temperature, top_p=top_p)
     assert np.flatnonzero(expected).tolist() == [0, 1, 3, 4]
     prompt = np.tile(np.array([[0, 1]], dtype=np.int32), (N_DRAWS, 1))
-    out, _ = _generate(student, "bigram", [table], prompt, 1, temperature=temperature, top_p=top_p, seed=11)
+    out = _generate(student, "bigram", [table], prompt, 1, temperature=temperature, top_p=top_p, seed=11)
     assert_shape(out, (N_DRAWS, 3), f"generate(model, prompt of shape ({N_DRAWS}, 2), max_new_tokens=1)")
     _assert_draws_follow(
         out[:, 2],
@@ -613,68 +684,74 @@ def test_generate_first_token_follows_the_models_filtered_distribution(student):
 
 @pytest.mark.points(1)
 def test_generate_stops_each_row_at_stop_id(student):
-    # 5 -> 4 -> 0 -> 1 -> 2 -> 3 -> 0: every token has one possible successor.
-    table = _table({0: {1: 0.0}, 1: {2: 0.0}, 2: {3: 0.0}, 3: {0: 0.0}, 4: {0: 0.0}, 5: {4: 0.0}}, 6)
+    # The favourite successors chain 5 -> 4 -> 0 -> 1 -> 2 -> 3 -> 0; the other listed successors are less probable,
+    # and top_k=1 leaves only the favourite, so every step is decided.
+    table = _table(
+        {
+            0: {0: 0.5, 1: 2.0},
+            1: {0: 0.0, 2: 2.0, 5: 1.0},
+            2: {1: 0.3, 3: 2.0},
+            3: {0: 2.0, 4: 1.0},
+            4: {0: 2.0, 2: 1.5},
+            5: {1: 0.0, 3: 1.0, 4: 2.0},
+        },
+        6,
+    )
     prompt = np.array([[5], [0], [2]], dtype=np.int32)
-    out, _ = _generate(student, "bigram", [table], prompt, max_new_tokens=10, stop_id=3, seed=0)
+    out = _generate(student, "bigram", [table], prompt, max_new_tokens=10, stop_id=3, top_k=1, seed=0)
     expected = [[5, 4, 0, 1, 2, 3], [0, 1, 2, 3, 3, 3], [2, 3, 3, 3, 3, 3]]
     assert out.tolist() == expected, (
-        "with stop_id=3 a row stops when it produces 3 (kept), later positions of that row are filled with 3, "
-        f"and generation ends once every row has stopped: expected {expected}, got {out.tolist()}"
+        "with top_k=1 (only the favourite successor) and stop_id=3 a row stops when it produces 3 (kept), later "
+        "positions of that row are filled with 3, and generation ends once every row has stopped: "
+        f"expected {expected}, got {out.tolist()}"
     )
-    out, _ = _generate(student, "bigram", [table], prompt, max_new_tokens=2, stop_id=3, seed=0)
+    out = _generate(student, "bigram", [table], prompt, max_new_tokens=2, stop_id=3, top_k=1, seed=0)
     assert out.tolist() == [[5, 4, 0], [0, 1, 2], [2, 3, 3]], f"max_new_tokens=2 with stop_id=3: got {out.tolist()}"
-    out, _ = _generate(student, "bigram", [table], [2], max_new_tokens=10, stop_id=3, seed=0)
+    out = _generate(student, "bigram", [table], [2], max_new_tokens=10, stop_id=3, top_k=1, seed=0)
     assert out.tolist() == [2, 3], f"prompt [2] with stop_id=3 must give [2, 3]; got {out.tolist()}"
-    out, _ = _generate(student, "bigram", [table], prompt, max_new_tokens=10, seed=0)
-    assert_shape(out, (3, 11), "generate without stop_id (always max_new_tokens new tokens)")
+    out = _generate(student, "bigram", [table], prompt, max_new_tokens=10, top_k=1, seed=0)
+    expected = _argmax_chain(table, prompt, 10)
+    assert out.tolist() == expected, (
+        f"without stop_id every row gets max_new_tokens new tokens: expected {expected}, got {out.tolist()}"
+    )
 
 
 VOCAB = 7
 
 
-def _expected_greedy(prompt, max_new_tokens, window=None):
-    """Returns the greedy continuation of the fakes, recomputed from scratch on the (cropped) context."""
+def _expected_stateful(prompt, max_new_tokens):
+    """Returns the greedy continuation of the recurrent and cached fakes when generate reads the prompt once and then
+    hands the model back its state (or cache) at every step: new token i is (3 * sum + 1 + 2 * i) mod V."""
     seqs = [list(row) for row in prompt]
-    for _ in range(max_new_tokens):
+    for i in range(max_new_tokens):
         for seq in seqs:
-            context = seq if window is None else seq[-window:]
-            seq.append((3 * sum(context) + 1) % VOCAB)
+            seq.append((3 * sum(seq) + 1 + 2 * i) % VOCAB)
     return seqs
 
 
 @pytest.mark.points(1)
 def test_generate_reads_the_prompt_once_then_carries_the_recurrent_state(student):
     prompt = np.array([[1, 2, 3], [4, 0, 6]], dtype=np.int32)
-    out, seen = _generate(student, "recurrent", [], prompt, max_new_tokens=6, greedy=True)
-    reads = seen["reads"]
-    expected = _expected_greedy(prompt.tolist(), 6)
+    out = _generate(student, "recurrent", [], prompt, max_new_tokens=6, greedy=True)
+    expected = _expected_stateful(prompt.tolist(), 6)
     assert out.tolist() == expected, (
-        f"greedy generation with a recurrent model: expected {expected}, got {out.tolist()}. "
-        "Carry the state returned by model(tokens, states=..., return_state=True) from one step to the next"
-    )
-    assert reads[0] == (3, False), f"the first call must read the whole prompt; calls were {reads}"
-    assert all(read == (1, True) for read in reads[1:]) and len(reads) <= 6, (
-        "after the prompt, a recurrent model must read one token per step together with its carried state "
-        f"(calls seen as (tokens read, state given): {reads})"
+        f"greedy generation with a recurrent model: expected {expected}, got {out.tolist()}. The model's state "
+        "counts the calls it was handed back, so re-reading the context or dropping the state gives other tokens: "
+        "read the prompt once, then one token a step with the state returned by "
+        "model(tokens, states=..., return_state=True)"
     )
 
 
 @pytest.mark.points(1)
 def test_generate_uses_the_kv_cache_and_agrees_with_full_recomputation(student):
     prompt = np.array([[1, 2, 3], [4, 0, 6]], dtype=np.int32)
-    out, seen = _generate(student, "cached", [16], prompt, max_new_tokens=6, greedy=True)
-    expected = _expected_greedy(prompt.tolist(), 6)
+    out = _generate(student, "cached", [16], prompt, max_new_tokens=6, greedy=True)
+    expected = _expected_stateful(prompt.tolist(), 6)
     assert out.tolist() == expected, (
-        f"greedy generation with a cached model: expected {expected} (full recomputation), got {out.tolist()}. "
-        "Feed decode_step the token just chosen and the cache returned by the previous call"
+        f"greedy generation with a cached model: expected {expected}, got {out.tolist()}. The model's cache counts "
+        "its decode steps, so re-reading the context or prefilling again gives other tokens: prefill the prompt "
+        "once, then feed decode_step the token just chosen and the cache returned by the previous call"
     )
-    prefills, decodes, calls = seen["prefills"], seen["decodes"], seen["calls"]
-    assert prefills == [(2, 3)], f"prefill must read the prompt once; it read {prefills}"
-    assert decodes and all(shape == (2, 1) for shape in decodes) and 5 <= len(decodes) <= 6, (
-        f"each later step must go through decode_step with one token per row; decode_step read {decodes}"
-    )
-    assert calls == [], f"within the context length no full re-read is needed; call() read {calls}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -708,6 +785,26 @@ def _raises(error, names, value, what):
 )
 def test_invalid_parameters_raise_value_error_naming_them(student):
     logits = np.array([[0.5, 1.0, -1.0], [0.0, 2.0, 1.0]], dtype=np.float32)
+    # Legal values of the same arguments are accepted and give the right answer (only a bad value raises).
+    out = np.asarray(student.call("sampling.apply_temperature", logits, 0.5))
+    assert_shape(out, (2, 3), "apply_temperature(logits, 0.5)")
+    np.testing.assert_allclose(out, logits / 0.5, rtol=1e-6, err_msg="apply_temperature(logits, 0.5) = logits / 0.5")
+    _assert_filtered(
+        student.call("sampling.top_k_filter", logits, 1), logits, [[0, 1, 0], [0, 1, 0]], "top_k_filter(logits, k=1)"
+    )
+    # probabilities: row 0 [0.35, 0.57, 0.08] keeps {1, 0} at p=0.6; row 1 [0.09, 0.67, 0.24] keeps {1}.
+    _assert_filtered(
+        student.call("sampling.top_p_filter", logits, 0.6),
+        logits,
+        [[1, 1, 0], [0, 1, 0]],
+        "top_p_filter(logits, p=0.6)",
+    )
+    peaks = np.array([[2.0, 0.5, 1.0], [0.0, 1.0, 3.0]], dtype=np.float32)
+    ids = np.asarray(student.call("sampling.sample", peaks, temperature=0.5, top_k=1, top_p=0.9, seed=0))
+    assert ids.tolist() == [0, 2], (
+        f"sample(temperature=0.5, top_k=1, top_p=0.9, seed=0) on rows whose largest logits are at [0, 2] must draw "
+        f"[0, 2]; got {ids.tolist()}"
+    )
     for t in (0, -1.5):
         _raises(
             student.call_error("sampling.apply_temperature", logits, t),
