@@ -142,7 +142,7 @@ def lm_session(sizes, num_layers, values, calls):
 
     vocab, embed, hidden = sizes
     model = rnn.RNNLanguageModel(vocab_size=vocab, embed_dim=embed, hidden_dim=hidden, num_layers=num_layers)
-    model(tf.zeros((1, 1), tf.int32))  # builds the weights
+    model(tf.zeros((2, 1), tf.int32))  # builds the weights
     slots = weight_slots(model)
     assign_exactly(model, slots, values)
     results = []
@@ -229,7 +229,7 @@ def lm_gradients(sizes, num_layers, values, tokens, states, cotangent):
 
     vocab, embed, hidden = sizes
     model = rnn.RNNLanguageModel(vocab_size=vocab, embed_dim=embed, hidden_dim=hidden, num_layers=num_layers)
-    model(tf.zeros((1, 1), tf.int32))
+    model(tf.zeros((2, 1), tf.int32))
     slots = weight_slots(model)
     assign_exactly(model, slots, values)
     with tf.GradientTape() as tape:
@@ -253,7 +253,7 @@ def lm_training_steps(sizes, values, tokens, labels, learning_rate, steps):
 
     vocab, embed, hidden = sizes
     model = rnn.RNNLanguageModel(vocab_size=vocab, embed_dim=embed, hidden_dim=hidden, num_layers=1)
-    model(tf.zeros((1, 1), tf.int32))
+    model(tf.zeros((2, 1), tf.int32))
     slots = weight_slots(model)
     assign_exactly(model, slots, values)
     variables = [v for _, v in slots]

@@ -55,7 +55,7 @@ def lstm_session(sizes, num_layers, values, calls):
 
     vocab, embed, hidden = sizes
     model = lstm.LSTMLanguageModel(vocab_size=vocab, embed_dim=embed, hidden_dim=hidden, num_layers=num_layers)
-    model(tf.zeros((1, 1), tf.int32))
+    model(tf.zeros((2, 1), tf.int32))
     slots = [("embedding", model.embedding.embeddings)]
     for i, cell in enumerate(model.cells):
         slots += [(f"cells[{i}].{n}", getattr(cell, n)) for n in ("kernel", "recurrent_kernel", "bias")]
