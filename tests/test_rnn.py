@@ -1,9 +1,11 @@
 """Part 2a (8 points with the hidden tests): RNNCell, rnn_forward and RNNLanguageModel.
 
-The cell and the whole sequence are compared with a NumPy reference of a simple RNN (h_t = tanh(x_t W + h_{t-1} U
-+ b), the equation of Keras' `SimpleRNNCell`) computed from the weights the student's model holds; the model is
-checked for invariants (state carried across chunks, no peeking at later tokens) and for the usual sanity checks
-of a fresh language model (loss about ln V, gradients everywhere, a tiny batch overfits). Sizes are tiny and all
+Every number a verdict uses is computed here, from data this test owns: the test draws every weight and every input,
+a probe gives those weights to the student's layer (which must hold exactly its documented weights) and sends back
+only raw outputs and the weights read back, and the expected values come from a NumPy reference of a simple RNN
+(h_t = tanh(x_t W + h_{t-1} U + b), the equation of Keras' `SimpleRNNCell`) holding the same weights; gradients are
+checked against the reference's own backpropagation through time. Properties (shapes, state carried across chunks,
+no peeking at later tokens) are checked together with the reference in the same test. Sizes are tiny and all
 different (V=11, E=7, H=5), so a transposed weight or a swapped axis shows up as a shape.
 """
 
@@ -15,6 +17,7 @@ from checks import assert_close, assert_shape
 
 V, E, H = 11, 7, 5  # vocabulary, embedding width, hidden units
 B, T = 3, 6  # batch, time
+CELL_WEIGHTS = ("kernel", "recurrent_kernel", "bias")
 
 
 def _tokens(batch=B, time=T, seed=0):
@@ -26,46 +29,129 @@ def _normal(shape, seed, scale=0.5):
     return np.random.default_rng(seed).normal(0.0, scale, size=shape).astype(np.float32)
 
 
+def _weights(num_layers=1, seed=1, scale=0.5):
+    """The weights the test gives the model: a dict of float32 arrays (embedding, cells, output_kernel, output_bias)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(*shape):
+        return rng.normal(0.0, scale, size=shape).astype(np.float32)
+
+    cells = [
+        {"kernel": draw(E if i == 0 else H, H), "recurrent_kernel": draw(H, H), "bias": draw(H)}
+        for i in range(num_layers)
+    ]
+    return {"embedding": draw(V, E), "cells": cells, "output_kernel": draw(H, V), "output_bias": draw(V)}
+
+
+def _fresh_weights(num_layers=1, seed=2):
+    """Weights drawn as the documented initialisers draw them: Embedding uniform(-0.05, 0.05), glorot-uniform
+    kernels, orthogonal recurrent kernels, zero biases."""
+    rng = np.random.default_rng(seed)
+
+    def glorot(fan_in, fan_out):
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, size=(fan_in, fan_out)).astype(np.float32)
+
+    cells = [
+        {
+            "kernel": glorot(E if i == 0 else H, H),
+            "recurrent_kernel": np.linalg.qr(rng.normal(size=(H, H)))[0].astype(np.float32),
+            "bias": np.zeros(H, np.float32),
+        }
+        for i in range(num_layers)
+    ]
+    return {
+        "embedding": rng.uniform(-0.05, 0.05, size=(V, E)).astype(np.float32),
+        "cells": cells,
+        "output_kernel": glorot(H, V),
+        "output_bias": np.zeros(V, np.float32),
+    }
+
+
+def _flat(weights):
+    """The weights as a list, in the order of the probes' `weight_slots`: (names, arrays)."""
+    names, arrays = ["embedding"], [weights["embedding"]]
+    for i, cell in enumerate(weights["cells"]):
+        names += [f"cells[{i}].{n}" for n in CELL_WEIGHTS]
+        arrays += [cell[n] for n in CELL_WEIGHTS]
+    return names + ["output_layer.kernel", "output_layer.bias"], arrays + [
+        weights["output_kernel"],
+        weights["output_bias"],
+    ]
+
+
+def _unflat(arrays, num_layers):
+    cells = [dict(zip(CELL_WEIGHTS, arrays[1 + 3 * i : 4 + 3 * i])) for i in range(num_layers)]
+    return {"embedding": arrays[0], "cells": cells, "output_kernel": arrays[-2], "output_bias": arrays[-1]}
+
+
+def assert_weights_kept(read_back, weights, what="the model"):
+    """The weights read back from the student's layer are exactly the ones the test gave it."""
+    names, sent = _flat(weights) if isinstance(weights, dict) else weights
+    assert len(read_back) == len(sent), f"expected {len(sent)} weights read back from {what}, got {len(read_back)}"
+    for name, got, value in zip(names, read_back, sent):
+        assert_shape(got, value.shape, f"{name} read back from {what}")
+        assert np.array_equal(np.asarray(got, np.float32), value), (
+            f"{name} of {what} changed: it no longer holds the value the test gave it"
+        )
+
+
 # ---------------------------------------------------------------------------------------------------------------
-# Probes: they run where the student's code runs and return plain data (see grading/runtime/probes.py)
+# Probes: they run where the student's code runs and return plain data (see grading/runtime/probes.py). They give the
+# test's weights to the student's layers and return only raw outputs and the weights read back.
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def lm_session(module, class_name, sizes, num_layers, weight_seed, calls):
-    """Probe: builds assignment.<module>.<class_name>(V, E, H, num_layers), gives every weight (biases included)
-    random values drawn with `weight_seed` (None keeps the initial ones), then runs each call of `calls` (a dict:
-    tokens, states, return_state, dtype) and returns the model's weights and each call's output or exception."""
-    import importlib
+def assign_exactly(layer, slots, values):
+    """Helper sent with the probes: gives each documented weight of `layer` (`slots`: (name, variable) pairs) the
+    test's value; raises ValueError unless the layer holds exactly these weights, with these shapes."""
+    import numpy as np
 
+    held = list(layer.weights)
+    missing = [name for name, var in slots if not any(var is w for w in held)]
+    extra = [getattr(w, "path", getattr(w, "name", "?")) for w in held if not any(w is var for _, var in slots)]
+    if missing or extra or len(held) != len(slots):
+        raise ValueError(
+            f"expected {type(layer).__name__} to hold exactly its documented weights "
+            f"{[name for name, _ in slots]} as weights of the layer (created with add_weight); "
+            f"not weights of the layer: {missing}; weights not documented: {extra}"
+        )
+    for (name, var), value in zip(slots, values):
+        value = np.asarray(value, np.float32)
+        if tuple(var.shape) != value.shape:
+            raise ValueError(f"expected {name} of shape {value.shape}, got {tuple(var.shape)}")
+        var.assign(value)
+
+
+def weight_slots(model):
+    """Helper sent with the probes: the model's documented weights, in the test's order, as (name, variable)."""
+    slots = [("embedding", model.embedding.embeddings)]
+    for i, cell in enumerate(model.cells):
+        slots += [(f"cells[{i}].{n}", getattr(cell, n)) for n in ("kernel", "recurrent_kernel", "bias")]
+    return slots + [("output_layer.kernel", model.output_layer.kernel), ("output_layer.bias", model.output_layer.bias)]
+
+
+def lm_session(sizes, num_layers, values, calls):
+    """Probe: an RNNLanguageModel(V, E, H, num_layers) given exactly the test's weights `values` (in the order of
+    weight_slots); runs each call of `calls` (a dict: tokens, states, return_state) and returns each call's raw
+    output or exception, and the weights read back."""
     import numpy as np
     import tensorflow as tf
 
+    from assignment import rnn
+
     vocab, embed, hidden = sizes
-    cls = getattr(importlib.import_module(f"assignment.{module}"), class_name)
-    model = cls(vocab_size=vocab, embed_dim=embed, hidden_dim=hidden, num_layers=num_layers)
-    model(tf.zeros((1, 1), tf.int32))  # builds the weights
-    if weight_seed is not None:
-        rng = np.random.default_rng(weight_seed)
-        for w in model.weights:
-            w.assign(rng.normal(0.0, 0.5, size=tuple(w.shape)).astype("float32"))
-
-    def plain(x):
-        if isinstance(x, list | tuple):
-            return [plain(v) for v in x]
-        return np.asarray(x)
-
-    def tensors(x):
-        if x is None:
-            return None
-        if isinstance(x, list | tuple):
-            return [tensors(v) for v in x]
-        return tf.constant(x, tf.float32)
-
+    model = rnn.RNNLanguageModel(vocab_size=vocab, embed_dim=embed, hidden_dim=hidden, num_layers=num_layers)
+    model(tf.zeros((2, 1), tf.int32))  # builds the weights
+    slots = weight_slots(model)
+    assign_exactly(model, slots, values)
     results = []
     for call in calls:
-        tokens = tf.constant(call["tokens"], call.get("dtype", "int32"))
+        tokens = tf.constant(call["tokens"], tf.int32)
+        states = call.get("states")
+        states = None if states is None else [tf.constant(h, tf.float32) for h in states]
         try:
-            out = model(tokens, states=tensors(call.get("states")), return_state=call.get("return_state", False))
+            out = model(tokens, states=states, return_state=call.get("return_state", False))
         except Exception as exc:
             results.append({"error": type(exc).__name__, "message": str(exc)[:300]})
             continue
@@ -74,49 +160,36 @@ def lm_session(module, class_name, sizes, num_layers, weight_seed, calls):
             results.append(
                 {
                     "logits": np.asarray(logits),
-                    "states": plain(states) if isinstance(states, list | tuple) else np.asarray(states),
+                    "states": [np.asarray(h) for h in states]
+                    if isinstance(states, list | tuple)
+                    else np.asarray(states),
                     "states_type": type(states).__name__,
                 }
             )
         else:
             results.append({"logits": np.asarray(out)})
-    weights = {
-        "embedding": np.asarray(model.embedding.embeddings),
-        "cells": [
-            {name: np.asarray(getattr(cell, name)) for name in ("kernel", "recurrent_kernel", "bias")}
-            for cell in model.cells
-        ],
-        "output_kernel": np.asarray(model.output_layer.kernel),
-        "output_bias": np.asarray(model.output_layer.bias),
-    }
-    return {"weights": weights, "results": results}
+    return {"weights": [np.asarray(v) for _, v in slots], "results": results}
 
 
-def rnn_cell_session(units, x_t, h_prev, weight_seed):
-    """Probe: an RNNCell(units) called on (x_t, h_prev) as built, then again after its weights get random values;
-    returns the weight shapes, both outputs and the random weights."""
+def rnn_cell_session(units, values, calls):
+    """Probe: an RNNCell(units) built by its first call, given exactly the test's weights `values` (kernel,
+    recurrent_kernel, bias); returns h_t for each (x_t, h_prev) of `calls` and the weights read back."""
     import numpy as np
     import tensorflow as tf
 
     from assignment import rnn
 
     cell = rnn.RNNCell(units)
-    x_t, h_prev = tf.constant(x_t), tf.constant(h_prev)
-    first = np.asarray(cell(x_t, h_prev))
-    rng = np.random.default_rng(weight_seed)
-    for w in cell.weights:
-        w.assign(rng.normal(0.0, 0.5, size=tuple(w.shape)).astype("float32"))
-    names = ("kernel", "recurrent_kernel", "bias")
-    return {
-        "shapes": {name: tuple(getattr(cell, name).shape) for name in names},
-        "first": first,
-        "weights": {name: np.asarray(getattr(cell, name)) for name in names},
-        "h_t": np.asarray(cell(x_t, h_prev)),
-    }
+    cell(tf.constant(calls[0][0]), tf.constant(calls[0][1]))  # builds the weights
+    slots = [(name, getattr(cell, name)) for name in ("kernel", "recurrent_kernel", "bias")]
+    assign_exactly(cell, slots, values)
+    outputs = [np.asarray(cell(tf.constant(x_t), tf.constant(h_prev))) for x_t, h_prev in calls]
+    return {"outputs": outputs, "weights": [np.asarray(v) for _, v in slots]}
 
 
-def lm_shapes(sizes, tokens):
-    """Probe: what a 2-layer RNNLanguageModel returns: logits, final states, initial states, from_config."""
+def lm_shapes(sizes, values, tokens):
+    """Probe: what a 2-layer RNNLanguageModel holding the test's weights returns: logits, final states, initial
+    states, and the logits of a model rebuilt with from_config and given the same weights."""
     import numpy as np
     import tensorflow as tf
 
@@ -125,10 +198,14 @@ def lm_shapes(sizes, tokens):
     vocab, embed, hidden = sizes
     model = rnn.RNNLanguageModel(vocab_size=vocab, embed_dim=embed, hidden_dim=hidden, num_layers=2)
     tokens = tf.constant(tokens)
+    model(tokens)
+    assign_exactly(model, weight_slots(model), values)
     logits = model(tokens)
     logits_too, states = model(tokens, return_state=True)
     initial = model.get_initial_state(tokens.shape[0])
     rebuilt = rnn.RNNLanguageModel.from_config(model.get_config())
+    rebuilt(tokens)
+    assign_exactly(rebuilt, weight_slots(rebuilt), values)
     return {
         "logits": np.asarray(logits),
         "logits_too": np.asarray(logits_too),
@@ -137,76 +214,132 @@ def lm_shapes(sizes, tokens):
         "initial": [np.asarray(h) for h in initial],
         "from_initial": np.asarray(model(tokens, states=initial)),
         "rebuilt": np.asarray(rebuilt(tokens)),
+        "weights": [np.asarray(v) for _, v in weight_slots(model)],
     }
 
 
-def lm_training_checks(module, class_name, sizes, num_layers, tokens, labels, what):
-    """Probe: `what` = "gradients" (each trainable weight's path and gradient norm, None when no gradient) or
-    "loss" (the mean cross-entropy of a fresh model) or "overfit" (first and last loss of up to 300 Adam steps)."""
-    import importlib
-
-    import keras
+def lm_gradients(sizes, num_layers, values, tokens, states, cotangent):
+    """Probe: an RNNLanguageModel holding the test's weights, called in training mode from `states`; returns its
+    raw logits and the raw gradient of sum(logits * cotangent) with respect to each weight (in the order of
+    weight_slots; None where the tape finds no path to the weight)."""
+    import numpy as np
     import tensorflow as tf
 
+    from assignment import rnn
+
     vocab, embed, hidden = sizes
-    cls = getattr(importlib.import_module(f"assignment.{module}"), class_name)
-    model = cls(vocab_size=vocab, embed_dim=embed, hidden_dim=hidden, num_layers=num_layers)
+    model = rnn.RNNLanguageModel(vocab_size=vocab, embed_dim=embed, hidden_dim=hidden, num_layers=num_layers)
+    model(tf.zeros((2, 1), tf.int32))
+    slots = weight_slots(model)
+    assign_exactly(model, slots, values)
+    with tf.GradientTape() as tape:
+        logits = model(tf.constant(tokens), states=[tf.constant(h) for h in states], training=True)
+    grads = tape.gradient(logits, [v for _, v in slots], output_gradients=tf.constant(cotangent))
+    return {
+        "logits": np.asarray(logits),
+        "gradients": [None if g is None else np.asarray(tf.convert_to_tensor(g)) for g in grads],
+    }
+
+
+def lm_training_steps(sizes, values, tokens, labels, learning_rate, steps):
+    """Probe: `steps` steps of plain gradient descent on the mean cross-entropy of a 1-layer RNNLanguageModel
+    holding the test's weights, each step compiled with tf.function and run in training mode; returns the raw logits
+    of each step (before its update) and the weights read back after the last one."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import rnn
+
+    vocab, embed, hidden = sizes
+    model = rnn.RNNLanguageModel(vocab_size=vocab, embed_dim=embed, hidden_dim=hidden, num_layers=1)
+    model(tf.zeros((2, 1), tf.int32))
+    slots = weight_slots(model)
+    assign_exactly(model, slots, values)
+    variables = [v for _, v in slots]
     tokens, labels = tf.constant(tokens), tf.constant(labels)
-    model(tokens)
-
-    def loss_of():
-        logits = model(tokens, training=True)
-        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
-
-    if what == "gradients":
-        with tf.GradientTape() as tape:
-            loss = loss_of()
-        grads = tape.gradient(loss, model.trainable_weights)
-        return [
-            (w.path, None if g is None else float(tf.norm(tf.convert_to_tensor(g))))
-            for w, g in zip(model.trainable_weights, grads)
-        ]
-    if what == "loss":
-        return float(loss_of())
-    optimizer = keras.optimizers.Adam(0.02)
 
     @tf.function
     def step():
         with tf.GradientTape() as tape:
-            loss = loss_of()
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_weights), model.trainable_weights))
-        return loss
+            logits = model(tokens, training=True)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+        grads = tape.gradient(loss, variables)
+        for (name, var), g in zip(slots, grads):
+            if g is None:
+                raise ValueError(f"no gradient reaches {name}")
+            var.assign_sub(learning_rate * tf.convert_to_tensor(g))
+        return logits
 
-    first = loss = float(step())
-    for _ in range(300):
-        loss = float(step())
-        if loss < 0.05:
-            break
-    return first, loss
+    logits = [np.asarray(step()) for _ in range(steps)]
+    return {"logits": logits, "weights": [np.asarray(v) for v in variables]}
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The NumPy reference
+# The NumPy reference and its backward pass
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def reference_rnn(weights, tokens, states):
-    """Returns (logits, final states) of stacked simple RNN layers holding `weights` (NumPy, float64)."""
+def reference_rnn(weights, tokens, states=None):
+    """Returns (logits, final states, per-layer (inputs, states)) of stacked simple RNN layers holding `weights`
+    (NumPy, float64); `states` None starts every layer from zeros."""
     x = np.asarray(weights["embedding"], np.float64)[tokens]  # (B, T, E)
-    final = []
+    if states is None:
+        states = [np.zeros((x.shape[0], H))] * len(weights["cells"])
+    final, layers = [], []
     for cell, h in zip(weights["cells"], states):
-        h = np.asarray(h, np.float64)
-        outputs = []
+        hs = [np.asarray(h, np.float64)]
         for t in range(x.shape[1]):
-            h = np.tanh(x[:, t] @ cell["kernel"] + h @ cell["recurrent_kernel"] + cell["bias"])  # (B, H)
-            outputs.append(h)
-        x = np.stack(outputs, axis=1)  # (B, T, H)
-        final.append(h)
-    return x @ weights["output_kernel"] + weights["output_bias"], final  # (B, T, V)
+            hs.append(np.tanh(x[:, t] @ cell["kernel"] + hs[-1] @ cell["recurrent_kernel"] + cell["bias"]))  # (B, H)
+        layers.append((x, hs))
+        x = np.stack(hs[1:], axis=1)  # (B, T, H)
+        final.append(hs[-1])
+    return x @ weights["output_kernel"] + weights["output_bias"], final, layers  # (B, T, V)
 
 
-def _run(student, calls, num_layers=1, weight_seed=1):
-    return student.run(lm_session, "rnn", "RNNLanguageModel", (V, E, H), num_layers, weight_seed, calls)
+def reference_gradients(weights, tokens, states, dlogits):
+    """The gradient of sum(logits * dlogits) with respect to every weight of the reference, by backpropagation
+    through time (NumPy, float64), as a list in the order of `_flat`."""
+    _, _, layers = reference_rnn(weights, tokens, states)
+    top = np.stack(layers[-1][1][1:], axis=1)  # (B, T, H)
+    dlogits = np.asarray(dlogits, np.float64)
+    grads_out = [np.einsum("bth,btv->hv", top, dlogits), dlogits.sum(axis=(0, 1))]
+    dx = dlogits @ np.asarray(weights["output_kernel"], np.float64).T  # (B, T, H)
+    grads_cells = []
+    for cell, (inputs, hs) in reversed(list(zip(weights["cells"], layers))):
+        g = {n: np.zeros(np.shape(cell[n])) for n in CELL_WEIGHTS}
+        dinputs, dh = np.zeros(inputs.shape), np.zeros(hs[0].shape)
+        for t in reversed(range(inputs.shape[1])):
+            da = (dh + dx[:, t]) * (1.0 - hs[t + 1] ** 2)  # (B, H)
+            g["kernel"] += inputs[:, t].T @ da
+            g["recurrent_kernel"] += hs[t].T @ da
+            g["bias"] += da.sum(axis=0)
+            dinputs[:, t] = da @ np.asarray(cell["kernel"], np.float64).T
+            dh = da @ np.asarray(cell["recurrent_kernel"], np.float64).T
+        grads_cells.insert(0, [g[n] for n in CELL_WEIGHTS])
+        dx = dinputs
+    d_embedding = np.zeros(np.shape(weights["embedding"]))
+    np.add.at(d_embedding, tokens, dx)
+    return [d_embedding] + [g for cell in grads_cells for g in cell] + grads_out
+
+
+def _cross_entropy(logits, labels):
+    """(mean cross-entropy, its gradient with respect to the logits) (NumPy, float64)."""
+    logits = np.asarray(logits, np.float64)
+    z = logits - logits.max(axis=-1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+    onehot = np.eye(logits.shape[-1])[labels]
+    n = labels.size
+    return float(-(np.log(p) * onehot).sum() / n), (p - onehot) / n
+
+
+def _run(student, calls, num_layers=1, weights=None):
+    weights = _weights(num_layers) if weights is None else weights
+    session = student.run(
+        lm_session, (V, E, H), num_layers, _flat(weights)[1], calls, uses=(assign_exactly, weight_slots)
+    )
+    assert_weights_kept(session["weights"], weights)
+    return session, weights
 
 
 def _result(session, i, what):
@@ -227,22 +360,27 @@ def _result(session, i, what):
     "rnn.RNNCell: recurrent_kernel: `(H, H)`, U, applied to the previous hidden state.",
     "rnn.RNNCell: bias: `(H,)`, b.",
     "rnn.RNNCell: h_t: float tensor of shape `(B, H)`.",
+    "rnn.RNNCell: x_t: float tensor of shape `(B, D)`, the input at one time step.",
 )
 def test_cell_matches_keras_simple_rnn_cell(student):
     x_t, h_prev = _normal((B, E), seed=2), _normal((B, H), seed=3)
-    out = student.run(rnn_cell_session, H, x_t, h_prev, 1)
-    assert_shape(np.zeros(out["shapes"]["kernel"]), (E, H), "RNNCell.kernel")
-    assert_shape(np.zeros(out["shapes"]["recurrent_kernel"]), (H, H), "RNNCell.recurrent_kernel")
-    assert_shape(np.zeros(out["shapes"]["bias"]), (H,), "RNNCell.bias")
-    assert_shape(out["first"], (B, H), "h_t returned by RNNCell")
-    w = out["weights"]
-    expected = np.tanh(x_t @ w["kernel"] + h_prev @ w["recurrent_kernel"] + w["bias"])
-    assert_close(out["h_t"], expected, "h_t (reference: tanh(x_t W + h_prev U + b), as keras.layers.SimpleRNNCell)")
+    w = _weights()["cells"][0]
+    values = [w[n] for n in CELL_WEIGHTS]
+    calls = [(x_t, h_prev), (x_t[:1], h_prev[:1])]  # the whole batch, then a batch of one
+    out = student.run(rnn_cell_session, H, values, calls, uses=(assign_exactly,))
+    assert_weights_kept(out["weights"], (["kernel", "recurrent_kernel", "bias"], values), "RNNCell")
+    for (x, h), got, what in zip(calls, out["outputs"], ("", " for a batch of one")):
+        assert_shape(got, (x.shape[0], H), f"h_t returned by RNNCell{what}")
+        expected = np.tanh(x @ w["kernel"] + h @ w["recurrent_kernel"] + w["bias"])
+        assert_close(got, expected, f"h_t{what} (reference: tanh(x_t W + h_prev U + b), as keras.layers.SimpleRNNCell)")
 
 
 @pytest.mark.points(1)
 def test_logits_and_states_have_documented_shapes(student):
-    out = student.run(lm_shapes, (V, E, H), _tokens())
+    tokens = _tokens()
+    weights = _weights(num_layers=2)
+    out = student.run(lm_shapes, (V, E, H), _flat(weights)[1], tokens, uses=(assign_exactly, weight_slots))
+    assert_weights_kept(out["weights"], weights)
     assert_shape(out["logits"], (B, T, V), "logits")
     assert_shape(out["logits_too"], (B, T, V), "logits with return_state=True")
     states = out["states"]
@@ -257,26 +395,37 @@ def test_logits_and_states_have_documented_shapes(student):
     for i, h in enumerate(initial):
         assert_shape(h, (B, H), f"get_initial_state(B)[{i}]")
         assert_close(h, np.zeros((B, H)), f"get_initial_state(B)[{i}]")
-    assert_close(out["from_initial"], out["logits"], "logits when starting from get_initial_state (vs states=None)")
-    assert_shape(out["rebuilt"], (B, T, V), "logits of a model rebuilt with from_config(get_config())")
+    expected_logits, expected_states, _ = reference_rnn(weights, tokens)
+    reference = "two stacked simple RNNs with the same weights, from zeros"
+    assert_close(out["logits"], expected_logits, f"logits (reference: {reference})")
+    assert_close(out["logits_too"], expected_logits, f"logits with return_state=True (reference: {reference})")
+    for i, h in enumerate(expected_states):
+        assert_close(states[i], h, f"final states[{i}] (reference: {reference})")
+    assert_close(out["from_initial"], expected_logits, f"logits when starting from get_initial_state ({reference})")
+    assert_close(out["rebuilt"], expected_logits, f"logits of a model rebuilt with from_config ({reference})")
 
 
 @pytest.mark.points(1)
 @pytest.mark.clause(
     "rnn.rnn_forward: outputs: float tensor of shape `(B, T, H)`; `outputs[:, t]` is h_t, the state after reading",
     "rnn.rnn_forward: h0: float tensor of shape `(B, H)`, the hidden state before the first step.",
+    "rnn.rnn_forward: inputs: float tensor of shape `(B, T, D)`.",
 )
 def test_sequence_matches_keras_simple_rnn(student):
     tokens = _tokens()
     h0 = _normal((B, H), seed=4)  # a non-zero start, so the initial state has to be used
-    session = _run(student, [{"tokens": tokens, "states": [h0], "return_state": True}])
-    result = _result(session, 0, "model(tokens, states=[h0], return_state=True)")
-    assert_shape(result["logits"], (B, T, V), "logits")
-    expected_logits, expected_states = reference_rnn(session["weights"], tokens, [h0])
-    assert_close(
-        result["states"][0], expected_states[0], "final state h_T (reference: a simple RNN with the same weights)"
-    )
-    assert_close(result["logits"], expected_logits, "logits (reference: a simple RNN with the same weights)")
+    calls = [
+        {"tokens": tokens, "states": [h0], "return_state": True},
+        {"tokens": tokens[:1], "states": [h0[:1]], "return_state": True},  # a batch of one
+    ]
+    session, weights = _run(student, calls)
+    for i, (batch, what) in enumerate(((B, ""), (1, " for a batch of one"))):
+        result = _result(session, i, f"model(tokens, states=[h0], return_state=True){what}")
+        assert_shape(result["logits"], (batch, T, V), f"logits{what}")
+        expected_logits, expected_states, _ = reference_rnn(weights, tokens[:batch], [h0[:batch]])
+        reference = "a simple RNN with the same weights"
+        assert_close(result["states"][0], expected_states[0], f"final state h_T{what} (reference: {reference})")
+        assert_close(result["logits"], expected_logits, f"logits{what} (reference: {reference})")
 
 
 @pytest.mark.points(1)
@@ -286,24 +435,28 @@ def test_sequence_matches_keras_simple_rnn(student):
 )
 def test_carrying_state_across_two_chunks_equals_one_pass(student):
     tokens = _tokens(time=8)
-    session = _run(
+    session, weights = _run(
         student,
         [{"tokens": tokens, "return_state": True}, {"tokens": tokens[:, :3], "return_state": True}],
     )
     whole = _result(session, 0, "one pass")
     first = _result(session, 1, "the first chunk")
-    session = _run(student, [{"tokens": tokens[:, 3:], "states": first["states"], "return_state": True}])
+    session, _ = _run(student, [{"tokens": tokens[:, 3:], "states": first["states"], "return_state": True}])
     second = _result(session, 0, "the second chunk, from the first chunk's final state")
+    assert_shape(whole["logits"], (B, 8, V), "logits of one pass")
     assert_shape(first["logits"], (B, 3, V), "logits of the first chunk")
     assert_shape(second["logits"], (B, 5, V), "logits of the second chunk")
+    expected_logits, expected_states, _ = reference_rnn(weights, tokens)
+    reference = "a simple RNN with the same weights, one pass over both chunks"
+    assert_close(whole["logits"], expected_logits, f"logits of one pass (reference: {reference})")
+    assert_close(whole["states"][0], expected_states[0], f"final state of one pass (reference: {reference})")
+    assert_close(first["logits"], expected_logits[:, :3], f"logits of the first chunk (reference: {reference})")
     assert_close(
         second["logits"],
-        whole["logits"][:, 3:],
-        "logits of the second chunk, started from the first chunk's final state "
-        "(reference: the same positions in one pass over both chunks)",
+        expected_logits[:, 3:],
+        f"logits of the second chunk, started from the first chunk's final state (reference: {reference})",
     )
-    assert_close(second["states"][0], whole["states"][0], "final state after two chunks (reference: after one pass)")
-    assert_close(first["logits"], whole["logits"][:, :3], "logits of the first chunk (reference: one pass)")
+    assert_close(second["states"][0], expected_states[0], f"final state after two chunks (reference: {reference})")
 
 
 @pytest.mark.points(0.5)
@@ -315,8 +468,10 @@ def test_later_token_never_changes_earlier_logits(student):
     k = 3
     changed = tokens.copy()
     changed[:, k] = (changed[:, k] + 1) % V
-    session = _run(student, [{"tokens": tokens}, {"tokens": changed}])
+    session, weights = _run(student, [{"tokens": tokens}, {"tokens": changed}])
     logits, logits_changed = _result(session, 0, "model")["logits"], _result(session, 1, "model")["logits"]
+    assert_shape(logits, (B, T, V), "logits")
+    assert_shape(logits_changed, (B, T, V), "logits after changing one token")
     assert_close(
         logits_changed[:, :k],
         logits[:, :k],
@@ -324,33 +479,47 @@ def test_later_token_never_changes_earlier_logits(student):
         f"position {k} (they must not change: position t may only read tokens 0..t)",
         atol=1e-6,
     )
-    assert np.abs(logits_changed[:, k] - logits[:, k]).max() > 1e-4, (
-        f"changing the token at position {k} did not change the logits at position {k}: the model ignores its input"
-    )
+    for got, ids, what in ((logits, tokens, ""), (logits_changed, changed, f" after changing the token at {k}")):
+        assert_close(got, reference_rnn(weights, ids)[0], f"logits{what} (reference: a simple RNN, same weights)")
 
 
 @pytest.mark.points(0.5)
 def test_gradients_reach_every_trainable_weight(student):
-    grads = student.run(
-        lm_training_checks, "rnn", "RNNLanguageModel", (V, E, H), 2, _tokens(seed=5), _tokens(seed=6), "gradients"
+    weights = _weights(num_layers=2)
+    tokens = _tokens(seed=5)
+    states = [_normal((B, H), seed=6), _normal((B, H), seed=7)]
+    cotangent = _normal((B, T, V), seed=8, scale=1.0)
+    out = student.run(
+        lm_gradients, (V, E, H), 2, _flat(weights)[1], tokens, states, cotangent, uses=(assign_exactly, weight_slots)
     )
-    assert len(grads) == 9, (
-        f"expected 9 trainable weights (embedding, 3 per layer for 2 layers, output kernel and bias), "
-        f"got {[path for path, _ in grads]}"
-    )
-    for path, norm in grads:
-        assert norm is not None and norm > 0.0, (
-            f"no gradient reaches {path} (gradient {'None' if norm is None else 'all zeros'}): "
-            "is the weight used, and does every op between it and the loss keep the tape connected?"
+    expected_logits, _, _ = reference_rnn(weights, tokens, states)
+    assert_close(out["logits"], expected_logits, "logits in training mode (reference: two stacked simple RNNs)")
+    names = _flat(weights)[0]
+    assert len(out["gradients"]) == len(names), f"expected a gradient for each of {names}"
+    for name, got, expected in zip(names, out["gradients"], reference_gradients(weights, tokens, states, cotangent)):
+        assert got is not None, (
+            f"no gradient reaches {name}: is the weight used, and does every op between it and the logits keep "
+            "the tape connected?"
+        )
+        assert_close(
+            got,
+            expected,
+            f"gradient of sum(logits * G) with respect to {name} (reference: backpropagation through time in NumPy)",
+            atol=1e-4,
+            rtol=1e-4,
         )
 
 
 @pytest.mark.points(0.5)
 def test_initial_loss_is_about_log_vocab(student):
-    # A fresh model knows nothing: its predictions are close to uniform.
-    loss = student.run(
-        lm_training_checks, "rnn", "RNNLanguageModel", (V, E, H), 1, _tokens(seed=7), _tokens(seed=8), "loss"
-    )
+    # A model holding freshly initialised weights knows nothing: its predictions are close to uniform.
+    weights = _fresh_weights()
+    tokens, labels = _tokens(seed=7), _tokens(seed=8)
+    session, _ = _run(student, [{"tokens": tokens}], weights=weights)
+    logits = _result(session, 0, "model(tokens)")["logits"]
+    assert_shape(logits, (B, T, V), "logits")
+    assert_close(logits, reference_rnn(weights, tokens)[0], "logits of a fresh model (reference: a simple RNN)")
+    loss, _ = _cross_entropy(logits, labels)
     assert abs(loss - math.log(V)) < 0.1, (
         f"a freshly initialised model should predict about uniformly, with loss ~ ln(V) = {math.log(V):.3f}; "
         f"got {loss:.3f}"
@@ -358,12 +527,40 @@ def test_initial_loss_is_about_log_vocab(student):
 
 
 @pytest.mark.points(1)
-def test_overfits_one_tiny_batch(student):
+def test_training_steps_match_reference_gradient_descent(student):
+    # Training runs the model inside tf.function with gradients from the tape: three steps of plain gradient
+    # descent on one batch must move every weight as the reference's own gradients do.
+    weights = _weights(scale=0.3)
     sequence = np.random.default_rng(9).integers(0, V, size=(2, 11)).astype(np.int32)
-    first, loss = student.run(
-        lm_training_checks, "rnn", "RNNLanguageModel", (V, 16, 32), 1, sequence[:, :-1], sequence[:, 1:], "overfit"
+    tokens, labels = sequence[:, :-1], sequence[:, 1:]
+    rate, steps = 0.5, 3
+    out = student.run(
+        lm_training_steps,
+        (V, E, H),
+        _flat(weights)[1],
+        tokens,
+        labels,
+        rate,
+        steps,
+        uses=(assign_exactly, weight_slots),
     )
-    assert loss < 0.05, (
-        f"after 300 Adam steps on one batch of 2 x 10 tokens the loss is {loss:.3f} (it started at {first:.3f}); "
-        "a working model memorises such a batch"
-    )
+    names, current = _flat(weights)
+    current = [np.asarray(w, np.float64) for w in current]
+    for k in range(steps):
+        model = _unflat(current, 1)
+        expected = reference_rnn(model, tokens)[0]
+        assert_close(
+            out["logits"][k], expected, f"logits of training step {k + 1} (reference: a simple RNN)", atol=1e-4
+        )
+        _, dlogits = _cross_entropy(expected, labels)
+        grads = reference_gradients(model, tokens, None, dlogits)
+        current = [w - rate * g for w, g in zip(current, grads)]
+    for name, got, expected in zip(names, out["weights"], current):
+        assert_close(
+            got,
+            expected,
+            f"{name} after {steps} steps of gradient descent (reference: the same steps with the gradients of "
+            "backpropagation through time in NumPy)",
+            atol=1e-4,
+            rtol=1e-4,
+        )

@@ -22,10 +22,32 @@ def _random_states(num_layers, seed=4):
     return [(_normal((B, H), seed + 2 * i), _normal((B, H), seed + 2 * i + 1)) for i in range(num_layers)]
 
 
-def lstm_session(sizes, num_layers, calls):
-    """Probe: an LSTMLanguageModel(V, E, H, num_layers) with random weights (seed 1, biases included); runs each
-    call (tokens, states given or "carried" from the previous call, return_state, dtype, compiled: inside
-    tf.function) and returns the weights and each output or exception."""
+def assign_exactly(layer, slots, values):
+    """Helper sent with the probe: gives each documented weight of `layer` (`slots`: (name, variable) pairs) the
+    test's value; raises ValueError unless the layer holds exactly these weights, with these shapes."""
+    import numpy as np
+
+    held = list(layer.weights)
+    missing = [name for name, var in slots if not any(var is w for w in held)]
+    extra = [getattr(w, "path", getattr(w, "name", "?")) for w in held if not any(w is var for _, var in slots)]
+    if missing or extra or len(held) != len(slots):
+        raise ValueError(
+            f"expected {type(layer).__name__} to hold exactly its documented weights "
+            f"{[name for name, _ in slots]} as weights of the layer (created with add_weight); "
+            f"not weights of the layer: {missing}; weights not documented: {extra}"
+        )
+    for (name, var), value in zip(slots, values):
+        value = np.asarray(value, np.float32)
+        if tuple(var.shape) != value.shape:
+            raise ValueError(f"expected {name} of shape {value.shape}, got {tuple(var.shape)}")
+        var.assign(value)
+
+
+def lstm_session(sizes, num_layers, values, calls):
+    """Probe: an LSTMLanguageModel(V, E, H, num_layers) given exactly the test's weights `values` (embedding, then
+    kernel, recurrent_kernel and bias of each cell, then the output kernel and bias); runs each call (tokens, states
+    given or "carried" from the previous call, return_state, compiled: inside tf.function) and returns each raw
+    output or exception and the weights read back."""
     import numpy as np
     import tensorflow as tf
 
@@ -33,10 +55,12 @@ def lstm_session(sizes, num_layers, calls):
 
     vocab, embed, hidden = sizes
     model = lstm.LSTMLanguageModel(vocab_size=vocab, embed_dim=embed, hidden_dim=hidden, num_layers=num_layers)
-    model(tf.zeros((1, 1), tf.int32))
-    rng = np.random.default_rng(1)
-    for w in model.weights:
-        w.assign(rng.normal(0.0, 0.5, size=tuple(w.shape)).astype("float32"))
+    model(tf.zeros((2, 1), tf.int32))
+    slots = [("embedding", model.embedding.embeddings)]
+    for i, cell in enumerate(model.cells):
+        slots += [(f"cells[{i}].{n}", getattr(cell, n)) for n in ("kernel", "recurrent_kernel", "bias")]
+    slots += [("output_layer.kernel", model.output_layer.kernel), ("output_layer.bias", model.output_layer.bias)]
+    assign_exactly(model, slots, values)
     compiled = tf.function(lambda tokens, states: model(tokens, states=states, return_state=True))
     results, states = [], None
     for call in calls:
@@ -65,7 +89,42 @@ def lstm_session(sizes, num_layers, calls):
             )
         else:
             results.append({"logits": np.asarray(out)})
-    return {"results": results}
+    return {"weights": [np.asarray(v) for _, v in slots], "results": results}
+
+
+def _weights(num_layers, seed=1):
+    """The weights the test gives the model (float32), drawn from N(0, 0.5^2)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(*shape):
+        return rng.normal(0.0, 0.5, size=shape).astype(np.float32)
+
+    cells = [
+        {"kernel": draw(E if i == 0 else H, 4 * H), "recurrent_kernel": draw(H, 4 * H), "bias": draw(4 * H)}
+        for i in range(num_layers)
+    ]
+    return {"embedding": draw(V, E), "cells": cells, "output_kernel": draw(H, V), "output_bias": draw(V)}
+
+
+def _flat(weights):
+    arrays = [weights["embedding"]]
+    for cell in weights["cells"]:
+        arrays += [cell["kernel"], cell["recurrent_kernel"], cell["bias"]]
+    return arrays + [weights["output_kernel"], weights["output_bias"]]
+
+
+def _session(student, num_layers, calls):
+    """Runs lstm_session with the test's weights; checks the weights read back; returns (results, weights)."""
+    weights = _weights(num_layers)
+    sent = _flat(weights)
+    session = student.run(lstm_session, (V, E, H), num_layers, sent, calls, uses=(assign_exactly,))
+    assert len(session["weights"]) == len(sent), (
+        f"expected {len(sent)} weights read back, got {len(session['weights'])}"
+    )
+    for got, value in zip(session["weights"], sent):
+        assert_shape(got, value.shape, "a weight read back from the model")
+        assert np.array_equal(got, value), "a weight of the model no longer holds the value the test gave it"
+    return session["results"], weights
 
 
 def _ok(result, what):
@@ -81,32 +140,27 @@ def _assert_states_close(states, expected, what, reference):
         assert_close(pair[1], c, f"{what}[{i}] c (reference: {reference})")
 
 
-def weights_session(sizes, num_layers):
-    """Probe: the weights of an LSTMLanguageModel(V, E, H, num_layers) after the same random assignment."""
-    import numpy as np
-    import tensorflow as tf
-
-    from assignment import lstm
-
-    vocab, embed, hidden = sizes
-    model = lstm.LSTMLanguageModel(vocab_size=vocab, embed_dim=embed, hidden_dim=hidden, num_layers=num_layers)
-    model(tf.zeros((1, 1), tf.int32))
-    rng = np.random.default_rng(1)
-    for w in model.weights:
-        w.assign(rng.normal(0.0, 0.5, size=tuple(w.shape)).astype("float32"))
-    return {
-        "embedding": np.asarray(model.embedding.embeddings),
-        "cells": [
-            {name: np.asarray(getattr(cell, name)) for name in ("kernel", "recurrent_kernel", "bias")}
-            for cell in model.cells
-        ],
-        "output_kernel": np.asarray(model.output_layer.kernel),
-        "output_bias": np.asarray(model.output_layer.bias),
-    }
-
-
 def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def reference_lstm(weights, tokens, states=None):
+    """Returns (logits, final (h, c) per layer) of stacked LSTM layers holding `weights` (NumPy, float64)."""
+    x = weights["embedding"].astype(np.float64)[tokens]  # (B, T, E)
+    zeros = np.zeros((x.shape[0], H))
+    states = [(zeros, zeros)] * len(weights["cells"]) if states is None else states
+    final = []
+    for cell, (h, c) in zip(weights["cells"], states):
+        h, c, outputs = np.asarray(h, np.float64), np.asarray(c, np.float64), []
+        for t in range(x.shape[1]):
+            z = x[:, t] @ cell["kernel"] + h @ cell["recurrent_kernel"] + cell["bias"]
+            i, f, g, o = np.split(z, 4, axis=-1)
+            c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+            h = _sigmoid(o) * np.tanh(c)
+            outputs.append(h)
+        x = np.stack(outputs, axis=1)
+        final.append((h, c))
+    return x @ weights["output_kernel"] + weights["output_bias"], final
 
 
 @pytest.mark.points(1)
@@ -117,54 +171,48 @@ def _sigmoid(z):
 def test_two_layers_match_stacked_keras_lstm(student):
     tokens = _tokens()
     start = _random_states(2)
-    result = _ok(
-        student.run(lstm_session, (V, E, H), 2, [{"tokens": tokens, "states": start, "return_state": True}])["results"][
-            0
-        ],
-        "a 2-layer model",
-    )
+    results, w = _session(student, 2, [{"tokens": tokens, "states": start, "return_state": True}])
+    result = _ok(results[0], "a 2-layer model")
     assert_shape(result["logits"], (B, T, V), "logits of a 2-layer model")
-    w = student.run(weights_session, (V, E, H), 2)
-    x = w["embedding"].astype(np.float64)[tokens]  # (B, T, E)
-    expected_states = []
-    for cell, (h, c) in zip(w["cells"], start):
-        h, c = h.astype(np.float64), c.astype(np.float64)
-        outputs = []
-        for t in range(T):
-            z = x[:, t] @ cell["kernel"] + h @ cell["recurrent_kernel"] + cell["bias"]
-            i, f, g, o = np.split(z, 4, axis=-1)
-            c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
-            h = _sigmoid(o) * np.tanh(c)
-            outputs.append(h)
-        x = np.stack(outputs, axis=1)
-        expected_states.append((h, c))
+    expected, expected_states = reference_lstm(w, tokens, start)
     _assert_states_close(
         result["states"],
         expected_states,
         "final states of a 2-layer model",
         "stacked LSTMs; layer 1 reads the outputs of layer 0 and starts from states[1]",
     )
-    expected = x @ w["output_kernel"] + w["output_bias"]
     assert_close(result["logits"], expected, "logits of a 2-layer model (reference: two stacked LSTMs)")
 
 
 @pytest.mark.points(0.5)
+@pytest.mark.clause("lstm.lstm_forward: inputs: float tensor of shape `(B, T, D)`.")
 def test_one_token_at_a_time_with_carried_state_equals_one_pass(student):
+    # How generation reads a sequence: one token per call, carrying the state returned by the previous call; with
+    # the whole batch, then with a batch of one (how a single prompt is generated from).
     tokens = _tokens()
-    calls = [{"tokens": tokens}, {"tokens": tokens[:, :1], "states": None, "return_state": True}]
-    calls += [{"tokens": tokens[:, t : t + 1], "return_state": True} for t in range(1, T)]
-    results = student.run(lstm_session, (V, E, H), 2, calls)["results"]
-    logits = _ok(results[0], "model(tokens)")["logits"]
-    steps = []
-    for t in range(T):
-        step = _ok(results[t + 1], f"the one-token call of step {t}")["logits"]
-        assert_shape(step, (B, 1, V), f"logits of a one-token call (step {t})")
-        steps.append(step)
-    assert_close(
-        np.concatenate(steps, axis=1),
-        logits,
-        "logits read one token at a time with the carried state (reference: one pass over the whole sequence)",
-    )
+    calls = []
+    for batch in (B, 1):
+        calls += [{"tokens": tokens[:batch], "states": None}]
+        calls += [{"tokens": tokens[:batch, :1], "states": None, "return_state": True}]
+        calls += [{"tokens": tokens[:batch, t : t + 1], "return_state": True} for t in range(1, T)]
+    results, w = _session(student, 2, calls)
+    for j, batch in enumerate((B, 1)):
+        what = "" if batch == B else " (a batch of one)"
+        first = j * (T + 1)
+        logits = _ok(results[first], f"model(tokens){what}")["logits"]
+        assert_shape(logits, (batch, T, V), f"logits of one pass{what}")
+        steps = []
+        for t in range(T):
+            step = _ok(results[first + t + 1], f"the one-token call of step {t}{what}")["logits"]
+            assert_shape(step, (batch, 1, V), f"logits of a one-token call (step {t}){what}")
+            steps.append(step)
+        expected = reference_lstm(w, tokens[:batch])[0]
+        assert_close(logits, expected, f"logits of one pass{what} (reference: two stacked LSTMs)")
+        assert_close(
+            np.concatenate(steps, axis=1),
+            expected,
+            f"logits read one token at a time with the carried state{what} (reference: one pass of two stacked LSTMs)",
+        )
 
 
 @pytest.mark.points(0.5)
@@ -176,10 +224,12 @@ def test_compiled_call_matches_eager_call(student):
         {"tokens": tokens, "states": start, "return_state": True},
         {"tokens": tokens, "states": start, "compiled": True},
     ]
-    eager, compiled = student.run(lstm_session, (V, E, H), 2, calls)["results"]
-    eager, compiled = _ok(eager, "the eager call"), _ok(compiled, "the call inside tf.function")
-    assert_close(compiled["logits"], eager["logits"], "logits of the model inside tf.function (reference: eager)")
-    _assert_states_close(compiled["states"], eager["states"], "final states inside tf.function", "the eager call")
+    results, w = _session(student, 2, calls)
+    eager, compiled = _ok(results[0], "the eager call"), _ok(results[1], "the call inside tf.function")
+    expected, expected_states = reference_lstm(w, tokens, start)
+    assert_close(eager["logits"], expected, "logits of the eager call (reference: two stacked LSTMs)")
+    assert_close(compiled["logits"], expected, "logits of the model inside tf.function (reference: two stacked LSTMs)")
+    _assert_states_close(compiled["states"], expected_states, "final states inside tf.function", "two stacked LSTMs")
 
 
 @pytest.mark.points(0.5)
@@ -192,8 +242,10 @@ def test_bad_input_raises_value_error_naming_the_shapes(student):
         {"tokens": tokens + V},  # ids outside [0, V)
         {"tokens": tokens, "states": [(np.zeros((B, H), np.float32), np.zeros((B, H - 1), np.float32))]},
     ]
-    results = student.run(lstm_session, (V, E, H), 1, calls)["results"]
-    assert_shape(_ok(results[0], "a valid call")["logits"], (B, T, V), "logits of a valid call")
+    results, w = _session(student, 1, calls)
+    valid = _ok(results[0], "a valid call")["logits"]
+    assert_shape(valid, (B, T, V), "logits of a valid call")
+    assert_close(valid, reference_lstm(w, tokens)[0], "logits of a valid call (reference: an LSTM)")
     for result, what in zip(results[1:], ("1-D tokens", "float tokens", "ids outside [0, V)", "a bad state")):
         assert result.get("error") == "ValueError", f"{what} must raise a ValueError; got {result}"
     assert "(6,)" in results[1]["message"], (

@@ -17,9 +17,32 @@ def _normal(shape, seed, scale=0.5):
     return np.random.default_rng(seed).normal(0.0, scale, size=shape).astype(np.float32)
 
 
-def rnn_session(sizes, num_layers, calls):
-    """Probe: an RNNLanguageModel(V, E, H, num_layers) with random weights (seed 1, biases included); runs each
-    call (tokens, states, return_state, dtype) and returns the weights and each output or exception."""
+def assign_exactly(layer, slots, values):
+    """Helper sent with the probe: gives each documented weight of `layer` (`slots`: (name, variable) pairs) the
+    test's value; raises ValueError unless the layer holds exactly these weights, with these shapes."""
+    import numpy as np
+
+    held = list(layer.weights)
+    missing = [name for name, var in slots if not any(var is w for w in held)]
+    extra = [getattr(w, "path", getattr(w, "name", "?")) for w in held if not any(w is var for _, var in slots)]
+    if missing or extra or len(held) != len(slots):
+        raise ValueError(
+            f"expected {type(layer).__name__} to hold exactly its documented weights "
+            f"{[name for name, _ in slots]} as weights of the layer (created with add_weight); "
+            f"not weights of the layer: {missing}; weights not documented: {extra}"
+        )
+    for (name, var), value in zip(slots, values):
+        value = np.asarray(value, np.float32)
+        if tuple(var.shape) != value.shape:
+            raise ValueError(f"expected {name} of shape {value.shape}, got {tuple(var.shape)}")
+        var.assign(value)
+
+
+def rnn_session(sizes, num_layers, values, calls):
+    """Probe: an RNNLanguageModel(V, E, H, num_layers) given exactly the test's weights `values` (embedding, then
+    kernel, recurrent_kernel and bias of each cell, then the output kernel and bias); runs each call (tokens, states
+    given or "carried" from the previous call, return_state) and returns each raw output or exception and the
+    weights read back."""
     import numpy as np
     import tensorflow as tf
 
@@ -27,10 +50,12 @@ def rnn_session(sizes, num_layers, calls):
 
     vocab, embed, hidden = sizes
     model = rnn.RNNLanguageModel(vocab_size=vocab, embed_dim=embed, hidden_dim=hidden, num_layers=num_layers)
-    model(tf.zeros((1, 1), tf.int32))
-    rng = np.random.default_rng(1)
-    for w in model.weights:
-        w.assign(rng.normal(0.0, 0.5, size=tuple(w.shape)).astype("float32"))
+    model(tf.zeros((2, 1), tf.int32))
+    slots = [("embedding", model.embedding.embeddings)]
+    for i, cell in enumerate(model.cells):
+        slots += [(f"cells[{i}].{n}", getattr(cell, n)) for n in ("kernel", "recurrent_kernel", "bias")]
+    slots += [("output_layer.kernel", model.output_layer.kernel), ("output_layer.bias", model.output_layer.bias)]
+    assign_exactly(model, slots, values)
     results = []
     states = None
     for call in calls:
@@ -47,16 +72,57 @@ def rnn_session(sizes, num_layers, calls):
             results.append({"logits": np.asarray(logits), "states": [np.asarray(h) for h in states]})
         else:
             results.append({"logits": np.asarray(out)})
-    weights = {
-        "embedding": np.asarray(model.embedding.embeddings),
-        "cells": [
-            {name: np.asarray(getattr(cell, name)) for name in ("kernel", "recurrent_kernel", "bias")}
-            for cell in model.cells
-        ],
-        "output_kernel": np.asarray(model.output_layer.kernel),
-        "output_bias": np.asarray(model.output_layer.bias),
-    }
-    return {"weights": weights, "results": results}
+    return {"weights": [np.asarray(v) for _, v in slots], "results": results}
+
+
+def _weights(num_layers, seed=1):
+    """The weights the test gives the model (float32), drawn from N(0, 0.5^2)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(*shape):
+        return rng.normal(0.0, 0.5, size=shape).astype(np.float32)
+
+    cells = [
+        {"kernel": draw(E if i == 0 else H, H), "recurrent_kernel": draw(H, H), "bias": draw(H)}
+        for i in range(num_layers)
+    ]
+    return {"embedding": draw(V, E), "cells": cells, "output_kernel": draw(H, V), "output_bias": draw(V)}
+
+
+def _flat(weights):
+    arrays = [weights["embedding"]]
+    for cell in weights["cells"]:
+        arrays += [cell["kernel"], cell["recurrent_kernel"], cell["bias"]]
+    return arrays + [weights["output_kernel"], weights["output_bias"]]
+
+
+def _session(student, num_layers, calls):
+    """Runs rnn_session with the test's weights; checks the weights read back; returns (results, weights)."""
+    weights = _weights(num_layers)
+    session = student.run(rnn_session, (V, E, H), num_layers, _flat(weights), calls, uses=(assign_exactly,))
+    sent = _flat(weights)
+    assert len(session["weights"]) == len(sent), (
+        f"expected {len(sent)} weights read back, got {len(session['weights'])}"
+    )
+    for got, value in zip(session["weights"], sent):
+        assert_shape(got, value.shape, "a weight read back from the model")
+        assert np.array_equal(got, value), "a weight of the model no longer holds the value the test gave it"
+    return session["results"], weights
+
+
+def reference_rnn(weights, tokens, states=None):
+    """Returns (logits, final states) of stacked simple RNN layers holding `weights` (NumPy, float64)."""
+    x = weights["embedding"].astype(np.float64)[tokens]  # (B, T, E)
+    states = [np.zeros((x.shape[0], H))] * len(weights["cells"]) if states is None else states
+    final = []
+    for cell, h in zip(weights["cells"], states):
+        h, outputs = np.asarray(h, np.float64), []
+        for t in range(x.shape[1]):
+            h = np.tanh(x[:, t] @ cell["kernel"] + h @ cell["recurrent_kernel"] + cell["bias"])
+            outputs.append(h)
+        x = np.stack(outputs, axis=1)
+        final.append(h)
+    return x @ weights["output_kernel"] + weights["output_bias"], final
 
 
 def _ok(result, what):
@@ -72,45 +138,50 @@ def _ok(result, what):
 def test_two_layers_match_stacked_keras_simple_rnn(student):
     tokens = _tokens()
     start = [_normal((B, H), seed=4), _normal((B, H), seed=5)]
-    session = student.run(rnn_session, (V, E, H), 2, [{"tokens": tokens, "states": start, "return_state": True}])
-    result = _ok(session["results"][0], "a 2-layer model")
+    results, w = _session(student, 2, [{"tokens": tokens, "states": start, "return_state": True}])
+    result = _ok(results[0], "a 2-layer model")
     assert_shape(result["logits"], (B, T, V), "logits of a 2-layer model")
-    w = session["weights"]
-    x = w["embedding"].astype(np.float64)[tokens]  # (B, T, E)
-    for i, (cell, h) in enumerate(zip(w["cells"], start)):
-        outputs = []
-        for t in range(T):
-            h = np.tanh(x[:, t] @ cell["kernel"] + h @ cell["recurrent_kernel"] + cell["bias"])
-            outputs.append(h)
-        x = np.stack(outputs, axis=1)
+    expected, expected_states = reference_rnn(w, tokens, start)
+    for i, h in enumerate(expected_states):
         assert_close(
             result["states"][i],
             h,
             f"final state of layer {i} (reference: stacked simple RNNs; "
             "layer 1 reads the outputs of layer 0 and starts from states[1])",
         )
-    expected = x @ w["output_kernel"] + w["output_bias"]
     assert_close(result["logits"], expected, "logits of a 2-layer model (reference: two stacked simple RNNs)")
 
 
 @pytest.mark.points(0.5)
+@pytest.mark.clause("rnn.rnn_forward: inputs: float tensor of shape `(B, T, D)`.")
 def test_one_token_at_a_time_with_carried_state_equals_one_pass(student):
-    # How generation reads a sequence: one token per call, carrying the state returned by the previous call.
+    # How generation reads a sequence: one token per call, carrying the state returned by the previous call; with
+    # the whole batch, then with a batch of one (how a single prompt is generated from).
     tokens = _tokens()
-    calls = [{"tokens": tokens}, {"tokens": tokens[:, :1], "states": None, "return_state": True}]
-    calls += [{"tokens": tokens[:, t : t + 1], "return_state": True} for t in range(1, T)]
-    session = student.run(rnn_session, (V, E, H), 2, calls)
-    logits = _ok(session["results"][0], "model(tokens)")["logits"]
-    steps = []
-    for t in range(T):
-        step = _ok(session["results"][t + 1], f"the one-token call of step {t}")["logits"]
-        assert_shape(step, (B, 1, V), f"logits of a one-token call (step {t})")
-        steps.append(step)
-    assert_close(
-        np.concatenate(steps, axis=1),
-        logits,
-        "logits read one token at a time with the carried state (reference: one pass over the whole sequence)",
-    )
+    calls = []
+    for batch in (B, 1):
+        calls += [{"tokens": tokens[:batch], "states": None}]
+        calls += [{"tokens": tokens[:batch, :1], "states": None, "return_state": True}]
+        calls += [{"tokens": tokens[:batch, t : t + 1], "return_state": True} for t in range(1, T)]
+    results, w = _session(student, 2, calls)
+    for j, batch in enumerate((B, 1)):
+        what = "" if batch == B else " (a batch of one)"
+        first = j * (T + 1)
+        logits = _ok(results[first], f"model(tokens){what}")["logits"]
+        assert_shape(logits, (batch, T, V), f"logits of one pass{what}")
+        steps = []
+        for t in range(T):
+            step = _ok(results[first + t + 1], f"the one-token call of step {t}{what}")["logits"]
+            assert_shape(step, (batch, 1, V), f"logits of a one-token call (step {t}){what}")
+            steps.append(step)
+        expected = reference_rnn(w, tokens[:batch])[0]
+        assert_close(logits, expected, f"logits of one pass{what} (reference: two stacked simple RNNs)")
+        assert_close(
+            np.concatenate(steps, axis=1),
+            expected,
+            f"logits read one token at a time with the carried state{what} (reference: one pass of two stacked "
+            "simple RNNs)",
+        )
 
 
 @pytest.mark.points(0.5)
@@ -123,8 +194,10 @@ def test_bad_input_raises_value_error_naming_the_shapes(student):
         {"tokens": tokens + V},  # ids outside [0, V)
         {"tokens": tokens, "states": [np.zeros((B, H - 1), np.float32)]},
     ]
-    results = student.run(rnn_session, (V, E, H), 1, calls)["results"]
-    assert_shape(_ok(results[0], "a valid call")["logits"], (B, T, V), "logits of a valid call")
+    results, w = _session(student, 1, calls)
+    valid = _ok(results[0], "a valid call")["logits"]
+    assert_shape(valid, (B, T, V), "logits of a valid call")
+    assert_close(valid, reference_rnn(w, tokens)[0], "logits of a valid call (reference: a simple RNN)")
     for result, what in zip(results[1:], ("1-D tokens", "float tokens", "ids outside [0, V)", "a bad state")):
         assert result.get("error") == "ValueError", f"{what} must raise a ValueError; got {result}"
     assert "(6,)" in results[1]["message"], (
