@@ -255,7 +255,10 @@ def test_bpe_fit_at_scale_learns_the_reference_merges(student):
 
 @pytest.mark.bonus
 @pytest.mark.points(0.5)
-@pytest.mark.clause("preprocess.BPETokenizer: (fewer if the text runs out of pairs)")
+@pytest.mark.clause(
+    "preprocess.BPETokenizer: (fewer if the text runs out of pairs)",
+    "preprocess.BPETokenizer: merge the most frequent pair everywhere, record the merge",
+)
 def test_bpe_fit_stops_when_the_text_runs_out_of_pairs(student):
     # "abab" is one pre-token: (97, 98) -> 256 leaves [256, 256], (256, 256) -> 257 leaves [257]: no pair is left.
     s = _session(student, 300, "abab", [("encode", ["abab"]), ("decode", [[257]])])
@@ -316,6 +319,7 @@ def test_bpe_special_tokens_are_single_ids_and_never_merged(student):
 @pytest.mark.points(2)
 @pytest.mark.clause(
     "preprocess.BPETokenizer: the lowest-ranked (earliest learned) pair present is merged first, everywhere in the",
+    "preprocess.BPETokenizer: until no learned pair is left",
     "preprocess.BPETokenizer.encode_bytes: merges applied by rank: a list of ints",
     'preprocess.BPETokenizer.encode_bytes: `b"abc"` -> `[97, 256]`',
 )
