@@ -1,12 +1,17 @@
 """Part 1 (15 points with the hidden tests): tokenizers, training sequences, the split and the tf.data pipeline."""
 
+import collections
 import json
+import re
 
 import numpy as np
 import pytest
-from checks import assert_shape, step_ids, step_value
+from checks import assert_shape, step_value
 
 TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer\n"
+UNK = "<unk>"
+# The word pattern of the docstring, copied: the references below split text as WordTokenizer must.
+WORD_PATTERN = re.compile(r" ?\w+| ?[^\w\s]|\s+(?!\S)|\s+")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -17,8 +22,8 @@ TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the m
 def tokenizer_session(kind, options, fit_text, steps, save=False):
     """Probe: fits `preprocess.<kind>(**options)` on `fit_text`, then calls each (method, args) of `steps` on it.
 
-    Returns its vocab_size and unk_id, and for each step the value with its type (or the exception it raised);
-    with `save`, also the saved JSON text and the same steps on the tokenizer loaded back."""
+    Returns its vocab (the list of token strings), vocab_size and unk_id, and for each step the value it returned
+    (or the exception it raised); with `save`, also the saved JSON text and the same on the tokenizer loaded back."""
     import os
     import tempfile
 
@@ -35,17 +40,19 @@ def tokenizer_session(kind, options, fit_text, steps, save=False):
             except Exception as exc:
                 results.append({"error": type(exc).__name__, "message": str(exc)[:300]})
                 continue
-            results.append({"value": value, "type": type(value).__name__, "dtype": str(getattr(value, "dtype", ""))})
+            results.append({"value": value})
         return results
 
-    out = {"vocab_size": tok.vocab_size, "unk_id": getattr(tok, "unk_id", None), "results": run(tok)}
+    vocab = None if tok.vocab is None else list(tok.vocab)
+    out = {"vocab": vocab, "vocab_size": tok.vocab_size, "unk_id": getattr(tok, "unk_id", None), "results": run(tok)}
     if save:
         path = os.path.join(tempfile.mkdtemp(), "tokenizer.json")
         tok.save(path)
         with open(path, encoding="utf-8") as f:
             out["saved"] = f.read()
         again = cls.load(path)
-        out["loaded"] = {"vocab_size": again.vocab_size, "results": run(again)}
+        vocab = None if again.vocab is None else list(again.vocab)
+        out["loaded"] = {"vocab": vocab, "vocab_size": again.vocab_size, "results": run(again)}
     return out
 
 
@@ -64,6 +71,58 @@ def _session(student, kind, fit_text, steps, options=None, save=False):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Independent references, computed here from the texts and arrays the tests choose
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def step_ids(result, what):
+    """The ids one step returned, checked here to be a 1-D int32 NumPy array (the student's raw value)."""
+    ids = step_value(result, what)
+    assert isinstance(ids, np.ndarray), f"{what} must return a NumPy array, got {type(ids).__name__}"
+    assert ids.dtype == np.int32, f"{what} must return int32 ids, got dtype {ids.dtype}"
+    assert_shape(ids, (ids.size,), what)
+    return ids
+
+
+def char_vocab(session, fit_text, lowercase=False):
+    """The CharTokenizer's vocabulary, checked against the characters of `fit_text`: `<unk>` first, then each
+    distinct character once, in an order of the student's choosing (the docstring fixes none)."""
+    vocab = session["vocab"]
+    chars = set(fit_text.lower() if lowercase else fit_text)
+    assert isinstance(vocab, list) and vocab[:1] == [UNK], f"the vocabulary must start with {UNK!r}; got {vocab!r}"
+    assert sorted(vocab[1:]) == sorted(chars), (
+        f"fitted on {fit_text!r}, the vocabulary must be {UNK!r} then each of its {len(chars)} distinct characters "
+        f"once; got {vocab!r}"
+    )
+    assert session["vocab_size"] == len(vocab), f"vocab_size must be {len(vocab)}, got {session['vocab_size']}"
+    return vocab
+
+
+def char_ids(vocab, text):
+    """The ids of `text` under `vocab`: each character's index, 0 (`<unk>`) for one not in it."""
+    index = {c: i for i, c in enumerate(vocab) if i}
+    return [index.get(c, 0) for c in text]
+
+
+def word_vocab(fit_text, lowercase=False, max_vocab=None, min_freq=1):
+    """WordTokenizer's vocabulary, as documented: `<unk>`, then the tokens seen at least min_freq times, most
+    frequent first, ties alphabetical, cut to max_vocab."""
+    counts = collections.Counter(WORD_PATTERN.findall(fit_text.lower() if lowercase else fit_text))
+    tokens = sorted((t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t))
+    return [UNK] + tokens[: None if max_vocab is None else max_vocab - 1]
+
+
+def word_ids(vocab, text, lowercase=False):
+    index = {t: i for i, t in enumerate(vocab) if i}
+    return [index.get(t, 0) for t in WORD_PATTERN.findall(text.lower() if lowercase else text)]
+
+
+def rows(a):
+    """The rows of a 2-D array as a sorted list of tuples: what a batching or a shuffle must keep."""
+    return sorted(tuple(r) for r in np.asarray(a).tolist())
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Tokenizers
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -76,13 +135,25 @@ def _session(student, kind, fit_text, steps, options=None, save=False):
 )
 def test_char_tokenizer_round_trips_known_text(student):
     s = _session(student, "CharTokenizer", TEXT, [("encode", [TEXT])])
+    vocab = char_vocab(s, TEXT)
     ids = step_ids(s["results"][0], "CharTokenizer.encode(text)")
     assert_shape(ids, (len(TEXT),), "CharTokenizer.encode(text)")
-    s = _session(student, "CharTokenizer", TEXT, [("decode", [ids]), ("decode", [ids.tolist()])])
+    assert ids.tolist() == char_ids(vocab, TEXT), (
+        "CharTokenizer.encode(text) must give each character its index in tok.vocab; "
+        f"expected {char_ids(vocab, TEXT)[:12]}..., got {ids.tolist()[:12]}..."
+    )
+    # decode is checked on ids chosen here too, not only on encode's: it spells any ids from the vocabulary.
+    mixed = [len(vocab) - 1, 1, 2, 1, len(vocab) // 2]
+    steps = [("decode", [ids]), ("decode", [ids.tolist()]), ("decode", [np.array(mixed, dtype=np.int64)])]
+    s = _session(student, "CharTokenizer", TEXT, steps)
+    vocab = char_vocab(s, TEXT)
     assert step_value(s["results"][0], "decode") == TEXT, (
         "decode(encode(text)) must give back the text the tokenizer was fitted on"
     )
     assert step_value(s["results"][1], "decode of a list") == TEXT, "decode must also accept a Python list of ids"
+    expected = "".join(vocab[i] for i in mixed)
+    got = step_value(s["results"][2], f"decode({mixed})")
+    assert got == expected, f"decode({mixed}) must spell tok.vocab[i] for each id: expected {expected!r}, got {got!r}"
 
 
 @pytest.mark.points(1)
@@ -91,25 +162,28 @@ def test_char_tokenizer_round_trips_known_text(student):
     "preprocess.CharTokenizer.fit: The vocabulary is `<unk>` (id 0) followed by every distinct character of `text`,",
 )
 def test_char_vocab_has_one_id_per_character_plus_unknown(student):
-    s = _session(student, "CharTokenizer", "abcab", [("encode", ["abc"])])
+    s = _session(student, "CharTokenizer", "abcab", [("encode", ["abc"]), ("encode", ["cba"])])
     assert s["vocab_size"] == 4, (
         f"'abcab' has 3 distinct characters plus <unk>: expected vocab_size 4, got {s['vocab_size']}"
     )
-    ids = step_ids(s["results"][0], "encode('abc')").tolist()
-    assert len(set(ids)) == 3, f"'a', 'b', 'c' must get three different ids, got {ids}"
-    assert s["unk_id"] is not None, "the tokenizer must have an unk_id"
-    assert s["unk_id"] not in ids, "a known character must not be encoded as the unknown id"
-    assert all(0 <= i < s["vocab_size"] for i in ids), f"ids {ids} must lie in [0, vocab_size)"
+    vocab = char_vocab(s, "abcab")
+    assert s["unk_id"] == 0, f"<unk> is id 0; got unk_id {s['unk_id']}"
+    for r, text in zip(s["results"], ("abc", "cba")):
+        ids = step_ids(r, f"encode({text!r})").tolist()
+        assert ids == char_ids(vocab, text), (
+            f"with tok.vocab == {vocab!r}, encode({text!r}) must be {char_ids(vocab, text)}; got {ids}"
+        )
 
 
 @pytest.mark.points(0.5)
 @pytest.mark.clause("preprocess.CharTokenizer.encode: A character missing from the vocabulary becomes `self.unk_id`.")
 def test_char_unknown_character_maps_to_unk_id(student):
     s = _session(student, "CharTokenizer", "abc", [("encode", ["azb"])])
+    vocab = char_vocab(s, "abc")
     ids = step_ids(s["results"][0], "encode('azb')").tolist()
     unk = s["unk_id"]
-    assert ids[1] == unk, f"'z' was never seen: expected unk_id {unk}, got {ids[1]}"
-    assert ids[0] != unk and ids[2] != unk
+    assert unk == 0 and ids[1] == unk, f"'z' was never seen: expected unk_id 0, got {ids[1]} (unk_id {unk})"
+    assert ids == char_ids(vocab, "azb"), f"encode('azb') must be {char_ids(vocab, 'azb')}, got {ids}"
 
 
 @pytest.mark.points(1)
@@ -121,12 +195,22 @@ def test_char_unknown_character_maps_to_unk_id(student):
     "preprocess.WordTokenizer.decode: the tokens concatenated",
 )
 def test_word_tokenizer_splits_words_and_punctuation_and_round_trips(student):
+    vocab = word_vocab(TEXT)
     s = _session(student, "WordTokenizer", TEXT, [("encode", ["To be, or not"]), ("encode", [TEXT])])
     ids = step_ids(s["results"][0], "WordTokenizer.encode('To be, or not')")
     assert_shape(ids, (5,), "WordTokenizer.encode('To be, or not') (tokens: 'To', ' be', ',', ' or', ' not')")
+    assert s["vocab"] == vocab, f"fitted on the text, the vocabulary must be {vocab}; got {s['vocab']}"
+    assert ids.tolist() == word_ids(vocab, "To be, or not"), (
+        f"encode('To be, or not') must be {word_ids(vocab, 'To be, or not')}, got {ids.tolist()}"
+    )
     all_ids = step_ids(s["results"][1], "WordTokenizer.encode(text)")
-    s = _session(student, "WordTokenizer", TEXT, [("decode", [all_ids])])
+    assert all_ids.tolist() == word_ids(vocab, TEXT), "encode(text) must give each token its index in the vocabulary"
+    mixed = [3, len(vocab) - 1, 1, 2]
+    s = _session(student, "WordTokenizer", TEXT, [("decode", [all_ids]), ("decode", [mixed])])
     assert step_value(s["results"][0], "decode") == TEXT, "decode(encode(text)) must give back the fitted text"
+    expected = "".join(vocab[i] for i in mixed)
+    got = step_value(s["results"][1], f"decode({mixed})")
+    assert got == expected, f"decode({mixed}) must concatenate the tokens: expected {expected!r}, got {got!r}"
 
 
 @pytest.mark.points(0.5)
@@ -135,14 +219,17 @@ def test_word_tokenizer_lowercase_merges_cases(student):
     lower = _session(
         student, "WordTokenizer", "Dog dog DOG", [("encode", ["DOG dOg"]), ("encode", ["dog dog"])], {"lowercase": True}
     )
-    shouting = step_ids(lower["results"][0], "encode('DOG dOg')").tolist()
-    assert shouting == step_ids(lower["results"][1], "encode('dog dog')").tolist()
-    assert lower["unk_id"] not in shouting, "with lowercase=True, 'DOG' is the known word 'dog'"
+    vocab = word_vocab("Dog dog DOG", lowercase=True)  # <unk>, ' dog' (twice), 'dog'
+    assert lower["vocab"] == vocab, f"with lowercase=True the vocabulary is {vocab}; got {lower['vocab']}"
+    for r, text in zip(lower["results"], ("DOG dOg", "dog dog")):
+        ids = step_ids(r, f"encode({text!r})").tolist()
+        assert ids == [2, 1], f"with lowercase=True, encode({text!r}) is 'dog', ' dog': expected [2, 1], got {ids}"
     cased = _session(student, "WordTokenizer", "Dog dog DOG", [])
     assert cased["vocab_size"] == lower["vocab_size"] + 1, (
         f"without lowercasing 'Dog', ' dog', ' DOG' are 3 tokens (vocab_size 4), with it 'dog', ' dog' are 2 "
         f"(vocab_size 3); got {cased['vocab_size']} and {lower['vocab_size']}"
     )
+    assert cased["vocab"] == word_vocab("Dog dog DOG"), f"got vocabulary {cased['vocab']} without lowercase"
 
 
 @pytest.mark.points(1)
@@ -153,12 +240,13 @@ def test_word_tokenizer_lowercase_merges_cases(student):
 )
 def test_word_max_vocab_keeps_the_most_frequent_tokens(student):
     text = " a" * 5 + " b" * 3 + " c"
-    s = _session(student, "WordTokenizer", text, [("encode", [" c"]), ("encode", [" a b"])], {"max_vocab": 3})
+    s = _session(student, "WordTokenizer", text, [("encode", [" c"]), ("encode", [" a b c a"])], {"max_vocab": 3})
     assert s["vocab_size"] == 3, f"max_vocab=3 counts <unk>: expected vocab_size 3, got {s['vocab_size']}"
     rare = step_ids(s["results"][0], "encode(' c')").tolist()
-    assert rare == [s["unk_id"]], "' c' is the rarest token and must fall outside max_vocab=3"
-    assert s["unk_id"] not in step_ids(s["results"][1], "encode(' a b')").tolist(), (
-        "' a' and ' b' are the two most frequent tokens"
+    assert rare == [s["unk_id"]] == [0], "' c' is the rarest token and must fall outside max_vocab=3"
+    got = step_ids(s["results"][1], "encode(' a b c a')").tolist()
+    assert got == [1, 2, 0, 1], (
+        f"max_vocab=3 keeps <unk>, ' a' (5 times), ' b' (3 times): encode(' a b c a') must be [1, 2, 0, 1], got {got}"
     )
 
 
@@ -168,11 +256,12 @@ def test_word_max_vocab_keeps_the_most_frequent_tokens(student):
     "preprocess.WordTokenizer.fit: the tokens seen at least `min_freq` times",
 )
 def test_word_min_freq_drops_rare_tokens(student):
-    s = _session(student, "WordTokenizer", " a a a b b c", [("encode", [" c"])], {"min_freq": 2})
+    s = _session(student, "WordTokenizer", " a a a b b c", [("encode", [" c b a"])], {"min_freq": 2})
     assert s["vocab_size"] == 3, (
         f"with min_freq=2 only ' a' and ' b' (plus <unk>) remain; got vocab_size {s['vocab_size']}"
     )
-    assert step_ids(s["results"][0], "encode(' c')").tolist() == [s["unk_id"]]
+    got = step_ids(s["results"][0], "encode(' c b a')").tolist()
+    assert got == [0, 2, 1], f"with min_freq=2 the vocabulary is <unk>, ' a', ' b': expected [0, 2, 1], got {got}"
 
 
 @pytest.mark.points(0.5)
@@ -181,19 +270,34 @@ def test_tokenizers_save_and_load_as_json(student):
         s = _session(student, kind, TEXT, [("encode", [TEXT])], options, save=True)
         json.loads(s["saved"])  # must be JSON
         again = s["loaded"]
-        assert again["vocab_size"] == s["vocab_size"], f"{kind}: vocab_size changed after save/load"
+        if kind == "CharTokenizer":
+            vocab = char_vocab(s, TEXT)
+            expected = char_ids(vocab, TEXT)
+        else:
+            vocab = word_vocab(TEXT, max_vocab=12)
+            assert s["vocab"] == vocab, f"WordTokenizer(max_vocab=12): expected vocabulary {vocab}, got {s['vocab']}"
+            expected = word_ids(vocab, TEXT)
+        assert again["vocab"] == vocab, f"{kind}: the vocabulary changed after save/load: {again['vocab']}"
+        assert again["vocab_size"] == len(vocab), f"{kind}: vocab_size changed after save/load"
         ids = step_ids(s["results"][0], f"{kind}.encode")
-        assert step_ids(again["results"][0], f"{kind}.encode after load").tolist() == ids.tolist(), (
+        assert ids.tolist() == expected, f"{kind}.encode(text) before saving: expected {expected}, got {ids.tolist()}"
+        assert step_ids(again["results"][0], f"{kind}.encode after load").tolist() == expected, (
             f"{kind}: ids changed after load"
         )
         s = _session(student, kind, TEXT, [("decode", [ids])], options, save=True)
-        assert step_value(s["loaded"]["results"][0], "decode after load") == step_value(s["results"][0], "decode")
+        decoded = "".join(" " + UNK if i == 0 else vocab[i] for i in expected) if kind == "WordTokenizer" else TEXT
+        assert step_value(s["results"][0], "decode") == decoded, f"{kind}: decode(encode(text)) must be {decoded!r}"
+        assert step_value(s["loaded"]["results"][0], "decode after load") == decoded, f"{kind}: decode after load"
 
 
 @pytest.mark.points(0.5)
 @pytest.mark.clause("preprocess.CharTokenizer.decode: ValueError: if an id is outside `[0, vocab_size)`.")
 def test_decode_rejects_ids_outside_the_vocabulary(student):
-    s = _session(student, "CharTokenizer", "abc", [])
+    s = _session(student, "CharTokenizer", "abc", [("decode", [[3, 1, 2]])])
+    vocab = char_vocab(s, "abc")
+    expected = "".join(vocab[i] for i in (3, 1, 2))
+    got = step_value(s["results"][0], "decode([3, 1, 2])")
+    assert got == expected, f"decode([3, 1, 2]) with tok.vocab == {vocab!r} must be {expected!r}, got {got!r}"
     bad = s["vocab_size"] + 3
     s = _session(student, "CharTokenizer", "abc", [("decode", [[1, bad]]), ("decode", [[-1]])])
     for result, ids in zip(s["results"], ([1, bad], [-1])):
@@ -231,9 +335,13 @@ def test_decode_writes_unknown_ids_as_documented(student):
         f"WordTokenizer.decode([vocab_size]) must raise ValueError (ids lie in [0, vocab_size)); got {s['results'][1]}"
     )
     s = _session(student, "CharTokenizer", "abC", [("encode", ["ABC"])], {"lowercase": True})
-    assert s["vocab_size"] == 4 and s["unk_id"] not in step_ids(s["results"][0], "encode('ABC')").tolist(), (
-        "CharTokenizer(lowercase=True) fitted on 'abC' knows 'a', 'b', 'c' (vocab_size 4) and encodes 'ABC' "
-        f"without unknown ids; got vocab_size {s['vocab_size']}"
+    assert s["vocab_size"] == 4, (
+        f"CharTokenizer(lowercase=True) fitted on 'abC' knows 'a', 'b', 'c' (vocab_size 4); got {s['vocab_size']}"
+    )
+    vocab = char_vocab(s, "abC", lowercase=True)
+    got = step_ids(s["results"][0], "encode('ABC')").tolist()
+    assert got == char_ids(vocab, "abc"), (
+        f"CharTokenizer(lowercase=True) encodes 'ABC' as 'abc': expected {char_ids(vocab, 'abc')}, got {got}"
     )
 
 
@@ -253,6 +361,17 @@ def test_word_vocabulary_is_ordered_by_frequency_then_alphabetically(student):
         f"max_vocab=3 on {text!r} keeps <unk>, ' c' and ' a' (the alphabetically first of the ties): "
         f"encode(' a b') must be [2, {s['unk_id']}], got {ids}"
     )
+    # Eight tokens tied: neither the order first seen nor a set's (hash) order is alphabetical, but for 1 in 8!.
+    ties = " hh ee bb gg aa ff dd cc" * 2 + " zz"
+    s = _session(student, "WordTokenizer", ties, [("encode", [" aa bb zz hh"])])
+    expected = word_vocab(ties)
+    assert s["vocab"] == expected, (
+        f"fitted on {ties!r}, the vocabulary is <unk>, then the eight tied tokens alphabetically, then ' zz' "
+        f"(seen once): expected {expected}, got {s['vocab']}. Sort by (-count, token), not in the order a set or "
+        "a Counter yields them"
+    )
+    got = step_ids(s["results"][0], "encode(' aa bb zz hh')").tolist()
+    assert got == [1, 2, 9, 8], f"encode(' aa bb zz hh') must be [1, 2, 9, 8], got {got}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -300,15 +419,30 @@ def test_make_sequences_stride_and_dropped_remainder(student):
 
 
 @pytest.mark.points(0.5)
-@pytest.mark.clause("preprocess.make_sequences: at least 1 and at most `num_tokens - 1`")
+@pytest.mark.clause(
+    "preprocess.make_sequences: at least 1 and at most `num_tokens - 1`",
+    "preprocess.make_sequences: seq_len: tokens per training sequence, `T`",
+)
 def test_make_sequences_rejects_bad_lengths(student):
     for seq_len in (0, 10):  # 10 needs 11 tokens
         error = student.call_error("preprocess.make_sequences", np.arange(10), seq_len=seq_len)
         assert error is not None and error.type_name == "ValueError" and "seq_len" in error.message, (
             f"make_sequences(ids 0..9, seq_len={seq_len}) must raise a ValueError naming seq_len; got {error}"
         )
-    inputs, _ = _sequences(student, np.arange(10), 9)  # exactly enough
-    assert_shape(inputs, (1, 9), "inputs")
+    ids = np.arange(10) * 3 + 7
+    inputs, labels = _sequences(student, ids, 9)  # exactly enough: one window, which stays a batch of one
+    assert_shape(inputs, (1, 9), "inputs (one window of 9 tokens)")
+    assert_shape(labels, (1, 9), "labels (one window of 9 tokens)")
+    assert inputs.tolist() == [ids[:9].tolist()] and labels.tolist() == [ids[1:].tolist()], (
+        f"make_sequences({ids.tolist()}, seq_len=9): expected inputs {[ids[:9].tolist()]} and labels "
+        f"{[ids[1:].tolist()]}, got {inputs.tolist()} and {labels.tolist()}"
+    )
+    inputs, labels = _sequences(student, ids[:4], 1)  # seq_len=1: windows of one token, still 2-D
+    assert_shape(inputs, (3, 1), "inputs (seq_len=1)")
+    assert inputs.tolist() == [[7], [10], [13]] and labels.tolist() == [[10], [13], [16]], (
+        f"make_sequences({ids[:4].tolist()}, seq_len=1): expected inputs [[7], [10], [13]] and labels "
+        f"[[10], [13], [16]], got {inputs.tolist()} and {labels.tolist()}"
+    )
 
 
 @pytest.mark.points(1)
@@ -336,33 +470,56 @@ def test_train_val_split_is_contiguous_and_complete(student):
         )
 
 
+def _pairs(n, seq_len, start=0):
+    """`n` sequences built here: row i of the inputs is [start + i*seq_len, ...] (distinct first tokens), and its
+    labels are the inputs plus 1000, so a pair torn apart by a shuffle is seen."""
+    inputs = (start + np.arange(n * seq_len)).reshape(n, seq_len)
+    return inputs, inputs + 1000
+
+
 @pytest.mark.points(0.5)
 @pytest.mark.clause("preprocess.make_dataset: the last batch may be smaller unless `drop_remainder`")
 def test_make_dataset_batches_keep_pairs_together(student):
-    inputs, labels = _sequences(student, np.arange(200), 4)  # 49 sequences
+    inputs, labels = _pairs(49, 4)
     (batches,) = student.run(dataset_batches, inputs, labels, {"batch_size": 8, "shuffle": True, "seed": 3})
     assert len(batches) == 7, f"49 sequences in batches of 8 make 7 batches (the last one smaller); got {len(batches)}"
-    for x, _ in batches[:-1]:
-        assert_shape(x, (8, 4), "a batch of inputs")
+    for i, (x, y) in enumerate(batches):
+        size = 8 if i < 6 else 1
+        assert_shape(x, (size, 4), f"batch {i} of inputs")
+        assert_shape(y, (size, 4), f"batch {i} of labels")
+        assert np.array_equal(y, x + 1000), (
+            f"batch {i}: each row of labels must be the labels of the same sequence as the row of inputs (here the "
+            "inputs plus 1000): shuffling must move inputs and labels together"
+        )
     seen = np.concatenate([x for x, _ in batches])
-    assert sorted(seen[:, 0].tolist()) == sorted(inputs[:, 0].tolist()), "each sequence must appear exactly once"
-    for x, y in batches:
-        assert np.array_equal(x[:, 1:], y[:, :-1]), "shuffling must move inputs and labels together"
+    assert rows(seen) == rows(inputs), "each of the 49 sequences must appear exactly once, unchanged"
+    assert seen[:, 0].tolist() != inputs[:, 0].tolist(), "shuffle=True must change the order of the sequences"
 
 
 @pytest.mark.points(0.5)
-@pytest.mark.clause("preprocess.make_dataset: but the same for the same `seed`")
+@pytest.mark.clause(
+    "preprocess.make_dataset: but the same for the same `seed`",
+    "preprocess.make_dataset: seed: seed of the shuffle.",
+)
 def test_make_dataset_shuffle_is_seeded(student):
-    inputs, labels = _sequences(student, np.arange(400), 3)
+    inputs, labels = _pairs(133, 3, start=5)
 
     def order(**kw):
         (batches,) = student.run(dataset_batches, inputs, labels, dict(batch_size=16, **kw))
-        return np.concatenate([x[:, 0] for x, _ in batches]).tolist()
+        firsts = np.concatenate([x[:, 0] for x, _ in batches])
+        assert sorted(firsts.tolist()) == sorted(inputs[:, 0].tolist()), (
+            f"make_dataset(batch_size=16, {kw}) must hold each of the 133 sequences once"
+        )
+        return firsts.tolist()
 
     assert order(shuffle=False) == inputs[:, 0].tolist(), "shuffle=False must keep the original order"
     assert order(shuffle=True, seed=5) == order(shuffle=True, seed=5), "the same seed must give the same order"
     assert order(shuffle=True, seed=5) != order(shuffle=True, seed=6), "different seeds must give different orders"
     assert order(shuffle=True, seed=5) != inputs[:, 0].tolist(), "shuffle=True must change the order"
+    assert order(shuffle=True, seed=0) == order(shuffle=True, seed=0), (
+        "seed=0 is a seed like any other: the same seed 0 must give the same order (is seed=0 treated as no seed?)"
+    )
+    assert order(shuffle=True, seed=0) != order(shuffle=True, seed=5), "seed=0 and seed=5 must give different orders"
 
 
 @pytest.mark.points(0.5)
@@ -376,10 +533,14 @@ def test_make_dataset_batches_are_int32_and_drop_remainder_drops_the_short_batch
     (kept,) = student.run(dataset_batches, inputs, labels, {"batch_size": 4, "shuffle": False})
     sizes = [len(x) for x, _ in kept]
     assert sizes == [4, 4, 2], f"10 sequences in batches of 4 make batches of 4, 4 and 2; got sizes {sizes}"
-    for x, y in kept:
+    for i, (x, y) in enumerate(kept):
         assert x.dtype == np.int32 and y.dtype == np.int32, (
             f"batches must hold int32 inputs and labels whatever the arrays given (here int64); got {x.dtype} and "
             f"{y.dtype}: convert them with .astype(np.int32) before building the dataset"
+        )
+        assert x.tolist() == inputs[4 * i : 4 * i + 4].tolist() and y.tolist() == labels[4 * i : 4 * i + 4].tolist(), (
+            f"with shuffle=False, batch {i} must be sequences {4 * i}..{min(4 * i + 4, 10) - 1} in order; got inputs "
+            f"{x.tolist()}"
         )
     (dropped,) = student.run(
         dataset_batches, inputs, labels, {"batch_size": 4, "shuffle": False, "drop_remainder": True}
@@ -389,3 +550,13 @@ def test_make_dataset_batches_are_int32_and_drop_remainder_drops_the_short_batch
         f"drop_remainder=True must drop the last batch of 2 (fewer than batch_size=4); got sizes {sizes}: "
         "pass drop_remainder to Dataset.batch"
     )
+    assert np.concatenate([x for x, _ in dropped]).tolist() == inputs[:8].tolist(), "the first 8 sequences, in order"
+    # A batch of one, and sequences of one token, stay 2-D: (B, T) = (1, 3), then (2, 1).
+    (one,) = student.run(dataset_batches, inputs[:1], labels[:1], {"batch_size": 4, "shuffle": True, "seed": 1})
+    assert len(one) == 1, f"one sequence makes one batch; got {len(one)}"
+    assert_shape(one[0][0], (1, 3), "the batch of inputs of a data set of one sequence")
+    assert one[0][0].tolist() == inputs[:1].tolist() and one[0][1].tolist() == labels[:1].tolist()
+    (short,) = student.run(dataset_batches, inputs[:4, :1], labels[:4, :1], {"batch_size": 2, "shuffle": False})
+    shapes = [np.shape(x) for x, _ in short]
+    assert shapes == [(2, 1), (2, 1)], f"4 sequences of T=1 in batches of 2 make two batches of (2, 1); got {shapes}"
+    assert np.concatenate([y for _, y in short]).tolist() == labels[:4, :1].tolist()

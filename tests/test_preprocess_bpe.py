@@ -9,10 +9,14 @@ result: round trips on any Unicode text, special tokens as single ids, merges ap
 import collections
 import re
 
+import numpy as np
 import pytest
-from checks import step_ids, step_value
+from checks import assert_shape, step_value
 
 EOT = "<|endoftext|>"
+# GPT-2's pre-tokenizer in the standard library's terms (`[^\W\d_]` for \p{L}, `\d` for \p{N}): the same split as
+# GPT2_PATTERN on every text of these tests (no letter-like numbers such as '²', no underscores next to letters).
+PRETOKEN = re.compile(r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+""")
 WORDS = "low lower lowest newer newest wider widest low new now snow slow slower show shower new low"
 
 
@@ -23,8 +27,8 @@ WORDS = "low lower lowest newer newest wider widest low new now snow slow slower
 
 def bpe_session(vocab_size, special_tokens, fit_text, steps, save=False):
     """Probe: fits `preprocess.BPETokenizer(vocab_size, special_tokens)` on `fit_text`, then calls each (method,
-    args) of `steps` on it. Returns its merges, vocab_size and special ids, and for each step the value with its
-    type (or the exception it raised); with `save`, the same steps on the tokenizer loaded back by
+    args) of `steps` on it. Returns its merges, vocab_size and special ids, and for each step the value it returned
+    (or the exception it raised); with `save`, the same steps on the tokenizer loaded back by
     `BPETokenizer.load` and by `load_tokenizer`."""
     import os
     import tempfile
@@ -41,7 +45,7 @@ def bpe_session(vocab_size, special_tokens, fit_text, steps, save=False):
             except Exception as exc:
                 results.append({"error": type(exc).__name__, "message": str(exc)[:300]})
                 continue
-            results.append({"value": value, "type": type(value).__name__, "dtype": str(getattr(value, "dtype", ""))})
+            results.append({"value": value})
         return results
 
     merges = None if tok.merges is None else [[int(i) for i in pair] for pair in tok.merges]
@@ -77,6 +81,15 @@ def _session(student, vocab_size, fit_text, steps=(), special_tokens=(), save=Fa
     return student.run(bpe_session, vocab_size, list(special_tokens), fit_text, list(steps), save=save)
 
 
+def step_ids(result, what):
+    """The ids one step returned, checked here to be a 1-D int32 NumPy array (the student's raw value)."""
+    ids = step_value(result, what)
+    assert isinstance(ids, np.ndarray), f"{what} must return a NumPy array, got {type(ids).__name__}"
+    assert ids.dtype == np.int32, f"{what} must return int32 ids, got dtype {ids.dtype}"
+    assert_shape(ids, (ids.size,), what)
+    return ids
+
+
 def _merges(session):
     assert session["merges"] is not None, "fit must set self.merges (through self._set_merges)"
     return [tuple(pair) for pair in session["merges"]]
@@ -100,9 +113,9 @@ def _merge(ids, pair, new_id):
 
 
 def _reference_merges(text, num_merges, special_tokens=()):
-    """The merges BPE learns on `text` (lowercase words, single spaces, special tokens), the slow obvious way."""
+    """The merges BPE learns on `text` (split at special tokens, then by PRETOKEN), the slow obvious way."""
     pieces = re.split("|".join(re.escape(s) for s in special_tokens), text) if special_tokens else [text]
-    words = collections.Counter(tuple(w.encode()) for piece in pieces for w in re.findall(r" ?[a-z]+", piece))
+    words = collections.Counter(tuple(w.encode()) for piece in pieces for w in PRETOKEN.findall(piece))
     merges = []
     for _ in range(num_merges):
         pairs = collections.Counter()
@@ -129,6 +142,17 @@ def _reference_encode(word, merges):
             return ids
         best = min(found, key=ranks.get)
         ids = _merge(ids, best, 256 + ranks[best])
+
+
+def _reference_encode_text(text, merges, special_tokens=()):
+    """The ids of `text`: each special token its id (after the merges), each pre-token its merged bytes."""
+    ids = []
+    for piece in re.split(f"({'|'.join(re.escape(s) for s in special_tokens)})", text) if special_tokens else [text]:
+        if piece in special_tokens:
+            ids.append(256 + len(merges) + special_tokens.index(piece))
+        else:
+            ids += [i for w in PRETOKEN.findall(piece) for i in _reference_encode(w, merges)]
+    return ids
 
 
 def _show(merges):
@@ -231,7 +255,10 @@ def test_bpe_fit_at_scale_learns_the_reference_merges(student):
 
 @pytest.mark.bonus
 @pytest.mark.points(0.5)
-@pytest.mark.clause("preprocess.BPETokenizer: (fewer if the text runs out of pairs)")
+@pytest.mark.clause(
+    "preprocess.BPETokenizer: (fewer if the text runs out of pairs)",
+    "preprocess.BPETokenizer: merge the most frequent pair everywhere, record the merge",
+)
 def test_bpe_fit_stops_when_the_text_runs_out_of_pairs(student):
     # "abab" is one pre-token: (97, 98) -> 256 leaves [256, 256], (256, 256) -> 257 leaves [257]: no pair is left.
     s = _session(student, 300, "abab", [("encode", ["abab"]), ("decode", [[257]])])
@@ -292,6 +319,7 @@ def test_bpe_special_tokens_are_single_ids_and_never_merged(student):
 @pytest.mark.points(2)
 @pytest.mark.clause(
     "preprocess.BPETokenizer: the lowest-ranked (earliest learned) pair present is merged first, everywhere in the",
+    "preprocess.BPETokenizer: until no learned pair is left",
     "preprocess.BPETokenizer.encode_bytes: merges applied by rank: a list of ints",
     'preprocess.BPETokenizer.encode_bytes: `b"abc"` -> `[97, 256]`',
 )
@@ -331,13 +359,21 @@ def test_bpe_round_trips_any_unicode_text(student):
         "日本語" * 20,
     ]
     s = _session(student, 320, fit_text, [("encode", [t]) for t in texts])
+    merges = _reference_merges(fit_text, 64)
+    assert _merges(s) == merges, f"fitted on {fit_text!r}: expected merges {_show(merges)}, got {_show(_merges(s))}"
     ids = [step_ids(r, f"encode({t!r})") for r, t in zip(s["results"], texts)]
     for t, i in zip(texts, ids):
-        assert all(0 <= x < s["vocab_size"] for x in i.tolist()), f"ids of {t!r} outside [0, vocab_size): {i}"
+        expected = _reference_encode_text(t, merges)
+        assert i.tolist() == expected, f"encode({t!r}): expected {expected}, got {i.tolist()}"
     assert len(ids[0]) < len(texts[0].encode()), "learned merges must shorten fitted text"
-    s = _session(student, 320, fit_text, [("decode", [i]) for i in ids])
+    last = 255 + len(merges)
+    chosen = [[256, 32, last, last - 7], [195], [0, 127, 255]]  # ids chosen here: merges, half a character, bytes
+    s = _session(student, 320, fit_text, [("decode", [i]) for i in ids + chosen])
     for r, t in zip(s["results"], texts):
         assert step_value(r, "decode") == t, f"decode(encode({t!r})) gave {r.get('value')!r}"
+    for r, i in zip(s["results"][len(texts) :], chosen):
+        expected = b"".join(bytes(_spell(x, merges)) for x in i).decode("utf-8", errors="replace")
+        assert step_value(r, f"decode({i})") == expected, f"decode({i}): expected {expected!r}, got {r.get('value')!r}"
 
 
 @pytest.mark.bonus
@@ -348,7 +384,11 @@ def test_bpe_saves_loads_and_respects_vocab_size(student):
     s = _session(student, 270, WORDS, [("encode", [sample])], special_tokens=(EOT,), save=True)
     assert s["vocab_size"] == 270, f"vocab_size=270 with 1 special token learns 13 merges; got {s['vocab_size']}"
     assert len(_merges(s)) == 13, f"expected 13 merges, got {len(_merges(s))}"
+    merges = _reference_merges(WORDS, 13)
+    assert _merges(s) == merges, f"expected merges {_show(merges)}, got {_show(_merges(s))}"
     ids = step_ids(s["results"][0], "encode").tolist()
+    expected = _reference_encode_text(sample, merges, (EOT,))
+    assert ids == expected, f"encode({sample!r}): expected {expected}, got {ids}"
     for how, again in zip(("BPETokenizer.load", "load_tokenizer"), s["loaded"]):
         assert again["class"] == "BPETokenizer", f"{how} must rebuild a BPETokenizer, got {again['class']}"
         assert again["vocab_size"] == 270, f"{how}: vocab_size changed to {again['vocab_size']}"

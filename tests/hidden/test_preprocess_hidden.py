@@ -26,13 +26,13 @@ def tokenizer_round(options, fit_text, text):
 
 
 def dataset_epochs(inputs, labels, kwargs, epochs):
-    """Probe: the first column of the inputs of each batch of `make_dataset`, concatenated, for each epoch."""
+    """Probe: the (inputs, labels) batches of `make_dataset`, as they come, for each of `epochs` epochs."""
     import numpy as np
 
     from assignment import preprocess
 
     dataset = preprocess.make_dataset(inputs, labels, **kwargs)
-    return [np.concatenate([np.asarray(x)[:, 0] for x, _ in dataset]) for _ in range(epochs)]
+    return [[(np.asarray(x), np.asarray(y)) for x, y in dataset] for _ in range(epochs)]
 
 
 @pytest.mark.points(1)
@@ -41,12 +41,12 @@ def dataset_epochs(inputs, labels, kwargs, epochs):
     "preprocess.WordTokenizer.fit: cut so that `vocab_size <= max_vocab`",
 )
 def test_word_tokenizer_unknown_words_and_reload_keep_limits(student):
-    out = student.run(tokenizer_round, {"max_vocab": 4, "lowercase": True}, " x x x y y z w", " X y q")
-    ids = out["ids"].tolist()
-    assert ids[2] == out["unk_id"], "' q' was never seen and must be unknown"
-    assert out["unk_id"] not in ids[:2], "' X' (lowercased) and ' y' are known"
+    out = student.run(tokenizer_round, {"max_vocab": 4, "lowercase": True}, " x x x y y z w", " X y q w z")
+    # The vocabulary: <unk>, ' x' (3 times), ' y' (twice), then ' w' before ' z' (tied once each, alphabetically).
+    ids = np.asarray(out["ids"]).tolist()
+    assert out["unk_id"] == 0 and ids == [1, 2, 0, 3, 0], "' X' (lowercased) and ' y' are known, ' q' is not"
     assert out["loaded_vocab_size"] == 4
-    assert out["loaded_ids"].tolist() == ids, "a loaded tokenizer must encode exactly like the saved one"
+    assert np.asarray(out["loaded_ids"]).tolist() == ids, "a loaded tokenizer must encode exactly like the saved one"
 
 
 @pytest.mark.points(0.5)
@@ -60,13 +60,17 @@ def test_make_sequences_stride_larger_than_seq_len_skips_tokens(student):
 @pytest.mark.points(1)
 @pytest.mark.clause("preprocess.make_dataset: differently in every epoch")
 def test_make_dataset_reshuffles_each_epoch_and_covers_everything(student):
-    inputs, labels = student.call("preprocess.make_sequences", np.arange(300), seq_len=2)
-    inputs = np.asarray(inputs)
+    inputs = np.arange(300).reshape(150, 2)  # built here: sequence i starts with 2 * i
+    labels = inputs + 1
     epochs = student.run(dataset_epochs, inputs, labels, {"batch_size": 10, "shuffle": True, "seed": 1}, 2)
-    epochs = [np.asarray(e).tolist() for e in epochs]
-    assert epochs[0] != epochs[1], "each epoch must be shuffled anew (reshuffle_each_iteration)"
-    for epoch in epochs:
-        assert sorted(epoch) == sorted(inputs[:, 0].tolist()), "every sequence appears once per epoch"
+    firsts = []
+    for batches in epochs:
+        x = np.concatenate([np.asarray(b[0]) for b in batches])
+        y = np.concatenate([np.asarray(b[1]) for b in batches])
+        assert sorted(map(tuple, x.tolist())) == sorted(map(tuple, inputs.tolist())), "every sequence once per epoch"
+        assert np.array_equal(y, x + 1), "labels must stay with their inputs"
+        firsts.append(x[:, 0].tolist())
+    assert firsts[0] != firsts[1], "each epoch must be shuffled anew (reshuffle_each_iteration)"
 
 
 def first_batches(inputs, labels, batch_size, epochs):
