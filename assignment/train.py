@@ -1,10 +1,15 @@
-"""Part 5: one training step and the evaluation that every language model's training loop calls.
+"""Part 5: the training loop's own parts: one training step, the evaluation, checkpoints and tracking.
 
 Dimension letters: B batch size, T sequence length, V vocabulary size.
 
-You write two functions: `train_step` (one optimizer update with `tf.GradientTape`) and `evaluate` (the loss over a
-whole dataset). `train` runs the given loop of `lmkit.loop` (checkpoints that resume, TensorBoard, a progress bar)
-with them; `python -m lmrun train --help` is its command line.
+You write `train_step` (one optimizer update with `tf.GradientTape`) and `evaluate` (the loss over a whole
+dataset), then the lecture's four uses of `tf.train.CheckpointManager` and the TensorBoard logging:
+`make_managers` (keep the newest N checkpoints, and the best one), `restore_latest` (load the newest and resume at
+its step), `save_due` (save every N steps or every M minutes, on a clock the caller passes), `save_if_best` (save
+when the validation loss improves) and `write_summaries` (`tf.summary` scalars and text at a step, flushed).
+`train` runs the given loop of `lmkit.loop` with them (it also recovers damaged checkpoints, saves on Ctrl-C,
+shows a progress bar and, with `--wandb`, tracks the run in Weights & Biases); `python -m lmrun train --help` is
+its command line.
 """
 
 import math
@@ -135,6 +140,149 @@ def evaluate(model: keras.Model, dataset: Iterable) -> tuple[float, float]:
     return loss, perplexity
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The loop's checkpoints and tracking: the lecture's four uses of tf.train.CheckpointManager, and tf.summary.
+# The given loop (lmkit.loop) and lmkit.checkpoints call these; recovering damaged checkpoints stays given.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def make_managers(
+    directory: str | os.PathLike, objects: dict, best_objects: dict, keep_last: int
+) -> tuple[tf.train.CheckpointManager, tf.train.CheckpointManager]:
+    """Returns `(latest, best)`: two `tf.train.CheckpointManager`s of a run directory.
+
+    Args:
+        directory: the run directory (a str or a path).
+        objects: `{name: trackable}`, everything a resumed run needs: `step` (an int64 `tf.Variable`), `model`,
+            `optimizer` (its moments and its step count), the position in the data stream, the best validation
+            loss so far. Every one of them is saved and restored.
+        best_objects: `{name: trackable}`, what the best checkpoint holds (`step`, `val_loss`, `model`).
+        keep_last: positive int, how many of the newest checkpoints `latest` keeps.
+
+    Returns:
+        latest: saves a `tf.train.Checkpoint` of every entry of `objects` into `<directory>/ckpt/`, its files named
+            `ckpt-<number>.*`, and keeps only the newest `keep_last` checkpoints (it deletes the older ones).
+        best: saves a `tf.train.Checkpoint` of every entry of `best_objects` into `<directory>/best/`, its files
+            named `best-<number>.*`, and keeps only the newest one.
+    """
+    # TODO: two managers of tf.train.Checkpoint(**...) with max_to_keep and checkpoint_name (~4 lines)
+    #   1. latest: tf.train.CheckpointManager(tf.train.Checkpoint(**objects), os.path.join(directory, "ckpt"),
+    #      max_to_keep=keep_last, checkpoint_name="ckpt") -> a manager
+    #   2. best: the same of best_objects in os.path.join(directory, "best"), keeping 1, named "best" -> a manager
+    # BEGIN SOLUTION
+    directory = os.fspath(directory)
+    latest = tf.train.CheckpointManager(
+        tf.train.Checkpoint(**objects), os.path.join(directory, "ckpt"), max_to_keep=keep_last, checkpoint_name="ckpt"
+    )
+    best = tf.train.CheckpointManager(
+        tf.train.Checkpoint(**best_objects), os.path.join(directory, "best"), max_to_keep=1, checkpoint_name="best"
+    )
+    # END SOLUTION
+    return latest, best
+
+
+def restore_latest(manager: tf.train.CheckpointManager) -> int:
+    """Restores the newest checkpoint of `manager` and returns the step to resume at.
+
+    Every object the manager's checkpoint tracks (`manager.checkpoint`: the model's weights, the optimizer's
+    moments and step count, `step`, ...) gets the values it had when that checkpoint was saved, and the step
+    returned is the restored value of the checkpoint's `step` variable (`manager.checkpoint.step`), as a Python
+    int. With no checkpoint yet (a fresh run), nothing changes and the step returned is 0.
+    Raises `AssertionError` when the checkpoint does not hold an object the manager's checkpoint tracks (it was
+    written by another model); the given loop turns it into a one-line error.
+    """
+    # TODO: restore manager.latest_checkpoint, when there is one, and return the restored step (~4 lines)
+    #   1. path = manager.latest_checkpoint; None means a fresh run: return 0 -> int
+    #   2. manager.checkpoint.restore(path), then .assert_existing_objects_matched() on what it returns
+    #   3. return int(manager.checkpoint.step) -> int
+    # BEGIN SOLUTION
+    path = manager.latest_checkpoint
+    if path is None:
+        return 0
+    manager.checkpoint.restore(path).assert_existing_objects_matched()
+    return int(manager.checkpoint.step)
+    # END SOLUTION
+
+
+def save_due(
+    step: int, now: float, last_step: int | None, last_time: float, every_steps: int, every_minutes: float
+) -> bool:
+    """Returns True when the loop should save a checkpoint after `step`, as a Python bool.
+
+    A save is due when `step` is a multiple of `every_steps` (0: never by step count), or when at least
+    `every_minutes` minutes have passed on the clock since the last save: `now - last_time >= 60 * every_minutes`
+    (0: never by time). Never twice at one step: False when `step == last_step`.
+
+    Args:
+        step: the step just taken (a positive int).
+        now: the clock now, in seconds (the caller reads a monotonic clock and passes it; do not read one here).
+        last_step: the step of the last save or restore, or None before either.
+        last_time: the clock, in seconds, at the last save (or at the start of the run).
+        every_steps, every_minutes: the two intervals, 0 to turn one off.
+    """
+    # TODO: due by step count or by time since the last save, never twice at one step (~4 lines)
+    #   1. by_steps: every_steps > 0 and step % every_steps == 0 -> bool
+    #   2. by_time: every_minutes > 0 and now - last_time >= 60 * every_minutes (seconds, not steps) -> bool
+    #   3. return (by_steps or by_time) and step != last_step -> bool
+    # BEGIN SOLUTION
+    by_steps = every_steps > 0 and step % every_steps == 0
+    by_time = every_minutes > 0 and now - last_time >= 60 * every_minutes
+    return bool((by_steps or by_time) and step != last_step)
+    # END SOLUTION
+
+
+def save_if_best(manager: tf.train.CheckpointManager, val_loss: float, best_val_loss: tf.Variable, step: int) -> bool:
+    """Saves the best checkpoint when `val_loss` improves on the lowest validation loss so far; returns whether it did.
+
+    Args:
+        manager: the `best` manager of `make_managers`.
+        val_loss: the validation loss just measured (a Python float).
+        best_val_loss: float64 scalar `tf.Variable`, the lowest validation loss so far (inf before the first
+            evaluation); it is saved in the checkpoints, so a resumed run remembers it.
+        step: the step of this evaluation, the number of the checkpoint saved.
+
+    Returns:
+        True (a Python bool) after a save when `val_loss < best_val_loss` (strictly lower: a tie is no improvement);
+        `best_val_loss` then holds `val_loss`. False otherwise, with nothing saved and `best_val_loss` unchanged.
+    """
+    # TODO: compare, remember the new best, save it numbered by the step (~5 lines)
+    #   1. if not val_loss < float(best_val_loss): return False (a tie is no improvement) -> bool
+    #   2. best_val_loss.assign(val_loss), before saving, so the checkpoint holds the new best
+    #   3. manager.save(checkpoint_number=step) and return True -> bool
+    # BEGIN SOLUTION
+    if not val_loss < float(best_val_loss):
+        return False
+    best_val_loss.assign(val_loss)
+    manager.save(checkpoint_number=step)
+    return True
+    # END SOLUTION
+
+
+def write_summaries(
+    writer: tf.summary.SummaryWriter, step: int, scalars: dict[str, float], texts: dict[str, str] | None = None
+) -> None:
+    """Writes `scalars` and `texts` to TensorBoard at `step` through `writer`, then flushes it to disk.
+
+    Each scalar `{tag: value}` is one `tf.summary.scalar(tag, value)` and each text `{tag: text}` one
+    `tf.summary.text(tag, text)`, all recorded at `step`. When this returns, the event file holds them (the writer
+    is flushed), so TensorBoard shows them while the run goes on and nothing is lost if the run is killed.
+    The loop's tags: `train/loss`, `train/perplexity`, `train/grad_norm`, `train/lr`, `train/tokens_per_sec` every
+    `log_every` steps; `val/loss`, `val/perplexity`, `val/bits_per_char` and the text `sample` at evaluations.
+    """
+    # TODO: every scalar and text at `step` inside the writer's context, then flush (~6 lines)
+    #   1. with writer.as_default(): every tf.summary.scalar(tag, value, step=step), and every
+    #      tf.summary.text(tag, text, step=step) of `texts` when it is not None
+    #   2. writer.flush(), or the events wait in memory for minutes
+    # BEGIN SOLUTION
+    with writer.as_default():
+        for tag, value in scalars.items():
+            tf.summary.scalar(tag, value, step=step)
+        for tag, text in (texts or {}).items():
+            tf.summary.text(tag, text, step=step)
+    writer.flush()
+    # END SOLUTION
+
+
 def train(
     model_fn: Callable[[], keras.Model],
     train_ids: np.ndarray,
@@ -143,8 +291,18 @@ def train(
     run_dir: str | os.PathLike,
     **options,
 ) -> dict:
-    """Returns the results of `lmkit.loop.train` (given) run with this file's `train_step` and `evaluate`;
-    `options` are that function's (`strategy`, `progress`, `log`, `stop_at`, ...)."""
-    return loop.train(
-        model_fn, train_ids, val_ids, config, run_dir, train_step=train_step, evaluate=evaluate, **options
-    )
+    """Returns the results of `lmkit.loop.train` (given) run with this file's functions (`FUNCTIONS`);
+    `options` are that function's (`strategy`, `tracker`, `progress`, `log`, `stop_at`, ...)."""
+    return loop.train(model_fn, train_ids, val_ids, config, run_dir, functions=FUNCTIONS, **options)
+
+
+# What the given loop and lmkit.checkpoints.Checkpoints call: this file's functions.
+FUNCTIONS = loop.LoopFunctions(
+    train_step=train_step,
+    evaluate=evaluate,
+    make_managers=make_managers,
+    restore_latest=restore_latest,
+    save_due=save_due,
+    save_if_best=save_if_best,
+    write_summaries=write_summaries,
+)

@@ -159,7 +159,12 @@ def newest_readable(directory, name: str, log: Callable[[str], None] = print, se
 
 
 class Checkpoints:
-    """The checkpoints of one run directory, through two `tf.train.CheckpointManager`s.
+    """The checkpoints of one run directory, through the two `tf.train.CheckpointManager`s of part 5.
+
+    Part 5's functions (`functions`: `assignment.train.FUNCTIONS`) make the managers (`make_managers`), restore the
+    newest checkpoint (`restore_latest`), decide when a save is due (`save_due`) and keep the best model
+    (`save_if_best`); this class adds what a course does not ask for: recovery of damaged and partial checkpoints,
+    one clear error on a full disk, and the scratch directories of multi-worker runs.
 
     `ckpt/` holds the latest `keep_last` checkpoints of everything a resumed run needs: the step, the model, the
     optimizer (its moments and its step count), the position in the data stream, the training time so far and
@@ -175,6 +180,8 @@ class Checkpoints:
         save_every_minutes: also save when this much time has passed since the last save (0: never by time).
         writer: False on the non-chief workers of a multi-worker run, which save to a scratch directory.
         log: where messages go (`print` by default).
+        functions: part 5's functions (an `lmkit.loop.LoopFunctions`, or anything with the attributes
+            `make_managers`, `restore_latest`, `save_due` and `save_if_best`).
     """
 
     def __init__(
@@ -187,6 +194,8 @@ class Checkpoints:
         save_every_minutes=10.0,
         writer=True,
         log=print,
+        *,
+        functions,
     ):
         if keep_last < 1:
             raise CheckpointError(f"keep_last must be at least 1 (the checkpoint a run resumes from); got {keep_last}")
@@ -196,12 +205,13 @@ class Checkpoints:
         self.save_every_steps = save_every_steps
         self.save_every_minutes = save_every_minutes
         self.log = log
+        self.functions = functions
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.data_position = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_position")
         self.train_time = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_time")
         self.wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="wall_time")
         self.best_val_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False, name="best_val_loss")
-        parts = dict(
+        self.objects = dict(
             step=self.step,
             data_position=self.data_position,
             train_time=self.train_time,
@@ -210,11 +220,8 @@ class Checkpoints:
             model=model_state(model),
         )
         if optimizer is not None:
-            parts["optimizer"] = optimizer
-        self.checkpoint = tf.train.Checkpoint(**parts)
-        self.best_checkpoint = tf.train.Checkpoint(
-            step=self.step, val_loss=self.best_val_loss, model=model_state(model)
-        )
+            self.objects["optimizer"] = optimizer
+        self.best_objects = dict(step=self.step, val_loss=self.best_val_loss, model=model_state(model))
         self.writer = writer
         # A multi-worker run saves on every worker (the save is collective), but only the chief writes the run
         # directory; the others write to a scratch directory, deleted by `close`, and restore from the chief's.
@@ -228,12 +235,10 @@ class Checkpoints:
         self._last_saved_step = None
 
     def _open_managers(self):
-        self.latest = tf.train.CheckpointManager(
-            self.checkpoint, str(self._root / "ckpt"), max_to_keep=self.keep_last, checkpoint_name="ckpt"
+        self.latest, self.best = self.functions.make_managers(
+            str(self._root), self.objects, self.best_objects, self.keep_last
         )
-        self.best = tf.train.CheckpointManager(
-            self.best_checkpoint, str(self._root / "best"), max_to_keep=1, checkpoint_name="best"
-        )
+        self.checkpoint = self.latest.checkpoint
 
     def restore(self) -> int | None:
         """Restores the newest checkpoint that reads back whole and returns its step, or returns None when there
@@ -251,7 +256,13 @@ class Checkpoints:
         if path is None:
             return None
         check_fits(self.model, path)
-        _assert_matched(self.checkpoint.restore(path), path)
+        if not self.writer:
+            _assert_matched(self.checkpoint.restore(path), path)
+        else:
+            try:
+                self.functions.restore_latest(self.latest)  # part 5's function; `path` is the manager's latest
+            except AssertionError as error:
+                raise _not_matched(error, path) from None
         self.restored_path = path
         self._last_saved_step = int(self.step)
         return int(self.step)
@@ -280,7 +291,7 @@ class Checkpoints:
         if previous is not None:  # the last good checkpoint's size is what the next one needs
             needed = sum(p.stat().st_size for p in latest.glob(Path(previous).name + ".*"))
         else:
-            needed = sum(v.numpy().nbytes for v in self.checkpoint.model.values) * 3  # weights and Adam's moments
+            needed = sum(v.numpy().nbytes for v in self.objects["model"].values) * 3  # weights and Adam's moments
         free = shutil.disk_usage(directory if directory.exists() else self._root).free
         reason = "the disk is full" if free < needed else str(error).strip().splitlines()[-1][:160]
         return CheckpointError(
@@ -290,24 +301,23 @@ class Checkpoints:
         )
 
     def maybe_save(self) -> str | None:
-        """Saves when the step is a multiple of `save_every_steps` or `save_every_minutes` have passed."""
+        """Saves when part 5's `save_due` says so: the step is a multiple of `save_every_steps`, or
+        `save_every_minutes` have passed on the monotonic clock since the last save."""
         step = int(self.step)
-        due_by_step = self.save_every_steps and step % self.save_every_steps == 0
-        due_by_time = self.save_every_minutes and time.monotonic() - self._last_save >= 60 * self.save_every_minutes
-        if (due_by_step or due_by_time) and step != self._last_saved_step:
+        now = time.monotonic()
+        if self.functions.save_due(
+            step, now, self._last_saved_step, self._last_save, self.save_every_steps, self.save_every_minutes
+        ):
             return self.save()
         return None
 
     def save_if_best(self, val_loss: float) -> bool:
-        """Saves the model to `best/` and returns True if `val_loss` is the lowest seen; returns False otherwise."""
-        if not val_loss < float(self.best_val_loss):
-            return False
-        self.best_val_loss.assign(val_loss)
+        """Saves the model to `best/` and returns True if `val_loss` is the lowest seen; returns False otherwise
+        (part 5's `save_if_best`, with a full disk turned into one clear error)."""
         try:
-            self.best.save(checkpoint_number=int(self.step), check_interval=False)
+            return bool(self.functions.save_if_best(self.best, float(val_loss), self.best_val_loss, int(self.step)))
         except (tf.errors.OpError, OSError) as error:
             raise self._save_failed(self._root / "best", "best", error) from None
-        return True
 
     def close(self) -> None:
         """Deletes a non-chief worker's scratch directory."""
@@ -394,11 +404,15 @@ def _assert_matched(status, path):
     try:
         status.assert_existing_objects_matched()
     except AssertionError as error:
-        first_line = str(error).split(":")[0]
-        raise CheckpointError(
-            f"checkpoint {path} does not fit the model built from its run's config.json ({first_line}); "
-            f"was it written by another model, config or version of the code?"
-        ) from None
+        raise _not_matched(error, path) from None
+
+
+def _not_matched(error, path) -> CheckpointError:
+    first_line = str(error).split(":")[0]
+    return CheckpointError(
+        f"checkpoint {path} does not fit the model built from its run's config.json ({first_line}); "
+        f"was it written by another model, config or version of the code?"
+    )
 
 
 def _stack(model):

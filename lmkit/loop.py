@@ -1,12 +1,16 @@
-"""The training loop every language model shares: checkpoints that resume, TensorBoard, a progress bar (given).
+"""The training loop every language model shares: checkpoints that resume, tracking, a progress bar (given).
 
-`train` calls part 5's `train_step` and `evaluate` (passed in; `assignment.train.train` passes the student's).
+`train` calls part 5's functions, passed in as a `LoopFunctions` (`assignment.train.train` passes the student's
+`assignment.train.FUNCTIONS`): `train_step` and `evaluate`; `make_managers`, `restore_latest`, `save_due` and
+`save_if_best` through `lmkit.checkpoints.Checkpoints`; `write_summaries` through the TensorBoard tracker
+(`lmkit.tracking`). lmkit never imports `assignment`.
 A run directory (`runs/<name>/`) holds everything a run needs to resume or to generate text:
     config.json      the model kind and config, the tokenizer kind, the corpus and the training settings
     tokenizer.json   the fitted tokenizer
     ckpt/            the latest checkpoints (step, model, optimizer, data position), the last `keep_last` kept
     best/            the checkpoint with the lowest validation loss so far
     logs/            TensorBoard event files
+    wandb/           the W&B run, with `--wandb` (offline unless W&B is set up; `wandb sync` uploads it)
     history.jsonl    one JSON line per evaluation (step, wall time, losses, bits/char, tokens/s), read by `compare`
 """
 
@@ -17,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import keras
@@ -30,10 +34,24 @@ from lmkit.distribute import is_chief
 from lmkit.errors import CheckpointError, Diverged
 from lmkit.history import History
 from lmkit.optim import evaluation_weights, make_optimizer
+from lmkit.tracking import TensorBoardTracker, Tracker, Trackers
 
 MAX_LOGGED_PERPLEXITY = (
     1e30  # TensorBoard's scalars are float32: a larger perplexity (a loss above ~69) cannot be logged
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopFunctions:
+    """Part 5's functions, which the given loop calls (`assignment.train.FUNCTIONS` holds the student's)."""
+
+    train_step: Callable  # (model, optimizer, inputs, labels, clip_norm=...) -> (loss, grad_norm)
+    evaluate: Callable  # (model, dataset) -> (loss, perplexity)
+    make_managers: Callable  # (directory, objects, best_objects, keep_last) -> (latest, best) managers
+    restore_latest: Callable  # (manager) -> the step to resume at
+    save_due: Callable  # (step, now, last_step, last_time, every_steps, every_minutes) -> bool
+    save_if_best: Callable  # (manager, val_loss, best_val_loss, step) -> bool
+    write_summaries: Callable  # (writer, step, scalars, texts=None) -> None
 
 
 @dataclasses.dataclass
@@ -164,9 +182,9 @@ def train(
     config: TrainConfig,
     run_dir: str | os.PathLike,
     *,
-    train_step: Callable,
-    evaluate: Callable[[keras.Model, Iterable], tuple[float, float]],
+    functions: LoopFunctions,
     strategy: tf.distribute.Strategy | None = None,
+    trackers: Sequence[Tracker] = (),
     setup_fn: Callable[[keras.Model], None] | None = None,
     sample_fn: Callable[[keras.Model], str] | None = None,
     progress: bool = True,
@@ -184,9 +202,12 @@ def train(
         train_ids, val_ids: int arrays of token ids, the training and validation streams.
         config: a `TrainConfig`.
         run_dir: the run directory; checkpoints go to `ckpt/` and `best/`, logs to `logs/`.
-        train_step: part 5's `train_step(model, optimizer, inputs, labels, clip_norm=...) -> (loss, grad_norm)`.
-        evaluate: part 5's `evaluate(model, dataset) -> (loss, perplexity)`.
+        functions: part 5's functions (`LoopFunctions`): `train_step(model, optimizer, inputs, labels,
+            clip_norm=...) -> (loss, grad_norm)`, `evaluate(model, dataset) -> (loss, perplexity)`, the checkpoint
+            functions `Checkpoints` calls, and `write_summaries`, which writes TensorBoard's logs.
         strategy: a `tf.distribute.Strategy` (e.g. `MirroredStrategy`), or None for one device.
+        trackers: more trackers (`lmkit.tracking`, e.g. `WandbTracker`) that get the same scalars and samples as
+            TensorBoard (on the chief only); the loop closes them.
         setup_fn: called with the built model before the optimizer is made: loads weights to fine-tune, freezes.
         sample_fn: called with the model at each evaluation (unless `config.sample_at_eval` is False); returns a
             text sample for TensorBoard.
@@ -210,6 +231,7 @@ def train(
     from tqdm.auto import tqdm
 
     cfg = config
+    train_step, evaluate = functions.train_step, functions.evaluate
     run_dir = Path(run_dir)
     check_data_size(train_ids, val_ids, cfg.batch_size, cfg.seq_len)
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
@@ -238,7 +260,15 @@ def train(
         )
         optimizer.build(model.trainable_variables)
     ckpts = Checkpoints(
-        run_dir, model, optimizer, cfg.keep_last, cfg.save_every_steps, cfg.save_every_minutes, chief, log
+        run_dir,
+        model,
+        optimizer,
+        cfg.keep_last,
+        cfg.save_every_steps,
+        cfg.save_every_minutes,
+        chief,
+        log,
+        functions=functions,
     )
     restored = ckpts.restore()
     history = History(run_dir / "history.jsonl", writer=chief)
@@ -290,7 +320,9 @@ def train(
         strategy,
         cfg.jit_compile and strategy is None,
     )
-    writer = tf.summary.create_file_writer(str(run_dir / "logs")) if chief else tf.summary.create_noop_writer()
+    tracker = Trackers(
+        [TensorBoardTracker(run_dir / "logs", functions.write_summaries), *trackers] if chief else [], log=log
+    )
     tokens_per_step = cfg.batch_size * cfg.seq_len
 
     def bits_per_character(val_loss, final):
@@ -311,13 +343,10 @@ def train(
             best = ckpts.save_if_best(val_loss)
             sampling = sample_fn is not None and chief and cfg.sample_at_eval
             sample = sample_fn(model) if sampling else None
-        with writer.as_default(step=step):
-            tf.summary.scalar("val/loss", val_loss)
-            tf.summary.scalar("val/perplexity", min(val_perplexity, MAX_LOGGED_PERPLEXITY))
-            if val_bpc is not None:
-                tf.summary.scalar("val/bits_per_char", val_bpc)
-            if sample is not None:
-                tf.summary.text("sample", sample)
+        scalars = {"val/loss": val_loss, "val/perplexity": min(val_perplexity, MAX_LOGGED_PERPLEXITY)}
+        if val_bpc is not None:
+            scalars["val/bits_per_char"] = val_bpc
+        tracker.log(step, scalars, {"sample": sample} if sample is not None else None)
         record = dict(
             step=step,
             train_loss=train_loss,
@@ -399,14 +428,16 @@ def train(
                     tokens_per_sec = round(window_steps * tokens_per_step / window_time, 1)
                     speeds.append(tokens_per_sec)
                     bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
-                    with writer.as_default(step=step):
-                        tf.summary.scalar("train/loss", train_loss)
-                        tf.summary.scalar(
-                            "train/perplexity", min(math.exp(min(train_loss, 700)), MAX_LOGGED_PERPLEXITY)
-                        )
-                        tf.summary.scalar("train/grad_norm", window_norm / window_steps)
-                        tf.summary.scalar("train/lr", float(optimizer.learning_rate))
-                        tf.summary.scalar("train/tokens_per_sec", tokens_per_sec)
+                    tracker.log(
+                        step,
+                        {
+                            "train/loss": train_loss,
+                            "train/perplexity": min(math.exp(min(train_loss, 700)), MAX_LOGGED_PERPLEXITY),
+                            "train/grad_norm": window_norm / window_steps,
+                            "train/lr": float(optimizer.learning_rate),
+                            "train/tokens_per_sec": tokens_per_sec,
+                        },
+                    )
                     window_loss, window_norm, window_steps, window_time = 0.0, 0.0, 0, 0.0
                 if evaluating:
                     record, best, _ = run_evaluation(step, train_loss, tokens_per_sec, final=step == cfg.steps)
@@ -416,7 +447,6 @@ def train(
                         + (f", {record['val_bits_per_char']:.4f} bits/char" if record["val_bits_per_char"] else "")
                         + (" (best)" if best else "")
                     )
-                    writer.flush()
                 if evaluating and ckpts.last_saved_step != step:
                     ckpts.save()  # every evaluation has its checkpoint: history never runs ahead of ckpt/
                 else:
@@ -425,16 +455,20 @@ def train(
         bar.close()
         path = ckpts.save()  # every worker of a multi-worker run takes part in a save
         log(f"interrupted at step {int(ckpts.step)}: saved {path}; run the same command again to resume")
+        tracker.close()
+        raise
+    except BaseException:
+        tracker.close()
         raise
     finally:
         bar.close()
-        writer.flush()
     if out_of_time and (record is None or record["step"] != int(ckpts.step)):
         record, _, _ = run_evaluation(int(ckpts.step), train_loss, tokens_per_sec, final=True)
     ckpts.wall_time.assign(wall_base + time.perf_counter() - wall_start)  # with the last evaluation
     if ckpts.last_saved_step != int(ckpts.step):
         ckpts.save()
     ckpts.close()
+    tracker.close()
     stopped = int(ckpts.step) < cfg.steps
     evaluated = record is not None and record["step"] == int(ckpts.step)
     result.update(

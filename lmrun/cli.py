@@ -171,6 +171,12 @@ def build_parser() -> Parser:
         "do not, as nanoGPT does not: they compete on time)",
     )
     loop.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
+    loop.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also track the run with Weights & Biases (scalars, config, samples): offline into <run-dir>/wandb/ "
+        "unless W&B is set up (WANDB_MODE, wandb login); the run prints how to upload it (wandb sync)",
+    )
 
     tune = parser.add_argument_group("fine-tuning and scale-out")
     tune.add_argument(

@@ -102,6 +102,7 @@ class RunRequest:
     sample_tokens: int = 200
     eval_samples: bool | None = None  # a sample at each evaluation (None: the config's)
     no_progress: bool = False
+    wandb: bool = False  # also track the run with Weights & Biases (offline unless W&B is set up)
     init_from: str | None = None
     freeze: list | None = None
     strategy: str = "default"
@@ -454,24 +455,34 @@ def run(request: RunRequest, log: Callable[[str], None] = print) -> dict:
     eval_sample_fn = make_sample_fn(
         tokenizer, request.sample_prompt, max(1, min(request.sample_tokens, 100, room)), seed=cfg.seed
     )
-    result = train(
-        lambda: build_model(settings["model"], config["model_config"]),
-        train_ids,
-        val_ids,
-        cfg,
-        run_dir,
-        strategy=strategy,
-        setup_fn=setup_fn,
-        sample_fn=eval_sample_fn if request.sample_tokens else None,
-        progress=not request.no_progress,
-        log=log,
-        fresh_start=(
-            f"fine-tuning: starting at step 0 from the best weights of {settings['init_from']}"
-            if settings["init_from"]
-            else "starting from scratch"
-        ),
-        val_chars=val_chars,
-    )
+    trackers = []
+    if request.wandb and chief:
+        from lmkit.tracking import WandbTracker
+
+        trackers.append(WandbTracker(run_dir, config, log=log))
+    try:
+        result = train(
+            lambda: build_model(settings["model"], config["model_config"]),
+            train_ids,
+            val_ids,
+            cfg,
+            run_dir,
+            strategy=strategy,
+            trackers=trackers,
+            setup_fn=setup_fn,
+            sample_fn=eval_sample_fn if request.sample_tokens else None,
+            progress=not request.no_progress,
+            log=log,
+            fresh_start=(
+                f"fine-tuning: starting at step 0 from the best weights of {settings['init_from']}"
+                if settings["init_from"]
+                else "starting from scratch"
+            ),
+            val_chars=val_chars,
+        )
+    finally:
+        for tracker in trackers:
+            tracker.close()  # the loop has closed them unless it failed early; a second close does nothing
     if result["already_done"]:
         figures = (
             f": val loss {result['val_loss']:.4f}, perplexity {result['val_perplexity']:.2f}"

@@ -38,3 +38,43 @@ def step_ids(result, what):
     ids = np.asarray(ids)
     assert_shape(ids, (ids.size,), what)
     return ids
+
+
+def tfrecords(data):
+    """The records of a TFRecord file's bytes (a TensorBoard event file): each is an 8-byte little-endian length,
+    a 4-byte CRC of the length, the data, and a 4-byte CRC of the data (the CRCs are not checked here)."""
+    records, at = [], 0
+    while at + 12 <= len(data):
+        (length,) = np.frombuffer(data[at : at + 8], "<u8")
+        start, end = at + 12, at + 12 + int(length)
+        assert end + 4 <= len(data), f"an event file ends inside a record ({len(data)} bytes, record to {end + 4})"
+        records.append(bytes(data[start:end]))
+        at = end + 4
+    return records
+
+
+def summary_values(files):
+    """`[(step, tag, kind, value)]` of every summary value in event files `{name: bytes}`, read with TensorBoard's
+    protocol buffers (no TensorFlow): kind "float" for a scalar (value a float), "string" for a text (value a str),
+    else the tensor's dtype number."""
+    from tensorboard.compat.proto import event_pb2, types_pb2
+
+    values = []
+    for name in sorted(files):
+        for record in tfrecords(files[name]):
+            event = event_pb2.Event.FromString(record)
+            for v in event.summary.value:
+                tensor = v.tensor
+                if v.HasField("simple_value"):
+                    values.append((event.step, v.tag, "float", float(v.simple_value)))
+                elif tensor.dtype in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE):
+                    dtype = "<f4" if tensor.dtype == types_pb2.DT_FLOAT else "<f8"
+                    flat = list(tensor.float_val or tensor.double_val) or np.frombuffer(tensor.tensor_content, dtype)
+                    assert len(flat) == 1, f"the summary {v.tag!r} at step {event.step} holds {len(flat)} numbers"
+                    values.append((event.step, v.tag, "float", float(flat[0])))
+                elif tensor.dtype == types_pb2.DT_STRING:
+                    assert len(tensor.string_val) == 1, f"the text {v.tag!r} at step {event.step} is not one string"
+                    values.append((event.step, v.tag, "string", tensor.string_val[0].decode("utf-8")))
+                else:
+                    values.append((event.step, v.tag, int(tensor.dtype), None))
+    return values

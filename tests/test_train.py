@@ -1,4 +1,6 @@
-"""Part 5 (20 points with the hidden tests): `train_step` and `evaluate`, checked on a tiny model defined here.
+"""Part 5 (20 points with the hidden tests): `train_step` and `evaluate`, checked on a tiny model defined here;
+then the loop's checkpoints and tracking (`make_managers`, `restore_latest`, `save_due`, `save_if_best`,
+`write_summaries`) on small trackables and clocks the tests choose, the event files read back without TensorFlow.
 
 The model is an embedding followed by a dense projection to the vocabulary, so these tests depend on no other
 part of the assignment. References are computed independently with NumPy from the tiny model's weights: the loss,
@@ -11,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from checks import assert_close, assert_shape
+from checks import assert_close, assert_shape, summary_values
 
 V, T = 7, 5  # vocabulary size, sequence length
 
@@ -184,9 +186,14 @@ def test_train_step_returns_scalar_loss_and_grad_norm(student):
     assert np.isfinite(float(loss)) and np.isfinite(float(grad_norm)), "loss and grad_norm must be finite numbers"
     for name, value in (("loss", loss), ("grad_norm", grad_norm)):
         assert value.dtype == np.float32, f"{name} must be a float32 scalar tensor, got dtype {value.dtype}"
+    result = _steps(student, inputs, labels, "SGD", 0.1, 1.0)
+    moved = [not np.allclose(b, a) for b, a in zip(result["before"], result["after"])]
+    assert all(moved), (
+        f"after train_step, every weight must have moved (one optimizer update): moved {moved} for {result['paths']}"
+    )
 
 
-@pytest.mark.points(2.5)
+@pytest.mark.points(2)
 @pytest.mark.clause(
     "train.train_step: loss: float32 scalar tensor, the weighted mean cross-entropy per token, computed *before* the",
     "train.train_step: None means every token has weight 1.",
@@ -211,6 +218,7 @@ def test_train_step_runs_the_model_in_training_mode(student):
     inputs, labels = batch(7)
     result = _steps(student, inputs, labels, "SGD", 0.1, 1.0, model_kwargs={"dropout": 0.5})
     loss, _ = _pair(result["outputs"][0])
+    assert not np.allclose(result["before"][-1], result["after"][-1]), "train_step must update the weights"
     without_dropout = reference_token_losses(result["before"], inputs, labels).mean()
     assert abs(float(loss) - without_dropout) > 1e-3, (
         f"with a model holding dropout=0.5, train_step's loss {float(loss):.6f} equals the loss without dropout "
@@ -219,7 +227,7 @@ def test_train_step_runs_the_model_in_training_mode(student):
     )
 
 
-@pytest.mark.points(2)
+@pytest.mark.points(1.5)
 @pytest.mark.clause(
     "train.train_step: Runs eagerly and inside `tf.function`",
     "train.train_step: Returns `(loss, grad_norm)` after one optimizer update of `model` on one batch.",
@@ -234,7 +242,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(student):
     )
 
 
-@pytest.mark.points(2.5)
+@pytest.mark.points(2)
 @pytest.mark.clause(
     "train.train_step: The gradients of all trainable variables, taken together as one long vector, are scaled down"
 )
@@ -285,7 +293,7 @@ def test_train_step_reports_the_gradient_norm_before_clipping(student):
     )
 
 
-@pytest.mark.points(2)
+@pytest.mark.points(1.5)
 @pytest.mark.clause(
     "train.train_step: The gradients of all trainable variables, taken together as one long vector, are scaled down"
 )
@@ -308,13 +316,15 @@ def test_train_step_applies_small_gradients_unchanged(student):
 
 
 def evaluate_types(model_kwargs, tensors, batch_size):
-    """Probe: for each value train.evaluate returns on the tiny model, its type name and whether it is a float."""
+    """Probe: for each value train.evaluate returns on the tiny model, its type name, whether it is a float, and the
+    value as a float when it is one."""
     import tensorflow as tf
 
     from assignment import train
 
     dataset = tf.data.Dataset.from_tensor_slices(tuple(tensors)).batch(batch_size)
-    return [(type(v).__name__, isinstance(v, float)) for v in train.evaluate(_tiny(**model_kwargs), dataset)]
+    out = train.evaluate(_tiny(**model_kwargs), dataset)
+    return [(type(v).__name__, isinstance(v, float), v if isinstance(v, float) else None) for v in out]
 
 
 def uneven_data(student, sizes=(4, 4, 1)):
@@ -325,7 +335,7 @@ def uneven_data(student, sizes=(4, 4, 1)):
     return inputs, labels, reference_token_losses(weights, inputs, labels)  # (N, T)
 
 
-@pytest.mark.points(2.5)
+@pytest.mark.points(2)
 @pytest.mark.clause(
     "train.evaluate: the sum over all batches of `sum(w * ce)`, divided by the sum over all batches of `sum(w)`",
     "train.evaluate: this is not the mean of the per-batch means",
@@ -370,8 +380,395 @@ def test_evaluate_perplexity_is_exp_of_the_loss(student):
 def test_evaluate_returns_python_floats(student):
     inputs, labels = batch(8, size=5)
     types = student.run(evaluate_types, dict(vocab=V, length=T), [inputs, labels], 2, uses=(_tiny,))
-    assert len(types) == 2 and all(is_float for _, is_float in types), (
-        f"evaluate must return (loss, perplexity) as two Python floats, got {[name for name, _ in types]}: "
+    assert len(types) == 2 and all(is_float for _, is_float, _ in types), (
+        f"evaluate must return (loss, perplexity) as two Python floats, got {[name for name, _, _ in types]}: "
         "convert with float(...) "
         "(the training loop writes them to JSON and compares them with other runs)"
     )
+    weights = student.run(tiny_weights, dict(vocab=V, length=T), uses=(_tiny,))
+    expected = reference_token_losses(weights, inputs, labels).mean()
+    assert_close(types[0][2], expected, "the loss evaluate returns (the mean token cross-entropy)", atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop's checkpoints and tracking: make_managers, restore_latest, save_due, save_if_best, write_summaries.
+# The probes build small trackables (a Dense layer's weights, an Adam optimizer, a step variable), set them to
+# values the test chose, call the student's function and return what is on disk or what was restored; every
+# expected value is computed here.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _trackables(dense_in, dense_out):
+    """Probe helper: `(objects, best_objects, layer, optimizer)` as the given loop builds them (a step variable, the
+    weights of a built Dense layer, an Adam optimizer built on them, the best validation loss), with fresh values."""
+    import math
+
+    import keras
+    import tensorflow as tf
+
+    layer = keras.layers.Dense(dense_out)
+    layer.build((None, dense_in))
+    optimizer = keras.optimizers.Adam(0.01)
+    optimizer.build(layer.trainable_variables)
+    model = tf.Module()
+    model.values = [v.value for v in layer.variables]
+    step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    best_val_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
+    objects = dict(step=step, model=model, optimizer=optimizer, best_val_loss=best_val_loss)
+    best_objects = dict(step=step, val_loss=best_val_loss, model=model)
+    return objects, best_objects, layer, optimizer
+
+
+def optimizer_slots(dense_in, dense_out):
+    """Probe: the shapes and dtypes of the Adam optimizer's variables on the Dense layer (given code only)."""
+    _, _, _, optimizer = _trackables(dense_in, dense_out)
+    return [(tuple(v.shape), v.dtype) for v in optimizer.variables]
+
+
+def _set_state(objects, layer, optimizer, step, weights, slots):
+    """Probe helper: assigns the test's step, layer weights and optimizer variables."""
+    objects["step"].assign(step)
+    for v, value in zip(layer.variables, weights):
+        v.assign(value)
+    for v, value in zip(optimizer.variables, slots):
+        v.assign(value)
+
+
+def _files(directory):
+    import os
+
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+def managers_on_disk(keep_last, steps):
+    """Probe: make_managers in a fresh folder, then `latest.save` and `best.save` numbered by each step; returns the
+    managers' types, the file names in ckpt/ and best/, and the variable names in the newest files of each."""
+    import tempfile
+
+    import tensorflow as tf
+
+    from assignment import train
+
+    root = tempfile.mkdtemp()
+    objects, best_objects, layer, optimizer = _trackables(3, 2)
+    latest, best = train.make_managers(root, objects, best_objects, keep_last)
+    for step in steps:
+        objects["step"].assign(step)
+        latest.save(checkpoint_number=step)
+        best.save(checkpoint_number=step)
+    return {
+        "types": [type(latest).__name__, type(best).__name__],
+        "ckpt": _files(root + "/ckpt"),
+        "best": _files(root + "/best"),
+        "ckpt_names": [name for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(root + "/ckpt"))],
+        "best_names": [name for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(root + "/best"))],
+    }
+
+
+def resume(saves, fresh_step):
+    """Probe: session 1 saves, for each `(step, weights, slots)` of `saves`, that state with `latest.save` (as the
+    given loop does); session 2 builds new objects (step `fresh_step`, fresh weights), makes the managers on the same
+    folder and calls restore_latest. Also restore_latest on a folder with no checkpoint. Returns what it returned
+    and the values of the new objects, before and after."""
+    import tempfile
+
+    import numpy as np
+
+    from assignment import train
+
+    root = tempfile.mkdtemp()
+    objects, best_objects, layer, optimizer = _trackables(3, 2)
+    latest, _ = train.make_managers(root, objects, best_objects, 5)
+    for step, weights, slots in saves:
+        _set_state(objects, layer, optimizer, step, weights, slots)
+        latest.save(checkpoint_number=step)
+
+    def state(objects, layer, optimizer):
+        return {
+            "step": int(objects["step"]),
+            "weights": [np.asarray(v) for v in layer.variables],
+            "slots": [np.asarray(v) for v in optimizer.variables],
+        }
+
+    out = {}
+    for name, folder in (("resumed", root), ("fresh", tempfile.mkdtemp())):
+        objects, best_objects, layer, optimizer = _trackables(3, 2)
+        objects["step"].assign(fresh_step)
+        before = state(objects, layer, optimizer)
+        latest, _ = train.make_managers(folder, objects, best_objects, 5)
+        returned = train.restore_latest(latest)
+        out[name] = {"returned": returned, "type": type(returned).__name__, "before": before}
+        out[name].update(state(objects, layer, optimizer))
+    return out
+
+
+def best_checkpoints(evaluations):
+    """Probe: for each `(step, val_loss, weights)` of `evaluations`, the layer gets those weights and the step, then
+    save_if_best(best, val_loss, best_val_loss, step); returns what each call returned, best_val_loss after each,
+    the files of best/, and what the newest best checkpoint holds (read back into new objects)."""
+    import tempfile
+
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import train
+
+    root = tempfile.mkdtemp()
+    objects, best_objects, layer, optimizer = _trackables(3, 2)
+    _, best = train.make_managers(root, objects, best_objects, 2)
+    returned, best_after = [], []
+    for step, val_loss, weights in evaluations:
+        _set_state(objects, layer, optimizer, step, weights, [])
+        out = train.save_if_best(best, val_loss, objects["best_val_loss"], step)
+        returned.append((type(out).__name__, bool(out)))
+        best_after.append(float(objects["best_val_loss"].numpy()))
+    path = tf.train.latest_checkpoint(root + "/best")
+    restored = None
+    if path is not None:
+        objects, best_objects, layer, _ = _trackables(3, 2)
+        tf.train.Checkpoint(**best_objects).restore(path).expect_partial()
+        restored = {
+            "step": int(best_objects["step"]),
+            "val_loss": float(best_objects["val_loss"].numpy()),
+            "weights": [np.asarray(v) for v in layer.variables],
+        }
+    return {"returned": returned, "best_after": best_after, "files": _files(root + "/best"), "restored": restored}
+
+
+def save_decisions(cases):
+    """Probe: save_due(*case) for each case; returns the type name and value of each answer."""
+    from assignment import train
+
+    return [(type(out).__name__, bool(out)) for out in (train.save_due(*case) for case in cases)]
+
+
+def summaries_on_disk(calls):
+    """Probe: a new tf.summary file writer, write_summaries(writer, step, scalars, texts) for each call, then the
+    bytes of every file in its folder, read before the writer is closed."""
+    import os
+    import tempfile
+
+    import tensorflow as tf
+
+    from assignment import train
+
+    logdir = tempfile.mkdtemp()
+    writer = tf.summary.create_file_writer(logdir)
+    for step, scalars, texts in calls:
+        train.write_summaries(writer, step, scalars, texts)
+    files = {}
+    for folder, _, names in os.walk(logdir):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                files[os.path.relpath(os.path.join(folder, name), logdir)] = f.read()
+    writer.close()
+    return files
+
+
+def random_state(rng, slots, dense_in=3, dense_out=2):
+    """A layer's weights (kernel, bias) and values for every optimizer variable, drawn here from `rng`."""
+    weights = [rng.normal(size=(dense_in, dense_out)).astype(np.float32), rng.normal(size=dense_out).astype(np.float32)]
+    values = []
+    for shape, dtype in slots:
+        if "int" in dtype:
+            values.append(np.asarray(rng.integers(1, 1000), dtype))
+        else:
+            values.append(np.abs(rng.normal(size=shape)).astype(dtype))
+    return weights, values
+
+
+@pytest.mark.points(0.5)
+@pytest.mark.clause(
+    "train.make_managers: Returns `(latest, best)`: two `tf.train.CheckpointManager`s of a run directory.",
+    "train.make_managers: saves a `tf.train.Checkpoint` of every entry of `objects` into `<directory>/ckpt/`",
+    "train.make_managers: keeps only the newest `keep_last` checkpoints",
+    "train.make_managers: saves a `tf.train.Checkpoint` of every entry of `best_objects` into `<directory>/best/`",
+    "train.make_managers: keeps only the newest one.",
+)
+def test_managers_keep_only_the_newest_checkpoints(student):
+    steps, keep_last = [10, 20, 30, 40, 50], 3
+    out = student.run(managers_on_disk, keep_last, steps, uses=(_trackables, _files))
+    assert out["types"] == ["CheckpointManager", "CheckpointManager"], (
+        f"make_managers must return two tf.train.CheckpointManager, got {out['types']}"
+    )
+    for folder, name, kept in (("ckpt", "ckpt", steps[-keep_last:]), ("best", "best", steps[-1:])):
+        indexes = sorted(f for f in out[folder] if f.endswith(".index"))
+        expected = sorted(f"{name}-{s}.index" for s in kept)
+        assert indexes == expected, (
+            f"after saves at steps {steps} with keep_last={keep_last if folder == 'ckpt' else 1}, {folder}/ must "
+            f"hold the checkpoints {expected} (files named {name}-<number>.*, the oldest deleted: max_to_keep); "
+            f"it holds {indexes}"
+        )
+    for folder, wanted in (("ckpt", ("step", "model", "optimizer", "best_val_loss")), ("best", ("step", "val_loss"))):
+        names = out[f"{folder}_names"]
+        for key in wanted:
+            assert any(n.split("/")[0] == key for n in names), (
+                f"the checkpoints of {folder}/ must hold every object they are given, as "
+                f"tf.train.Checkpoint(**objects) does; nothing named {key!r} in {sorted(names)[:8]}"
+            )
+
+
+@pytest.mark.points(0.5)
+@pytest.mark.clause(
+    "train.restore_latest: Restores the newest checkpoint of `manager` and returns the step to resume at.",
+    "train.restore_latest: gets the values it had when that checkpoint was saved",
+    "train.restore_latest: the restored value of the checkpoint's `step` variable",
+    "train.restore_latest: With no checkpoint yet (a fresh run), nothing changes and the step returned is 0.",
+    "train.make_managers: Every one of them is saved and restored.",
+)
+def test_a_resumed_run_continues_at_the_saved_step_with_the_saved_state(student):
+    rng = np.random.default_rng(50)
+    slots = student.run(optimizer_slots, 3, 2, uses=(_trackables,))
+    saves = []
+    for step in (120, 240, 360):
+        weights, values = random_state(rng, slots)
+        saves.append((step, weights, values))
+    out = student.run(resume, saves, 7, uses=(_trackables, _set_state))
+    step, weights, values = saves[-1]
+    resumed = out["resumed"]
+    assert resumed["type"] == "int", f"restore_latest must return a Python int, got {resumed['type']}"
+    assert resumed["returned"] == step, (
+        f"after saves at steps {[s for s, _, _ in saves]}, restore_latest must return the saved step {step} (the "
+        f"restored value of manager.checkpoint.step), got {resumed['returned']}"
+    )
+    assert resumed["step"] == step, f"the step variable must be restored to {step}, it holds {resumed['step']}"
+    for got, want, name in zip(resumed["weights"], weights, ("kernel", "bias")):
+        assert np.array_equal(got, want), f"the model's {name} must be restored exactly to the newest checkpoint's"
+    for i, (got, want) in enumerate(zip(resumed["slots"], values)):
+        assert np.array_equal(got, want), (
+            f"optimizer variable {i} (of {len(values)}: its step count, Adam's moments) must be restored exactly: "
+            "a resumed run without the optimizer's state takes different steps from a run never stopped. Is the "
+            "optimizer in the checkpoint (tf.train.Checkpoint(**objects))?"
+        )
+    fresh = out["fresh"]
+    assert fresh["type"] == "int" and fresh["returned"] == 0, (
+        f"with no checkpoint in the folder, restore_latest must return 0, got {fresh['returned']!r}"
+    )
+    before = fresh["before"]
+    unchanged = before["step"] == fresh["step"] and all(
+        np.array_equal(a, b) for a, b in zip(before["weights"] + before["slots"], fresh["weights"] + fresh["slots"])
+    )
+    assert unchanged, "with no checkpoint, restore_latest must change nothing (a fresh run keeps its initial weights)"
+
+
+@pytest.mark.points(0.5)
+@pytest.mark.clause(
+    "train.save_if_best: Saves the best checkpoint when `val_loss` improves on the lowest validation loss so far",
+    "train.save_if_best: True (a Python bool) after a save when `val_loss < best_val_loss`",
+    "train.save_if_best: `best_val_loss` then holds `val_loss`.",
+    "train.save_if_best: False otherwise, with nothing saved and `best_val_loss` unchanged.",
+)
+def test_the_best_checkpoint_holds_the_weights_of_the_lowest_validation_loss(student):
+    rng = np.random.default_rng(51)
+    losses = [3.2, 2.9, 3.0, 2.4, 2.6, 2.5, 3.1]
+    evaluations = [(100 * (i + 1), loss, random_state(rng, [])[0]) for i, loss in enumerate(losses)]
+    out = student.run(best_checkpoints, evaluations, uses=(_trackables, _set_state, _files))
+    lowest, expected_returns, expected_best = np.inf, [], []
+    for loss in losses:
+        expected_returns.append(loss < lowest)
+        lowest = min(lowest, loss)
+        expected_best.append(lowest)
+    assert all(name == "bool" for name, _ in out["returned"]), (
+        f"save_if_best must return a Python bool, got {[name for name, _ in out['returned']]}"
+    )
+    got_returns = [value for _, value in out["returned"]]
+    assert got_returns == expected_returns, (
+        f"validation losses {losses}: save_if_best must return True exactly when the loss is lower than every "
+        f"earlier one, {expected_returns}; got {got_returns}"
+    )
+    assert_close(out["best_after"], expected_best, "best_val_loss after each evaluation (the lowest so far)")
+    best = int(np.argmin(losses))
+    restored = out["restored"]
+    assert restored is not None, "best/ holds no checkpoint after the evaluations"
+    assert restored["step"] == evaluations[best][0] and restored["val_loss"] == losses[best], (
+        f"the best checkpoint must be the one of step {evaluations[best][0]} (validation loss {losses[best]}, the "
+        f"lowest); it is the one of step {restored['step']} (val_loss {restored['val_loss']}). Saved at every "
+        "evaluation?"
+    )
+    for got, want, name in zip(restored["weights"], evaluations[best][2], ("kernel", "bias")):
+        assert np.array_equal(got, want), f"the best checkpoint's {name} must be the weights of the lowest loss"
+
+
+def expected_save(step, now, last_step, last_time, every_steps, every_minutes):
+    """The test's own rule: due by step count or by time (seconds), never twice at one step."""
+    by_steps = every_steps > 0 and step % every_steps == 0
+    by_time = every_minutes > 0 and now - last_time >= 60 * every_minutes
+    return (by_steps or by_time) and step != last_step
+
+
+SAVE_CASES = [
+    # (step, now, last_step, last_time, every_steps, every_minutes): clocks in seconds, chosen exact in binary
+    (500, 1000.0, 499, 990.0, 500, 5.0),  # a multiple of every_steps
+    (501, 1000.0, 500, 990.0, 500, 5.0),  # neither
+    (501, 1300.0, 500, 1000.0, 500, 5.0),  # exactly 5 minutes later
+    (502, 1299.5, 500, 1000.0, 500, 5.0),  # half a second short
+    (7, 2000.0, 5, 1970.0, 0, 1.0),  # 2 steps but only 30 s: time is not counted in steps
+    (9, 2090.0, 5, 1970.0, 0, 1.0),  # 120 s, off by step count
+    (9, 2090.0, 5, 1970.0, 0, 0.0),  # both off
+    (1000, 5000.0, 1000, 0.0, 500, 5.0),  # already saved at this step
+    (3, 100.0, None, 0.0, 3, 0.0),  # never saved yet
+    (4, 100.0, None, 70.0, 3, 0.5),  # 30 s = 0.5 min, the first save
+    (4, 99.75, None, 70.0, 3, 0.5),  # 29.75 s
+    (100, 1e6 + 90.0, 40, 1e6, 1000, 1.5),  # a clock far from 0: 90 s = 1.5 min
+]
+
+
+@pytest.mark.points(0.5)
+@pytest.mark.clause(
+    "train.save_due: Returns True when the loop should save a checkpoint after `step`, as a Python bool.",
+    "train.save_due: when `step` is a multiple of `every_steps` (0: never by step count)",
+    "train.save_due: `now - last_time >= 60 * every_minutes`",
+    "train.save_due: (0: never by time)",
+    "train.save_due: Never twice at one step: False when `step == last_step`.",
+)
+def test_save_due_by_steps_or_by_time_on_the_given_clock(student):
+    answers = student.run(save_decisions, SAVE_CASES)
+    for case, (name, got) in zip(SAVE_CASES, answers):
+        step, now, last_step, last_time, every_steps, every_minutes = case
+        want = expected_save(*case)
+        assert name == "bool", f"save_due must return a Python bool, got {name}"
+        assert got == want, (
+            f"save_due(step={step}, now={now}, last_step={last_step}, last_time={last_time}, every_steps="
+            f"{every_steps}, every_minutes={every_minutes}) must be {want}: {now - last_time:g} s have passed since "
+            f"the last save (the clock is in seconds; time is not counted in steps), and a save is never due twice "
+            f"at one step; got {got}"
+        )
+
+
+SUMMARY_CALLS = [
+    (10, {"train/loss": 3.25, "train/lr": 0.001}, None),
+    (20, {"train/loss": 2.75, "train/lr": 0.002}, None),
+    (20, {"val/loss": 2.875, "val/perplexity": 17.72}, {"sample": "The cat sat"}),
+    (35, {"train/loss": 2.5}, {}),
+]
+
+
+@pytest.mark.points(0.5)
+@pytest.mark.clause(
+    "train.write_summaries: Writes `scalars` and `texts` to TensorBoard at `step` through `writer`",
+    "train.write_summaries: Each scalar `{tag: value}` is one `tf.summary.scalar(tag, value)`",
+    "train.write_summaries: each text `{tag: text}` one `tf.summary.text(tag, text)`, all recorded at `step`.",
+    "train.write_summaries: When this returns, the event file holds them (the writer is flushed)",
+)
+def test_write_summaries_records_every_tag_at_its_step_and_flushes(student):
+    files = student.run(summaries_on_disk, SUMMARY_CALLS)
+    assert isinstance(files, dict) and files, "no event file in the writer's folder"
+    values = summary_values(files)
+    expected = []
+    for step, scalars, texts in SUMMARY_CALLS:
+        expected += [(step, tag, "float", value) for tag, value in scalars.items()]
+        expected += [(step, tag, "string", text) for tag, text in (texts or {}).items()]
+    assert values, (
+        "the event files hold no summary after write_summaries returned: flush the writer (writer.flush()), or the "
+        "events wait in memory and a killed run loses them"
+    )
+    got = sorted((s, t, k) for s, t, k, _ in values)
+    want = sorted((s, t, k) for s, t, k, _ in expected)
+    assert got == want, (
+        f"the event files must hold each tag once at the step it was written: (step, tag, kind) {want}; they hold {got}"
+    )
+    for (step, tag, kind, value), (_, _, _, written) in zip(sorted(expected), sorted(values)):
+        if kind == "float":
+            assert_close(written, np.float32(value), f"scalar {tag} at step {step}", rtol=1e-6)
+        else:
+            assert written == value, f"text {tag} at step {step}: expected {value!r}, got {written!r}"

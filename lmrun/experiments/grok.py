@@ -62,7 +62,7 @@ def grok(args):
     import tensorflow as tf
     from tqdm.auto import tqdm
 
-    from assignment.train import train_step
+    from assignment.train import FUNCTIONS, train_step
     from assignment.transformer import TransformerConfig, TransformerLanguageModel
     from lmkit.checkpoints import Checkpoints
     from lmkit.history import History
@@ -114,7 +114,14 @@ def grok(args):
     optimizer.build(model.trainable_variables)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpts = Checkpoints(
-        run_dir, model, optimizer, keep_last=1, save_every_steps=0, save_every_minutes=0.5, log=lambda line: None
+        run_dir,
+        model,
+        optimizer,
+        keep_last=1,
+        save_every_steps=0,
+        save_every_minutes=0.5,
+        log=lambda line: None,
+        functions=FUNCTIONS,
     )
     restored = ckpts.restore()
     history = History(run_dir / "history.jsonl")

@@ -1,4 +1,5 @@
-"""Part 5, hidden tests (4 points): padding weights in `train_step` and `evaluate`, and evaluation mode."""
+"""Part 5, hidden tests (4 points): padding weights in `train_step` and `evaluate`, evaluation mode, and a tie of
+validation losses in `save_if_best`."""
 
 import numpy as np
 import pytest
@@ -91,7 +92,7 @@ def token_losses(model_weights, inputs, labels):
     return -np.take_along_axis(log_probs, labels[..., None].astype(np.int64), axis=-1)[..., 0]
 
 
-@pytest.mark.points(2)
+@pytest.mark.points(1.5)
 @pytest.mark.clause(
     "train.evaluate: the sum over all batches of `sum(w * ce)`, divided by the sum over all batches of `sum(w)`",
     "train.evaluate: batches `(inputs, labels)` or `(inputs, labels, weights)`",
@@ -152,3 +153,49 @@ def test_evaluate_runs_the_model_in_inference_mode(student):
         "training=False (no dropout), so the same data always gives the same loss",
         atol=1e-5,
     )
+
+
+def best_with_ties(losses):
+    """Probe: save_if_best on a fresh best manager (make_managers) for each validation loss, numbered 1, 2, ...;
+    returns each answer, best_val_loss after each, and the best checkpoint's step and loss read back."""
+    import math
+    import tempfile
+
+    import tensorflow as tf
+
+    from assignment import train
+
+    root = tempfile.mkdtemp()
+    step = tf.Variable(0, dtype=tf.int64)
+    best_val_loss = tf.Variable(math.inf, dtype=tf.float64)
+    weights = tf.Module()
+    weights.values = [tf.Variable(0.0)]
+    objects = dict(step=step, model=weights, best_val_loss=best_val_loss)
+    _, best = train.make_managers(root, objects, dict(step=step, val_loss=best_val_loss, model=weights), 2)
+    answers, after = [], []
+    for i, loss in enumerate(losses, start=1):
+        step.assign(i)
+        answers.append(bool(train.save_if_best(best, loss, best_val_loss, i)))
+        after.append(float(best_val_loss.numpy()))
+    read = tf.train.load_checkpoint(tf.train.latest_checkpoint(root + "/best"))
+    return {
+        "answers": answers,
+        "after": after,
+        "step": int(read.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")),
+        "val_loss": float(read.get_tensor("val_loss/.ATTRIBUTES/VARIABLE_VALUE")),
+    }
+
+
+@pytest.mark.points(0.5)
+@pytest.mark.clause("train.save_if_best: (strictly lower: a tie is no improvement)")
+def test_a_tied_validation_loss_keeps_the_earlier_best_checkpoint(student):
+    losses = [2.5, 2.25, 2.25, 2.5, 2.25]
+    out = student.run(best_with_ties, losses)
+    assert out["answers"] == [True, True, False, False, False], (
+        f"validation losses {losses}: only a strictly lower loss is an improvement; save_if_best returned "
+        f"{out['answers']}"
+    )
+    assert out["step"] == 2 and out["val_loss"] == 2.25, (
+        f"the best checkpoint must stay the first one of loss 2.25 (step 2); it is step {out['step']}"
+    )
+    assert_close(out["after"], [2.5, 2.25, 2.25, 2.25, 2.25], "best_val_loss after each evaluation")

@@ -125,7 +125,7 @@ def test_retention_saves_every_m_minutes(tmp_path, monkeypatch):
 def test_best_checkpoint_keeps_the_lowest_validation_loss(tmp_path):
     model = BlocksLM()
     model(tf.zeros((1, 4), tf.int32))
-    ckpts = checkpoints.Checkpoints(tmp_path, model, keep_last=2)
+    ckpts = checkpoints.Checkpoints(tmp_path, model, keep_last=2, functions=train.FUNCTIONS)
     saved = {}
     for step, val_loss in enumerate([3.0, 2.0, 2.5, 1.5, 1.8, 1.6], start=1):
         ckpts.step.assign(step)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from assignment import train
 from lmkit import checkpoints
 from lmrun import runs
 
@@ -106,10 +107,11 @@ BIG_MODEL = textwrap.dedent("""
 
 SAVER = BIG_MODEL + textwrap.dedent("""
     import sys
+    from assignment.train import FUNCTIONS
     from lmkit import checkpoints
 
     model = Big()
-    ckpts = checkpoints.Checkpoints(sys.argv[1], model, keep_last=2, save_every_steps=1)
+    ckpts = checkpoints.Checkpoints(sys.argv[1], model, keep_last=2, save_every_steps=1, functions=FUNCTIONS)
     ckpts.restore()
     while True:
         ckpts.step.assign_add(1)
@@ -142,7 +144,7 @@ def test_sigkill_during_checkpoint_writes_never_leaves_an_unreadable_checkpoint(
         namespace = {}
         exec(BIG_MODEL, namespace)
         model = namespace["Big"]()
-        ckpts = checkpoints.Checkpoints(tmp_path, model, keep_last=2)
+        ckpts = checkpoints.Checkpoints(tmp_path, model, keep_last=2, functions=train.FUNCTIONS)
         step = ckpts.restore()  # raises if the checkpoint the index names is incomplete
         assert step is not None and step >= 3 * (attempt + 1)
         np.testing.assert_array_equal(model.w.numpy()[[0, -1], [0, -1]], [step, step])  # the weights of that step
