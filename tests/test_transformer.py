@@ -510,15 +510,18 @@ def test_causal_mask_takes_a_length_known_only_when_run(student):
 @pytest.mark.clause(
     "transformer.scaled_dot_product_attention: softmax(q k^T / sqrt(hs)) v over the last two axes",
     "transformer.scaled_dot_product_attention: output: `(..., T, hv)`, each query's weighted average of the values.",
+    "transformer.scaled_dot_product_attention: weights: `(..., T, S)`, each row a softmax over the allowed keys",
 )
 def test_attention_matches_numpy_reference(student):
     # (B, nh, T, hs) queries against (B, nh, S, hs) keys and (B, nh, S, hv) values: T, S, hs, hv all differ
     q, k, v = _normal((2, 3, 4, 5), 1), _normal((2, 3, 6, 5), 2), _normal((2, 3, 6, 7), 3)
-    for mask in (None, _random_mask((4, 6), seed=4)):
+    cases = [(q, k, v, None), (q, k, v, _random_mask((4, 6), seed=4))]
+    cases.append((q[:1, :1], k[:1, :1], v[:1, :1], _random_mask((4, 6), seed=5)))  # a batch of one, one head
+    for q, k, v, mask in cases:
         result = student.run(attention_session, q, k, v, mask, None)
         out, weights = result["out"], result["weights"]
         ref_out, ref_weights = reference_attention(q, k, v, mask)
-        what = "with" if mask is not None else "without"
+        what = ("with" if mask is not None else "without") + (" (batch of one)" if len(q) == 1 else "")
         assert_shape(weights, ref_weights.shape, f"attention weights (..., T, S) {what} a mask")
         assert_shape(out, ref_out.shape, f"attention output (..., T, hv) {what} a mask")
         assert_close(
@@ -726,6 +729,7 @@ def _check_dropped(delta, branch, rate, what):
 
 @pytest.mark.points(1)
 @pytest.mark.clause("transformer.DecoderBlock: Dropout applies to each branch's output before it is added to x")
+@pytest.mark.clause("transformer.MultiHeadSelfAttention: training: bool (unused: there is no dropout inside attention)")
 def test_dropout_applies_to_the_branches_never_to_the_residual_stream(student):
     x = _normal((B, T, D), 1)
     rate = 0.5
@@ -733,9 +737,9 @@ def test_dropout_applies_to_the_branches_never_to_the_residual_stream(student):
         config = dict(CORE, block=block, dropout=rate)
         weights = draw_weights(block_weight_shapes(config), 3)
         runs = [(weights, False), (_silenced(_silenced(weights, "attention"), "mlp"), True)]
-        runs += [(_silenced(weights, "mlp"), True), (_silenced(weights, "attention"), True)]
-        (full, silent, attention_only, mlp_only) = student.run(block_session, config, x, runs, uses=(_load,))
-        for (w, _), result in zip(runs, (full, silent, attention_only, mlp_only)):
+        runs += [(_silenced(weights, "mlp"), True), (_silenced(weights, "attention"), True), (weights, True)]
+        (full, silent, attention_only, mlp_only, both) = student.run(block_session, config, x, runs, uses=(_load,))
+        for (w, _), result in zip(runs, (full, silent, attention_only, mlp_only, both)):
             check_loaded(result["loaded"], w, f"{block} DecoderBlock")
         assert_close(
             full["out"], np_block(config, weights, x), f"{block} block with dropout={rate}, training=False", atol=1e-4
@@ -754,6 +758,26 @@ def test_dropout_applies_to_the_branches_never_to_the_residual_stream(student):
         branches = []
         np_block(config, _silenced(weights, "attention"), x, branches=branches)
         _check_dropped(mlp_only["out"] - x, branches[1], rate, f"{block} block, feed-forward branch")
+        if block == "parallel":  # both branches read norm1(x): each element keeps neither, one or both of them
+            branches = []
+            np_block(config, weights, x, branches=branches)
+            attention, mlp = (b / (1.0 - rate) for b in branches)
+            delta = both["out"] - x
+            options = np.stack([np.zeros_like(delta), attention, mlp, attention + mlp])  # (4, B, T, D)
+            choice = np.argmin(np.abs(options - delta), axis=0)
+            assert_close(
+                delta,
+                np.take_along_axis(options, choice[None], 0)[0],
+                f"{block} block with dropout={rate}, training=True: x + dropout(attention) + dropout(mlp)",
+                atol=1e-4,
+                rtol=1e-4,
+            )
+            alone = np.isin(choice, (1, 2)).mean()  # one branch kept, the other dropped: 2 p (1 - p) expected
+            expected = 2 * rate * (1 - rate)
+            assert abs(alone - expected) < 6 * math.sqrt(expected * (1 - expected) / delta.size) + 0.02, (
+                f"{block} block: {alone:.0%} of the elements kept exactly one of the two branches (expected about "
+                f"{expected:.0%}): each branch's output gets its own dropout, not one dropout of their sum"
+            )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -777,7 +801,8 @@ def _model_runs(student, config, batches, seed=1, training=False):
 
 @pytest.mark.points(1)
 @pytest.mark.clause(
-    "transformer.TransformerLanguageModel: logits `(B, T, V)` (float32) of the next token at every position"
+    "transformer.TransformerLanguageModel: logits `(B, T, V)` (float32) of the next token at every position",
+    "transformer.TransformerLanguageModel: tokens: int tensor `(B, T)`, T <= context_length.",
 )
 def test_model_logits_have_shape_batch_time_vocab(student):
     for name, overrides in CORE_CONFIGS.items():
