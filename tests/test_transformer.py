@@ -1,10 +1,12 @@
 """Part 4 (25 points with the hidden tests): causal mask, attention, multi-head attention, decoder block, the model.
 
-Attention and multi-head attention are compared with NumPy references (multi-head attention computed from the
-weights the student's layer holds, as `keras.layers.MultiHeadAttention(use_causal_mask=True)` computes it); the
-decoder block is compared with its own sublayers wired by hand; the model is checked for invariants (a later token
-never changes an earlier logit, tied embeddings are one matrix) and for the sanity checks of a fresh language model
-(loss about ln V, a gradient for every weight, a tiny batch overfits). Only the core options are used here
+A probe returns only the student's raw outputs, on inputs and weights the test chose: the test draws every weight
+(seeded), the probe assigns them to the student's layer or model by the names the docstrings give and reads them
+back, and the test compares its outputs with NumPy references computed here from the weights it sent (attention,
+multi-head attention as `keras.layers.MultiHeadAttention(use_causal_mask=True)` computes it, the decoder block, the
+whole model). Invariants (a later token never changes an earlier logit) and sanity checks (loss about ln V, a
+gradient for every weight checked by finite differences, a tiny batch overfits, its loss computed here) always come
+with a reference check in the same test. Only the core options are used here
 (LayerNorm, learned or sinusoidal positions, GELU, full attention); the bonus options are graded in
 test_transformer_extensions.py. Sizes are tiny and all different (V=13, C=12, D=16, 4 heads of 4), so a swapped
 axis shows up as a shape.
@@ -52,8 +54,20 @@ def _random_mask(shape, seed):
     return rows.reshape(shape)
 
 
+def reference_attention_grads(q, k, v, mask, upstream):
+    """NumPy gradients of sum(attention output * upstream) with respect to q, k and v (masked weights are
+    constants 0, so a fully masked row passes no gradient)."""
+    q, k, v, upstream = (np.asarray(a, np.float64) for a in (q, k, v, upstream))
+    _, weights = reference_attention(q, k, v, mask)
+    d_weights = upstream @ np.swapaxes(v, -1, -2)  # (..., T, S)
+    d_scores = weights * (d_weights - np.sum(d_weights * weights, axis=-1, keepdims=True))
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    return d_scores @ k * scale, np.swapaxes(d_scores, -1, -2) @ q * scale, np.swapaxes(weights, -1, -2) @ upstream
+
+
 # ------------------------------------------------------------------------------------------------------------
-# Probes: they run where the student's code runs and return plain data (see grading/runtime/probes.py)
+# Probes: they run where the student's code runs and return only its raw outputs, on inputs and weights the test
+# chose (see grading/runtime/probes.py); every number a verdict uses is computed here, in the test
 
 
 def attention_session(q, k, v, mask, upstream):
@@ -99,9 +113,23 @@ def causal_mask_of_a_tensor(length):
     return np.asarray(traced(tf.constant(length)))
 
 
-def block_with_silent_branches(config, x):
-    """Probe: a DecoderBlock(TransformerConfig(**config)) whose attention and feed-forward weights are all zero, so
-    both branches output zeros; its outputs on `x` with training=True and training=False."""
+def mha_session(num_heads, x, weights, inputs=(), use_bias=True):
+    """Probe: a MultiHeadSelfAttention(num_heads, use_bias) holding `weights` (the test's): the weights read back
+    and its outputs on `x` and on each of `inputs`."""
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import transformer
+
+    layer = transformer.MultiHeadSelfAttention(num_heads=num_heads, use_bias=use_bias)
+    layer(tf.constant(x))
+    loaded = _load(layer, weights)
+    return {"loaded": loaded, "outs": [np.asarray(layer(tf.constant(a))) for a in (x, *inputs)]}
+
+
+def block_session(config, x, runs):
+    """Probe: a DecoderBlock(TransformerConfig(**config)); for each run (weights, training) its weights read back
+    and its output on `x`."""
     import numpy as np
     import tensorflow as tf
 
@@ -110,59 +138,16 @@ def block_with_silent_branches(config, x):
     block = transformer.DecoderBlock(transformer.TransformerConfig(**config))
     x = tf.constant(x)
     block(x)
-    for layer in (block.attention, block.mlp):
-        for w in layer.weights:
-            w.assign(tf.zeros(w.shape, w.dtype))
-    return {"training": np.asarray(block(x, training=True)), "inference": np.asarray(block(x, training=False))}
+    results = []
+    for weights, training in runs:
+        loaded = _load(block, weights)
+        results.append({"loaded": loaded, "out": np.asarray(block(x, training=training))})
+    return results
 
 
-def mha_session(num_heads, x, weight_seed, changed=None):
-    """Probe: a MultiHeadSelfAttention(num_heads, use_bias=True) whose weights all get random values; returns its
-    weights (wq, wk, wv, wo, bq, bk, bv, bo) and its outputs on `x` (and on `changed`)."""
-    import numpy as np
-    import tensorflow as tf
-
-    from assignment import transformer
-
-    layer = transformer.MultiHeadSelfAttention(num_heads=num_heads, use_bias=True)
-    x = tf.constant(x)
-    layer(x)
-    rng = np.random.default_rng(weight_seed)
-    for w in layer.weights:
-        w.assign(rng.normal(0.0, 0.5, size=tuple(w.shape)).astype("float32"))
-    out = {"weights": {n: np.asarray(getattr(layer, n)) for n in ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo")}}
-    out["out"] = np.asarray(layer(x))
-    if changed is not None:
-        out["changed"] = np.asarray(layer(tf.constant(changed)))
-    return out
-
-
-def block_session(config, x):
-    """Probe: a DecoderBlock(TransformerConfig(**config)) with random weights; returns its output and its own
-    sublayers (norm1, attention, norm2, mlp) wired by hand on `x` as the config's block says."""
-    import numpy as np
-    import tensorflow as tf
-
-    from assignment import transformer
-
-    block = transformer.DecoderBlock(transformer.TransformerConfig(**config))
-    x = tf.constant(x)
-    block(x)
-    rng = np.random.default_rng(1)
-    for w in block.weights:  # norm1 and norm2 get different gains and offsets
-        w.assign(rng.normal(0.0, 0.3, size=tuple(w.shape)).astype("float32"))
-    if config["block"] == "sequential":
-        wired = x + block.attention(block.norm1(x))
-        wired = wired + block.mlp(block.norm2(wired))
-    else:
-        h = block.norm1(x)
-        wired = x + block.attention(h) + block.mlp(h)
-    return {"out": np.asarray(block(x)), "wired": np.asarray(wired)}
-
-
-def _lm(config, randomize=True):
-    """A built TransformerLanguageModel(TransformerConfig(**config)), random weights (seed 1, scale 0.3) unless told
-    not to (a probe helper)."""
+def lm_session(config, runs):
+    """Probe: one TransformerLanguageModel(TransformerConfig(**config)); for each run (weights, tokens, training)
+    its weights read back and its logits on `tokens`."""
     import numpy as np
     import tensorflow as tf
 
@@ -170,105 +155,320 @@ def _lm(config, randomize=True):
 
     model = transformer.TransformerLanguageModel(transformer.TransformerConfig(**config))
     model(tf.zeros((1, 2), tf.int32))  # builds every weight, whatever the implementation
-    if randomize:
-        rng = np.random.default_rng(1)
-        for w in model.weights:
-            w.assign(rng.normal(0.0, 0.3, size=tuple(w.shape)).astype("float32"))
-    return model
+    results = []
+    for weights, tokens, training in runs:
+        loaded = _load(model, weights)
+        results.append({"loaded": loaded, "logits": np.asarray(model(tf.constant(tokens), training=training))})
+    return results
 
 
-def lm_logits(config, batches, randomize=True):
-    """Probe: the logits of one model of `config` on each batch of tokens."""
+def lm_gradients(config, weights, tokens, upstream):
+    """Probe: a model holding `weights`: its logits on `tokens` (training=True) and the gradient of
+    sum(logits * upstream) with respect to each weight path (None where none flows)."""
     import numpy as np
     import tensorflow as tf
 
-    model = _lm(config, randomize)
-    return [np.asarray(model(tf.constant(tokens))) for tokens in batches]
+    from assignment import transformer
+
+    model = transformer.TransformerLanguageModel(transformer.TransformerConfig(**config))
+    model(tf.zeros((1, 2), tf.int32))
+    loaded = _load(model, weights)
+    variables = {}
+    for path in weights:
+        target = model
+        for part in path.split("."):
+            target = target[int(part)] if part.isdigit() else getattr(target, part)
+        variables[path] = target
+    with tf.GradientTape() as tape:
+        logits = model(tf.constant(tokens), training=True)
+        total = tf.reduce_sum(logits * tf.constant(upstream))
+    grads = tape.gradient(total, list(variables.values()))
+    return {
+        "loaded": loaded,
+        "logits": np.asarray(logits),
+        "grads": {p: None if g is None else np.asarray(tf.convert_to_tensor(g)) for p, g in zip(variables, grads)},
+    }
 
 
-def lm_embedding_edit(config, tokens, row, delta):
-    """Probe: the shapes of the (V, D) / (D, V) weights of a model, its logits, then its logits after adding `delta`
-    to row `row` of its (V, D) weight."""
+def lm_fresh(config, paths, tokens):
+    """Probe: a freshly initialized model: the weights at `paths` as it initialized them, every weight it holds,
+    and its logits on `tokens`."""
     import numpy as np
     import tensorflow as tf
 
-    model = _lm(config)
-    vocab, width = config["vocab_size"], config["d_model"]
-    matrices = [tuple(w.shape) for w in model.trainable_weights if tuple(w.shape) in ((vocab, width), (width, vocab))]
-    embedding = [w for w in model.trainable_weights if tuple(w.shape) == (vocab, width)][0]
-    tokens = tf.constant(tokens)
-    before = np.asarray(model(tokens))
-    embedding.assign(tf.tensor_scatter_nd_add(embedding, [[row]], tf.constant(delta)))
-    return {"matrices": matrices, "before": before, "after": np.asarray(model(tokens))}
+    from assignment import transformer
+
+    model = transformer.TransformerLanguageModel(transformer.TransformerConfig(**config))
+    read = {}
+    for path in paths:
+        target = model
+        for part in path.split("."):
+            target = target[int(part)] if part.isdigit() else getattr(target, part)
+        read[path] = np.asarray(target)
+    held = [np.asarray(w) for w in model.weights]
+    return {"loaded": {"read": read, "held": held}, "logits": np.asarray(model(tf.constant(tokens)))}
 
 
-def lm_cancelled_inputs(config, tokens):
-    """Probe: the logits of a tied model with learned positions whose position table is set to minus the embeddings
-    of `tokens` (C,), row by row, so that token embedding plus position is 0 at every position."""
-    import numpy as np
-    import tensorflow as tf
-
-    model = _lm(config)
-    vocab, width, context = config["vocab_size"], config["d_model"], config["context_length"]
-    embedding = [w for w in model.trainable_weights if tuple(w.shape) == (vocab, width)][0]
-    positions = [w for w in model.trainable_weights if tuple(w.shape) == (context, width)][0]
-    positions.assign(-tf.gather(embedding, tokens))
-    return np.asarray(model(tf.constant(tokens[None])))[0]  # (C, V)
-
-
-def lm_training(config, tokens, labels, what, steps=100, randomize=True):
-    """Probe: `what` = "gradients" (paths of the weights without a gradient), "loss" (the mean cross-entropy of a
-    fresh model) or "overfit" (first and last loss of `steps` Adam steps at 1e-2 on one batch)."""
+def lm_overfit(config, weights, tokens, labels, steps=100):
+    """Probe: a model holding `weights` trained `steps` Adam steps (1e-2) on one batch with the mean cross-entropy;
+    its trained weights and its logits on `tokens` afterwards."""
     import keras
     import numpy as np
     import tensorflow as tf
 
-    model = _lm(config, randomize)
+    from assignment import transformer
+
+    model = transformer.TransformerLanguageModel(transformer.TransformerConfig(**config))
+    model(tf.zeros((1, 2), tf.int32))
+    _load(model, weights)
     tokens, labels = tf.constant(tokens), tf.constant(labels)
-
-    def loss_of():
-        logits = model(tokens, training=True)
-        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-
-    if what == "gradients":
-        with tf.GradientTape() as tape:
-            loss = loss_of()
-        grads = tape.gradient(loss, model.trainable_weights)
-        return [
-            w.path
-            for w, g in zip(model.trainable_weights, grads)
-            if g is None or not np.any(np.asarray(tf.convert_to_tensor(g)))
-        ]
-    if what == "loss":
-        return float(loss_of())
     optimizer = keras.optimizers.Adam(learning_rate=1e-2)
 
     @tf.function
     def step():
         with tf.GradientTape() as tape:
-            loss = loss_of()
+            logits = model(tokens, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_weights), model.trainable_weights))
-        return loss
 
-    first = float(step())
     for _ in range(steps):
-        loss = step()
-    return first, float(loss)
+        step()
+    read = {}
+    for path in weights:
+        target = model
+        for part in path.split("."):
+            target = target[int(part)] if part.isdigit() else getattr(target, part)
+        read[path] = np.asarray(target)
+    return {"trained": read, "held": [np.asarray(w) for w in model.weights], "logits": np.asarray(model(tokens))}
 
 
-def reference_mha(x, w, num_heads):
-    """NumPy multi-head causal self-attention with the layer's weights: project, split the last axis into (nh, hs),
-    attend with the causal mask, merge the heads, project with wo (keras.layers.MultiHeadAttention's equation)."""
+# ------------------------------------------------------------------------------------------------------------
+# The judge's own model: weights it draws, and NumPy references computed from them (never from the runner)
+
+CONFIG_DEFAULTS = dict(
+    num_kv_heads=None,
+    norm="layernorm",
+    positions="learned",
+    bias="all",
+    block="sequential",
+    activation="gelu",
+    mlp_ratio=4.0,
+    tie_embeddings=True,
+    dropout=0.0,
+    rope_base=10000.0,
+    norm_epsilon=1e-5,
+)
+
+
+def _options(config):
+    """The config's options with every default filled in (TransformerConfig's defaults)."""
+    return dict(CONFIG_DEFAULTS, **config)
+
+
+def _norm_specs(c, prefix, width):
+    if c["norm"] == "rmsnorm":
+        return {prefix + "scale": (width,)}
+    if c["norm"] == "layernorm":
+        return {prefix + "gamma": (width,), **({prefix + "beta": (width,)} if c["bias"] != "none" else {})}
+    return {}  # non-parametric: no weights
+
+
+def block_weight_shapes(config, prefix=""):
+    """{attribute path: shape} of every weight a DecoderBlock of `config` holds, as its docstrings name them."""
+    c = _options(config)
+    d, nh = c["d_model"], c["num_heads"]
+    hs, nkv = d // nh, c["num_kv_heads"] or nh
+    width = max(1, round(c["mlp_ratio"] * d))
+    shapes = dict(_norm_specs(c, prefix + "norm1.", d))
+    a = prefix + "attention."
+    shapes.update({a + "wq": (d, nh * hs), a + "wk": (d, nkv * hs), a + "wv": (d, nkv * hs), a + "wo": (nh * hs, d)})
+    if c["bias"] == "all":
+        shapes.update({a + "bq": (nh * hs,), a + "bk": (nkv * hs,), a + "bv": (nkv * hs,), a + "bo": (d,)})
+    if c["block"] == "sequential":
+        shapes.update(_norm_specs(c, prefix + "norm2.", d))
+    m = prefix + "mlp."
+    swiglu = c["activation"] == "swiglu"
+    shapes.update({m + "w_in": (d, width), **({m + "w_gate": (d, width)} if swiglu else {}), m + "w_out": (width, d)})
+    if c["bias"] == "all":
+        shapes.update({m + "b_in": (width,), **({m + "b_gate": (width,)} if swiglu else {}), m + "b_out": (d,)})
+    return shapes
+
+
+def model_weight_shapes(config):
+    """{attribute path: shape} of every weight a TransformerLanguageModel of `config` holds."""
+    c = _options(config)
+    shapes = {"token_embedding": (c["vocab_size"], c["d_model"])}
+    if c["positions"] == "learned":
+        shapes["position_embedding"] = (c["context_length"], c["d_model"])
+    for i in range(c["num_layers"]):
+        shapes.update(block_weight_shapes(c, f"blocks.{i}."))
+    shapes.update(_norm_specs(c, "final_norm.", c["d_model"]))
+    if not c["tie_embeddings"]:
+        shapes["lm_head"] = (c["d_model"], c["vocab_size"])
+    return shapes
+
+
+def draw_weights(shapes, seed, scale=0.3):
+    """The judge's weights for `shapes`: N(0, scale) draws from `seed` (norm gains around 1)."""
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for path, shape in shapes.items():
+        value = rng.normal(0.0, scale, size=shape)
+        weights[path] = (value + 1.0 if path.endswith(("gamma", "scale")) else value).astype(np.float32)
+    return weights
+
+
+def _load(obj, weights):
+    """Probe helper: assigns each of `weights` ({attribute path: array}, `blocks.0.attention.wq`) to the variable at
+    that path of `obj`, then reads them back, with every weight `obj` holds."""
+    import numpy as np
+
+    variables = {}
+    for path, value in weights.items():
+        target = obj
+        for part in path.split("."):
+            target = target[int(part)] if part.isdigit() else getattr(target, part)
+        target.assign(value)
+        variables[path] = target
+    return {
+        "read": {path: np.asarray(v) for path, v in variables.items()},
+        "held": [np.asarray(w) for w in obj.weights],
+    }
+
+
+def check_loaded(loaded, weights, what):
+    """The weights a probe read back are exactly those the judge sent, and the object holds no other weight."""
+    for path, value in weights.items():
+        assert np.array_equal(np.asarray(loaded["read"][path]), value), (
+            f"{what}: weight `{path}` does not hold the values assigned to it (is it a variable the layer uses?)"
+        )
+    held = [np.asarray(h) for h in loaded["held"]]
+    left = list(weights.values())
+    for h in held:
+        match = [i for i, w in enumerate(left) if w.shape == h.shape and np.array_equal(w, h)]
+        assert match, f"{what} holds a weight of shape {h.shape} that its docstring does not name"
+        left.pop(match[0])
+    assert not left, (
+        f"{what} holds {len(held)} weights, expected the {len(weights)} its docstrings name: {sorted(weights)}"
+    )
+
+
+def np_layer_norm(x, gamma=None, beta=None, epsilon=1e-5):
+    mean = x.mean(-1, keepdims=True)
+    y = (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + epsilon)
+    return y * (1.0 if gamma is None else gamma) + (0.0 if beta is None else beta)
+
+
+def np_norm(c, w, prefix, x):
+    if c["norm"] == "rmsnorm":
+        return x / np.sqrt((x**2).mean(-1, keepdims=True) + c["norm_epsilon"]) * w[prefix + "scale"]
+    return np_layer_norm(x, w.get(prefix + "gamma"), w.get(prefix + "beta"), c["norm_epsilon"])
+
+
+def np_rope(x, positions, base=10000.0, pairing="halves"):
+    """NumPy RoPE of x (..., T, hs): pair p is (p, p + hs/2) ("halves") or (2p, 2p + 1) ("interleaved")."""
+    half = x.shape[-1] // 2
+    angles = np.asarray(positions, np.float64)[:, None] * base ** (-2.0 * np.arange(half) / (2 * half))
+    cos, sin = np.cos(angles), np.sin(angles)
+    if pairing == "halves":
+        x1, x2 = x[..., :half], x[..., half:]
+        return np.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return np.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).reshape(x.shape)
+
+
+def np_attention(q, k, v, mask):
+    scores = np.where(mask, q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1]), -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return weights @ v
+
+
+def np_mha(x, w, num_heads, num_kv_heads=None, prefix="", rope=None, positions=None, pairing="halves"):
+    """NumPy causal multi-head self-attention with the judge's weights (wq, wk, wv, wo, and bq, bk, bv, bo when
+    present): project, split the last axis into (heads, hs), RoPE on q and k when `rope` (its base), repeat each
+    key/value head for its group, attend with the causal mask, merge heads, project with wo."""
     x = np.asarray(x, np.float64)
     batch, time, _ = x.shape
+    kv = num_kv_heads or num_heads
+    positions = np.arange(time) if positions is None else np.asarray(positions)
 
-    def heads(z):  # (B, T, nh*hs) -> (B, nh, T, hs)
-        return z.reshape(batch, time, num_heads, -1).transpose(0, 2, 1, 3)
+    def heads(name, n):  # (B, T, n*hs) -> (B, n, T, hs)
+        z = x @ w[prefix + "w" + name] + w.get(prefix + "b" + name, 0.0)
+        return z.reshape(batch, time, n, -1).transpose(0, 2, 1, 3)
 
-    q, k, v = (heads(x @ w["w" + n] + w["b" + n]) for n in "qkv")
-    out, _ = reference_attention(q, k, v, np.tril(np.ones((time, time), bool)))
-    merged = out.transpose(0, 2, 1, 3).reshape(batch, time, -1)  # (B, T, nh*hs)
-    return merged @ w["wo"] + w["bo"]
+    q, k, v = heads("q", num_heads), heads("k", kv), heads("v", kv)
+    if rope is not None:
+        q, k = np_rope(q, positions, rope, pairing), np_rope(k, positions, rope, pairing)
+    k, v = k.repeat(num_heads // kv, axis=1), v.repeat(num_heads // kv, axis=1)
+    out = np_attention(q, k, v, positions[None, :] <= positions[:, None])
+    merged = out.transpose(0, 2, 1, 3).reshape(batch, time, -1)
+    return merged @ w[prefix + "wo"] + w.get(prefix + "bo", 0.0)
+
+
+def np_mlp(c, w, prefix, x):
+    up = x @ w[prefix + "w_in"] + w.get(prefix + "b_in", 0.0)
+    if c["activation"] == "swiglu":
+        gate = x @ w[prefix + "w_gate"] + w.get(prefix + "b_gate", 0.0)
+        hidden = gate / (1.0 + np.exp(-gate)) * up
+    else:
+        hidden = 0.5 * up * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (up + 0.044715 * up**3)))
+    return hidden @ w[prefix + "w_out"] + w.get(prefix + "b_out", 0.0)
+
+
+def np_block(config, w, x, prefix="", pairing="halves", branches=None):
+    """NumPy pre-norm decoder block with the judge's weights; `branches` (a list) collects each branch's output."""
+    c = _options(config)
+    x = np.asarray(x, np.float64)
+    rope = c["rope_base"] if c["positions"] == "rope" else None
+
+    def attend(h):
+        out = np_mha(h, w, c["num_heads"], c["num_kv_heads"], prefix + "attention.", rope, pairing=pairing)
+        return out if branches is None else branches.append(out) or out
+
+    def mlp(h):
+        out = np_mlp(c, w, prefix + "mlp.", h)
+        return out if branches is None else branches.append(out) or out
+
+    if c["block"] == "sequential":
+        x = x + attend(np_norm(c, w, prefix + "norm1.", x))
+        return x + mlp(np_norm(c, w, prefix + "norm2.", x))
+    h = np_norm(c, w, prefix + "norm1.", x)
+    return x + attend(h) + mlp(h)
+
+
+def np_sinusoids(length, width):
+    positions = np.arange(length)[:, None]
+    frequencies = 10000.0 ** (-np.arange(0, width, 2) / width)
+    table = np.zeros((length, width))
+    table[:, 0::2] = np.sin(positions * frequencies)
+    table[:, 1::2] = np.cos(positions * frequencies[: width // 2])
+    return table
+
+
+def np_model(config, w, tokens, pairing="halves"):
+    """NumPy logits (B, T, V) of a TransformerLanguageModel of `config` holding the judge's weights `w`."""
+    c = _options(config)
+    w = {k: np.asarray(v, np.float64) for k, v in w.items()}
+    tokens = np.asarray(tokens)
+    x = w["token_embedding"][tokens]
+    if c["positions"] == "learned":
+        x = x + w["position_embedding"][: tokens.shape[1]]
+    elif c["positions"] == "sinusoidal":
+        x = x + np_sinusoids(c["context_length"], c["d_model"])[: tokens.shape[1]]
+    for i in range(c["num_layers"]):
+        x = np_block(c, w, x, f"blocks.{i}.", pairing)
+    x = np_norm(c, w, "final_norm.", x)
+    return x @ (w["token_embedding"].T if c["tie_embeddings"] else w["lm_head"])
+
+
+def assert_matches_model(logits, config, weights, tokens, what, atol=1e-4):
+    """The logits equal the judge's NumPy model on the judge's weights (with RoPE, either pairing of the docstring)."""
+    pairings = ("halves", "interleaved") if _options(config)["positions"] == "rope" else ("halves",)
+    refs = [np_model(config, weights, tokens, p) for p in pairings]
+    assert_shape(logits, refs[0].shape, f"logits (B, T, V) of {what}")
+    best = min(refs, key=lambda r: np.abs(np.asarray(logits, np.float64) - r).max())
+    assert_close(logits, best, f"logits of {what} vs the NumPy model with the same weights", atol=atol, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -310,15 +510,18 @@ def test_causal_mask_takes_a_length_known_only_when_run(student):
 @pytest.mark.clause(
     "transformer.scaled_dot_product_attention: softmax(q k^T / sqrt(hs)) v over the last two axes",
     "transformer.scaled_dot_product_attention: output: `(..., T, hv)`, each query's weighted average of the values.",
+    "transformer.scaled_dot_product_attention: weights: `(..., T, S)`, each row a softmax over the allowed keys",
 )
 def test_attention_matches_numpy_reference(student):
     # (B, nh, T, hs) queries against (B, nh, S, hs) keys and (B, nh, S, hv) values: T, S, hs, hv all differ
     q, k, v = _normal((2, 3, 4, 5), 1), _normal((2, 3, 6, 5), 2), _normal((2, 3, 6, 7), 3)
-    for mask in (None, _random_mask((4, 6), seed=4)):
+    cases = [(q, k, v, None), (q, k, v, _random_mask((4, 6), seed=4))]
+    cases.append((q[:1, :1], k[:1, :1], v[:1, :1], _random_mask((4, 6), seed=5)))  # a batch of one, one head
+    for q, k, v, mask in cases:
         result = student.run(attention_session, q, k, v, mask, None)
         out, weights = result["out"], result["weights"]
         ref_out, ref_weights = reference_attention(q, k, v, mask)
-        what = "with" if mask is not None else "without"
+        what = ("with" if mask is not None else "without") + (" (batch of one)" if len(q) == 1 else "")
         assert_shape(weights, ref_weights.shape, f"attention weights (..., T, S) {what} a mask")
         assert_shape(out, ref_out.shape, f"attention output (..., T, hv) {what} a mask")
         assert_close(
@@ -355,13 +558,18 @@ def test_attention_accepts_numpy_arrays(student):
 def test_attention_rows_sum_to_one_and_masked_weights_are_exactly_zero(student):
     q, k, v = _normal((2, 5, 8), 1, scale=3.0), _normal((2, 5, 8), 2, scale=3.0), _normal((2, 5, 8), 3)
     mask = np.tril(np.ones((5, 5), bool))  # causal, built here so a wrong causal_mask costs nothing
-    weights = student.run(attention_session, q, k, v, mask, None)["weights"]
+    result = student.run(attention_session, q, k, v, mask, None)
+    weights = result["weights"]
+    ref_out, ref_weights = reference_attention(q, k, v, mask)
+    assert_shape(weights, ref_weights.shape, "attention weights (..., T, S)")
     masked = weights[:, ~mask]
     assert np.all(masked == 0.0), (
         f"masked attention weights must be exactly 0 (largest {np.abs(masked).max():.3g}): fill the masked scores "
         "with a very negative number before the softmax"
     )
     assert_close(weights.sum(axis=-1), np.ones((2, 5)), "sum of each row of attention weights over the keys", atol=1e-5)
+    assert_close(weights, ref_weights, "attention weights with a causal mask", atol=1e-5)
+    assert_close(result["out"], ref_out, "attention output with a causal mask", atol=1e-5)
 
 
 @pytest.mark.points(1)
@@ -372,7 +580,8 @@ def test_attention_fully_masked_row_gives_zeros_not_nan(student):
     q, k, v = _normal((2, 4, 6), 1), _normal((2, 5, 6), 2), _normal((2, 5, 3), 3)
     mask = _random_mask((4, 5), seed=5).copy()
     mask[1] = False  # query 1 may attend to nothing
-    result = student.run(attention_session, q, k, v, mask, _normal((2, 4, 3), 6))
+    upstream = _normal((2, 4, 3), 6)
+    result = student.run(attention_session, q, k, v, mask, upstream)
     out, weights, grads = result["out"], result["weights"], result["grads"]
     assert np.all(np.isfinite(out)) and np.all(np.isfinite(weights)), (
         "a fully masked row produced NaN or inf: fill masked scores with a large negative finite number (not -inf) "
@@ -387,6 +596,8 @@ def test_attention_fully_masked_row_gives_zeros_not_nan(student):
     ref_out, ref_weights = reference_attention(q, k, v, mask)
     assert_close(weights, ref_weights, "attention weights with a fully masked row", atol=1e-5)
     assert_close(out, ref_out, "attention output with a fully masked row (that row is 0)", atol=1e-5)
+    for name, grad, expected in zip("qkv", grads, reference_attention_grads(q, k, v, mask, upstream)):
+        assert_close(grad, expected, f"gradient of sum(output * upstream) with respect to {name}", atol=1e-4)
 
 
 @pytest.mark.points(0.5)
@@ -409,6 +620,14 @@ def test_attention_works_in_float64(student):
 # ------------------------------------------------------------------------------------------------------------
 # MultiHeadSelfAttention
 
+MHA_NAMES = ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo")
+
+
+def _mha_weights(width, num_heads, seed, use_bias=True):
+    shapes = block_weight_shapes(dict(d_model=width, num_heads=num_heads, bias="all" if use_bias else "none"))
+    shapes = {p.split(".")[-1]: s for p, s in shapes.items() if p.startswith("attention.")}
+    return draw_weights(shapes, seed, scale=0.5)
+
 
 @pytest.mark.points(2.5)
 @pytest.mark.clause(
@@ -419,12 +638,14 @@ def test_attention_works_in_float64(student):
 )
 def test_multi_head_attention_matches_keras_with_the_same_weights(student):
     x = _normal((2, 5, 12), 1)  # B=2, T=5, D=12: 3 heads of 4
-    result = student.run(mha_session, 3, x, 7)
-    out = result["out"]
+    weights = _mha_weights(12, 3, 7)
+    result = student.run(mha_session, 3, x, weights, uses=(_load,))
+    check_loaded(result["loaded"], weights, "MultiHeadSelfAttention(num_heads=3)")
+    (out,) = result["outs"]
     assert_shape(out, (2, 5, 12), "MultiHeadSelfAttention output (B, T, D)")
     assert_close(
         out,
-        reference_mha(x, result["weights"], 3),
+        np_mha(x, weights, 3),
         "MultiHeadSelfAttention vs keras.layers.MultiHeadAttention(use_causal_mask=True)'s equation with the same "
         "weights (project, split the last axis into (nh, hs), move heads before time, attend with the "
         "causal mask, merge heads back, project with wo)",
@@ -436,9 +657,13 @@ def test_multi_head_attention_matches_keras_with_the_same_weights(student):
 def test_multi_head_attention_output_never_depends_on_later_tokens(student):
     x = _normal((2, T, D), 1)
     changed = np.concatenate([x[:, :4], _normal((2, T - 4, D), 9)], axis=1)  # positions 4.. differ
-    result = student.run(mha_session, NH, x, 1, changed)
-    out, out_changed = result["out"], result["changed"]
+    weights = _mha_weights(D, NH, 1)
+    result = student.run(mha_session, NH, x, weights, [changed], uses=(_load,))
+    check_loaded(result["loaded"], weights, f"MultiHeadSelfAttention(num_heads={NH})")
+    out, out_changed = result["outs"]
     assert_shape(out, (2, T, D), "MultiHeadSelfAttention output (B, T, D)")
+    for inputs, got, what in ((x, out, "x"), (changed, out_changed, "x with positions 4-6 changed")):
+        assert_close(got, np_mha(inputs, weights, NH), f"MultiHeadSelfAttention output on {what}", atol=1e-5)
     assert_close(
         out_changed[:, :4],
         out[:, :4],
@@ -451,19 +676,22 @@ def test_multi_head_attention_output_never_depends_on_later_tokens(student):
 # DecoderBlock
 
 
+def _check_block(student, config, seed):
+    x = _normal((B, T, D), 1)
+    weights = draw_weights(block_weight_shapes(config), seed)
+    (result,) = student.run(block_session, config, x, [(weights, False)], uses=(_load,))
+    check_loaded(result["loaded"], weights, f"{config['block']} DecoderBlock")
+    assert_shape(result["out"], (B, T, D), "DecoderBlock output (B, T, D)")
+    return result["out"], np_block(config, weights, x)
+
+
 @pytest.mark.points(1.5)
 @pytest.mark.clause(
     "transformer.DecoderBlock: One pre-norm decoder block: residual self-attention and feed-forward branches,"
 )
 def test_sequential_decoder_block_is_pre_norm_with_two_residuals(student):
-    result = student.run(block_session, dict(CORE, block="sequential"), _normal((B, T, D), 1))
-    assert_shape(result["out"], (B, T, D), "DecoderBlock output (B, T, D)")
-    assert_close(
-        result["out"],
-        result["wired"],
-        "sequential DecoderBlock vs x + attention(norm1(x)), then + mlp(norm2(.))",
-        atol=1e-5,
-    )
+    out, expected = _check_block(student, dict(CORE, block="sequential"), 1)
+    assert_close(out, expected, "sequential DecoderBlock vs x + attention(norm1(x)), then + mlp(norm2(.))", atol=1e-4)
 
 
 @pytest.mark.points(1)
@@ -472,30 +700,84 @@ def test_sequential_decoder_block_is_pre_norm_with_two_residuals(student):
     "transformer.DecoderBlock: `norm2` (None for the parallel block, whose branches share `norm1`)",
 )
 def test_parallel_decoder_block_feeds_one_norm_to_both_branches(student):
-    result = student.run(block_session, dict(CORE, block="parallel"), _normal((B, T, D), 1))
-    assert_shape(result["out"], (B, T, D), "DecoderBlock output (B, T, D)")
+    out, expected = _check_block(student, dict(CORE, block="parallel"), 2)
+    assert_close(out, expected, "parallel DecoderBlock vs x + attention(norm1(x)) + mlp(norm1(x))", atol=1e-4)
+
+
+def _silenced(weights, layer):
+    """`weights` with every weight of sublayer `layer` ("attention" or "mlp") zero, so that branch outputs 0."""
+    return {p: np.zeros_like(w) if p.startswith(layer + ".") else w for p, w in weights.items()}
+
+
+def _check_dropped(delta, branch, rate, what):
+    """delta = output - input of a block whose only live branch outputs `branch`: each element is 0 (dropped) or
+    branch / (1 - rate) (kept and rescaled), and about `rate` of them are dropped."""
+    kept = np.abs(delta) > 1e-6
     assert_close(
-        result["out"], result["wired"], "parallel DecoderBlock vs x + attention(norm1(x)) + mlp(norm1(x))", atol=1e-5
+        np.where(kept, delta, 0.0),
+        np.where(kept, branch / (1.0 - rate), 0.0),
+        f"{what}: each element of the branch's output must be dropped (0) or kept and scaled by 1 / (1 - rate)",
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    dropped = 1.0 - kept.mean()
+    assert abs(dropped - rate) < 6 * math.sqrt(rate * (1 - rate) / delta.size) + 0.02, (
+        f"{what}: {dropped:.0%} of the branch's output elements were dropped with dropout={rate} and training=True "
+        f"(expected about {rate:.0%}): is self.dropout(..., training=training) applied to this branch's output?"
     )
 
 
 @pytest.mark.points(1)
 @pytest.mark.clause("transformer.DecoderBlock: Dropout applies to each branch's output before it is added to x")
+@pytest.mark.clause("transformer.MultiHeadSelfAttention: training: bool (unused: there is no dropout inside attention)")
 def test_dropout_applies_to_the_branches_never_to_the_residual_stream(student):
     x = _normal((B, T, D), 1)
+    rate = 0.5
     for block in ("sequential", "parallel"):
-        out = student.run(block_with_silent_branches, dict(CORE, block=block, dropout=0.5), x)
+        config = dict(CORE, block=block, dropout=rate)
+        weights = draw_weights(block_weight_shapes(config), 3)
+        runs = [(weights, False), (_silenced(_silenced(weights, "attention"), "mlp"), True)]
+        runs += [(_silenced(weights, "mlp"), True), (_silenced(weights, "attention"), True), (weights, True)]
+        (full, silent, attention_only, mlp_only, both) = student.run(block_session, config, x, runs, uses=(_load,))
+        for (w, _), result in zip(runs, (full, silent, attention_only, mlp_only, both)):
+            check_loaded(result["loaded"], w, f"{block} DecoderBlock")
         assert_close(
-            out["inference"], x, f"{block} block whose branches output zeros, training=False (it must return x)"
+            full["out"], np_block(config, weights, x), f"{block} block with dropout={rate}, training=False", atol=1e-4
         )
         assert_close(
-            out["training"],
+            silent["out"],
             x,
-            f"{block} block whose branches output zeros, with dropout=0.5 and training=True: dropout may drop "
+            f"{block} block whose branches output zeros, with dropout={rate} and training=True: dropout may drop "
             "a branch's output, x + dropout(branch), but never x itself (the residual stream carries the signal "
             "from layer to layer untouched)",
             atol=1e-6,
         )
+        branches = []
+        np_block(config, _silenced(weights, "mlp"), x, branches=branches)
+        _check_dropped(attention_only["out"] - x, branches[0], rate, f"{block} block, attention branch")
+        branches = []
+        np_block(config, _silenced(weights, "attention"), x, branches=branches)
+        _check_dropped(mlp_only["out"] - x, branches[1], rate, f"{block} block, feed-forward branch")
+        if block == "parallel":  # both branches read norm1(x): each element keeps neither, one or both of them
+            branches = []
+            np_block(config, weights, x, branches=branches)
+            attention, mlp = (b / (1.0 - rate) for b in branches)
+            delta = both["out"] - x
+            options = np.stack([np.zeros_like(delta), attention, mlp, attention + mlp])  # (4, B, T, D)
+            choice = np.argmin(np.abs(options - delta), axis=0)
+            assert_close(
+                delta,
+                np.take_along_axis(options, choice[None], 0)[0],
+                f"{block} block with dropout={rate}, training=True: x + dropout(attention) + dropout(mlp)",
+                atol=1e-4,
+                rtol=1e-4,
+            )
+            alone = np.isin(choice, (1, 2)).mean()  # one branch kept, the other dropped: 2 p (1 - p) expected
+            expected = 2 * rate * (1 - rate)
+            assert abs(alone - expected) < 6 * math.sqrt(expected * (1 - expected) / delta.size) + 0.02, (
+                f"{block} block: {alone:.0%} of the elements kept exactly one of the two branches (expected about "
+                f"{expected:.0%}): each branch's output gets its own dropout, not one dropout of their sum"
+            )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -508,39 +790,49 @@ CORE_CONFIGS = {  # core options only; the presets (RoPE, RMSNorm, SwiGLU, GQA) 
 }
 
 
+def _model_runs(student, config, batches, seed=1, training=False):
+    """The logits of a model of `config` holding the judge's weights (seed) on each batch, each checked against the
+    NumPy model; returns (weights, [logits])."""
+    weights = draw_weights(model_weight_shapes(config), seed)
+    results = student.run(lm_session, config, [(weights, t, training) for t in batches], uses=(_load,))
+    check_loaded(results[0]["loaded"], weights, "TransformerLanguageModel")
+    return weights, [r["logits"] for r in results]
+
+
 @pytest.mark.points(1)
 @pytest.mark.clause(
-    "transformer.TransformerLanguageModel: logits `(B, T, V)` (float32) of the next token at every position"
+    "transformer.TransformerLanguageModel: logits `(B, T, V)` (float32) of the next token at every position",
+    "transformer.TransformerLanguageModel: tokens: int tensor `(B, T)`, T <= context_length.",
 )
 def test_model_logits_have_shape_batch_time_vocab(student):
     for name, overrides in CORE_CONFIGS.items():
-        shapes = ((B, T), (1, C))
-        logits = student.run(
-            lm_logits, dict(CORE, **overrides), [_tokens(batch, time) for batch, time in shapes], uses=(_lm,)
-        )
-        for (batch, time), out in zip(shapes, logits):
-            assert_shape(out, (batch, time, V), f"logits (B, T, V) of the {name} model")
+        config = dict(CORE, **overrides)
+        batches = [_tokens(batch, time) for batch, time in ((B, T), (1, C), (1, 3))]
+        weights, logits = _model_runs(student, config, batches)
+        for tokens, out in zip(batches, logits):
+            assert_shape(out, tokens.shape + (V,), f"logits (B, T, V) of the {name} model")
+            assert np.asarray(out).dtype == np.float32, f"logits must be float32, got {np.asarray(out).dtype}"
+            assert_matches_model(out, config, weights, tokens, f"the {name} model on a batch of shape {tokens.shape}")
 
 
 @pytest.mark.points(1)
 def test_model_logits_never_depend_on_later_tokens(student):
     for name, overrides in CORE_CONFIGS.items():
+        config = dict(CORE, **overrides)
         tokens = _tokens(1, C)
         variants = [tokens[0]]
         for t in (3, 8):  # change the token at position t
             changed = tokens[0].copy()
             changed[t] = (changed[t] + 1) % V
             variants.append(changed)
-        (logits,) = student.run(lm_logits, dict(CORE, **overrides), [np.stack(variants)], uses=(_lm,))
+        weights, (logits,) = _model_runs(student, config, [np.stack(variants)])
+        assert_matches_model(logits, config, weights, np.stack(variants), f"the {name} model")
         for row, t in ((1, 3), (2, 8)):
             assert_close(
                 logits[row, :t],
                 logits[0, :t],
                 f"{name} model: logits before position {t} after changing the token at position {t}",
                 atol=1e-5,
-            )
-            assert np.abs(logits[row, t] - logits[0, t]).max() > 1e-4, (
-                f"{name} model: changing the token at position {t} did not change the logits at position {t}"
             )
 
 
@@ -550,30 +842,19 @@ def test_tied_embeddings_are_one_matrix_used_for_input_and_output(student):
     tokens = np.random.default_rng(0).integers(0, V - 1, size=(B, T)).astype(np.int32)  # never token V-1
     for tied in (True, False):
         config = dict(CORE, tie_embeddings=tied, positions="sinusoidal")
-        result = student.run(lm_embedding_edit, config, tokens, V - 1, _normal((1, D), 3), uses=(_lm,))
-        matrices, before, after = result["matrices"], result["before"], result["after"]
-        assert len(matrices) == (1 if tied else 2), (
-            f"tie_embeddings={tied}: expected {1 if tied else 2} weight(s) of shape (V, D) or (D, V), got {matrices}"
+        weights = draw_weights(model_weight_shapes(config), 1)
+        edited = dict(weights, token_embedding=weights["token_embedding"].copy())
+        edited["token_embedding"][V - 1] += _normal((D,), 3)
+        before, after = student.run(
+            lm_session, config, [(weights, tokens, False), (edited, tokens, False)], uses=(_load,)
         )
-        if tied:  # the output projection is the embedding: only the logits of token V-1 move
-            assert np.abs(after[..., V - 1] - before[..., V - 1]).max() > 1e-3, (
-                "with tie_embeddings=True the logits must be x times the transposed token embedding, so changing "
-                "token V-1's embedding must change its logits"
-            )
-            assert_close(
-                after[..., : V - 1],
-                before[..., : V - 1],
-                "tied model: logits of the other tokens after changing token V-1's embedding",
-                atol=1e-6,
-            )
-        else:
-            assert_close(
-                after,
-                before,
-                "untied model: logits after changing the embedding of a token absent from "
-                "the input (the output projection must be lm_head, not the embedding)",
-                atol=1e-6,
-            )
+        what = f"tie_embeddings={tied} model"
+        check_loaded(before["loaded"], weights, what + (" (no lm_head: one (V, D) matrix)" if tied else ""))
+        check_loaded(after["loaded"], edited, what)
+        assert_matches_model(before["logits"], config, weights, tokens, f"the {what}")
+        assert_matches_model(
+            after["logits"], config, edited, tokens, f"the {what} after changing the embedding of token V-1"
+        )
 
 
 @pytest.mark.points(0.5)
@@ -581,20 +862,22 @@ def test_tied_embeddings_are_one_matrix_used_for_input_and_output(student):
 def test_positions_are_added_to_the_token_embeddings(student):
     repeated = np.full((1, C), 5, np.int32)  # one token at every position: only the positions tell them apart
     for positions in ("learned", "sinusoidal"):
-        (logits,) = student.run(lm_logits, dict(CORE, positions=positions), [repeated], uses=(_lm,))
-        assert np.abs(logits[0] - logits[0, :1]).max() > 1e-3, (
-            f'positions="{positions}": a sequence repeating one token gave the same logits at every position, so '
-            "the model cannot tell positions apart: the position vectors must be added to the token embeddings"
-        )
-    tokens = _tokens(1, C, seed=5)[0]
-    logits = student.run(lm_cancelled_inputs, dict(CORE, positions="learned"), tokens, uses=(_lm,))
-    assert_close(
-        logits,
-        np.broadcast_to(logits[:1], logits.shape),
-        "logits at each position against those at position 0, with the position table set to minus the tokens' "
-        "embeddings (token embedding + position = 0 everywhere, so every position must see the same zero vectors; "
+        config = dict(CORE, positions=positions)
+        weights, (logits,) = _model_runs(student, config, [repeated])
+        assert_matches_model(logits, config, weights, repeated, f'a model with positions="{positions}"')
+    tokens = _tokens(1, C, seed=5)
+    config = dict(CORE, positions="learned")
+    weights = draw_weights(model_weight_shapes(config), 1)
+    weights["position_embedding"] = -weights["token_embedding"][tokens[0]]  # embedding + position = 0 everywhere
+    (result,) = student.run(lm_session, config, [(weights, tokens, False)], uses=(_load,))
+    check_loaded(result["loaded"], weights, "TransformerLanguageModel")
+    assert_matches_model(
+        result["logits"],
+        config,
+        weights,
+        tokens,
+        "a model whose position table is minus the tokens' embeddings (token embedding + position = 0 everywhere; "
         "the positions are added to the token embeddings as they are, not subtracted, multiplied or scaled)",
-        atol=1e-5,
     )
 
 
@@ -602,9 +885,29 @@ def test_positions_are_added_to_the_token_embeddings(student):
 @pytest.mark.clause("transformer.TransformerLanguageModel: Token embedding (plus learned or sinusoidal positions")
 def test_every_weight_gets_a_gradient(student):
     tokens = _tokens()
+    upstream = _normal((B, T, V), 11)
     for name, overrides in (("gpt2-like", dict()), ("untied", dict(tie_embeddings=False))):
-        unused = student.run(lm_training, dict(CORE, **overrides), tokens, tokens, "gradients", uses=(_lm,))
+        config = dict(CORE, **overrides)
+        weights = draw_weights(model_weight_shapes(config), 1)
+        result = student.run(lm_gradients, config, weights, tokens, upstream, uses=(_load,))
+        check_loaded(result["loaded"], weights, f"{name} model")
+        assert_matches_model(result["logits"], config, weights, tokens, f"the {name} model")
+        unused = [p for p, g in result["grads"].items() if g is None]
         assert not unused, f"{name} model: these weights get no gradient, so the forward pass never uses them: {unused}"
+        rng = np.random.default_rng(12)
+        base = {p: w.astype(np.float64) for p, w in weights.items()}
+        for path, grad in result["grads"].items():
+            direction = rng.normal(size=weights[path].shape)
+            eps = 1e-4
+            plus = np.sum(np_model(config, dict(base, **{path: base[path] + eps * direction}), tokens) * upstream)
+            minus = np.sum(np_model(config, dict(base, **{path: base[path] - eps * direction}), tokens) * upstream)
+            expected = (plus - minus) / (2 * eps)  # the judge's directional derivative
+            got = float(np.sum(np.asarray(grad, np.float64) * direction))
+            assert abs(got - expected) <= 2e-3 * max(1.0, abs(expected)), (
+                f"{name} model: the gradient with respect to `{path}` is wrong or missing: along a random direction "
+                f"it gives {got:.5g}, finite differences of the logits give {expected:.5g} (is that weight used "
+                "in the forward pass, with no tf.stop_gradient or NumPy detour?)"
+            )
 
 
 @pytest.mark.points(1)
@@ -613,7 +916,23 @@ def test_initial_loss_is_about_log_vocab_size(student):
     rng = np.random.default_rng(0)
     tokens, labels = (rng.integers(0, vocab, size=(8, C)).astype(np.int32) for _ in range(2))
     config = dict(CORE, vocab_size=vocab, d_model=32)
-    loss = student.run(lm_training, config, tokens, labels, "loss", randomize=False, uses=(_lm,))
+    shapes = model_weight_shapes(config)
+    result = student.run(lm_fresh, config, list(shapes), tokens)
+    weights = {p: np.asarray(w) for p, w in result["loaded"]["read"].items()}
+    for path, shape in shapes.items():
+        w = weights[path]
+        assert_shape(w, shape, f"weight `{path}` of a fresh model")
+        if len(shape) == 2:  # GPT-2's initializer, normal_init(): N(0, 0.02)
+            assert abs(w.std() - 0.02) < 0.004 and abs(w.mean()) < 0.004, (
+                f"weight `{path}` of a fresh model has mean {w.mean():.4f} and std {w.std():.4f}; expected the "
+                "initializer the layers create it with, N(0, 0.02)"
+            )
+    check_loaded(result["loaded"], weights, "a fresh TransformerLanguageModel")
+    assert_matches_model(result["logits"], config, weights, tokens, "a fresh model", atol=1e-5)
+    logits = np_model(config, weights, tokens)
+    logits -= logits.max(-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    loss = -np.take_along_axis(log_probs, labels[..., None], -1).mean()
     assert abs(loss - math.log(vocab)) < 0.1, (
         f"a freshly initialized model should predict nearly uniformly, with loss about ln(V) = {math.log(vocab):.3f}; "
         f"got {loss:.3f}"
@@ -624,10 +943,21 @@ def test_initial_loss_is_about_log_vocab_size(student):
 @pytest.mark.timeout(60)
 def test_model_overfits_one_tiny_batch(student):
     config = dict(CORE, d_model=32)
-    first, loss = student.run(
-        lm_training, config, _tokens(2, 8, seed=3), _tokens(2, 8, seed=4), "overfit", randomize=False, uses=(_lm,)
-    )
+    tokens, labels = _tokens(2, 8, seed=3), _tokens(2, 8, seed=4)
+    shapes = model_weight_shapes(config)
+    weights = draw_weights(shapes, 5, scale=0.02)
+    weights.update({p: np.ones(s, np.float32) for p, s in shapes.items() if p.endswith("gamma")})
+    weights.update({p: np.zeros(s, np.float32) for p, s in shapes.items() if p.endswith("beta")})
+    result = student.run(lm_overfit, config, weights, tokens, labels, uses=(_load,))
+    trained = {p: np.asarray(w) for p, w in result["trained"].items()}
+    check_loaded({"read": trained, "held": result["held"]}, trained, "the trained model")
+    assert any(not np.array_equal(trained[p], weights[p]) for p in weights), "training changed no weight"
+    assert_matches_model(result["logits"], config, trained, tokens, "the trained model", atol=1e-3)
+    logits = np_model(config, trained, tokens)
+    logits -= logits.max(-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    loss = -np.take_along_axis(log_probs, labels[..., None], -1).mean()
     assert loss < 0.1, (
-        f"the loss on one tiny batch went from {first:.3f} to {loss:.3f} in 100 Adam steps; it should fall below 0.1 "
+        f"the loss on one tiny batch is {loss:.3f} after 100 Adam steps; it should fall below 0.1 "
         "(do the gradients reach every weight? does each position see its own token and the ones before?)"
     )
