@@ -85,23 +85,28 @@ def main(argv: list[str] | None = None) -> None:
             __import__(name)
         except Exception:  # the probes that need it fail and say why
             pass
+    # Defence in depth: the runner keeps its own references to what it calls, taken before any of the student's code
+    # is imported, so a module that replaces `probes.execute` or the wire's functions does not change what runs here.
+    # (The fix is the rule the tests follow: every verdict is computed in the judge from raw outputs.)
+    execute, seed_everything, where_in_assignment = probes.execute, probes.seed_everything, probes.where_in_assignment
+    receive, encode, write_frame = wire.receive, wire.encode, wire.write_frame
     wire.send(args.fd_out, {"ok": True, "uid": os.getuid(), "pid": os.getpid()})
     while True:
         try:
-            req = wire.receive(args.fd_in)
+            req = receive(args.fd_in)
         except EOFError:
             break
         try:
             if req.get("seed") is not None:
-                probes.seed_everything(req["seed"])
+                seed_everything(req["seed"])
             if req["op"] == "import":
                 __import__(f"assignment.{req['module']}")
                 reply = {"ok": True}
             else:
-                reply = {"ok": True, "value": probes.execute(req)}
-            body = wire.encode(reply)
+                reply = {"ok": True, "value": execute(req)}
+            body = encode(reply)
         except BaseException as exc:  # noqa: B036 - SystemExit and KeyboardInterrupt from the student's code too
-            where = probes.where_in_assignment(exc.__traceback__)
+            where = where_in_assignment(exc.__traceback__)
             if isinstance(exc, SyntaxError) and exc.filename:
                 where = f"{os.path.relpath(exc.filename, root)}:{exc.lineno}"
             try:
@@ -115,8 +120,8 @@ def main(argv: list[str] | None = None) -> None:
                 reply["limit"] = limit_of(exc)
             except Exception:
                 pass
-            body = wire.encode(reply)
-        wire.write_frame(args.fd_out, body)
+            body = encode(reply)
+        write_frame(args.fd_out, body)
     os._exit(0)
 
 

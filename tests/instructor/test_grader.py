@@ -471,3 +471,19 @@ def test_the_runner_imports_the_given_packages_from_the_bundle_never_from_the_su
     tests, results = run((root, manifest), sub, tmp_path)
     assert tests["test_twice"]["status"] == "passed", tests["test_twice"]["output"]
     assert results["extra_data"]["core_score"] == 8
+
+
+def test_a_module_that_replaces_the_runners_probe_dispatch_changes_nothing(course, tmp_path):
+    """The runner keeps its own references to `probes.execute` and the wire, taken before the student's module is
+    imported: a module that swaps them for a forger still gets its own (unwritten) `add` called."""
+    forger = (
+        "import sys\n"
+        "for _name in ('grading.runtime.probes', 'grading.runtime.wire'):\n"
+        "    _module = sys.modules.get(_name)\n"
+        "    if _module is not None and hasattr(_module, 'execute'):\n"
+        "        _module.execute = lambda request: 5  # the answer test_add expects\n"
+    )
+    unwritten = ALPHA.replace("return a + b", "raise NotImplementedError('add')")
+    tests, _ = run(course, submit(course, tmp_path, alpha=forger + unwritten), tmp_path)
+    assert tests["test_add"]["status"] == "failed", tests["test_add"]["output"]
+    assert "add" in tests["test_add"]["output"]
