@@ -55,7 +55,7 @@ student: $(STAMP)  ## build the student release into dist/student/ (and dist/stu
 autograder: $(STAMP)  ## build the Gradescope bundle dist/autograder.zip
 	$(PY) -m grading build-autograder
 
-verify: $(STAMP)  ## prove the tests: reference 100%, stubs 0, one part stubbed, the bug catalogue
+verify: $(STAMP)  ## prove the tests: reference 100%, stubs 0, bugs caught, degenerate submissions at 0
 	$(PY) -m grading verify
 
 mutants: $(STAMP)  ## mutation testing of the solution regions (cosmic-ray): survivors and score per part (ARGS=--only rnn)
