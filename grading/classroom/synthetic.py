@@ -26,48 +26,50 @@ def graded_modules() -> list[str]:
 
 
 class _Renamer(ast.NodeTransformer):
-    """Renames the local variables of every function (names it assigns that are not its parameters, nor declared
-    global or nonlocal) to v0, v1, ...; parameters keep their names (callers may pass them by keyword)."""
+    """Renames the local variables of every function without nested scopes (no inner function, lambda or class)
+    to v0, v1, ...: the names it assigns that are not its parameters (callers may pass them by keyword) nor declared
+    global or nonlocal."""
 
     def __init__(self):
         self.count = 0
 
     def visit_FunctionDef(self, node):
+        self.generic_visit(node)
+        inner = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.Global, ast.Nonlocal)
+        if any(isinstance(n, inner) for n in ast.walk(node) if n is not node):
+            return node
         params = {a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs}
         params |= {a.arg for a in (node.args.vararg, node.args.kwarg) if a is not None}
-        declared = {n for s in ast.walk(node) if isinstance(s, (ast.Global, ast.Nonlocal)) for n in s.names}
-        stored = {
-            n.id
-            for n in ast.walk(node)
-            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) and n.id not in params | declared
-        }
+        stored = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
         mapping = {}
-        for name in sorted(stored):
+        for name in sorted(stored - params):
             mapping[name] = f"v{self.count}"
             self.count += 1
         for n in ast.walk(node):
             if isinstance(n, ast.Name) and n.id in mapping:
                 n.id = mapping[n.id]
-        self.generic_visit(node)
         return node
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
 
 def _reorder(body):
-    """The function definitions of `body` in reverse order, every other statement where it was."""
-    slots = [i for i, node in enumerate(body) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    functions = [body[i] for i in slots][::-1]
-    for i, node in zip(slots, functions):
-        body[i] = node
-    for node in body:
-        if isinstance(node, ast.ClassDef):
-            _reorder(node.body)
+    """The module's function definitions in reverse order within each run of consecutive ones, every other
+    statement where it was (so module-level code still finds the functions it names)."""
+    run = []
+    for i, node in enumerate([*body, None]):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            run.append(i)
+            continue
+        functions = [body[j] for j in run][::-1]
+        for j, function in zip(run, functions):
+            body[j] = function
+        run = []
 
 
 def disguise(source: str) -> str:
     """`source` as a student hiding a copy would make it: no comments, no docstrings, local variables renamed,
-    functions and methods in another order, every line laid out anew (quotes, spacing, parentheses, line breaks);
+    the module's functions in another order, every line laid out anew (quotes, spacing, parentheses, line breaks);
     it computes the same."""
     tree = strip_docstrings(ast.parse(source))
     _reorder(tree.body)
