@@ -203,7 +203,56 @@ def start(entry: intake.Entry, slot: int, settings: Settings) -> Job:
         start_new_session=True,  # its own process group: killed whole on a timeout or when the batch stops
         preexec_fn=_die_with_parent,  # and killed with the batch even when the batch is SIGKILLed
     )
+    # Its process group, so that the next run can end what `grade` left running if the batch was SIGKILLed (the
+    # parent-death signal reaches `grade`, not its judge).
+    atomic_write(running_dir(settings.out) / f"{entry.student}.pgid", str(proc.pid))
     return Job(entry, slot, proc, time.monotonic(), tmp, log, log_file)
+
+
+def running_dir(out: Path) -> Path:
+    return out / ".work" / "running"
+
+
+def process_groups() -> dict[int, list[int]]:
+    """{process group: [pid]} of every process on the machine (from /proc)."""
+    groups = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            groups.setdefault(int(fields[2]), []).append(int(name))
+    return groups
+
+
+def end_leftovers(out: Path) -> list[int]:
+    """Kills the process groups of the `grade` runs a killed batch left behind (recorded in .work/running/);
+    returns the groups killed. A group is only killed while one of its processes is running the grader."""
+    killed = []
+    folder = running_dir(out)
+    records = list(folder.glob("*.pgid")) if folder.is_dir() else []
+    groups = process_groups() if records else {}
+    for record in records:
+        try:
+            pgid = int(record.read_text().strip())
+        except (OSError, ValueError):
+            pgid = None
+        pids = groups.get(pgid, []) if pgid else []
+        cmdlines = []
+        for pid in pids:
+            try:
+                cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+            except OSError:
+                pass
+        if any(b"grading" in c for c in cmdlines):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+                killed.append(pgid)
+            except (ProcessLookupError, PermissionError):
+                pass
+        record.unlink(missing_ok=True)
+    return killed
 
 
 def _kill(job: Job) -> None:
@@ -217,6 +266,7 @@ def _kill(job: Job) -> None:
 def finish(job: Job, settings: Settings, timed_out: bool) -> tuple[dict | None, str]:
     """(results, status) of a finished job; the results file is written atomically when it graded."""
     job.log_file.close()
+    (running_dir(settings.out) / f"{job.entry.student}.pgid").unlink(missing_ok=True)
     if timed_out:
         return None, f"error: grading took longer than {settings.watchdog_s:g} s and was stopped"
     results = read_results(job.tmp)
@@ -387,6 +437,9 @@ def grade_class(
     (out / "results").mkdir(parents=True, exist_ok=True)
     for stale in list((out / "results").glob(".*.tmp")) + list(out.glob(".*.tmp")):
         stale.unlink(missing_ok=True)  # a write a crash interrupted: never read back
+    leftovers = end_leftovers(out)
+    if leftovers:
+        log(f"grade-class: ended {len(leftovers)} grading run(s) a killed batch had left running")
     manifest_path = work / "manifest.json"
     atomic_write(manifest_path, json.dumps(manifest))
     entries, _export = intake.discover(submissions, work)

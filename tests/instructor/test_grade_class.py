@@ -226,7 +226,10 @@ def test_a_run_killed_after_its_first_results_resumes_without_regrading_them(cou
     cmd += ["--bundle", str(root), "--manifest", str(manifest), "--no-drop-privileges", "--no-similarity"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list((out / "results").glob("*.json"))) < 2:
+    running = out / ".work" / "running"
+    while time.monotonic() < deadline and (
+        len(list((out / "results").glob("*.json"))) < 2 or not list(running.glob("*.pgid"))
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -234,10 +237,13 @@ def test_a_run_killed_after_its_first_results_resumes_without_regrading_them(cou
     assert 2 <= len(first) < len(names), first
     time.sleep(1)
     assert not any(str(out) in _cmdline(pid) for pid in _pids()), "the killed batch's grading processes died with it"
+    left = [int(p.read_text()) for p in running.glob("*.pgid")]
+    assert len(left) == 1, "the run in progress recorded its process group"
     # A results file cut short (as a crash mid-write would leave without atomic writes) is graded again.
     (out / "results" / "s4.json").write_text('{"score": 1')
     again = grade_class(course, subs, out, "--workers", "1", "--no-similarity")
     assert f"{len(first)} already graded" in again.stdout
+    assert not set(left) & set(batch.process_groups()), "what the killed run left (its judge) was ended"
     for name, mtime in first.items():
         assert (out / "results" / name).stat().st_mtime_ns == mtime, f"{name} was graded again"
     book = gradebook(out)
