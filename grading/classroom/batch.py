@@ -214,7 +214,7 @@ def running_dir(out: Path) -> Path:
 
 
 def process_groups() -> dict[int, list[int]]:
-    """{process group: [pid]} of every process on the machine (from /proc)."""
+    """{process group: [pid]} of every live process on the machine (from /proc; zombies left out)."""
     groups = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -222,7 +222,8 @@ def process_groups() -> dict[int, list[int]]:
                 fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue
-            groups.setdefault(int(fields[2]), []).append(int(name))
+            if fields[0] != "Z":
+                groups.setdefault(int(fields[2]), []).append(int(name))
     return groups
 
 

@@ -215,11 +215,13 @@ def test_disagreements_and_clause_rates_are_computed_from_the_results():
 # Resume.
 
 
+@pytest.mark.timeout(400)
 def test_a_run_killed_after_its_first_results_resumes_without_regrading_them(course, tmp_path):
     subs = tmp_path / "submissions"
-    names = [f"s{i}" for i in range(5)]
+    names = [f"s{i}" for i in range(4)]
+    slow = ALPHA.replace("return a + b", "import time\n    time.sleep(1)\n    return a + b")  # 3 s more per run
     for name in names:
-        student(subs / name)
+        student(subs / name, alpha=slow)
     out = tmp_path / "out"
     root, manifest = course
     cmd = [sys.executable, "-m", "grading", "grade-class", str(subs), "--out", str(out), "--workers", "1"]
@@ -227,30 +229,40 @@ def test_a_run_killed_after_its_first_results_resumes_without_regrading_them(cou
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     running = out / ".work" / "running"
-    while time.monotonic() < deadline and (
-        len(list((out / "results").glob("*.json"))) < 2 or not list(running.glob("*.pgid"))
-    ):
-        time.sleep(0.05)
+
+    def judging():  # two results written, and the third student's `grade` has started its judge
+        if len(list((out / "results").glob("*.json"))) < 2:
+            return False
+        groups = batch.process_groups()
+        return any(len(groups.get(int(p.read_text() or 0), [])) >= 2 for p in running.glob("*.pgid"))
+
+    while time.monotonic() < deadline and not judging():
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first = {p.name: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
     assert 2 <= len(first) < len(names), first
-    time.sleep(1)
-    assert not any(str(out) in _cmdline(pid) for pid in _pids()), "the killed batch's grading processes died with it"
+    time.sleep(0.5)
+    assert not any(str(out) in _cmdline(pid) for pid in _pids()), "the killed batch's grade processes died with it"
     left = [int(p.read_text()) for p in running.glob("*.pgid")]
     assert len(left) == 1, "the run in progress recorded its process group"
+    assert set(left) & set(batch.process_groups()), "its judge outlives `grade` (the next run must end it)"
     # A results file cut short (as a crash mid-write would leave without atomic writes) is graded again.
-    (out / "results" / "s4.json").write_text('{"score": 1')
-    again = grade_class(course, subs, out, "--workers", "1", "--no-similarity")
-    assert f"{len(first)} already graded" in again.stdout
+    (out / "results" / "s3.json").write_text('{"score": 1')
+    resume = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    said = resume.stdout.readline()  # printed once what the killed run left is ended, before any grading
     assert not set(left) & set(batch.process_groups()), "what the killed run left (its judge) was ended"
+    said += resume.stdout.read()  # (communicate() would skip what readline() buffered)
+    resume.wait(timeout=60)
+    assert resume.returncode == 0 and "ended 1 grading run(s) a killed batch had left running" in said
+    assert f"{len(first)} already graded" in said, said
     for name, mtime in first.items():
         assert (out / "results" / name).stat().st_mtime_ns == mtime, f"{name} was graded again"
     book = gradebook(out)
     assert all(book[n]["status"] == "graded" and float(book[n]["score"]) == 11 for n in names), book
-    assert json.loads((out / "results" / "s4.json").read_text())["score"] == 11
+    assert json.loads((out / "results" / "s3.json").read_text())["score"] == 11
     regraded = grade_class(course, subs, out, "--workers", "2", "--no-similarity", "--regrade")
-    assert "5 to grade, 0 already graded" in regraded.stdout
+    assert "4 to grade, 0 already graded" in regraded.stdout
 
 
 def _pids():
