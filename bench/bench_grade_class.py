@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,9 +77,14 @@ def run(class_dir, out, manifest, workers, users, python):
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    output = proc.communicate()[0]
-    done.set()
-    sampler.join()
+    try:
+        output = proc.communicate()[0]
+    finally:
+        done.set()
+        sampler.join()
+        if proc.poll() is None:  # interrupted: grade-class ends its own grading runs on SIGTERM
+            proc.terminate()
+            proc.wait()
     wall = time.monotonic() - started
     if proc.returncode != 0:
         print(output[-3000:])
@@ -88,6 +94,7 @@ def run(class_dir, out, manifest, workers, users, python):
 
 
 def main():
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups below
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=40, help="students in the class (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a class of 6 (the reference, stubs, copy, ...)")
