@@ -5,13 +5,15 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUN    ?= runs/main
 SUBMISSION ?= dist/student
+SUBMISSIONS ?= submissions
+OUT ?= class-results
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint train generate tensorboard compare experiments data bench student autograder verify mutants grade notebooks clean
+.PHONY: help install test lint train generate tensorboard compare experiments data bench student autograder verify mutants grade grade-class notebooks clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +65,9 @@ mutants: $(STAMP)  ## mutation testing of the solution regions (cosmic-ray): sur
 
 grade: $(STAMP)  ## grade one submission as the autograder does (SUBMISSION=dir) into results.json
 	$(PY) -m grading grade $(SUBMISSION) --out results.json
+
+grade-class: $(STAMP)  ## grade a whole class (SUBMISSIONS=dir OUT=dir): gradebook, report, similarity; resumable
+	$(PY) -m grading grade-class $(SUBMISSIONS) --out $(OUT) $(ARGS)
 
 notebooks: $(STAMP)  ## run every notebook top to bottom against the reference solution
 	$(PY) -m grading.build.run_notebooks

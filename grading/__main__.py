@@ -11,6 +11,10 @@ import sys
 # command -> (module, help). Only `grade` ships with the student release and the autograder bundle.
 COMMANDS = {
     "grade": ("grading.runtime.grade", "grade a submission and write Gradescope's results.json"),
+    "grade-class": (
+        "grading.classroom.batch",
+        "grade a whole class: gradebook.csv, results per student, report.html, similarity (resumable)",
+    ),
     "build-student": ("grading.build.release", "build the student release into dist/student/ and dist/student.zip"),
     "build-autograder": ("grading.build.autograder", "build the Gradescope bundle dist/autograder.zip"),
     "verify": ("grading.checks.verify", "prove the tests: reference 100%, stubs 0, each part alone, the bug catalogue"),
@@ -50,6 +54,7 @@ def _parser():
         help="run the student's code as the current user, even root (trusted code only: the reference, the bugs)",
     )
     p.add_argument("--runner-user", help="the unprivileged user the student's code runs as (default: student)")
+    p.add_argument("--runner-python", help="an interpreter the runner user can run (default: this one)")
     p.add_argument(
         "--sandbox-optional",
         action="store_true",
@@ -63,6 +68,32 @@ def _parser():
     )
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work directory")
     p.add_argument("--quiet", action="store_true", help="print nothing; only write results.json")
+
+    p = sub.add_parser("grade-class", help=_help("grade-class"))
+    p.add_argument(
+        "submissions",
+        help="a folder with one entry per student (a folder or a .zip), or a Gradescope export (.zip or its folder)",
+    )
+    p.add_argument("--out", required=True, help="the output folder (outside SUBMISSIONS)")
+    p.add_argument("--workers", type=int, help="students graded at once (default: what the CPUs and memory allow)")
+    p.add_argument(
+        "--runner-user",
+        action="append",
+        metavar="U",
+        help="the unprivileged user the student's code runs as (default: student); as root, each worker needs one "
+        "of its own (repeat the option or give U1,U2): the grader kills every process of its user when a run ends",
+    )
+    p.add_argument("--runner-python", help="an interpreter the runner user can run (default: this one)")
+    p.add_argument("--regrade", action="store_true", help="grade again the students that already have results")
+    p.add_argument("--shard", metavar="I/N", help="grade only shard I of N (1-based); merge: run again without it")
+    p.add_argument("--bundle", help="folder holding tests/, assignment/ and grading/ (default: this package's parent)")
+    p.add_argument("--manifest", help="manifest.json listing the graded tests (default: the bundle's, or collected)")
+    p.add_argument(
+        "--no-drop-privileges",
+        action="store_true",
+        help="run the students' code as the current user, even root (trusted code only: the reference, the bugs)",
+    )
+    p.add_argument("--no-similarity", action="store_true", help="skip the similarity of every pair")
 
     p = sub.add_parser("build-student", help=_help("build-student"))
     p.add_argument("--root", default=".", help="the repository (default: the current folder)")

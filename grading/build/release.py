@@ -110,15 +110,20 @@ def clear_notebook(text: str) -> str:
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
 
 
+# Dependencies of the instructor's tooling only (`grade-class`): the student release does not install them.
+INSTRUCTOR_ONLY = {"pyyaml", "copydetect"}
+
+
 def _dependencies(root):
-    """The `dependencies = [...]` entries of the repository's pyproject.toml, as written there."""
+    """The `dependencies = [...]` entries of the repository's pyproject.toml, as written there, less INSTRUCTOR_ONLY."""
     text = (Path(root) / "pyproject.toml").read_text() if (Path(root) / "pyproject.toml").exists() else ""
     match = re.search(r"^dependencies\s*=\s*\[(.*?)^\]", text, re.S | re.M)
     if not match:
         return ['"tensorflow>=2.16,<3"', '"numpy"', '"tqdm"']
-    return [
+    entries = [
         line.split("#")[0].strip().rstrip(",") for line in match.group(1).splitlines() if line.split("#")[0].strip()
     ]
+    return [e for e in entries if re.split(r"[<>=!~\[ ]", e.strip('"'))[0].lower() not in INSTRUCTOR_ONLY]
 
 
 def _part_rows(manifest):

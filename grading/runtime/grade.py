@@ -501,6 +501,7 @@ def main(args: argparse.Namespace, get_manifest: Callable[[], Manifest]) -> int:
             runner_user=args.runner_user,
             sandbox_required=not args.sandbox_optional,
             keep_workdir=args.keep_workdir,
+            python=getattr(args, "runner_python", None) or sys.executable,
             log=(lambda line: None) if args.quiet else print,
         )
     except sandbox.SandboxRefused as exc:
