@@ -7,8 +7,8 @@ OUT with `python -m grading grade-class` (similarity and report included), while
 memory of the whole process tree (the batch, each `grade`, its judge and runner) every 0.25 s. Prints figures;
 nothing passes or fails.
 
-As root the student's code runs as the runner users given (one per worker: the grader kills every process of its
-user when a run ends); without any, as root itself (--no-drop-privileges: the generated class is the repository's
+As root the student's code runs as the runner users given (one per worker: without a cgroup a process limit counts
+per user); without any, as root itself (--no-drop-privileges: the generated class is the repository's
 own code).
 
     python bench/bench_grade_class.py [--size 40] [--workers 1,2] [--quick] [--runner-user U ...] [--keep DIR]

@@ -81,7 +81,7 @@ def _parser():
         action="append",
         metavar="U",
         help="the unprivileged user the student's code runs as (default: student); as root, each worker needs one "
-        "of its own (repeat the option or give U1,U2): the grader kills every process of its user when a run ends",
+        "of its own (repeat the option or give U1,U2): without a cgroup, the process limit counts per user",
     )
     p.add_argument("--runner-python", help="an interpreter the runner user can run (default: this one)")
     p.add_argument("--regrade", action="store_true", help="grade again the students that already have results")

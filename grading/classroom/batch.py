@@ -462,7 +462,7 @@ def grade_class(
     if drop_privileges and os.geteuid() == 0 and len(users) < workers:
         log(
             f"grading {len(users)} at a time, not {workers}: as root each worker needs a runner user of its own (the "
-            "grader kills every process of its user when a run ends); give more with --runner-user"
+            "process limit counts per user without a cgroup); give more with --runner-user"
         )
         workers = len(users)
     users = (users * workers)[:workers] if not (drop_privileges and os.geteuid() == 0) else users[:workers]

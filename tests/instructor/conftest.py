@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-RUNNER_USER = "grader-test-runner"  # a user of the tests' own: the grader kills every process of its runner user
+RUNNER_USER = "grader-test-runner"  # a user of the tests' own, so no test shares its runner user with a real grader
 
 
 @pytest.fixture(scope="session")
