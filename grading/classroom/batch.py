@@ -253,6 +253,9 @@ def end_leftovers(out: Path) -> list[int]:
             except (ProcessLookupError, PermissionError):
                 pass
         record.unlink(missing_ok=True)
+    deadline = time.monotonic() + 10.0  # SIGKILL is not instant: wait until the groups' processes are gone
+    while killed and set(killed) & set(process_groups()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return killed
 
 
