@@ -1,4 +1,4 @@
-"""Part 5: the training loop's own parts: one training step, the evaluation, checkpoints and tracking.
+"""Part 5: the training loop: one training step, the evaluation, checkpoints, tracking, and the loop itself.
 
 Dimension letters: B batch size, T sequence length, V vocabulary size.
 
@@ -6,11 +6,11 @@ You write `train_step` (one optimizer update with `tf.GradientTape`) and `evalua
 dataset), then the lecture's four uses of `tf.train.CheckpointManager` and the TensorBoard logging:
 `make_managers` (keep the newest N checkpoints, and the best one), `restore_latest` (load the newest and resume at
 its step), `save_due` (save every N steps or every M minutes, on a clock the caller passes), `save_if_best` (save
-when the validation loss improves) and `write_summaries` (`tf.summary` scalars and text at a step, flushed).
-`train` runs the given loop of `lmkit.loop` with them (it also recovers damaged checkpoints, saves on Ctrl-C,
-shows a progress bar and, with `--wandb`, tracks the run in Weights & Biases); `python -m lmrun train --help` is
-its command line.
-"""
+when the validation loss improves) and `write_summaries` (`tf.summary` scalars and text at a step, flushed); and
+last `fit`, the loop over batches that calls them: train, log, evaluate, keep the best, save.
+`train` runs your `fit` through `lmkit.loop` (given: it builds the model, the optimizer and the data, restores,
+recovers damaged checkpoints, saves on Ctrl-C, shows a progress bar and, with `--wandb`, tracks the run in Weights
+& Biases); `python -m lmrun train --help` is its command line."""
 
 import math
 import os
@@ -283,6 +283,72 @@ def write_summaries(
     # END SOLUTION
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The loop itself.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def fit(run: loop.Run, config: TrainConfig) -> None:
+    """The training loop: trains from `run.step` (0, or the step `restore_latest` resumed at) until `run.batches()`
+    ends, logging, evaluating and saving checkpoints on the way.
+
+    For each batch `(inputs, labels)` of `run.batches()` (int32 `(B, T)` each; it ends at `config.steps`, after a
+    final step, or when the run is stopped):
+    - one update: `run.train_step(inputs, labels)` (your `train_step`, compiled; `run.step` goes up by one), then
+      `step = run.step`;
+    - the step *evaluates* when `step` is a multiple of `config.eval_every` or when `run.is_final(step)` (the
+      session's last step; call it once per step, it also ends `run.batches()` after that step);
+    - every `config.log_every` steps, and at every evaluation: `run.log(step, run.train_scalars())`, the
+      training scalars (`train/loss`, ...) averaged since the previous log;
+    - at an evaluation, inside `with run.evaluation_weights():`, `evaluate(run.forward, run.validation_data(final=
+      run.is_final(step)))` -> `(val_loss, val_perplexity)`, then `save_if_best(run.best, val_loss,
+      run.best_val_loss, step)` -> `best`, and `text = run.sample()` (a str, or None when sampling is off);
+      after the block, `run.log(step, {"val/loss": val_loss, "val/perplexity": val_perplexity}, {"sample": text})`
+      (without the texts when `text` is None), and `run.record(step, val_loss, val_perplexity, best)`
+      (history.jsonl and the printed line);
+    - a checkpoint, `run.save()` (the `latest` manager's save, numbered by the step), at every evaluation (so
+      history.jsonl never runs ahead of the checkpoints) and whenever `save_due(step, run.clock(), last_step,
+      last_time, config.save_every_steps, config.save_every_minutes)` says so, where `last_step` and `last_time`
+      are the step and `run.clock()` of the last save (before any: the step the loop started at, and the clock
+      when it started).
+    After the loop, the last step taken is saved unless it was just saved (a run stopped early resumes there).
+    Ctrl-C, divergence and a full disk are the given code's: they end the loop with an exception.
+    """
+    # TODO: the loop over batches: step, log, evaluate and keep the best, save on time or steps (~20 lines)
+    #   1. last_step, last_time = run.step, run.clock(): the resumed step counts as saved
+    #   2. for inputs, labels in run.batches(): run.train_step(inputs, labels); step = run.step -> int
+    #   3. final = run.is_final(step); evaluating = step % config.eval_every == 0 or final -> two bools
+    #   4. if step % config.log_every == 0 or evaluating: run.log(step, run.train_scalars())
+    #   5. if evaluating: with run.evaluation_weights(): evaluate(...), save_if_best(...) and run.sample(); then
+    #      run.log the two val scalars and the sample (when it is not None), and run.record(...)
+    #   6. if evaluating or save_due(...): run.save(); last_step, last_time = step, run.clock()
+    #   7. after the loop: run.save() when run.step != last_step
+    # BEGIN SOLUTION
+    last_step, last_time = run.step, run.clock()
+    for inputs, labels in run.batches():
+        run.train_step(inputs, labels)
+        step = run.step
+        final = run.is_final(step)
+        evaluating = step % config.eval_every == 0 or final
+        if step % config.log_every == 0 or evaluating:
+            run.log(step, run.train_scalars())
+        if evaluating:
+            with run.evaluation_weights():
+                val_loss, val_perplexity = evaluate(run.forward, run.validation_data(final=final))
+                best = save_if_best(run.best, val_loss, run.best_val_loss, step)
+                sample = run.sample()
+            texts = {"sample": sample} if sample is not None else None
+            run.log(step, {"val/loss": val_loss, "val/perplexity": val_perplexity}, texts)
+            run.record(step, val_loss, val_perplexity, best)
+        due = save_due(step, run.clock(), last_step, last_time, config.save_every_steps, config.save_every_minutes)
+        if evaluating or due:
+            run.save()
+            last_step, last_time = step, run.clock()
+    if run.step != last_step:
+        run.save()
+    # END SOLUTION
+
+
 def train(
     model_fn: Callable[[], keras.Model],
     train_ids: np.ndarray,
@@ -291,13 +357,14 @@ def train(
     run_dir: str | os.PathLike,
     **options,
 ) -> dict:
-    """Returns the results of `lmkit.loop.train` (given) run with this file's functions (`FUNCTIONS`);
+    """Returns the results of `lmkit.loop.train` (given) run with this file's functions (`FUNCTIONS`: your `fit`);
     `options` are that function's (`strategy`, `tracker`, `progress`, `log`, `stop_at`, ...)."""
     return loop.train(model_fn, train_ids, val_ids, config, run_dir, functions=FUNCTIONS, **options)
 
 
 # What the given loop and lmkit.checkpoints.Checkpoints call: this file's functions.
 FUNCTIONS = loop.LoopFunctions(
+    fit=fit,
     train_step=train_step,
     evaluate=evaluate,
     make_managers=make_managers,

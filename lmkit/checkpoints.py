@@ -8,6 +8,7 @@ save or deletion leaves behind (half-written `_temp` folders, a data file withou
 from scratch only when nothing at all can be restored.
 """
 
+import errno
 import math
 import os
 import re
@@ -299,6 +300,21 @@ class Checkpoints:
             f"checkpoint needs about {needed / 2**20:.1f} MB). The last good checkpoint, {previous or 'none yet'}, "
             f"is kept: free some space and run the same command to resume."
         )
+
+    def failed_save(self, error: BaseException) -> CheckpointError | None:
+        """Returns the `CheckpointError` for `error` when it broke a save of part 5's loop (`latest.save` or
+        `best.save` called directly), after removing what that save half-wrote; None when no save of this step was
+        under way and the disk is not full (the error is another one)."""
+        step = int(self.step)
+        for name in ("best", "ckpt"):
+            directory = self._root / name
+            if any(directory.glob(f"{name}-{step}_temp*")) or any(
+                p.name.startswith(f"{name}-{step}.") for p in scan(directory, name)[1]
+            ):
+                return self._save_failed(directory, name, error)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left" in str(error):
+            return self._save_failed(self._root / "ckpt", "ckpt", error)
+        return None
 
     def maybe_save(self) -> str | None:
         """Saves when part 5's `save_due` says so: the step is a multiple of `save_every_steps`, or

@@ -45,6 +45,7 @@ MAX_LOGGED_PERPLEXITY = (
 class LoopFunctions:
     """Part 5's functions, which the given loop calls (`assignment.train.FUNCTIONS` holds the student's)."""
 
+    fit: Callable  # (run, config) -> None: the loop itself, driving a `Run`
     train_step: Callable  # (model, optimizer, inputs, labels, clip_norm=...) -> (loss, grad_norm)
     evaluate: Callable  # (model, dataset) -> (loss, perplexity)
     make_managers: Callable  # (directory, objects, best_objects, keep_last) -> (latest, best) managers
@@ -175,6 +176,258 @@ class _StopRequests:
             signal.signal(sig, handler)
 
 
+class Run:
+    """One training session, as part 5's `fit` drives it: the given pieces of the loop.
+
+    `fit(run, config)` (the student's loop) calls these; what a course does not ask students to write stays here:
+    the compiled step and its XLA fallback, divergence checks, the progress bar, tokens/s, Ctrl-C and time budgets,
+    history.jsonl, bits per character, and a full disk turned into one clear error.
+
+    Attributes:
+        step: the number of optimizer updates done so far (an int; the restored step when the session starts).
+        latest, best: the two `tf.train.CheckpointManager`s of `make_managers` (`ckpt/` and `best/`).
+        best_val_loss: float64 scalar `tf.Variable`, the lowest validation loss so far (saved in checkpoints).
+        forward: the model to evaluate, `forward(inputs, training=False) -> logits (B, T, V)` (compiled).
+    """
+
+    def __init__(self, config: TrainConfig, ckpts: Checkpoints, *, session: "_Session"):
+        self.config = config
+        self._ckpts = ckpts
+        self._session = session
+        self.latest, self.best = ckpts.latest, ckpts.best
+        self.best_val_loss = ckpts.best_val_loss
+        self.forward = session.forward
+
+    @property
+    def step(self) -> int:
+        return int(self._ckpts.step)
+
+    def clock(self) -> float:
+        """Seconds on a monotonic clock (for `save_due`)."""
+        return time.monotonic()
+
+    def batches(self):
+        """Yields `(inputs, labels)`, int32 `(B, T)` each, one batch per step, until `step` reaches
+        `config.steps`; it ends earlier after a final step (`is_final`), at `stop_at`, and raises
+        `KeyboardInterrupt` on Ctrl-C or SIGTERM (the given code then saves a checkpoint)."""
+        return self._session.batches()
+
+    def train_step(self, inputs, labels) -> tuple[float, float]:
+        """Runs part 5's `train_step` (compiled) on one batch; `step` goes up by one. Returns `(loss, grad_norm)`
+        as Python floats; raises `Diverged` when either is NaN or infinite."""
+        return self._session.train_step(inputs, labels)
+
+    def is_final(self, step: int) -> bool:
+        """True when `step` is this session's last: `config.steps`, or the time budget has run out. The last
+        step is evaluated on the whole validation split, and `batches` yields nothing after it."""
+        return self._session.is_final(step)
+
+    def train_scalars(self) -> dict[str, float]:
+        """The training scalars since the previous call, for `log`: `train/loss` and `train/grad_norm` (means
+        over those steps), `train/perplexity`, `train/lr`, `train/tokens_per_sec`."""
+        return self._session.train_scalars()
+
+    def log(self, step: int, scalars: dict[str, float], texts: dict[str, str] | None = None) -> None:
+        """Records `scalars` and `texts` at `step` in every tracker: TensorBoard (through part 5's
+        `write_summaries`) and, with `--wandb`, Weights & Biases."""
+        self._session.log(step, scalars, texts)
+
+    def evaluation_weights(self):
+        """A context: inside it the model holds the weights to evaluate and to keep as the best checkpoint (they
+        differ from the trained ones only for schedule-free AdamW); the trained weights come back on exit."""
+        return self._session.evaluation_weights()
+
+    def validation_data(self, final: bool = False):
+        """The validation batches for `evaluate`: a capped number of them (`config.max_eval_batches`), or all of
+        them when `final`."""
+        return self._session.validation_data(final)
+
+    def sample(self) -> str | None:
+        """A text sample of the model (None when sampling is off), for the text summary `sample`."""
+        return self._session.sample()
+
+    def record(self, step: int, val_loss: float, val_perplexity: float, best: bool) -> None:
+        """Ends an evaluation: raises `Diverged` on a NaN validation loss, logs `val/bits_per_char` when the
+        text's characters are known, appends the line of `history.jsonl` and prints the step's line."""
+        self._session.record(step, val_loss, val_perplexity, best)
+
+    def save(self) -> str:
+        """`latest.save(checkpoint_number=step)`, with a full disk turned into one clear error; returns the path."""
+        return self._ckpts.save()
+
+
+class _Session:
+    """The state of one session behind `Run`: the compiled step, the windows of the scalars, the bar, history."""
+
+    def __init__(
+        self,
+        cfg,
+        model,
+        optimizer,
+        ckpts,
+        *,
+        strategy,
+        tracker,
+        history,
+        bar,
+        sample_fn,
+        val_chars,
+        val_ids,
+        train_ids,
+        train_step,
+        log,
+        stop,
+        stop_at,
+        budget_start,
+        chief,
+    ):
+        self.cfg, self.model, self.optimizer, self.ckpts = cfg, model, optimizer, ckpts
+        self.strategy, self.tracker, self.history, self.bar = strategy, tracker, history, bar
+        self.sample_fn, self.val_chars, self.val_ids = sample_fn, val_chars, val_ids
+        self.log_line, self.stop, self.stop_at, self.budget_start = log, stop, stop_at, budget_start
+        self.user_train_step = train_step
+        self.chief = chief
+        self.forward = CompiledForward(model) if strategy is None else model
+        stream = random_windows(train_ids, cfg.batch_size, cfg.seq_len, cfg.seed, start=int(ckpts.data_position))
+        if strategy is not None:
+            stream = strategy.experimental_distribute_dataset(stream)
+        self.iterator = iter(stream)
+        self.val_data = validation_batches(val_ids, cfg.seq_len, cfg.eval_batch_size, cfg.max_eval_batches)
+        self.full_val_data = validation_batches(val_ids, cfg.seq_len, cfg.eval_batch_size)
+        self.step_fn = self._compile(cfg.jit_compile and strategy is None)
+        self.window = [0.0, 0.0, 0, 0.0]  # loss, grad norm, steps, seconds
+        self.speeds = []  # tokens/s of every logging window of this session (the first includes compiling)
+        self.records = []  # this session's evaluations
+        self.out_of_time = False
+        self.final_step = None
+        self.wall_start, self.wall_base = time.perf_counter(), float(ckpts.wall_time)
+
+    def _compile(self, jit_compile):
+        counters = (self.ckpts.step, self.ckpts.data_position)
+        return compile_train_step(
+            self.user_train_step, self.model, self.optimizer, self.cfg.clip_norm, counters, self.strategy, jit_compile
+        )
+
+    def batches(self):
+        cfg = self.cfg
+        while int(self.ckpts.step) < cfg.steps and self.final_step is None:
+            if self.stop.requested:
+                raise KeyboardInterrupt
+            if self.stop_at is not None and int(self.ckpts.step) >= self.stop_at:
+                return
+            yield next(self.iterator)
+
+    def is_final(self, step):
+        if self.final_step is None:
+            over_budget = (
+                self.cfg.time_budget_minutes
+                and time.perf_counter() - self.budget_start > 60 * self.cfg.time_budget_minutes
+            )
+            if step >= self.cfg.steps or over_budget:
+                self.final_step = step
+                self.out_of_time = bool(over_budget) and step < self.cfg.steps
+        return self.final_step == step
+
+    def train_step(self, inputs, labels):
+        started = time.perf_counter()
+        try:
+            loss, grad_norm = self.step_fn(inputs, labels)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+            if not (self.cfg.jit_compile and self.strategy is None and "XLA" in str(error)):
+                raise
+            # e.g. a recurrent model's tf.while_loop without maximum_iterations: XLA cannot compile it, and
+            # nothing ran, so the same step runs again without XLA.
+            self.log_line(
+                f"XLA cannot compile this model's train step ({str(error).splitlines()[0][:100]}); "
+                f"running it without jit_compile"
+            )
+            self.step_fn = self._compile(jit_compile=False)
+            loss, grad_norm = self.step_fn(inputs, labels)
+        loss, grad_norm = float(loss), float(grad_norm)
+        elapsed = time.perf_counter() - started
+        ckpts = self.ckpts
+        ckpts.train_time.assign_add(elapsed)
+        ckpts.wall_time.assign(self.wall_base + time.perf_counter() - self.wall_start)
+        self.bar.update(1)
+        if not math.isfinite(loss) or not math.isfinite(grad_norm):
+            what = "training loss" if not math.isfinite(loss) else "gradient norm"
+            value = loss if not math.isfinite(loss) else grad_norm
+            raise Diverged(f"the {what} is {value} at step {int(ckpts.step)}", ckpts.last_saved_path())
+        w = self.window
+        w[0], w[1], w[2], w[3] = w[0] + loss, w[1] + grad_norm, w[2] + 1, w[3] + elapsed
+        return loss, grad_norm
+
+    def train_scalars(self):
+        loss_sum, norm_sum, steps, seconds = self.window
+        if not steps:
+            raise ValueError("train_scalars() needs at least one train_step since its previous call")
+        self.window = [0.0, 0.0, 0, 0.0]
+        self.train_loss = loss_sum / steps
+        self.tokens_per_sec = round(steps * self.cfg.batch_size * self.cfg.seq_len / seconds, 1)
+        self.speeds.append(self.tokens_per_sec)
+        self.bar.set_postfix(loss=f"{self.train_loss:.4f}", tok_s=f"{self.tokens_per_sec:,.0f}", refresh=False)
+        return {
+            "train/loss": self.train_loss,
+            "train/perplexity": math.exp(min(self.train_loss, 700)),
+            "train/grad_norm": norm_sum / steps,
+            "train/lr": float(self.optimizer.learning_rate),
+            "train/tokens_per_sec": self.tokens_per_sec,
+        }
+
+    train_loss = tokens_per_sec = None
+
+    def log(self, step, scalars, texts=None):
+        # TensorBoard's scalars are float32: a larger perplexity cannot be logged
+        capped = {k: min(v, MAX_LOGGED_PERPLEXITY) if "perplexity" in k else v for k, v in scalars.items()}
+        self.tracker.log(int(step), capped, texts)
+
+    def evaluation_weights(self):
+        return evaluation_weights(self.model, self.optimizer)
+
+    def validation_data(self, final=False):
+        return self.full_val_data if final else self.val_data
+
+    def sample(self):
+        if self.sample_fn is None or not self.cfg.sample_at_eval or not self.chief:
+            return None
+        return self.sample_fn(self.model)
+
+    def bits_per_character(self, val_loss, final):
+        cfg = self.cfg
+        n = validation_tokens(len(self.val_ids), cfg.seq_len, cfg.eval_batch_size, 0 if final else cfg.max_eval_batches)
+        chars = self.val_chars(n) if self.val_chars is not None else None
+        if not chars or not math.isfinite(val_loss):
+            return None
+        return round(bits_per_char(val_loss, n, chars), 6)
+
+    def record(self, step, val_loss, val_perplexity, best):
+        step, val_loss, val_perplexity = int(step), float(val_loss), float(val_perplexity)
+        if not math.isfinite(val_loss):
+            raise Diverged(f"the validation loss is {val_loss} at step {step}", self.ckpts.last_saved_path())
+        val_bpc = self.bits_per_character(val_loss, final=self.final_step == step)
+        if val_bpc is not None:
+            self.log(step, {"val/bits_per_char": val_bpc})
+        record = dict(
+            step=step,
+            train_loss=self.train_loss,
+            val_loss=val_loss,
+            val_perplexity=val_perplexity,
+            val_bits_per_char=val_bpc,
+            train_time=round(float(self.ckpts.train_time), 3),
+            wall_time=round(float(self.ckpts.wall_time), 3),
+            tokens_per_sec=self.tokens_per_sec,
+            lr=float(self.optimizer.learning_rate),
+        )
+        self.history.append(record)
+        self.records.append(record)
+        train = f"train loss {self.train_loss:.4f}, " if self.train_loss is not None else ""
+        self.bar.write(
+            f"step {step}: {train}val loss {val_loss:.4f}, perplexity {val_perplexity:.2f}"
+            + (f", {val_bpc:.4f} bits/char" if val_bpc else "")
+            + (" (best)" if best else "")
+        )
+
+
 def train(
     model_fn: Callable[[], keras.Model],
     train_ids: np.ndarray,
@@ -193,8 +446,9 @@ def train(
     fresh_start: str = "starting from scratch",
     val_chars: Callable[[int], float | None] | None = None,
 ) -> dict:
-    """Trains the model of `model_fn` up to `config.steps` steps, resuming from `run_dir` when it holds a
-    checkpoint, and returns a dict of results (`step`, `val_loss`, `val_perplexity`, `tokens_per_sec`, `model`, ...).
+    """Trains the model of `model_fn` up to `config.steps` steps with part 5's loop (`functions.fit`), resuming
+    from `run_dir` when it holds a checkpoint, and returns a dict of results (`step`, `val_loss`,
+    `val_perplexity`, `tokens_per_sec`, `model`, ...).
 
     Args:
         model_fn: called with no arguments (inside the strategy's scope), returns a `keras.Model` mapping int32
@@ -202,9 +456,10 @@ def train(
         train_ids, val_ids: int arrays of token ids, the training and validation streams.
         config: a `TrainConfig`.
         run_dir: the run directory; checkpoints go to `ckpt/` and `best/`, logs to `logs/`.
-        functions: part 5's functions (`LoopFunctions`): `train_step(model, optimizer, inputs, labels,
-            clip_norm=...) -> (loss, grad_norm)`, `evaluate(model, dataset) -> (loss, perplexity)`, the checkpoint
-            functions `Checkpoints` calls, and `write_summaries`, which writes TensorBoard's logs.
+        functions: part 5's functions (`LoopFunctions`): `fit(run, config)`, the loop itself, driving a `Run`;
+            `train_step(model, optimizer, inputs, labels, clip_norm=...) -> (loss, grad_norm)`,
+            `evaluate(model, dataset) -> (loss, perplexity)`, the checkpoint functions `Checkpoints` calls, and
+            `write_summaries`, which writes TensorBoard's logs.
         strategy: a `tf.distribute.Strategy` (e.g. `MirroredStrategy`), or None for one device.
         trackers: more trackers (`lmkit.tracking`, e.g. `WandbTracker`) that get the same scalars and samples as
             TensorBoard (on the chief only); the loop closes them.
@@ -231,7 +486,6 @@ def train(
     from tqdm.auto import tqdm
 
     cfg = config
-    train_step, evaluate = functions.train_step, functions.evaluate
     run_dir = Path(run_dir)
     check_data_size(train_ids, val_ids, cfg.batch_size, cfg.seq_len)
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
@@ -239,6 +493,7 @@ def train(
         raise ValueError(f"--batch-size must be a multiple of the {replicas} replicas; got {cfg.batch_size}")
     chief = is_chief(strategy)
     run_dir.mkdir(parents=True, exist_ok=True)
+    budget_start = time.perf_counter()
 
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
@@ -306,62 +561,9 @@ def train(
         )
         return result
 
-    stream = random_windows(train_ids, cfg.batch_size, cfg.seq_len, cfg.seed, start=int(ckpts.data_position))
-    if strategy is not None:
-        stream = strategy.experimental_distribute_dataset(stream)
-    val_data = validation_batches(val_ids, cfg.seq_len, cfg.eval_batch_size, cfg.max_eval_batches)
-    full_val_data = validation_batches(val_ids, cfg.seq_len, cfg.eval_batch_size)  # for the final evaluation
-    step_fn = compile_train_step(
-        train_step,
-        model,
-        optimizer,
-        cfg.clip_norm,
-        (ckpts.step, ckpts.data_position),
-        strategy,
-        cfg.jit_compile and strategy is None,
-    )
     tracker = Trackers(
         [TensorBoardTracker(run_dir / "logs", functions.write_summaries), *trackers] if chief else [], log=log
     )
-    tokens_per_step = cfg.batch_size * cfg.seq_len
-
-    def bits_per_character(val_loss, final):
-        n = validation_tokens(len(val_ids), cfg.seq_len, cfg.eval_batch_size, 0 if final else cfg.max_eval_batches)
-        chars = val_chars(n) if val_chars is not None else None
-        if not chars or not math.isfinite(val_loss):
-            return None
-        return round(bits_per_char(val_loss, n, chars), 6)
-
-    forward = CompiledForward(model) if strategy is None else model
-
-    def run_evaluation(step, train_loss, tokens_per_sec, final=False):
-        with evaluation_weights(model, optimizer):
-            val_loss, val_perplexity = evaluate(forward, full_val_data if final else val_data)
-            val_bpc = bits_per_character(val_loss, final)
-            if not math.isfinite(val_loss):
-                raise Diverged(f"the validation loss is {val_loss} at step {step}", ckpts.last_saved_path())
-            best = ckpts.save_if_best(val_loss)
-            sampling = sample_fn is not None and chief and cfg.sample_at_eval
-            sample = sample_fn(model) if sampling else None
-        scalars = {"val/loss": val_loss, "val/perplexity": min(val_perplexity, MAX_LOGGED_PERPLEXITY)}
-        if val_bpc is not None:
-            scalars["val/bits_per_char"] = val_bpc
-        tracker.log(step, scalars, {"sample": sample} if sample is not None else None)
-        record = dict(
-            step=step,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            val_perplexity=val_perplexity,
-            val_bits_per_char=val_bpc,
-            train_time=round(float(ckpts.train_time), 3),
-            wall_time=round(float(ckpts.wall_time), 3),
-            tokens_per_sec=tokens_per_sec,
-            lr=float(optimizer.learning_rate),
-        )
-        history.append(record)
-        return record, best, sample
-
-    wall_start, wall_base = time.perf_counter(), float(ckpts.wall_time)
     bar = tqdm(
         total=cfg.steps,
         initial=int(ckpts.step),
@@ -371,86 +573,35 @@ def train(
         desc=run_dir.name,
         smoothing=0.1,
     )
-    window_loss, window_norm, window_steps, window_time = 0.0, 0.0, 0, 0.0
-    train_loss = tokens_per_sec = None
-    speeds = []  # tokens/s of every logging window of this session (the first includes compiling)
-    record = None
-    out_of_time = False
-    iterator = iter(stream)
     try:
         with _StopRequests() as stop:
-            while int(ckpts.step) < cfg.steps:
-                if stop.requested:
-                    raise KeyboardInterrupt
-                if stop_at is not None and int(ckpts.step) >= stop_at:
-                    break
-                if cfg.time_budget_minutes and time.perf_counter() - wall_start > 60 * cfg.time_budget_minutes:
-                    out_of_time = True
-                    break
-                started = time.perf_counter()
-                inputs, labels = next(iterator)
-                try:
-                    loss, grad_norm = step_fn(inputs, labels)
-                except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
-                    if not (cfg.jit_compile and strategy is None and "XLA" in str(error)):
-                        raise
-                    # e.g. a recurrent model's tf.while_loop without maximum_iterations: XLA cannot compile it,
-                    # and nothing ran, so the same step runs again without XLA.
-                    log(
-                        f"XLA cannot compile this model's train step ({str(error).splitlines()[0][:100]}); "
-                        f"running it without jit_compile"
-                    )
-                    step_fn = compile_train_step(
-                        train_step,
-                        model,
-                        optimizer,
-                        cfg.clip_norm,
-                        (ckpts.step, ckpts.data_position),
-                        None,
-                        jit_compile=False,
-                    )
-                    loss, grad_norm = step_fn(inputs, labels)
-                loss, grad_norm = float(loss), float(grad_norm)
-                elapsed = time.perf_counter() - started
-                ckpts.train_time.assign_add(elapsed)
-                ckpts.wall_time.assign(wall_base + time.perf_counter() - wall_start)
-                step = int(ckpts.step)
-                bar.update(1)
-                if not math.isfinite(loss) or not math.isfinite(grad_norm):
-                    what = "training loss" if not math.isfinite(loss) else "gradient norm"
-                    value = loss if not math.isfinite(loss) else grad_norm
-                    raise Diverged(f"the {what} is {value} at step {step}", ckpts.last_saved_path())
-                window_loss, window_norm = window_loss + loss, window_norm + grad_norm
-                window_steps, window_time = window_steps + 1, window_time + elapsed
-                evaluating = step % cfg.eval_every == 0 or step == cfg.steps
-                if step % cfg.log_every == 0 or evaluating:
-                    train_loss = window_loss / window_steps
-                    tokens_per_sec = round(window_steps * tokens_per_step / window_time, 1)
-                    speeds.append(tokens_per_sec)
-                    bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
-                    tracker.log(
-                        step,
-                        {
-                            "train/loss": train_loss,
-                            "train/perplexity": min(math.exp(min(train_loss, 700)), MAX_LOGGED_PERPLEXITY),
-                            "train/grad_norm": window_norm / window_steps,
-                            "train/lr": float(optimizer.learning_rate),
-                            "train/tokens_per_sec": tokens_per_sec,
-                        },
-                    )
-                    window_loss, window_norm, window_steps, window_time = 0.0, 0.0, 0, 0.0
-                if evaluating:
-                    record, best, _ = run_evaluation(step, train_loss, tokens_per_sec, final=step == cfg.steps)
-                    bar.write(
-                        f"step {step}: train loss {train_loss:.4f}, val loss {record['val_loss']:.4f}, "
-                        f"perplexity {record['val_perplexity']:.2f}"
-                        + (f", {record['val_bits_per_char']:.4f} bits/char" if record["val_bits_per_char"] else "")
-                        + (" (best)" if best else "")
-                    )
-                if evaluating and ckpts.last_saved_step != step:
-                    ckpts.save()  # every evaluation has its checkpoint: history never runs ahead of ckpt/
-                else:
-                    ckpts.maybe_save()
+            session = _Session(
+                cfg,
+                model,
+                optimizer,
+                ckpts,
+                strategy=strategy,
+                tracker=tracker,
+                history=history,
+                bar=bar,
+                sample_fn=sample_fn,
+                val_chars=val_chars,
+                val_ids=val_ids,
+                train_ids=train_ids,
+                train_step=functions.train_step,
+                log=log,
+                stop=stop,
+                stop_at=stop_at,
+                budget_start=budget_start,
+                chief=chief,
+            )
+            try:
+                functions.fit(Run(cfg, ckpts, session=session), cfg)
+            except (tf.errors.OpError, OSError) as error:
+                failed = ckpts.failed_save(error)  # a save of part 5's loop that a full disk (or else) broke
+                if failed is None:
+                    raise
+                raise failed from None
     except KeyboardInterrupt:
         bar.close()
         path = ckpts.save()  # every worker of a multi-worker run takes part in a save
@@ -462,18 +613,17 @@ def train(
         raise
     finally:
         bar.close()
-    if out_of_time and (record is None or record["step"] != int(ckpts.step)):
-        record, _, _ = run_evaluation(int(ckpts.step), train_loss, tokens_per_sec, final=True)
-    ckpts.wall_time.assign(wall_base + time.perf_counter() - wall_start)  # with the last evaluation
-    if ckpts.last_saved_step != int(ckpts.step):
-        ckpts.save()
+    ckpts.wall_time.assign(session.wall_base + time.perf_counter() - session.wall_start)
     ckpts.close()
     tracker.close()
+    records = session.records
+    record = records[-1] if records else None
     stopped = int(ckpts.step) < cfg.steps
     evaluated = record is not None and record["step"] == int(ckpts.step)
+    speeds = session.speeds
     result.update(
         stopped=stopped,
-        out_of_time=out_of_time,
+        out_of_time=session.out_of_time,
         step=int(ckpts.step),
         val_loss=record["val_loss"] if evaluated else None,
         val_perplexity=record["val_perplexity"] if evaluated else None,
@@ -484,6 +634,3 @@ def train(
         history=history.read(),
     )
     return result
-
-
-#
