@@ -772,3 +772,306 @@ def test_write_summaries_records_every_tag_at_its_step_and_flushes(student):
             assert_close(written, np.float32(value), f"scalar {tag} at step {step}", rtol=1e-6)
         else:
             assert written == value, f"text {tag} at step {step}: expected {value!r}, got {written!r}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fit: the loop itself, run on a stand-in for the given `lmkit.loop.Run` whose data, losses and clock the test
+# chooses. What fit does shows in its effects: the records it logs, and the checkpoints on disk with their values.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def fit_session(config, losses, val_losses, times, start=0, stop_after=None, final_at=None):
+    """Probe: the student's fit on a stand-in Run; returns the records fit logged and the checkpoints it saved.
+
+    The stand-in's "model" is one number, `value`: each train_step sets it to the new step, and inside
+    `evaluation_weights()` it is negated (as schedule-free AdamW evaluates other weights than it trains). Batch k
+    (the k-th of this session) has training loss `losses[step]`; the validation loss at a step is `val_losses[step]`
+    when evaluate gets `run.forward` and the right validation data inside the evaluation weights, and 1000 more
+    otherwise. The clock reads `times[step]`. `save_if_best`, `save_due` are the student's own; evaluate is the
+    stand-in's."""
+    import math
+    import os
+    import tempfile
+
+    import numpy as np
+    import tensorflow as tf
+
+    from assignment import train
+    from lmkit.loop import TrainConfig
+
+    cfg = TrainConfig(**config)
+    root = tempfile.mkdtemp()
+    step_var = tf.Variable(start, dtype=tf.int64)
+    value = tf.Variable(float(start), dtype=tf.float64)
+    best_val_loss = tf.Variable(math.inf, dtype=tf.float64)
+    keep_all = dict(max_to_keep=None)
+    latest = tf.train.CheckpointManager(
+        tf.train.Checkpoint(step=step_var, value=value), os.path.join(root, "ckpt"), checkpoint_name="ckpt", **keep_all
+    )
+    best = tf.train.CheckpointManager(
+        tf.train.Checkpoint(step=step_var, value=value), os.path.join(root, "best"), checkpoint_name="best", **keep_all
+    )
+    logged, records = [], []
+
+    class Forward:
+        def __call__(self, inputs, training=False):
+            raise AssertionError("the stand-in's forward is not called")
+
+    forward = Forward()
+
+    class StandInRun:
+        def __init__(self):
+            self.latest, self.best, self.best_val_loss, self.forward = latest, best, best_val_loss, forward
+            self.final_step, self.window, self.evaluating = None, [], False
+
+        @property
+        def step(self):
+            return int(step_var)
+
+        def clock(self):
+            return float(times[self.step])
+
+        def batches(self):
+            while self.step < cfg.steps and self.final_step is None:
+                if stop_after is not None and self.step >= stop_after:
+                    return
+                yield np.full((1, 1), self.step + 1, np.int32), np.zeros((1, 1), np.int32)
+
+        def train_step(self, inputs, labels):
+            assert int(np.asarray(inputs)[0, 0]) == self.step + 1, "train_step got another batch than the next one"
+            step_var.assign_add(1)
+            value.assign(float(self.step))
+            self.window.append(losses[self.step])
+            return float(losses[self.step]), 1.0
+
+        def is_final(self, step):
+            if self.final_step is None and (step >= cfg.steps or step == final_at):
+                self.final_step = step
+            return self.final_step == step
+
+        def train_scalars(self):
+            window, self.window = self.window, []
+            return {"train/loss": float(np.mean(window)) if window else float("nan"), "train/steps": float(len(window))}
+
+        def log(self, step, scalars, texts=None):
+            logged.append([int(step), {k: float(v) for k, v in scalars.items()}, dict(texts or {})])
+
+        def evaluation_weights(self):
+            run = self
+
+            class Swap:
+                def __enter__(self):
+                    run.evaluating = True
+                    value.assign(-value)
+
+                def __exit__(self, *exc):
+                    run.evaluating = False
+                    value.assign(-value)
+
+            return Swap()
+
+        def validation_data(self, final=False):
+            return ("all" if final else "capped",)
+
+        def sample(self):
+            return f"sample of {float(value):g}"
+
+        def record(self, step, val_loss, val_perplexity, best):
+            records.append([int(step), float(val_loss), float(val_perplexity), bool(best)])
+
+        def save(self):
+            return latest.save(checkpoint_number=self.step)
+
+    run = StandInRun()
+
+    def stand_in_evaluate(model, dataset):
+        step = run.step
+        right = (
+            model is forward
+            and tuple(dataset) == (("all" if run.final_step == step else "capped"),)
+            and run.evaluating
+            and float(value) == -step
+        )
+        loss = val_losses[step] + (0.0 if right else 1000.0)
+        return loss, math.exp(min(loss, 700.0))
+
+    real_evaluate, train.evaluate = train.evaluate, stand_in_evaluate
+    try:
+        train.fit(run, cfg)
+    finally:
+        train.evaluate = real_evaluate
+
+    def saved(folder, name):
+        kept = {}
+        for path in tf.io.gfile.glob(os.path.join(root, folder, f"{name}-*.index")):
+            prefix = path[: -len(".index")]
+            reader = tf.train.load_checkpoint(prefix)
+            kept[int(prefix.rsplit("-", 1)[1])] = float(reader.get_tensor("value/.ATTRIBUTES/VARIABLE_VALUE"))
+        return sorted(kept.items())
+
+    return {
+        "logged": logged,
+        "records": records,
+        "ckpt": saved("ckpt", "ckpt"),
+        "best": saved("best", "best"),
+        "best_val_loss": float(best_val_loss),
+        "step": run.step,
+    }
+
+
+def expected_fit(config, losses, val_losses, times, start=0, stop_after=None, final_at=None):
+    """The test's own loop, on the same schedule as fit's docstring: the records logged per step `{step: {tag:
+    value}}`, the texts per step, the evaluations `[(step, val_loss, best)]`, the steps saved in ckpt/ and best/."""
+    c = config
+    logged, texts, evaluations, saves, bests = {}, {}, [], [], []
+    step, last_step, last_time, window, best = start, start, times[start], [], math.inf
+    while step < c["steps"] and (stop_after is None or step < stop_after):
+        step += 1
+        window.append(losses[step])
+        final = step >= c["steps"] or step == final_at
+        evaluating = step % c["eval_every"] == 0 or final
+        if step % c["log_every"] == 0 or evaluating:
+            logged.setdefault(step, {}).update({"train/loss": float(np.mean(window)), "train/steps": len(window)})
+            window = []
+        if evaluating:
+            val = val_losses[step]
+            improved = val < best
+            if improved:
+                best = val
+                bests.append(step)
+            logged[step].update({"val/loss": val, "val/perplexity": math.exp(val)})
+            texts[step] = {"sample": f"sample of {-step:g}"}
+            evaluations.append((step, val, improved))
+        due = expected_save(step, times[step], last_step, last_time, c["save_every_steps"], c["save_every_minutes"])
+        if evaluating or due:
+            saves.append(step)
+            last_step, last_time = step, times[step]
+        if final:
+            break
+    if step != last_step:
+        saves.append(step)
+    return dict(logged=logged, texts=texts, evaluations=evaluations, saves=saves, bests=bests, step=step)
+
+
+def check_fit(student, what, config, losses, val_losses, times, **kwargs):
+    """Runs fit on the stand-in and compares every effect with `expected_fit`; `what` names the schedule."""
+    got = student.run(fit_session, config, losses, val_losses, times, **kwargs)
+    want = expected_fit(config, losses, val_losses, times, **kwargs)
+    assert got["step"] == want["step"], (
+        f"{what}: fit must train until run.batches() ends (step {want['step']}); it stopped at step {got['step']}"
+    )
+    per_step, texts = {}, {}
+    for step, scalars, text in got["logged"]:
+        for tag, value in scalars.items():
+            assert tag not in per_step.get(step, {}), f"{what}: {tag} logged twice at step {step}"
+            per_step.setdefault(step, {})[tag] = value
+        if text:
+            texts.setdefault(step, {}).update(text)
+    assert sorted(per_step) == sorted(want["logged"]), (
+        f"{what}: records must be logged (run.log) at steps {sorted(want['logged'])}: every log_every steps and at "
+        f"every evaluation (every eval_every steps and the final step); fit logged at {sorted(per_step)}"
+    )
+    for step, scalars in want["logged"].items():
+        assert sorted(per_step[step]) == sorted(scalars), (
+            f"{what}: at step {step} the records must be {sorted(scalars)} (run.train_scalars(), and at an "
+            f"evaluation val/loss and val/perplexity); got {sorted(per_step[step])}"
+        )
+        for tag, value in scalars.items():
+            hint = {
+                "train/steps": "call run.train_scalars() once per log, so each log averages the steps since the last",
+                "val/loss": "evaluate run.forward on run.validation_data(final=run.is_final(step)), inside "
+                "run.evaluation_weights() (a wrong call adds 1000 here)",
+            }.get(tag, "")
+            assert_close(per_step[step][tag], value, f"{what}: {tag} at step {step} ({hint})", rtol=1e-9)
+    assert texts == want["texts"], (
+        f"{what}: the text sample (run.sample(), taken inside run.evaluation_weights()) must be logged at each "
+        f"evaluation: expected {want['texts']}, got {texts}"
+    )
+    records = [(s, v, b) for s, v, _, b in got["records"]]
+    assert records == want["evaluations"], (
+        f"{what}: run.record(step, val_loss, val_perplexity, best) must end every evaluation, with best from "
+        f"save_if_best: expected (step, val_loss, best) {want['evaluations']}, got {records}"
+    )
+    saved_steps = [s for s, _ in got["ckpt"]]
+    assert saved_steps == want["saves"], (
+        f"{what}: checkpoints (run.save()) must be saved at every evaluation, whenever save_due says so (last_step "
+        f"and last_time: the step and clock of the last save, or where the loop started) and after the last step; "
+        f"expected steps {want['saves']}, fit saved {saved_steps}"
+    )
+    for step, saved_value in got["ckpt"]:
+        assert saved_value == step, (
+            f"{what}: ckpt-{step} must hold the trained weights of step {step} (save outside "
+            f"run.evaluation_weights()); it holds {saved_value:g}"
+        )
+    assert [s for s, _ in got["best"]] == want["bests"], (
+        f"{what}: the best checkpoint (save_if_best(run.best, ...)) must be saved at the evaluations that improve on "
+        f"the lowest validation loss, {want['bests']}; saved at {[s for s, _ in got['best']]}"
+    )
+    for step, saved_value in got["best"]:
+        assert saved_value == -step, (
+            f"{what}: best-{step} must hold the evaluation weights (save_if_best inside run.evaluation_weights()); "
+            f"it holds {saved_value:g}, the trained weights are {step}"
+        )
+
+
+def _fit_data(steps, seed, clock=None):
+    rng = np.random.default_rng(seed)
+    losses = [float(x) for x in np.round(rng.uniform(1.0, 4.0, steps + 1), 3)]
+    val_losses = [float(x) for x in np.round(rng.uniform(1.0, 4.0, steps + 1), 3)]
+    times = clock if clock is not None else [1000.0 + 2.0 * i for i in range(steps + 1)]
+    return losses, val_losses, times
+
+
+@pytest.mark.points(1)
+@pytest.mark.clause(
+    "train.fit: For each batch `(inputs, labels)` of `run.batches()`",
+    "train.fit: one update: `run.train_step(inputs, labels)`",
+    "train.fit: the step *evaluates* when `step` is a multiple of `config.eval_every` or when `run.is_final(step)`",
+    "train.fit: every `config.log_every` steps, and at every evaluation: `run.log(step, run.train_scalars())`",
+    "train.fit: at an evaluation, inside `with run.evaluation_weights():`",
+    "train.fit: a checkpoint, `run.save()` (the `latest` manager's save, numbered by the step), at every evaluation",
+)
+def test_fit_trains_logs_evaluates_and_saves_on_schedule(student):
+    config = dict(steps=13, log_every=3, eval_every=5, save_every_steps=4, save_every_minutes=0.0)
+    check_fit(student, "13 steps, log every 3, evaluate every 5, save every 4", config, *_fit_data(13, 0))
+
+
+@pytest.mark.points(1)
+@pytest.mark.clause(
+    "train.fit: whenever `save_due(step, run.clock(), last_step,",
+    "train.fit: where `last_step` and `last_time` are the step and `run.clock()` of the last save",
+    "train.fit: After the loop, the last step taken is saved unless it was just saved",
+)
+def test_fit_saves_on_the_clock_and_where_it_stops(student):
+    config = dict(steps=30, log_every=4, eval_every=10, save_every_steps=0, save_every_minutes=1.0)
+    # 25 s per step, a 100 s pause after step 13: a save is due 60 s after the last one, not every N steps.
+    clock = [1000.0 + 25.0 * i + (100.0 if i > 13 else 0.0) for i in range(31)]
+    losses, val_losses, _ = _fit_data(30, 1)
+    check_fit(student, "saves every minute on the run's clock", config, losses, val_losses, clock)
+    # Stopped after step 16 (the given code's stop_at, or a Ctrl-C): 16 is not due, so fit saves it after the loop.
+    check_fit(student, "stopped after step 16", config, losses, val_losses, clock, stop_after=16)
+
+
+@pytest.mark.points(1)
+@pytest.mark.clause(
+    "train.fit: then `save_if_best(run.best, val_loss, run.best_val_loss, step)` -> `best`",
+    "train.fit: `text = run.sample()`",
+    "train.fit: `run.record(step, val_loss, val_perplexity, best)`",
+)
+def test_fit_keeps_the_best_evaluation_weights_and_ends_on_a_final_step(student):
+    config = dict(steps=40, log_every=5, eval_every=4, save_every_steps=0, save_every_minutes=0.0)
+    losses, _, times = _fit_data(40, 2)
+    val_losses = [3.0] * 41
+    for step, val in {4: 2.5, 8: 2.75, 12: 2.25, 16: 2.25, 20: 1.5, 24: 1.5, 27: 1.25}.items():
+        val_losses[step] = val  # ties at 16 and 24 are no improvement
+    check_fit(student, "the best of evaluations with ties", config, losses, val_losses, times)
+    check_fit(student, "a time budget ending the session at step 27", config, losses, val_losses, times, final_at=27)
+
+
+@pytest.mark.points(0.5)
+@pytest.mark.clause("train.fit: trains from `run.step` (0, or the step `restore_latest` resumed at)")
+def test_fit_resumes_at_the_restored_step(student):
+    config = dict(steps=20, log_every=3, eval_every=6, save_every_steps=5, save_every_minutes=0.5)
+    losses, val_losses, _ = _fit_data(20, 3)
+    clock = [5000.0 + 7.0 * i for i in range(21)]
+    check_fit(student, "resumed at step 8", config, losses, val_losses, clock, start=8)
