@@ -364,12 +364,20 @@ def _step(prefix):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_weights(model: keras.Model, run_dir, which: str = "best", log: Callable[[str], None] = print) -> str:
+def load_weights(
+    model: keras.Model,
+    run_dir,
+    which: str = "best",
+    log: Callable[[str], None] = print,
+    restore_latest: Callable[[tf.train.CheckpointManager], int] | None = None,
+) -> str:
     """Restores the weights of a built `model` from a run directory's `best` or `latest` checkpoint (or a
     checkpoint path) and returns the path.
 
     `best` falls back to the latest when there is no best checkpoint; either falls back to an older checkpoint when
     the newest does not read back (saying so). Raises `CheckpointError` when nothing can be loaded.
+    With `restore_latest` (part 5's), the best checkpoint is loaded through it, by a manager of `best/`, whenever
+    that checkpoint is the one the folder's index names (the fallbacks above stay given).
     """
     run_dir = Path(run_dir)
     if which in ("best", "latest"):
@@ -390,6 +398,17 @@ def load_weights(model: keras.Model, run_dir, which: str = "best", log: Callable
         if problem:
             raise CheckpointError(f"checkpoint {path} does not read back ({problem}); choose another one")
     check_fits(model, path)
+    if restore_latest is not None and Path(path).parent.name == "best":
+        # What a best checkpoint holds (Checkpoints.best_objects), so every value in it is restored.
+        objects = dict(step=tf.Variable(0, dtype=tf.int64), val_loss=tf.Variable(math.inf, dtype=tf.float64))
+        checkpoint = tf.train.Checkpoint(**objects, model=model_state(model))
+        manager = tf.train.CheckpointManager(checkpoint, str(Path(path).parent), max_to_keep=None)
+        if manager.latest_checkpoint == path:
+            try:
+                restore_latest(manager)
+            except AssertionError as error:
+                raise _not_matched(error, path) from None
+            return path
     status = tf.train.Checkpoint(model=model_state(model)).restore(path).expect_partial()
     _assert_matched(status, path)
     return path

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from assignment.train import train
+from assignment.train import FUNCTIONS, train
 from lmkit.checkpoints import freeze, load_weights
 from lmkit.data import ValidationCharacters, check_data_size, token_characters
 from lmkit.distribute import is_chief, make_strategy
@@ -200,7 +200,7 @@ def load_run(run_dir, which: str = "best") -> tuple[keras.Model, object, RunConf
     tokenizer = read_tokenizer(run_dir / "tokenizer.json")
     model = build_model(config["model"], config["model_config"])
     model(tf.zeros((1, 1), tf.int32))
-    path = load_weights(model, run_dir, which)
+    path = load_weights(model, run_dir, which, restore_latest=FUNCTIONS.restore_latest)  # part 5 loads the best
     return model, tokenizer, config, path
 
 

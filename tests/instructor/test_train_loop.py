@@ -143,6 +143,37 @@ def test_best_checkpoint_keeps_the_lowest_validation_loss(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_generation_loads_the_best_checkpoint_through_restore_latest(tmp_path):
+    """load_weights(..., restore_latest=...) loads best/ with part 5's restore_latest (the lecture's "load from
+    them"), and falls back to the given reader when the newest best checkpoint does not read back."""
+    model = BlocksLM()
+    model(tf.zeros((1, 4), tf.int32))
+    ckpts = checkpoints.Checkpoints(tmp_path, model, keep_last=2, functions=train.FUNCTIONS)
+    ckpts.step.assign(7)
+    for v in model.trainable_variables:
+        v.assign(tf.fill(v.shape, 7.0))
+    assert ckpts.save_if_best(2.5)
+    calls = []
+
+    def restore_latest(manager):
+        calls.append(manager.latest_checkpoint)
+        return train.restore_latest(manager)
+
+    fresh = BlocksLM()
+    fresh(tf.zeros((1, 4), tf.int32))
+    path = checkpoints.load_weights(fresh, tmp_path, "best", restore_latest=restore_latest)
+    assert calls == [path] and path.endswith("best-7")
+    for a, b in zip(weights(fresh), weights(model)):
+        np.testing.assert_array_equal(a, b)
+    # A damaged newest best checkpoint: the given reader skips it and loads the latest one of ckpt/ instead.
+    ckpts.save()
+    data = next((tmp_path / "best").glob("best-7.data-*"))
+    data.write_bytes(data.read_bytes()[:10])
+    calls.clear()
+    path = checkpoints.load_weights(fresh, tmp_path, "best", log=lambda line: None, restore_latest=restore_latest)
+    assert calls == [] and path.endswith("ckpt-7")
+
+
 def test_best_checkpoint_in_the_loop_matches_history(tmp_path):
     result, _ = run(tmp_path, config(steps=30, eval_every=5, lr=0.05))
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
