@@ -3,10 +3,12 @@ then the loop's checkpoints and tracking (`make_managers`, `restore_latest`, `sa
 `write_summaries`) on small trackables and clocks the tests choose, the event files read back without TensorFlow.
 
 The model is an embedding followed by a dense projection to the vocabulary, so these tests depend on no other
-part of the assignment. References are computed independently with NumPy from the tiny model's weights: the loss,
-and the gradients of the mean token cross-entropy (written out by hand for this model); an SGD step with learning
-rate `lr` moves every weight by exactly `-lr * gradient`, which makes the applied (clipped) gradient visible in the
-weights.
+part of the assignment. The test draws its weights with NumPy and sends them; the probes give them to the tiny
+model and return only what the student's code returned, the weights read back before it ran (which must be the
+ones sent) and the weights after it. Every expected value is computed here with NumPy from the test's own weights:
+the loss, the gradients of the mean token cross-entropy (written out by hand for this model), their global norm,
+and the updates: an SGD step with learning rate `lr` moves every weight by exactly `-lr * (clipped) gradient`, and
+Adam steps are replayed with Keras's Adam formula.
 """
 
 import math
@@ -16,6 +18,7 @@ import pytest
 from checks import assert_close, assert_shape, summary_values
 
 V, T = 7, 5  # vocabulary size, sequence length
+NAMES = ("embedding", "kernel", "bias")  # the tiny model's weights, in the order the test sends them
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -23,60 +26,68 @@ V, T = 7, 5  # vocabulary size, sequence length
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _tiny(vocab, length, dim=4, scale=1.0, dropout=0.0, seed=1, gather=False):
-    """A built TinyLM: embedding (V, D) by a one-hot product -> optional dropout -> Dense(V), logits `(B, T, V)`.
+def _tiny(weights, length, shift=0.0, gather=False):
+    """A built TinyLM holding exactly the test's `weights` (embedding (V, D), kernel (D, V), bias (V,)): the
+    embedding by a one-hot product -> a test layer that adds `shift` to every activation in training mode only ->
+    Dense(V), logits `(B, T, V)`. Returns `(model, variables)`, the variables in the order of `weights`.
     Not a student model (a probe helper). The one-hot product makes the embedding's gradient a dense tensor; with
     `gather`, the embedding is looked up with tf.gather as in real models, and its gradient is a tf.IndexedSlices
     holding one row per token (a repeated token's rows are separate parts of one row of the dense gradient)."""
     import keras
+    import numpy as np
     import tensorflow as tf
+
+    table, kernel, bias = (np.asarray(w, np.float32) for w in weights)
+    vocab, dim = table.shape
+
+    class TrainingShift(keras.layers.Layer):
+        """Adds `shift` to its input when called with training=True, nothing otherwise."""
+
+        def call(self, x, training=False):
+            return x + shift if training else x
 
     class TinyLM(keras.Model):
         def __init__(self):
             super().__init__()
-            self.table = self.add_weight(
-                name="embedding",
-                shape=(vocab, dim),
-                initializer=keras.initializers.RandomNormal(stddev=scale, seed=seed),
-            )
-            self.drop = keras.layers.Dropout(dropout, seed=seed)
-            self.out = keras.layers.Dense(
-                vocab,
-                kernel_initializer=keras.initializers.RandomNormal(stddev=scale, seed=seed + 1),
-                bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=seed + 2),
-            )
+            self.table = self.add_weight(name="embedding", shape=(vocab, dim), initializer="zeros")
+            self.shift = TrainingShift()
+            self.out = keras.layers.Dense(vocab)
 
         def call(self, tokens, training=False):
             if gather:
                 x = tf.gather(self.table, tokens)  # (B, T, D)
             else:
                 x = tf.matmul(tf.one_hot(tokens, vocab), self.table)  # (B, T, D)
-            return self.out(self.drop(x, training=training))  # (B, T, V)
+            return self.out(self.shift(x, training=training))  # (B, T, V)
 
     model = TinyLM()
     model(tf.zeros((1, length), tf.int32))
-    return model
+    variables = [model.table, model.out.kernel, model.out.bias]
+    for var, value in zip(variables, (table, kernel, bias)):
+        var.assign(value)  # test code, not the student's: the test's weights, by position
+    return model, variables
 
 
-def train_steps(model_kwargs, inputs, labels, optimizer, learning_rate, clip_norm, steps=1, compiled=False):
-    """Probe: the tiny model's weights, then `steps` calls of train_step (inside tf.function when `compiled`), then
-    its weights again; returns the weights, and the type, length and values of what each call returned."""
+def train_steps(model_kwargs, weights, inputs, labels, optimizer, learning_rate, clip_norm, steps=1, compiled=False):
+    """Probe: the tiny model given the test's `weights`, its weights read back, then `steps` calls of train_step
+    (inside tf.function when `compiled`), each followed by the weights read back; returns the weights, and the type,
+    length and values of what each call returned."""
     import keras
     import numpy as np
     import tensorflow as tf
 
     from assignment import train
 
-    model = _tiny(**model_kwargs)
+    model, variables = _tiny(weights, **model_kwargs)
     opt = getattr(keras.optimizers, optimizer)(learning_rate=learning_rate)
-    before = [np.asarray(v) for v in model.trainable_variables]
+    before = [np.asarray(v) for v in variables]
 
     def step(x, y):
         return train.train_step(model, opt, x, y, clip_norm=clip_norm)
 
     if compiled:
         step = tf.function(step)  # the training loop compiles it
-    outputs = []
+    outputs, after = [], []
     for _ in range(steps):
         out = step(tf.constant(inputs), tf.constant(labels))
         is_pair = isinstance(out, list | tuple)
@@ -87,34 +98,29 @@ def train_steps(model_kwargs, inputs, labels, optimizer, learning_rate, clip_nor
                 "length": len(out) if is_pair else None,
             }
         )
-    return {
-        "before": before,
-        "after": [np.asarray(v) for v in model.trainable_variables],
-        "paths": [v.path for v in model.trainable_variables],
-        "outputs": outputs,
-    }
+        after.append([np.asarray(v) for v in variables])
+    return {"before": before, "after": after, "outputs": outputs}
 
 
-def tiny_weights(model_kwargs):
-    """Probe: the tiny model's trainable variables (embedding, kernel, bias) as built."""
+def evaluate_on(model_kwargs, weights, tensors, batch_size):
+    """Probe: the tiny model given the test's `weights`, its weights read back, then train.evaluate(model,
+    tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size)); returns the weights and, for each value evaluate
+    returned, its type name and the value as a float when it is a float (else None)."""
     import numpy as np
-
-    return [np.asarray(v) for v in _tiny(**model_kwargs).trainable_variables]
-
-
-def evaluate_on(model_kwargs, tensors, batch_size):
-    """Probe: train.evaluate(tiny model, tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size))."""
     import tensorflow as tf
 
     from assignment import train
 
+    model, variables = _tiny(weights, **model_kwargs)
+    before = [np.asarray(v) for v in variables]
     dataset = tf.data.Dataset.from_tensor_slices(tuple(tensors)).batch(batch_size)
-    loss, perplexity = train.evaluate(_tiny(**model_kwargs), dataset)
-    return float(loss), float(perplexity)
+    out = train.evaluate(model, dataset)
+    values = [(type(v).__name__, float(v) if isinstance(v, float) else None) for v in out]
+    return {"before": before, "values": values}
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# NumPy references
+# The test's data and NumPy references
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -125,28 +131,38 @@ def batch(seed, size=3):
     return inputs, labels
 
 
-def reference_logits(weights, inputs):
-    """The tiny model's logits `(B, T, V)` without dropout, in float64."""
+def model_weights(seed, scale=1.0, dim=4):
+    """The tiny model's weights, drawn here: embedding (V, D) and kernel (D, V) ~ N(0, scale^2), bias ~ N(0, 0.01),
+    float32."""
+    rng = np.random.default_rng(1000 + seed)
+    table = rng.normal(0.0, scale, (V, dim))
+    kernel = rng.normal(0.0, scale, (dim, V))
+    bias = rng.normal(0.0, 0.1, (V,))
+    return [w.astype(np.float32) for w in (table, kernel, bias)]
+
+
+def reference_logits(weights, inputs, shift=0.0):
+    """The tiny model's logits `(B, T, V)` (with `shift` added to the embeddings: training mode), in float64."""
     table, kernel, bias = (np.asarray(w, np.float64) for w in weights)
-    return table[inputs] @ kernel + bias
+    return (table[inputs] + shift) @ kernel + bias
 
 
-def reference_token_losses(weights, inputs, labels):
+def reference_token_losses(weights, inputs, labels, shift=0.0):
     """Returns -log softmax(logits)[label] for every token, `(B, T)`, in float64 NumPy."""
-    logits = reference_logits(weights, inputs)
+    logits = reference_logits(weights, inputs, shift)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     return -np.take_along_axis(log_probs, labels[..., None].astype(np.int64), axis=-1)[..., 0]  # (B, T)
 
 
-def reference_gradients(weights, inputs, labels):
+def reference_gradients(weights, inputs, labels, shift=0.0):
     """Returns the gradients of the mean token cross-entropy with respect to (embedding, kernel, bias)."""
     table, kernel, _ = (np.asarray(w, np.float64) for w in weights)
-    logits = reference_logits(weights, inputs)
+    logits = reference_logits(weights, inputs, shift)
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
     d_logits = (probs - np.eye(V)[labels]) / labels.size  # (B, T, V)
-    x = table[inputs]  # (B, T, D)
+    x = table[inputs] + shift  # (B, T, D)
     d_x = d_logits @ kernel.T  # (B, T, D)
     d_table = np.zeros_like(table)
     np.add.at(d_table, inputs, d_x)
@@ -157,14 +173,63 @@ def global_norm(arrays):
     return math.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays))
 
 
-def _steps(student, inputs, labels, optimizer, lr, clip_norm, model_kwargs=None, **kwargs):
-    kwargs_ = dict(vocab=V, length=T, **(model_kwargs or {}))
-    return student.run(train_steps, kwargs_, inputs, labels, optimizer, lr, clip_norm, uses=(_tiny,), **kwargs)
+def clipped(grads, clip_norm):
+    """The gradients scaled together to global norm `clip_norm` when theirs is larger (tf.clip_by_global_norm)."""
+    norm = global_norm(grads)
+    return [g * min(1.0, clip_norm / norm) for g in grads]
+
+
+def adam_replay(weights, inputs, labels, learning_rate, clip_norm, steps):
+    """Keras's Adam (beta_1 0.9, beta_2 0.999, epsilon 1e-7) on the clipped gradients, replayed in float64: returns
+    the loss and gradient norm before each step and the weights after each step."""
+    b1, b2, eps = 0.9, 0.999, 1e-7
+    w = [np.asarray(x, np.float64) for x in weights]
+    m = [np.zeros_like(x) for x in w]
+    v = [np.zeros_like(x) for x in w]
+    losses, norms, after = [], [], []
+    for t in range(1, steps + 1):
+        losses.append(reference_token_losses(w, inputs, labels).mean())
+        grads = reference_gradients(w, inputs, labels)
+        norms.append(global_norm(grads))
+        lr_t = learning_rate * math.sqrt(1 - b2**t) / (1 - b1**t)
+        for i, g in enumerate(clipped(grads, clip_norm)):
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            w[i] = w[i] - lr_t * m[i] / (np.sqrt(v[i]) + eps)
+        after.append([x.copy() for x in w])
+    return losses, norms, after
+
+
+def assert_weights_sent(read_back, weights, when):
+    """The weights read back from the tiny model are exactly the ones the test sent."""
+    assert len(read_back) == len(weights), f"expected {len(weights)} weights read back {when}, got {len(read_back)}"
+    for name, got, sent in zip(NAMES, read_back, weights):
+        assert_shape(got, sent.shape, f"{name} read back {when}")
+        assert np.array_equal(np.asarray(got, np.float32), sent), (
+            f"the tiny model's {name} read back {when} is not the value the test gave it: the model must hold "
+            "exactly the weights the test sent until the student's code runs"
+        )
+
+
+def _steps(student, weights, inputs, labels, optimizer, lr, clip_norm, model_kwargs=None, **kwargs):
+    model_kwargs = dict(length=T, **(model_kwargs or {}))
+    result = student.run(
+        train_steps, model_kwargs, weights, inputs, labels, optimizer, lr, clip_norm, uses=(_tiny,), **kwargs
+    )
+    assert_weights_sent(result["before"], weights, "before train_step")
+    return result
 
 
 def _pair(output):
     assert output["type"] in ("tuple", "list") and output["length"] == 2, "train_step must return (loss, grad_norm)"
     return output["values"]
+
+
+def assert_sgd_update(before, after, grads, lr, what):
+    """SGD with learning rate `lr` moves every weight by exactly -lr * the applied gradient."""
+    assert len(after) == len(before), f"expected {len(before)} weights after train_step, got {len(after)}"
+    for name, b, a, g in zip(NAMES, before, after, grads):
+        assert_close(b - a, lr * g, f"update of {name} ({what})", atol=1e-6, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -180,16 +245,19 @@ def _pair(output):
 )
 def test_train_step_returns_scalar_loss_and_grad_norm(student):
     inputs, labels = batch(0)
-    loss, grad_norm = _pair(_steps(student, inputs, labels, "SGD", 0.1, 1.0)["outputs"][0])
+    weights = model_weights(0)
+    result = _steps(student, weights, inputs, labels, "SGD", 0.1, 1.0)
+    loss, grad_norm = _pair(result["outputs"][0])
     assert_shape(loss, (), "loss (a scalar)")
     assert_shape(grad_norm, (), "grad_norm (a scalar)")
     assert np.isfinite(float(loss)) and np.isfinite(float(grad_norm)), "loss and grad_norm must be finite numbers"
     for name, value in (("loss", loss), ("grad_norm", grad_norm)):
         assert value.dtype == np.float32, f"{name} must be a float32 scalar tensor, got dtype {value.dtype}"
-    result = _steps(student, inputs, labels, "SGD", 0.1, 1.0)
-    moved = [not np.allclose(b, a) for b, a in zip(result["before"], result["after"])]
-    assert all(moved), (
-        f"after train_step, every weight must have moved (one optimizer update): moved {moved} for {result['paths']}"
+    grads = reference_gradients(weights, inputs, labels)
+    assert_close(float(loss), reference_token_losses(weights, inputs, labels).mean(), "loss", atol=1e-5)
+    assert_close(float(grad_norm), global_norm(grads), "grad_norm", rtol=1e-4)
+    assert_sgd_update(
+        weights, result["after"][0], clipped(grads, 1.0), 0.1, "one SGD(learning_rate=0.1) update, clip_norm 1.0"
     )
 
 
@@ -200,8 +268,9 @@ def test_train_step_returns_scalar_loss_and_grad_norm(student):
 )
 def test_train_step_loss_is_mean_token_cross_entropy_before_the_update(student):
     inputs, labels = batch(1)
-    result = _steps(student, inputs, labels, "SGD", 0.1, 1.0)
-    expected = reference_token_losses(result["before"], inputs, labels).mean()
+    weights = model_weights(1)
+    result = _steps(student, weights, inputs, labels, "SGD", 0.1, 1.0)
+    expected = reference_token_losses(weights, inputs, labels).mean()
     loss, _ = _pair(result["outputs"][0])
     assert_close(
         float(loss),
@@ -215,15 +284,26 @@ def test_train_step_loss_is_mean_token_cross_entropy_before_the_update(student):
 @pytest.mark.points(1)
 @pytest.mark.clause("train.train_step: The model runs in training mode (`training=True`), so its dropout is active.")
 def test_train_step_runs_the_model_in_training_mode(student):
+    # The tiny model holds a test layer that adds 1.5 to every activation in training mode and nothing otherwise
+    # (as dropout acts only in training mode, but deterministically), so the loss and the update of a training-mode
+    # call are known exactly here.
     inputs, labels = batch(7)
-    result = _steps(student, inputs, labels, "SGD", 0.1, 1.0, model_kwargs={"dropout": 0.5})
+    weights, shift = model_weights(7), 1.5
+    result = _steps(student, weights, inputs, labels, "SGD", 0.5, 1000.0, model_kwargs={"shift": shift})
     loss, _ = _pair(result["outputs"][0])
-    assert not np.allclose(result["before"][-1], result["after"][-1]), "train_step must update the weights"
-    without_dropout = reference_token_losses(result["before"], inputs, labels).mean()
-    assert abs(float(loss) - without_dropout) > 1e-3, (
-        f"with a model holding dropout=0.5, train_step's loss {float(loss):.6f} equals the loss without dropout "
-        f"({without_dropout:.6f}): call the model with training=True inside the tape, or dropout (and every other "
-        "training-only behaviour) never acts during training"
+    expected = reference_token_losses(weights, inputs, labels, shift).mean()
+    inference = reference_token_losses(weights, inputs, labels).mean()
+    assert abs(expected - inference) > 0.1  # the test's own premise: the two modes differ
+    assert abs(float(loss) - inference) > 1e-3, (
+        f"train_step's loss {float(loss):.6f} is the loss of the model in inference mode ({inference:.6f}): call "
+        "the model with training=True inside the tape, or dropout (and every other training-only behaviour) never "
+        "acts during training"
+    )
+    assert_close(float(loss), expected, "loss of the model called in training mode (training=True)", atol=1e-5)
+    grads = reference_gradients(weights, inputs, labels, shift)
+    assert global_norm(grads) < 1000.0
+    assert_sgd_update(
+        weights, result["after"][0], grads, 0.5, "SGD(learning_rate=0.5): the gradient of the training-mode loss"
     )
 
 
@@ -232,14 +312,29 @@ def test_train_step_runs_the_model_in_training_mode(student):
     "train.train_step: Runs eagerly and inside `tf.function`",
     "train.train_step: Returns `(loss, grad_norm)` after one optimizer update of `model` on one batch.",
 )
-def test_train_step_lowers_the_loss_on_a_fixed_batch(student):
+def test_train_step_inside_tf_function_applies_clipped_adam_steps(student):
+    # Four compiled steps of keras.optimizers.Adam on one batch, replayed here: each step's loss and gradient norm,
+    # and the weights after each step; the clip norm lies between the gradient norms of the steps, so some are
+    # clipped and some are not.
     inputs, labels = batch(2)
-    outputs = _steps(student, inputs, labels, "Adam", 0.05, 1.0, steps=41, compiled=True)["outputs"]
-    first, last = float(_pair(outputs[0])[0]), float(_pair(outputs[-1])[0])
-    assert last < first - 0.5, (
-        f"40 Adam steps on one batch should lower its loss clearly; went from {first:.4f} to "
-        f"{last:.4f}. Are the gradients applied to model.trainable_variables?"
-    )
+    weights, lr, clip_norm, steps = model_weights(2), 0.05, 0.82, 4
+    result = _steps(student, weights, inputs, labels, "Adam", lr, clip_norm, steps=steps, compiled=True)
+    losses, norms, after = adam_replay(weights, inputs, labels, lr, clip_norm, steps)
+    assert max(norms) > clip_norm > min(norms)  # the test's own premise: clipping acts on some steps only
+    assert len(result["outputs"]) == steps
+    for t, (output, got) in enumerate(zip(result["outputs"], result["after"]), start=1):
+        loss, grad_norm = _pair(output)
+        assert_close(float(loss), losses[t - 1], f"loss returned by compiled step {t}, before its update", atol=2e-5)
+        assert_close(float(grad_norm), norms[t - 1], f"grad_norm returned by compiled step {t}", rtol=1e-4)
+        for name, g, e in zip(NAMES, got, after[t - 1]):
+            assert_close(
+                g,
+                e,
+                f"{name} after compiled step {t} of Adam(learning_rate={lr}) on the gradients clipped to global "
+                f"norm {clip_norm} (one optimizer.apply_gradients per call, on model.trainable_variables)",
+                atol=1e-5,
+                rtol=1e-4,
+            )
 
 
 @pytest.mark.points(2)
@@ -248,20 +343,20 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(student):
 )
 def test_train_step_clips_gradients_to_the_global_norm(student):
     inputs, labels = batch(3)
-    clip_norm = 0.05
-    result = _steps(student, inputs, labels, "SGD", 1.0, clip_norm, model_kwargs={"scale": 3.0})  # large gradients
-    grads = reference_gradients(result["before"], inputs, labels)
+    weights, clip_norm = model_weights(3, scale=3.0), 0.05  # large gradients
+    result = _steps(student, weights, inputs, labels, "SGD", 1.0, clip_norm)
+    grads = reference_gradients(weights, inputs, labels)
     norm = global_norm(grads)
     assert norm > 10 * clip_norm  # the test's own premise: these gradients must be clipped
-    applied = [b - a for b, a in zip(result["before"], result["after"])]  # SGD with lr 1: the applied gradient
+    applied = [b - a for b, a in zip(weights, result["after"][0])]  # SGD with lr 1: the applied gradient
     assert_close(
         global_norm(applied), clip_norm, "global norm of the applied (clipped) gradients", atol=1e-6, rtol=1e-4
     )
-    for got, g, path in zip(applied, grads, result["paths"]):
+    for got, g, name in zip(applied, grads, NAMES):
         assert_close(
             got,
             g * (clip_norm / norm),
-            f"applied gradient of {path} (all gradients scaled by one "
+            f"applied gradient of {name} (all gradients scaled by one "
             "factor, clip_norm / global_norm, so the direction is kept)",
             atol=1e-6,
             rtol=1e-4,
@@ -274,14 +369,15 @@ def test_train_step_clips_gradients_to_the_global_norm(student):
 )
 def test_train_step_reports_the_gradient_norm_before_clipping(student):
     inputs, labels = batch(4)
-    result = _steps(student, inputs, labels, "SGD", 1.0, 0.05, model_kwargs={"scale": 3.0})
-    norm = global_norm(reference_gradients(result["before"], inputs, labels))
+    weights = model_weights(4, scale=3.0)
+    norm = global_norm(reference_gradients(weights, inputs, labels))
+    assert norm > 0.05  # the test's own premise: the gradients are clipped
+    result = _steps(student, weights, inputs, labels, "SGD", 1.0, 0.05)
     _, grad_norm = _pair(result["outputs"][0])
     assert_close(float(grad_norm), norm, "grad_norm: the global norm of all gradients before clipping", rtol=1e-4)
     # The embedding looked up with tf.gather, as in the transformer: its gradient is a tf.IndexedSlices whose rows
     # repeat for a repeated token (15 tokens of 7 ids here); the norm is that of the summed, dense gradient.
-    result = _steps(student, inputs, labels, "SGD", 1.0, 0.05, model_kwargs={"scale": 3.0, "gather": True})
-    norm = global_norm(reference_gradients(result["before"], inputs, labels))
+    result = _steps(student, weights, inputs, labels, "SGD", 1.0, 0.05, model_kwargs={"gather": True})
     _, grad_norm = _pair(result["outputs"][0])
     assert_close(
         float(grad_norm),
@@ -299,37 +395,38 @@ def test_train_step_reports_the_gradient_norm_before_clipping(student):
 )
 def test_train_step_applies_small_gradients_unchanged(student):
     inputs, labels = batch(5)
-    result = _steps(student, inputs, labels, "SGD", 0.5, 1000.0)
-    grads = reference_gradients(result["before"], inputs, labels)
+    weights = model_weights(5)
+    result = _steps(student, weights, inputs, labels, "SGD", 0.5, 1000.0)
+    grads = reference_gradients(weights, inputs, labels)
     assert global_norm(grads) < 1000.0
-    for b, a, g, path in zip(result["before"], result["after"], grads, result["paths"]):
-        assert_close(
-            b - a,
-            0.5 * g,
-            f"update of {path} with SGD(learning_rate=0.5) and a gradient norm below "
-            "clip_norm: -0.5 * gradient, unclipped",
-            atol=1e-6,
-            rtol=1e-4,
-        )
+    assert_sgd_update(
+        weights,
+        result["after"][0],
+        grads,
+        0.5,
+        "SGD(learning_rate=0.5) and a gradient norm below clip_norm: -0.5 * gradient, unclipped",
+    )
     _, grad_norm = _pair(result["outputs"][0])
     assert_close(float(grad_norm), global_norm(grads), "grad_norm", rtol=1e-4)
 
 
-def evaluate_types(model_kwargs, tensors, batch_size):
-    """Probe: for each value train.evaluate returns on the tiny model, its type name, whether it is a float, and the
-    value as a float when it is one."""
-    import tensorflow as tf
-
-    from assignment import train
-
-    dataset = tf.data.Dataset.from_tensor_slices(tuple(tensors)).batch(batch_size)
-    out = train.evaluate(_tiny(**model_kwargs), dataset)
-    return [(type(v).__name__, isinstance(v, float), v if isinstance(v, float) else None) for v in out]
+def _evaluate(student, weights, inputs, labels, batch_size):
+    """The values train.evaluate returned on the tiny model holding `weights`, as [(type name, float or None)]."""
+    result = student.run(evaluate_on, dict(length=T), weights, [inputs, labels], batch_size, uses=(_tiny,))
+    assert_weights_sent(result["before"], weights, "before evaluate")
+    return result["values"]
 
 
-def uneven_data(student, sizes=(4, 4, 1)):
+def _floats(values):
+    assert len(values) == 2 and all(v is not None for _, v in values), (
+        f"evaluate must return (loss, perplexity) as two Python floats, got {[name for name, _ in values]}: "
+        "convert with float(...) (the training loop writes them to JSON and compares them with other runs)"
+    )
+    return [v for _, v in values]
+
+
+def uneven_data(weights, sizes=(4, 4, 1)):
     """Returns (inputs, labels) of batches of `sizes` sequences and the per-token losses of the tiny model on them."""
-    weights = student.run(tiny_weights, dict(vocab=V, length=T), uses=(_tiny,))
     inputs, labels = batch(6, size=sum(sizes))
     labels[-1] = np.argmax(reference_logits(weights, inputs[-1:])[0], axis=-1)  # the short last batch: an easy one
     return inputs, labels, reference_token_losses(weights, inputs, labels)  # (N, T)
@@ -341,13 +438,14 @@ def uneven_data(student, sizes=(4, 4, 1)):
     "train.evaluate: this is not the mean of the per-batch means",
 )
 def test_evaluate_is_the_token_mean_over_uneven_batches(student):
-    inputs, labels, losses = uneven_data(student)
+    weights = model_weights(6)
+    inputs, labels, losses = uneven_data(weights)
     expected = losses.mean()  # every token counted once
     mean_of_batch_means = np.mean([losses[:4].mean(), losses[4:8].mean(), losses[8:].mean()])
     assert abs(expected - mean_of_batch_means) > 0.05  # the test's own premise: the two differ
-    loss, _ = student.run(evaluate_on, dict(vocab=V, length=T), [inputs, labels], 4, uses=(_tiny,))
+    loss, _ = _floats(_evaluate(student, weights, inputs, labels, 4))
     assert_close(
-        float(loss),
+        loss,
         expected,
         "evaluate loss over batches of 4, 4 and 1 sequences: the mean over all "
         "tokens (not the mean of the per-batch means)",
@@ -358,17 +456,19 @@ def test_evaluate_is_the_token_mean_over_uneven_batches(student):
 @pytest.mark.points(1)
 @pytest.mark.clause("train.evaluate: `perplexity = exp(loss)`", "train.evaluate: `inf` once exp overflows a float")
 def test_evaluate_perplexity_is_exp_of_the_loss(student):
-    inputs, labels, losses = uneven_data(student)
-    loss, perplexity = student.run(evaluate_on, dict(vocab=V, length=T), [inputs, labels], 4, uses=(_tiny,))
-    assert_close(float(perplexity), math.exp(losses.mean()), "perplexity = exp(mean token loss)", rtol=1e-5)
-    assert_close(float(perplexity), math.exp(float(loss)), "perplexity = exp(the loss evaluate returns)", rtol=1e-6)
+    weights = model_weights(6)
+    inputs, labels, losses = uneven_data(weights)
+    loss, perplexity = _floats(_evaluate(student, weights, inputs, labels, 4))
+    assert_close(perplexity, math.exp(losses.mean()), "perplexity = exp(mean token loss)", rtol=1e-5)
+    assert_close(perplexity, math.exp(loss), "perplexity = exp(the loss evaluate returns)", rtol=1e-6)
     # Weights 100 times larger: logits of about 1e4, a loss far past 709.78, where exp overflows a float.
-    loss, perplexity = student.run(
-        evaluate_on, dict(vocab=V, length=T, scale=100.0), [inputs, labels], 4, uses=(_tiny,)
-    )
-    assert float(loss) > 710  # the test's own premise
-    assert float(perplexity) == math.inf, (
-        f"a loss of {float(loss):.0f} nats per token: exp(loss) overflows a float, so the perplexity is inf "
+    large = [w * np.float32(100.0) for w in weights]
+    expected = reference_token_losses(large, inputs, labels).mean()
+    assert expected > 720  # the test's own premise
+    loss, perplexity = _floats(_evaluate(student, large, inputs, labels, 4))
+    assert_close(loss, expected, "evaluate loss of a model with weights 100 times larger", rtol=1e-5)
+    assert perplexity == math.inf, (
+        f"a loss of {loss:.0f} nats per token: exp(loss) overflows a float, so the perplexity is inf "
         f"(math.exp raises OverflowError there: catch it, or compare the loss with ~709.78); got {perplexity}"
     )
 
@@ -379,15 +479,11 @@ def test_evaluate_perplexity_is_exp_of_the_loss(student):
 )
 def test_evaluate_returns_python_floats(student):
     inputs, labels = batch(8, size=5)
-    types = student.run(evaluate_types, dict(vocab=V, length=T), [inputs, labels], 2, uses=(_tiny,))
-    assert len(types) == 2 and all(is_float for _, is_float, _ in types), (
-        f"evaluate must return (loss, perplexity) as two Python floats, got {[name for name, _, _ in types]}: "
-        "convert with float(...) "
-        "(the training loop writes them to JSON and compares them with other runs)"
-    )
-    weights = student.run(tiny_weights, dict(vocab=V, length=T), uses=(_tiny,))
+    weights = model_weights(8)
+    loss, perplexity = _floats(_evaluate(student, weights, inputs, labels, 2))
     expected = reference_token_losses(weights, inputs, labels).mean()
-    assert_close(types[0][2], expected, "the loss evaluate returns (the mean token cross-entropy)", atol=1e-5)
+    assert_close(loss, expected, "the loss evaluate returns (the mean token cross-entropy)", atol=1e-5)
+    assert_close(perplexity, math.exp(expected), "the perplexity evaluate returns", rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
