@@ -6,7 +6,9 @@ only raw outputs and the weights read back, and the expected values come from a 
 equations of Keras' `LSTMCell` (gate order input, forget, cell, output) holding the same weights; gradients are
 checked against the reference's own backpropagation through time. Properties (shapes, state carried across chunks,
 no peeking at later tokens) are checked together with the reference in the same test. Sizes are tiny and all
-different (V=11, E=7, H=5, 4H=20), so a transposed weight or a swapped axis shows up as a shape.
+different (V=11, E=7, H=5, 4H=20), so a transposed weight or a swapped axis shows up as a shape. The sizes, the
+weights the test draws, the helpers sent with the probes and the forward reference are shared with the RNN's tests
+(reference_recurrent.py).
 """
 
 import math
@@ -14,39 +16,30 @@ import math
 import numpy as np
 import pytest
 from checks import assert_close, assert_shape
+from reference_recurrent import (
+    CELL_WEIGHTS,
+    B,
+    E,
+    H,
+    T,
+    V,
+    assert_weights_kept,
+    assign_exactly,
+    cross_entropy,
+    draw_normal,
+    draw_tokens,
+    flat_weights,
+    lstm_weights,
+    random_states,
+    reference_cell,
+    reference_lstm,
+    session_result,
+    sigmoid,
+    unflat_weights,
+    weight_slots,
+)
 
-V, E, H = 11, 7, 5  # vocabulary, embedding width, hidden units
-B, T = 3, 6  # batch, time
-CELL_WEIGHTS = ("kernel", "recurrent_kernel", "bias")
 STATE_TYPES = ("list", "tuple", "ListWrapper", "_TupleWrapper")
-
-
-def _tokens(batch=B, time=T, seed=0):
-    """Returns int32 token ids of shape (batch, time)."""
-    return np.random.default_rng(seed).integers(0, V, size=(batch, time)).astype(np.int32)
-
-
-def _normal(shape, seed, scale=0.5):
-    return np.random.default_rng(seed).normal(0.0, scale, size=shape).astype(np.float32)
-
-
-def _random_states(num_layers=1, seed=4):
-    """Returns a non-zero state in the documented format: a list of (h, c) pairs of shape (B, H)."""
-    return [(_normal((B, H), seed + 2 * i), _normal((B, H), seed + 2 * i + 1)) for i in range(num_layers)]
-
-
-def _weights(num_layers=1, seed=1, scale=0.5):
-    """The weights the test gives the model: a dict of float32 arrays (embedding, cells, output_kernel, output_bias)."""
-    rng = np.random.default_rng(seed)
-
-    def draw(*shape):
-        return rng.normal(0.0, scale, size=shape).astype(np.float32)
-
-    cells = [
-        {"kernel": draw(E if i == 0 else H, 4 * H), "recurrent_kernel": draw(H, 4 * H), "bias": draw(4 * H)}
-        for i in range(num_layers)
-    ]
-    return {"embedding": draw(V, E), "cells": cells, "output_kernel": draw(H, V), "output_bias": draw(V)}
 
 
 def _fresh_weights(num_layers=1, seed=2):
@@ -74,67 +67,10 @@ def _fresh_weights(num_layers=1, seed=2):
     }
 
 
-def _flat(weights):
-    """The weights as a list, in the order of the probes' `weight_slots`: (names, arrays)."""
-    names, arrays = ["embedding"], [weights["embedding"]]
-    for i, cell in enumerate(weights["cells"]):
-        names += [f"cells[{i}].{n}" for n in CELL_WEIGHTS]
-        arrays += [cell[n] for n in CELL_WEIGHTS]
-    return names + ["output_layer.kernel", "output_layer.bias"], arrays + [
-        weights["output_kernel"],
-        weights["output_bias"],
-    ]
-
-
-def _unflat(arrays, num_layers):
-    cells = [dict(zip(CELL_WEIGHTS, arrays[1 + 3 * i : 4 + 3 * i])) for i in range(num_layers)]
-    return {"embedding": arrays[0], "cells": cells, "output_kernel": arrays[-2], "output_bias": arrays[-1]}
-
-
-def assert_weights_kept(read_back, weights, what="the model"):
-    """The weights read back from the student's layer are exactly the ones the test gave it."""
-    names, sent = _flat(weights) if isinstance(weights, dict) else weights
-    assert len(read_back) == len(sent), f"expected {len(sent)} weights read back from {what}, got {len(read_back)}"
-    for name, got, value in zip(names, read_back, sent):
-        assert_shape(got, value.shape, f"{name} read back from {what}")
-        assert np.array_equal(np.asarray(got, np.float32), value), (
-            f"{name} of {what} changed: it no longer holds the value the test gave it"
-        )
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Probes: they run where the student's code runs and return plain data (see grading/runtime/probes.py). They give the
 # test's weights to the student's layers and return only raw outputs and the weights read back.
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def assign_exactly(layer, slots, values):
-    """Helper sent with the probes: gives each documented weight of `layer` (`slots`: (name, variable) pairs) the
-    test's value; raises ValueError unless the layer holds exactly these weights, with these shapes."""
-    import numpy as np
-
-    held = list(layer.weights)
-    missing = [name for name, var in slots if not any(var is w for w in held)]
-    extra = [getattr(w, "path", getattr(w, "name", "?")) for w in held if not any(w is var for _, var in slots)]
-    if missing or extra or len(held) != len(slots):
-        raise ValueError(
-            f"expected {type(layer).__name__} to hold exactly its documented weights "
-            f"{[name for name, _ in slots]} as weights of the layer (created with add_weight); "
-            f"not weights of the layer: {missing}; weights not documented: {extra}"
-        )
-    for (name, var), value in zip(slots, values):
-        value = np.asarray(value, np.float32)
-        if tuple(var.shape) != value.shape:
-            raise ValueError(f"expected {name} of shape {value.shape}, got {tuple(var.shape)}")
-        var.assign(value)
-
-
-def weight_slots(model):
-    """Helper sent with the probes: the model's documented weights, in the test's order, as (name, variable)."""
-    slots = [("embedding", model.embedding.embeddings)]
-    for i, cell in enumerate(model.cells):
-        slots += [(f"cells[{i}].{n}", getattr(cell, n)) for n in ("kernel", "recurrent_kernel", "bias")]
-    return slots + [("output_layer.kernel", model.output_layer.kernel), ("output_layer.bias", model.output_layer.bias)]
 
 
 def lm_session(sizes, num_layers, values, calls):
@@ -312,44 +248,13 @@ def lm_training_steps(sizes, values, tokens, labels, learning_rate, steps):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The NumPy reference and its backward pass
+# The backward pass of the NumPy reference (reference_lstm, in reference_recurrent.py)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def reference_cell(x_t, h, c, kernel, recurrent_kernel, bias):
-    """One LSTM step as Keras' LSTMCell computes it: z = x W + h U + b split into gates i, f, g, o."""
-    z = x_t @ kernel + h @ recurrent_kernel + bias  # (B, 4H)
-    i, f, g, o = np.split(z, 4, axis=-1)
-    c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
-    return _sigmoid(o) * np.tanh(c), c
-
-
-def reference_lstm(weights, tokens, states=None):
-    """Returns (logits, final states, per-layer (inputs, hs, cs)) of stacked LSTM layers holding `weights` (NumPy,
-    float64); `states` None starts every layer from zeros."""
-    x = np.asarray(weights["embedding"], np.float64)[tokens]  # (B, T, E)
-    if states is None:
-        states = [(np.zeros((x.shape[0], H)), np.zeros((x.shape[0], H)))] * len(weights["cells"])
-    final, layers = [], []
-    for cell, (h, c) in zip(weights["cells"], states):
-        hs, cs = [np.asarray(h, np.float64)], [np.asarray(c, np.float64)]
-        for t in range(x.shape[1]):
-            h, c = reference_cell(x[:, t], hs[-1], cs[-1], cell["kernel"], cell["recurrent_kernel"], cell["bias"])
-            hs.append(h)
-            cs.append(c)
-        layers.append((x, hs, cs))
-        x = np.stack(hs[1:], axis=1)  # (B, T, H)
-        final.append((hs[-1], cs[-1]))
-    return x @ weights["output_kernel"] + weights["output_bias"], final, layers  # (B, T, V)
 
 
 def reference_gradients(weights, tokens, states, dlogits):
     """The gradient of sum(logits * dlogits) with respect to every weight of the reference, by backpropagation
-    through time (NumPy, float64), as a list in the order of `_flat`."""
+    through time (NumPy, float64), as a list in the order of `flat_weights`."""
     _, _, layers = reference_lstm(weights, tokens, states)
     top = np.stack(layers[-1][1][1:], axis=1)  # (B, T, H)
     dlogits = np.asarray(dlogits, np.float64)
@@ -363,7 +268,7 @@ def reference_gradients(weights, tokens, states, dlogits):
         for t in reversed(range(inputs.shape[1])):
             z = inputs[:, t] @ kernel + hs[t] @ recurrent + cell["bias"]
             i, f, gg, o = np.split(z, 4, axis=-1)
-            i, f, gg, o = _sigmoid(i), _sigmoid(f), np.tanh(gg), _sigmoid(o)
+            i, f, gg, o = sigmoid(i), sigmoid(f), np.tanh(gg), sigmoid(o)
             tanh_c = np.tanh(cs[t + 1])
             dh = dh + dx[:, t]
             dc = dc + dh * o * (1.0 - tanh_c**2)
@@ -383,15 +288,6 @@ def reference_gradients(weights, tokens, states, dlogits):
     return [d_embedding] + [g for cell in grads_cells for g in cell] + grads_out
 
 
-def _cross_entropy(logits, labels):
-    """(mean cross-entropy, its gradient with respect to the logits) (NumPy, float64)."""
-    logits = np.asarray(logits, np.float64)
-    z = logits - logits.max(axis=-1, keepdims=True)
-    p = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
-    onehot = np.eye(logits.shape[-1])[labels]
-    return float(-(np.log(p) * onehot).sum() / labels.size), (p - onehot) / labels.size
-
-
 def assert_states_close(result, expected, what, reference):
     """Compares two states in the documented format (a list of (h, c) pairs), h and c of each layer apart."""
     states = result["states"]
@@ -408,17 +304,11 @@ def assert_states_close(result, expected, what, reference):
 
 
 def _run(student, calls, num_layers=1, weights=None):
-    weights = _weights(num_layers) if weights is None else weights
-    values = _flat(weights)[1]
+    weights = lstm_weights(num_layers) if weights is None else weights
+    values = flat_weights(weights)[1]
     session = student.run(lm_session, (V, E, H), num_layers, values, calls, uses=(assign_exactly, weight_slots))
     assert_weights_kept(session["weights"], weights)
     return session, weights
-
-
-def _result(session, i, what):
-    result = session["results"][i]
-    assert "error" not in result, f"{what} raised {result.get('error')}: {result.get('message')}"
-    return result
 
 
 def _cell_output(output, batch, what):
@@ -448,8 +338,8 @@ def _cell_output(output, batch, what):
     "lstm.LSTMCell: x_t: float tensor of shape `(B, D)`, the input at one time step.",
 )
 def test_cell_matches_keras_lstm_cell(student):
-    x_t, h_prev, c_prev = _normal((B, E), seed=2), _normal((B, H), seed=3), _normal((B, H), seed=4)
-    w = _weights()["cells"][0]
+    x_t, h_prev, c_prev = draw_normal((B, E), seed=2), draw_normal((B, H), seed=3), draw_normal((B, H), seed=4)
+    w = lstm_weights()["cells"][0]
     values = [w[n] for n in CELL_WEIGHTS]
     calls = [(x_t, h_prev, c_prev), (x_t[:1], h_prev[:1], c_prev[:1])]  # the whole batch, then a batch of one
     out = student.run(lstm_cell_session, H, values, calls, uses=(assign_exactly,))
@@ -467,14 +357,14 @@ def test_cell_matches_keras_lstm_cell(student):
 def test_fresh_cell_keeps_its_memory_through_the_forget_gate(student):
     # A fresh cell's bias is [0 | 1 | 0 | 0] (i, f, g, o). With x_t = 0 and h_prev = 0 every gate sees only its bias:
     # i = o = sigmoid(0), g = tanh(0) = 0 and f = sigmoid(1), so c_t = sigmoid(1) * c_prev, h_t = tanh(c_t) / 2.
-    c_prev = _normal((B, H), seed=5, scale=1.0)
+    c_prev = draw_normal((B, H), seed=5, scale=1.0)
     zeros_x, zeros_h = np.zeros((B, E), np.float32), np.zeros((B, H), np.float32)
     out = student.run(lstm_cell_session, H, None, [(zeros_x, zeros_h, c_prev)], uses=(assign_exactly,))
     fresh_bias = out["weights"][2]
     expected_bias = np.concatenate([np.zeros(H), np.ones(H), np.zeros(2 * H)])
     assert_close(fresh_bias, expected_bias, "the bias of a fresh LSTMCell (expected [0 | 1 | 0 | 0]: i, f, g, o)")
     h_t, c_t = _cell_output(out["outputs"][0], B, " for a fresh cell")
-    c_expected = _sigmoid(1.0) * c_prev.astype(np.float64)
+    c_expected = sigmoid(1.0) * c_prev.astype(np.float64)
     assert_close(
         c_t,
         c_expected,
@@ -488,7 +378,7 @@ def test_fresh_cell_keeps_its_memory_through_the_forget_gate(student):
     )
     # The same cell code with the test's weights, whose forget quarter is not 1: the bias must be read, not assumed.
     w = _fresh_weights()["cells"][0]
-    w = {**w, "bias": _normal((4 * H,), seed=6)}
+    w = {**w, "bias": draw_normal((4 * H,), seed=6)}
     values = [w[n] for n in CELL_WEIGHTS]
     out = student.run(lstm_cell_session, H, values, [(zeros_x, zeros_h, c_prev)], uses=(assign_exactly,))
     assert_weights_kept(out["weights"], (list(CELL_WEIGHTS), values), "LSTMCell")
@@ -500,9 +390,9 @@ def test_fresh_cell_keeps_its_memory_through_the_forget_gate(student):
 
 @pytest.mark.points(1)
 def test_logits_and_states_have_documented_shapes(student):
-    tokens = _tokens()
-    weights = _weights(num_layers=2)
-    out = student.run(lstm_shapes, (V, E, H), _flat(weights)[1], tokens, uses=(assign_exactly, weight_slots))
+    tokens = draw_tokens()
+    weights = lstm_weights(num_layers=2)
+    out = student.run(lstm_shapes, (V, E, H), flat_weights(weights)[1], tokens, uses=(assign_exactly, weight_slots))
     assert_weights_kept(out["weights"], weights)
     assert_shape(out["logits"], (B, T, V), "logits")
     assert_shape(out["logits_too"], (B, T, V), "logits with return_state=True")
@@ -534,8 +424,8 @@ def test_logits_and_states_have_documented_shapes(student):
     "lstm.lstm_forward: inputs: float tensor of shape `(B, T, D)`.",
 )
 def test_sequence_matches_keras_lstm(student):
-    tokens = _tokens()
-    start = _random_states()  # a non-zero start, so the initial state has to be used
+    tokens = draw_tokens()
+    start = random_states()  # a non-zero start, so the initial state has to be used
     one = [(h[:1], c[:1]) for h, c in start]
     calls = [
         {"tokens": tokens, "states": start, "return_state": True},
@@ -543,7 +433,7 @@ def test_sequence_matches_keras_lstm(student):
     ]
     session, weights = _run(student, calls)
     for i, (batch, begin, what) in enumerate(((B, start, ""), (1, one, " for a batch of one"))):
-        result = _result(session, i, f"model(tokens, states=start, return_state=True){what}")
+        result = session_result(session, i, f"model(tokens, states=start, return_state=True){what}")
         assert_shape(result["logits"], (batch, T, V), f"logits{what}")
         expected_logits, expected_states, _ = reference_lstm(weights, tokens[:batch], begin)
         reference = "an LSTM with the same weights"
@@ -557,15 +447,15 @@ def test_sequence_matches_keras_lstm(student):
     "lstm.lstm_forward: state: pair `(h0, c0)`, two float tensors of shape `(B, H)`, the state before the first",
 )
 def test_carrying_state_across_two_chunks_equals_one_pass(student):
-    tokens = _tokens(time=8)
+    tokens = draw_tokens(time=8)
     session, weights = _run(
         student,
         [{"tokens": tokens, "return_state": True}, {"tokens": tokens[:, :3], "return_state": True}],
     )
-    whole = _result(session, 0, "one pass")
-    first = _result(session, 1, "the first chunk")
+    whole = session_result(session, 0, "one pass")
+    first = session_result(session, 1, "the first chunk")
     session, _ = _run(student, [{"tokens": tokens[:, 3:], "states": first["states"], "return_state": True}])
-    second = _result(session, 0, "the second chunk, from the first chunk's final state")
+    second = session_result(session, 0, "the second chunk, from the first chunk's final state")
     assert_shape(whole["logits"], (B, 8, V), "logits of one pass")
     assert_shape(first["logits"], (B, 3, V), "logits of the first chunk")
     assert_shape(second["logits"], (B, 5, V), "logits of the second chunk")
@@ -584,12 +474,15 @@ def test_carrying_state_across_two_chunks_equals_one_pass(student):
 
 @pytest.mark.points(0.5)
 def test_later_token_never_changes_earlier_logits(student):
-    tokens = _tokens()
+    tokens = draw_tokens()
     k = 3
     changed = tokens.copy()
     changed[:, k] = (changed[:, k] + 1) % V
     session, weights = _run(student, [{"tokens": tokens}, {"tokens": changed}])
-    logits, logits_changed = _result(session, 0, "model")["logits"], _result(session, 1, "model")["logits"]
+    logits, logits_changed = (
+        session_result(session, 0, "model")["logits"],
+        session_result(session, 1, "model")["logits"],
+    )
     assert_shape(logits, (B, T, V), "logits")
     assert_shape(logits_changed, (B, T, V), "logits after changing one token")
     assert_close(
@@ -605,16 +498,23 @@ def test_later_token_never_changes_earlier_logits(student):
 
 @pytest.mark.points(0.5)
 def test_gradients_reach_every_trainable_weight(student):
-    weights = _weights(num_layers=2)
-    tokens = _tokens(seed=5)
-    states = _random_states(num_layers=2, seed=6)
-    cotangent = _normal((B, T, V), seed=10, scale=1.0)
+    weights = lstm_weights(num_layers=2)
+    tokens = draw_tokens(seed=5)
+    states = random_states(num_layers=2, seed=6)
+    cotangent = draw_normal((B, T, V), seed=10, scale=1.0)
     out = student.run(
-        lm_gradients, (V, E, H), 2, _flat(weights)[1], tokens, states, cotangent, uses=(assign_exactly, weight_slots)
+        lm_gradients,
+        (V, E, H),
+        2,
+        flat_weights(weights)[1],
+        tokens,
+        states,
+        cotangent,
+        uses=(assign_exactly, weight_slots),
     )
     expected_logits, _, _ = reference_lstm(weights, tokens, states)
     assert_close(out["logits"], expected_logits, "logits in training mode (reference: two stacked LSTMs)")
-    names = _flat(weights)[0]
+    names = flat_weights(weights)[0]
     assert len(out["gradients"]) == len(names), f"expected a gradient for each of {names}"
     for name, got, expected in zip(names, out["gradients"], reference_gradients(weights, tokens, states, cotangent)):
         assert got is not None, (
@@ -634,12 +534,12 @@ def test_gradients_reach_every_trainable_weight(student):
 def test_initial_loss_is_about_log_vocab(student):
     # A model holding freshly initialised weights knows nothing: its predictions are close to uniform.
     weights = _fresh_weights()
-    tokens, labels = _tokens(seed=7), _tokens(seed=8)
+    tokens, labels = draw_tokens(seed=7), draw_tokens(seed=8)
     session, _ = _run(student, [{"tokens": tokens}], weights=weights)
-    logits = _result(session, 0, "model(tokens)")["logits"]
+    logits = session_result(session, 0, "model(tokens)")["logits"]
     assert_shape(logits, (B, T, V), "logits")
     assert_close(logits, reference_lstm(weights, tokens)[0], "logits of a fresh model (reference: an LSTM)")
-    loss, _ = _cross_entropy(logits, labels)
+    loss, _ = cross_entropy(logits, labels)
     assert abs(loss - math.log(V)) < 0.1, (
         f"a freshly initialised model should predict about uniformly, with loss ~ ln(V) = {math.log(V):.3f}; "
         f"got {loss:.3f}"
@@ -650,21 +550,21 @@ def test_initial_loss_is_about_log_vocab(student):
 def test_training_steps_match_reference_gradient_descent(student):
     # Training runs the model inside tf.function with gradients from the tape: three steps of plain gradient
     # descent on one batch must move every weight as the reference's own gradients do.
-    weights = _weights(scale=0.3)
+    weights = lstm_weights(scale=0.3)
     sequence = np.random.default_rng(9).integers(0, V, size=(2, 11)).astype(np.int32)
     tokens, labels = sequence[:, :-1], sequence[:, 1:]
     rate, steps = 0.5, 3
-    values = _flat(weights)[1]
+    values = flat_weights(weights)[1]
     out = student.run(
         lm_training_steps, (V, E, H), values, tokens, labels, rate, steps, uses=(assign_exactly, weight_slots)
     )
-    names, current = _flat(weights)
+    names, current = flat_weights(weights)
     current = [np.asarray(w, np.float64) for w in current]
     for k in range(steps):
-        model = _unflat(current, 1)
+        model = unflat_weights(current, 1)
         expected = reference_lstm(model, tokens)[0]
         assert_close(out["logits"][k], expected, f"logits of training step {k + 1} (reference: an LSTM)", atol=1e-4)
-        _, dlogits = _cross_entropy(expected, labels)
+        _, dlogits = cross_entropy(expected, labels)
         grads = reference_gradients(model, tokens, None, dlogits)
         current = [w - rate * g for w, g in zip(current, grads)]
     for name, got, expected in zip(names, out["weights"], current):

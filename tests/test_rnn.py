@@ -6,7 +6,9 @@ only raw outputs and the weights read back, and the expected values come from a 
 (h_t = tanh(x_t W + h_{t-1} U + b), the equation of Keras' `SimpleRNNCell`) holding the same weights; gradients are
 checked against the reference's own backpropagation through time. Properties (shapes, state carried across chunks,
 no peeking at later tokens) are checked together with the reference in the same test. Sizes are tiny and all
-different (V=11, E=7, H=5), so a transposed weight or a swapped axis shows up as a shape.
+different (V=11, E=7, H=5), so a transposed weight or a swapped axis shows up as a shape. The sizes, the weights
+the test draws, the helpers sent with the probes and the forward reference are shared with the LSTM's tests
+(reference_recurrent.py).
 """
 
 import math
@@ -14,33 +16,25 @@ import math
 import numpy as np
 import pytest
 from checks import assert_close, assert_shape
-
-V, E, H = 11, 7, 5  # vocabulary, embedding width, hidden units
-B, T = 3, 6  # batch, time
-CELL_WEIGHTS = ("kernel", "recurrent_kernel", "bias")
-
-
-def _tokens(batch=B, time=T, seed=0):
-    """Returns int32 token ids of shape (batch, time)."""
-    return np.random.default_rng(seed).integers(0, V, size=(batch, time)).astype(np.int32)
-
-
-def _normal(shape, seed, scale=0.5):
-    return np.random.default_rng(seed).normal(0.0, scale, size=shape).astype(np.float32)
-
-
-def _weights(num_layers=1, seed=1, scale=0.5):
-    """The weights the test gives the model: a dict of float32 arrays (embedding, cells, output_kernel, output_bias)."""
-    rng = np.random.default_rng(seed)
-
-    def draw(*shape):
-        return rng.normal(0.0, scale, size=shape).astype(np.float32)
-
-    cells = [
-        {"kernel": draw(E if i == 0 else H, H), "recurrent_kernel": draw(H, H), "bias": draw(H)}
-        for i in range(num_layers)
-    ]
-    return {"embedding": draw(V, E), "cells": cells, "output_kernel": draw(H, V), "output_bias": draw(V)}
+from reference_recurrent import (
+    CELL_WEIGHTS,
+    B,
+    E,
+    H,
+    T,
+    V,
+    assert_weights_kept,
+    assign_exactly,
+    cross_entropy,
+    draw_normal,
+    draw_tokens,
+    flat_weights,
+    reference_rnn,
+    rnn_weights,
+    session_result,
+    unflat_weights,
+    weight_slots,
+)
 
 
 def _fresh_weights(num_layers=1, seed=2):
@@ -68,67 +62,10 @@ def _fresh_weights(num_layers=1, seed=2):
     }
 
 
-def _flat(weights):
-    """The weights as a list, in the order of the probes' `weight_slots`: (names, arrays)."""
-    names, arrays = ["embedding"], [weights["embedding"]]
-    for i, cell in enumerate(weights["cells"]):
-        names += [f"cells[{i}].{n}" for n in CELL_WEIGHTS]
-        arrays += [cell[n] for n in CELL_WEIGHTS]
-    return names + ["output_layer.kernel", "output_layer.bias"], arrays + [
-        weights["output_kernel"],
-        weights["output_bias"],
-    ]
-
-
-def _unflat(arrays, num_layers):
-    cells = [dict(zip(CELL_WEIGHTS, arrays[1 + 3 * i : 4 + 3 * i])) for i in range(num_layers)]
-    return {"embedding": arrays[0], "cells": cells, "output_kernel": arrays[-2], "output_bias": arrays[-1]}
-
-
-def assert_weights_kept(read_back, weights, what="the model"):
-    """The weights read back from the student's layer are exactly the ones the test gave it."""
-    names, sent = _flat(weights) if isinstance(weights, dict) else weights
-    assert len(read_back) == len(sent), f"expected {len(sent)} weights read back from {what}, got {len(read_back)}"
-    for name, got, value in zip(names, read_back, sent):
-        assert_shape(got, value.shape, f"{name} read back from {what}")
-        assert np.array_equal(np.asarray(got, np.float32), value), (
-            f"{name} of {what} changed: it no longer holds the value the test gave it"
-        )
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Probes: they run where the student's code runs and return plain data (see grading/runtime/probes.py). They give the
 # test's weights to the student's layers and return only raw outputs and the weights read back.
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def assign_exactly(layer, slots, values):
-    """Helper sent with the probes: gives each documented weight of `layer` (`slots`: (name, variable) pairs) the
-    test's value; raises ValueError unless the layer holds exactly these weights, with these shapes."""
-    import numpy as np
-
-    held = list(layer.weights)
-    missing = [name for name, var in slots if not any(var is w for w in held)]
-    extra = [getattr(w, "path", getattr(w, "name", "?")) for w in held if not any(w is var for _, var in slots)]
-    if missing or extra or len(held) != len(slots):
-        raise ValueError(
-            f"expected {type(layer).__name__} to hold exactly its documented weights "
-            f"{[name for name, _ in slots]} as weights of the layer (created with add_weight); "
-            f"not weights of the layer: {missing}; weights not documented: {extra}"
-        )
-    for (name, var), value in zip(slots, values):
-        value = np.asarray(value, np.float32)
-        if tuple(var.shape) != value.shape:
-            raise ValueError(f"expected {name} of shape {value.shape}, got {tuple(var.shape)}")
-        var.assign(value)
-
-
-def weight_slots(model):
-    """Helper sent with the probes: the model's documented weights, in the test's order, as (name, variable)."""
-    slots = [("embedding", model.embedding.embeddings)]
-    for i, cell in enumerate(model.cells):
-        slots += [(f"cells[{i}].{n}", getattr(cell, n)) for n in ("kernel", "recurrent_kernel", "bias")]
-    return slots + [("output_layer.kernel", model.output_layer.kernel), ("output_layer.bias", model.output_layer.bias)]
 
 
 def lm_session(sizes, num_layers, values, calls):
@@ -276,30 +213,13 @@ def lm_training_steps(sizes, values, tokens, labels, learning_rate, steps):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The NumPy reference and its backward pass
+# The backward pass of the NumPy reference (reference_rnn, in reference_recurrent.py)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def reference_rnn(weights, tokens, states=None):
-    """Returns (logits, final states, per-layer (inputs, states)) of stacked simple RNN layers holding `weights`
-    (NumPy, float64); `states` None starts every layer from zeros."""
-    x = np.asarray(weights["embedding"], np.float64)[tokens]  # (B, T, E)
-    if states is None:
-        states = [np.zeros((x.shape[0], H))] * len(weights["cells"])
-    final, layers = [], []
-    for cell, h in zip(weights["cells"], states):
-        hs = [np.asarray(h, np.float64)]
-        for t in range(x.shape[1]):
-            hs.append(np.tanh(x[:, t] @ cell["kernel"] + hs[-1] @ cell["recurrent_kernel"] + cell["bias"]))  # (B, H)
-        layers.append((x, hs))
-        x = np.stack(hs[1:], axis=1)  # (B, T, H)
-        final.append(hs[-1])
-    return x @ weights["output_kernel"] + weights["output_bias"], final, layers  # (B, T, V)
 
 
 def reference_gradients(weights, tokens, states, dlogits):
     """The gradient of sum(logits * dlogits) with respect to every weight of the reference, by backpropagation
-    through time (NumPy, float64), as a list in the order of `_flat`."""
+    through time (NumPy, float64), as a list in the order of `flat_weights`."""
     _, _, layers = reference_rnn(weights, tokens, states)
     top = np.stack(layers[-1][1][1:], axis=1)  # (B, T, H)
     dlogits = np.asarray(dlogits, np.float64)
@@ -323,29 +243,13 @@ def reference_gradients(weights, tokens, states, dlogits):
     return [d_embedding] + [g for cell in grads_cells for g in cell] + grads_out
 
 
-def _cross_entropy(logits, labels):
-    """(mean cross-entropy, its gradient with respect to the logits) (NumPy, float64)."""
-    logits = np.asarray(logits, np.float64)
-    z = logits - logits.max(axis=-1, keepdims=True)
-    p = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
-    onehot = np.eye(logits.shape[-1])[labels]
-    n = labels.size
-    return float(-(np.log(p) * onehot).sum() / n), (p - onehot) / n
-
-
 def _run(student, calls, num_layers=1, weights=None):
-    weights = _weights(num_layers) if weights is None else weights
+    weights = rnn_weights(num_layers) if weights is None else weights
     session = student.run(
-        lm_session, (V, E, H), num_layers, _flat(weights)[1], calls, uses=(assign_exactly, weight_slots)
+        lm_session, (V, E, H), num_layers, flat_weights(weights)[1], calls, uses=(assign_exactly, weight_slots)
     )
     assert_weights_kept(session["weights"], weights)
     return session, weights
-
-
-def _result(session, i, what):
-    result = session["results"][i]
-    assert "error" not in result, f"{what} raised {result.get('error')}: {result.get('message')}"
-    return result
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -363,8 +267,8 @@ def _result(session, i, what):
     "rnn.RNNCell: x_t: float tensor of shape `(B, D)`, the input at one time step.",
 )
 def test_cell_matches_keras_simple_rnn_cell(student):
-    x_t, h_prev = _normal((B, E), seed=2), _normal((B, H), seed=3)
-    w = _weights()["cells"][0]
+    x_t, h_prev = draw_normal((B, E), seed=2), draw_normal((B, H), seed=3)
+    w = rnn_weights()["cells"][0]
     values = [w[n] for n in CELL_WEIGHTS]
     calls = [(x_t, h_prev), (x_t[:1], h_prev[:1])]  # the whole batch, then a batch of one
     out = student.run(rnn_cell_session, H, values, calls, uses=(assign_exactly,))
@@ -377,9 +281,9 @@ def test_cell_matches_keras_simple_rnn_cell(student):
 
 @pytest.mark.points(1)
 def test_logits_and_states_have_documented_shapes(student):
-    tokens = _tokens()
-    weights = _weights(num_layers=2)
-    out = student.run(lm_shapes, (V, E, H), _flat(weights)[1], tokens, uses=(assign_exactly, weight_slots))
+    tokens = draw_tokens()
+    weights = rnn_weights(num_layers=2)
+    out = student.run(lm_shapes, (V, E, H), flat_weights(weights)[1], tokens, uses=(assign_exactly, weight_slots))
     assert_weights_kept(out["weights"], weights)
     assert_shape(out["logits"], (B, T, V), "logits")
     assert_shape(out["logits_too"], (B, T, V), "logits with return_state=True")
@@ -412,15 +316,15 @@ def test_logits_and_states_have_documented_shapes(student):
     "rnn.rnn_forward: inputs: float tensor of shape `(B, T, D)`.",
 )
 def test_sequence_matches_keras_simple_rnn(student):
-    tokens = _tokens()
-    h0 = _normal((B, H), seed=4)  # a non-zero start, so the initial state has to be used
+    tokens = draw_tokens()
+    h0 = draw_normal((B, H), seed=4)  # a non-zero start, so the initial state has to be used
     calls = [
         {"tokens": tokens, "states": [h0], "return_state": True},
         {"tokens": tokens[:1], "states": [h0[:1]], "return_state": True},  # a batch of one
     ]
     session, weights = _run(student, calls)
     for i, (batch, what) in enumerate(((B, ""), (1, " for a batch of one"))):
-        result = _result(session, i, f"model(tokens, states=[h0], return_state=True){what}")
+        result = session_result(session, i, f"model(tokens, states=[h0], return_state=True){what}")
         assert_shape(result["logits"], (batch, T, V), f"logits{what}")
         expected_logits, expected_states, _ = reference_rnn(weights, tokens[:batch], [h0[:batch]])
         reference = "a simple RNN with the same weights"
@@ -434,15 +338,15 @@ def test_sequence_matches_keras_simple_rnn(student):
     "rnn.rnn_forward: h0: float tensor of shape `(B, H)`, the hidden state before the first step.",
 )
 def test_carrying_state_across_two_chunks_equals_one_pass(student):
-    tokens = _tokens(time=8)
+    tokens = draw_tokens(time=8)
     session, weights = _run(
         student,
         [{"tokens": tokens, "return_state": True}, {"tokens": tokens[:, :3], "return_state": True}],
     )
-    whole = _result(session, 0, "one pass")
-    first = _result(session, 1, "the first chunk")
+    whole = session_result(session, 0, "one pass")
+    first = session_result(session, 1, "the first chunk")
     session, _ = _run(student, [{"tokens": tokens[:, 3:], "states": first["states"], "return_state": True}])
-    second = _result(session, 0, "the second chunk, from the first chunk's final state")
+    second = session_result(session, 0, "the second chunk, from the first chunk's final state")
     assert_shape(whole["logits"], (B, 8, V), "logits of one pass")
     assert_shape(first["logits"], (B, 3, V), "logits of the first chunk")
     assert_shape(second["logits"], (B, 5, V), "logits of the second chunk")
@@ -464,12 +368,15 @@ def test_carrying_state_across_two_chunks_equals_one_pass(student):
     "rnn.rnn_forward: outputs: float tensor of shape `(B, T, H)`; `outputs[:, t]` is h_t, the state after reading"
 )
 def test_later_token_never_changes_earlier_logits(student):
-    tokens = _tokens()
+    tokens = draw_tokens()
     k = 3
     changed = tokens.copy()
     changed[:, k] = (changed[:, k] + 1) % V
     session, weights = _run(student, [{"tokens": tokens}, {"tokens": changed}])
-    logits, logits_changed = _result(session, 0, "model")["logits"], _result(session, 1, "model")["logits"]
+    logits, logits_changed = (
+        session_result(session, 0, "model")["logits"],
+        session_result(session, 1, "model")["logits"],
+    )
     assert_shape(logits, (B, T, V), "logits")
     assert_shape(logits_changed, (B, T, V), "logits after changing one token")
     assert_close(
@@ -485,16 +392,23 @@ def test_later_token_never_changes_earlier_logits(student):
 
 @pytest.mark.points(0.5)
 def test_gradients_reach_every_trainable_weight(student):
-    weights = _weights(num_layers=2)
-    tokens = _tokens(seed=5)
-    states = [_normal((B, H), seed=6), _normal((B, H), seed=7)]
-    cotangent = _normal((B, T, V), seed=8, scale=1.0)
+    weights = rnn_weights(num_layers=2)
+    tokens = draw_tokens(seed=5)
+    states = [draw_normal((B, H), seed=6), draw_normal((B, H), seed=7)]
+    cotangent = draw_normal((B, T, V), seed=8, scale=1.0)
     out = student.run(
-        lm_gradients, (V, E, H), 2, _flat(weights)[1], tokens, states, cotangent, uses=(assign_exactly, weight_slots)
+        lm_gradients,
+        (V, E, H),
+        2,
+        flat_weights(weights)[1],
+        tokens,
+        states,
+        cotangent,
+        uses=(assign_exactly, weight_slots),
     )
     expected_logits, _, _ = reference_rnn(weights, tokens, states)
     assert_close(out["logits"], expected_logits, "logits in training mode (reference: two stacked simple RNNs)")
-    names = _flat(weights)[0]
+    names = flat_weights(weights)[0]
     assert len(out["gradients"]) == len(names), f"expected a gradient for each of {names}"
     for name, got, expected in zip(names, out["gradients"], reference_gradients(weights, tokens, states, cotangent)):
         assert got is not None, (
@@ -514,12 +428,12 @@ def test_gradients_reach_every_trainable_weight(student):
 def test_initial_loss_is_about_log_vocab(student):
     # A model holding freshly initialised weights knows nothing: its predictions are close to uniform.
     weights = _fresh_weights()
-    tokens, labels = _tokens(seed=7), _tokens(seed=8)
+    tokens, labels = draw_tokens(seed=7), draw_tokens(seed=8)
     session, _ = _run(student, [{"tokens": tokens}], weights=weights)
-    logits = _result(session, 0, "model(tokens)")["logits"]
+    logits = session_result(session, 0, "model(tokens)")["logits"]
     assert_shape(logits, (B, T, V), "logits")
     assert_close(logits, reference_rnn(weights, tokens)[0], "logits of a fresh model (reference: a simple RNN)")
-    loss, _ = _cross_entropy(logits, labels)
+    loss, _ = cross_entropy(logits, labels)
     assert abs(loss - math.log(V)) < 0.1, (
         f"a freshly initialised model should predict about uniformly, with loss ~ ln(V) = {math.log(V):.3f}; "
         f"got {loss:.3f}"
@@ -530,29 +444,29 @@ def test_initial_loss_is_about_log_vocab(student):
 def test_training_steps_match_reference_gradient_descent(student):
     # Training runs the model inside tf.function with gradients from the tape: three steps of plain gradient
     # descent on one batch must move every weight as the reference's own gradients do.
-    weights = _weights(scale=0.3)
+    weights = rnn_weights(scale=0.3)
     sequence = np.random.default_rng(9).integers(0, V, size=(2, 11)).astype(np.int32)
     tokens, labels = sequence[:, :-1], sequence[:, 1:]
     rate, steps = 0.5, 3
     out = student.run(
         lm_training_steps,
         (V, E, H),
-        _flat(weights)[1],
+        flat_weights(weights)[1],
         tokens,
         labels,
         rate,
         steps,
         uses=(assign_exactly, weight_slots),
     )
-    names, current = _flat(weights)
+    names, current = flat_weights(weights)
     current = [np.asarray(w, np.float64) for w in current]
     for k in range(steps):
-        model = _unflat(current, 1)
+        model = unflat_weights(current, 1)
         expected = reference_rnn(model, tokens)[0]
         assert_close(
             out["logits"][k], expected, f"logits of training step {k + 1} (reference: a simple RNN)", atol=1e-4
         )
-        _, dlogits = _cross_entropy(expected, labels)
+        _, dlogits = cross_entropy(expected, labels)
         grads = reference_gradients(model, tokens, None, dlogits)
         current = [w - rate * g for w, g in zip(current, grads)]
     for name, got, expected in zip(names, out["weights"], current):

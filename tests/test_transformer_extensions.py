@@ -8,11 +8,18 @@ draws every weight, the probe assigns them by name and returns only raw outputs,
 with a NumPy reference computed here (RoPE: either pairing of the docstring).
 """
 
-import math
-
 import numpy as np
 import pytest
 from checks import assert_close, assert_shape
+from reference_transformer import (
+    assert_matches_model,
+    check_loaded,
+    draw_weights,
+    load_weights,
+    model_weight_shapes,
+    np_mha,
+    np_rope,
+)
 
 V, C, D, NH, L = 13, 12, 16, 4, 2  # vocabulary, context length, width, heads (of 4), layers
 B = 2
@@ -77,7 +84,7 @@ def lm_session(config, runs):
     model(tf.zeros((1, 2), tf.int32))
     results = []
     for weights, tokens in runs:
-        loaded = _load(model, weights)
+        loaded = load_weights(model, weights)
         results.append({"loaded": loaded, "logits": np.asarray(model(tf.constant(tokens)))})
     return results
 
@@ -92,7 +99,7 @@ def cache_session(config, weights, tokens, prompt_lengths):
 
     model = transformer.TransformerLanguageModel(transformer.TransformerConfig(**config))
     model(tf.zeros((1, 2), tf.int32))
-    loaded = _load(model, weights)
+    loaded = load_weights(model, weights)
     tokens = tf.constant(tokens)
     runs = []
     for n in prompt_lengths:
@@ -119,7 +126,7 @@ def attention_session(num_heads, x, weights, num_kv_heads=None, cached=False, us
     )
     x = tf.constant(x)
     layer(x)
-    out = {"loaded": _load(layer, weights), "out": np.asarray(layer(x))}
+    out = {"loaded": load_weights(layer, weights), "out": np.asarray(layer(x))}
     if cached:
         width = x.shape[-1]
         empty = tf.zeros((x.shape[0], num_kv_heads or num_heads, 8, width // num_heads))  # (B, nkv, C=8, hs)
@@ -138,7 +145,7 @@ def rms_norm(x, scale, epsilon=1e-5):
 
     layer = transformer.RMSNorm(epsilon=epsilon)
     layer(tf.constant(x))
-    return {"loaded": _load(layer, {"scale": scale}), "out": np.asarray(layer(tf.constant(x)))}
+    return {"loaded": load_weights(layer, {"scale": scale}), "out": np.asarray(layer(tf.constant(x)))}
 
 
 def swiglu_feed_forward(x, hidden_dim, weights):
@@ -152,7 +159,7 @@ def swiglu_feed_forward(x, hidden_dim, weights):
     mlp = transformer.FeedForward(hidden_dim=hidden_dim, activation="swiglu", use_bias=False, gate=transformer.swiglu)
     x = tf.constant(x)
     mlp(x)
-    return {"loaded": _load(mlp, weights), "out": np.asarray(mlp(x))}
+    return {"loaded": load_weights(mlp, weights), "out": np.asarray(mlp(x))}
 
 
 def _rope(student, x, positions, base=10000.0):
@@ -190,240 +197,11 @@ def _assert_attention(out, x, weights, num_heads, num_kv_heads=None, rope=None, 
 
 def _model_logits(student, config, batches, seed=1):
     weights = draw_weights(model_weight_shapes(config), seed)
-    results = student.run(lm_session, config, [(weights, t) for t in batches], uses=(_load,))
+    results = student.run(lm_session, config, [(weights, t) for t in batches], uses=(load_weights,))
     check_loaded(results[0]["loaded"], weights, "TransformerLanguageModel")
     for tokens, result in zip(batches, results):
         assert_matches_model(result["logits"], config, weights, tokens, f"a model of {config}")
     return [r["logits"] for r in results]
-
-
-# ------------------------------------------------------------------------------------------------------------
-# The judge's own model: weights it draws, and NumPy references computed from them (never from the runner)
-
-CONFIG_DEFAULTS = dict(
-    num_kv_heads=None,
-    norm="layernorm",
-    positions="learned",
-    bias="all",
-    block="sequential",
-    activation="gelu",
-    mlp_ratio=4.0,
-    tie_embeddings=True,
-    dropout=0.0,
-    rope_base=10000.0,
-    norm_epsilon=1e-5,
-)
-
-
-def _options(config):
-    """The config's options with every default filled in (TransformerConfig's defaults)."""
-    return dict(CONFIG_DEFAULTS, **config)
-
-
-def _norm_specs(c, prefix, width):
-    if c["norm"] == "rmsnorm":
-        return {prefix + "scale": (width,)}
-    if c["norm"] == "layernorm":
-        return {prefix + "gamma": (width,), **({prefix + "beta": (width,)} if c["bias"] != "none" else {})}
-    return {}  # non-parametric: no weights
-
-
-def block_weight_shapes(config, prefix=""):
-    """{attribute path: shape} of every weight a DecoderBlock of `config` holds, as its docstrings name them."""
-    c = _options(config)
-    d, nh = c["d_model"], c["num_heads"]
-    hs, nkv = d // nh, c["num_kv_heads"] or nh
-    width = max(1, round(c["mlp_ratio"] * d))
-    shapes = dict(_norm_specs(c, prefix + "norm1.", d))
-    a = prefix + "attention."
-    shapes.update({a + "wq": (d, nh * hs), a + "wk": (d, nkv * hs), a + "wv": (d, nkv * hs), a + "wo": (nh * hs, d)})
-    if c["bias"] == "all":
-        shapes.update({a + "bq": (nh * hs,), a + "bk": (nkv * hs,), a + "bv": (nkv * hs,), a + "bo": (d,)})
-    if c["block"] == "sequential":
-        shapes.update(_norm_specs(c, prefix + "norm2.", d))
-    m = prefix + "mlp."
-    swiglu = c["activation"] == "swiglu"
-    shapes.update({m + "w_in": (d, width), **({m + "w_gate": (d, width)} if swiglu else {}), m + "w_out": (width, d)})
-    if c["bias"] == "all":
-        shapes.update({m + "b_in": (width,), **({m + "b_gate": (width,)} if swiglu else {}), m + "b_out": (d,)})
-    return shapes
-
-
-def model_weight_shapes(config):
-    """{attribute path: shape} of every weight a TransformerLanguageModel of `config` holds."""
-    c = _options(config)
-    shapes = {"token_embedding": (c["vocab_size"], c["d_model"])}
-    if c["positions"] == "learned":
-        shapes["position_embedding"] = (c["context_length"], c["d_model"])
-    for i in range(c["num_layers"]):
-        shapes.update(block_weight_shapes(c, f"blocks.{i}."))
-    shapes.update(_norm_specs(c, "final_norm.", c["d_model"]))
-    if not c["tie_embeddings"]:
-        shapes["lm_head"] = (c["d_model"], c["vocab_size"])
-    return shapes
-
-
-def draw_weights(shapes, seed, scale=0.3):
-    """The judge's weights for `shapes`: N(0, scale) draws from `seed` (norm gains around 1)."""
-    rng = np.random.default_rng(seed)
-    weights = {}
-    for path, shape in shapes.items():
-        value = rng.normal(0.0, scale, size=shape)
-        weights[path] = (value + 1.0 if path.endswith(("gamma", "scale")) else value).astype(np.float32)
-    return weights
-
-
-def _load(obj, weights):
-    """Probe helper: assigns each of `weights` ({attribute path: array}, `blocks.0.attention.wq`) to the variable at
-    that path of `obj`, then reads them back, with every weight `obj` holds."""
-    import numpy as np
-
-    variables = {}
-    for path, value in weights.items():
-        target = obj
-        for part in path.split("."):
-            target = target[int(part)] if part.isdigit() else getattr(target, part)
-        target.assign(value)
-        variables[path] = target
-    return {
-        "read": {path: np.asarray(v) for path, v in variables.items()},
-        "held": [np.asarray(w) for w in obj.weights],
-    }
-
-
-def check_loaded(loaded, weights, what):
-    """The weights a probe read back are exactly those the judge sent, and the object holds no other weight."""
-    for path, value in weights.items():
-        assert np.array_equal(np.asarray(loaded["read"][path]), value), (
-            f"{what}: weight `{path}` does not hold the values assigned to it (is it a variable the layer uses?)"
-        )
-    held = [np.asarray(h) for h in loaded["held"]]
-    left = list(weights.values())
-    for h in held:
-        match = [i for i, w in enumerate(left) if w.shape == h.shape and np.array_equal(w, h)]
-        assert match, f"{what} holds a weight of shape {h.shape} that its docstring does not name"
-        left.pop(match[0])
-    assert not left, (
-        f"{what} holds {len(held)} weights, expected the {len(weights)} its docstrings name: {sorted(weights)}"
-    )
-
-
-def np_layer_norm(x, gamma=None, beta=None, epsilon=1e-5):
-    mean = x.mean(-1, keepdims=True)
-    y = (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + epsilon)
-    return y * (1.0 if gamma is None else gamma) + (0.0 if beta is None else beta)
-
-
-def np_norm(c, w, prefix, x):
-    if c["norm"] == "rmsnorm":
-        return x / np.sqrt((x**2).mean(-1, keepdims=True) + c["norm_epsilon"]) * w[prefix + "scale"]
-    return np_layer_norm(x, w.get(prefix + "gamma"), w.get(prefix + "beta"), c["norm_epsilon"])
-
-
-def np_rope(x, positions, base=10000.0, pairing="halves"):
-    """NumPy RoPE of x (..., T, hs): pair p is (p, p + hs/2) ("halves") or (2p, 2p + 1) ("interleaved")."""
-    half = x.shape[-1] // 2
-    angles = np.asarray(positions, np.float64)[:, None] * base ** (-2.0 * np.arange(half) / (2 * half))
-    cos, sin = np.cos(angles), np.sin(angles)
-    if pairing == "halves":
-        x1, x2 = x[..., :half], x[..., half:]
-        return np.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return np.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).reshape(x.shape)
-
-
-def np_attention(q, k, v, mask):
-    scores = np.where(mask, q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1]), -np.inf)
-    weights = np.exp(scores - scores.max(-1, keepdims=True))
-    weights /= weights.sum(-1, keepdims=True)
-    return weights @ v
-
-
-def np_mha(x, w, num_heads, num_kv_heads=None, prefix="", rope=None, positions=None, pairing="halves"):
-    """NumPy causal multi-head self-attention with the judge's weights (wq, wk, wv, wo, and bq, bk, bv, bo when
-    present): project, split the last axis into (heads, hs), RoPE on q and k when `rope` (its base), repeat each
-    key/value head for its group, attend with the causal mask, merge heads, project with wo."""
-    x = np.asarray(x, np.float64)
-    batch, time, _ = x.shape
-    kv = num_kv_heads or num_heads
-    positions = np.arange(time) if positions is None else np.asarray(positions)
-
-    def heads(name, n):  # (B, T, n*hs) -> (B, n, T, hs)
-        z = x @ w[prefix + "w" + name] + w.get(prefix + "b" + name, 0.0)
-        return z.reshape(batch, time, n, -1).transpose(0, 2, 1, 3)
-
-    q, k, v = heads("q", num_heads), heads("k", kv), heads("v", kv)
-    if rope is not None:
-        q, k = np_rope(q, positions, rope, pairing), np_rope(k, positions, rope, pairing)
-    k, v = k.repeat(num_heads // kv, axis=1), v.repeat(num_heads // kv, axis=1)
-    out = np_attention(q, k, v, positions[None, :] <= positions[:, None])
-    merged = out.transpose(0, 2, 1, 3).reshape(batch, time, -1)
-    return merged @ w[prefix + "wo"] + w.get(prefix + "bo", 0.0)
-
-
-def np_mlp(c, w, prefix, x):
-    up = x @ w[prefix + "w_in"] + w.get(prefix + "b_in", 0.0)
-    if c["activation"] == "swiglu":
-        gate = x @ w[prefix + "w_gate"] + w.get(prefix + "b_gate", 0.0)
-        hidden = gate / (1.0 + np.exp(-gate)) * up
-    else:
-        hidden = 0.5 * up * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (up + 0.044715 * up**3)))
-    return hidden @ w[prefix + "w_out"] + w.get(prefix + "b_out", 0.0)
-
-
-def np_block(config, w, x, prefix="", pairing="halves", branches=None):
-    """NumPy pre-norm decoder block with the judge's weights; `branches` (a list) collects each branch's output."""
-    c = _options(config)
-    x = np.asarray(x, np.float64)
-    rope = c["rope_base"] if c["positions"] == "rope" else None
-
-    def attend(h):
-        out = np_mha(h, w, c["num_heads"], c["num_kv_heads"], prefix + "attention.", rope, pairing=pairing)
-        return out if branches is None else branches.append(out) or out
-
-    def mlp(h):
-        out = np_mlp(c, w, prefix + "mlp.", h)
-        return out if branches is None else branches.append(out) or out
-
-    if c["block"] == "sequential":
-        x = x + attend(np_norm(c, w, prefix + "norm1.", x))
-        return x + mlp(np_norm(c, w, prefix + "norm2.", x))
-    h = np_norm(c, w, prefix + "norm1.", x)
-    return x + attend(h) + mlp(h)
-
-
-def np_sinusoids(length, width):
-    positions = np.arange(length)[:, None]
-    frequencies = 10000.0 ** (-np.arange(0, width, 2) / width)
-    table = np.zeros((length, width))
-    table[:, 0::2] = np.sin(positions * frequencies)
-    table[:, 1::2] = np.cos(positions * frequencies[: width // 2])
-    return table
-
-
-def np_model(config, w, tokens, pairing="halves"):
-    """NumPy logits (B, T, V) of a TransformerLanguageModel of `config` holding the judge's weights `w`."""
-    c = _options(config)
-    w = {k: np.asarray(v, np.float64) for k, v in w.items()}
-    tokens = np.asarray(tokens)
-    x = w["token_embedding"][tokens]
-    if c["positions"] == "learned":
-        x = x + w["position_embedding"][: tokens.shape[1]]
-    elif c["positions"] == "sinusoidal":
-        x = x + np_sinusoids(c["context_length"], c["d_model"])[: tokens.shape[1]]
-    for i in range(c["num_layers"]):
-        x = np_block(c, w, x, f"blocks.{i}.", pairing)
-    x = np_norm(c, w, "final_norm.", x)
-    return x @ (w["token_embedding"].T if c["tie_embeddings"] else w["lm_head"])
-
-
-def assert_matches_model(logits, config, weights, tokens, what, atol=1e-4):
-    """The logits equal the judge's NumPy model on the judge's weights (with RoPE, either pairing of the docstring)."""
-    pairings = ("halves", "interleaved") if _options(config)["positions"] == "rope" else ("halves",)
-    refs = [np_model(config, weights, tokens, p) for p in pairings]
-    assert_shape(logits, refs[0].shape, f"logits (B, T, V) of {what}")
-    best = min(refs, key=lambda r: np.abs(np.asarray(logits, np.float64) - r).max())
-    assert_close(logits, best, f"logits of {what} vs the NumPy model with the same weights", atol=atol, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -537,7 +315,7 @@ def _check_gqa_equals_full(student, num_kv_heads):
     x = _normal((B, 6, D), 3)
     groups = NH // num_kv_heads
     weights = _attention_weights(NH, num_kv_heads, seed=3)
-    result = student.run(attention_session, NH, x, weights, num_kv_heads, uses=(_load,))
+    result = student.run(attention_session, NH, x, weights, num_kv_heads, uses=(load_weights,))
     check_loaded(result["loaded"], weights, f"MultiHeadSelfAttention(num_heads={NH}, num_kv_heads={num_kv_heads})")
     _assert_attention(
         result["out"],
@@ -585,7 +363,7 @@ def test_rms_norm_matches_numpy(student):
     x = _normal((2, 3, 8), 1) + 2.0  # a non-zero mean: RMSNorm must not subtract it
     scale = np.random.default_rng(2).normal(size=8).astype("float32")
     expected = x / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True) + 1e-5) * scale
-    result = student.run(rms_norm, x, scale, uses=(_load,))
+    result = student.run(rms_norm, x, scale, uses=(load_weights,))
     check_loaded(result["loaded"], {"scale": scale}, "RMSNorm")
     out = result["out"]
     assert_shape(out, x.shape, "RMSNorm output")
@@ -604,7 +382,7 @@ def test_rms_norm_adds_epsilon_inside_the_root(student):
     for epsilon in (1e-5, 1e-2):
         expected = x / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True) + epsilon)
         assert_close(
-            student.run(rms_norm, x, scale, epsilon, uses=(_load,))["out"],
+            student.run(rms_norm, x, scale, epsilon, uses=(load_weights,))["out"],
             expected,
             f"RMSNorm(epsilon={epsilon}) of activations of size ~1e-3: x / sqrt(mean(x^2) + epsilon), epsilon "
             "added to the mean square under the root (not to the root, not a constant of your own)",
@@ -621,7 +399,7 @@ def test_rope_rotates_queries_and_keys_never_values(student):
     # agree, whatever the weights; RoPE on the values would make each value depend on its position.
     x = np.tile(_normal((1, 1, 8), 3), (2, 6, 1))
     weights = _attention_weights(2, seed=4, width=8)
-    result = student.run(attention_session, 2, x, weights, use_rope=True, uses=(_load,))
+    result = student.run(attention_session, 2, x, weights, use_rope=True, uses=(load_weights,))
     check_loaded(result["loaded"], weights, "MultiHeadSelfAttention(num_heads=2, use_rope=True)")
     out = result["out"]
     _assert_attention(out, x, weights, 2, rope=10000.0, what="MultiHeadSelfAttention(use_rope=True) vs NumPy")
@@ -653,7 +431,7 @@ def test_swiglu_is_silu_of_the_gate_times_up(student):
 def test_swiglu_feed_forward_matches_numpy(student):
     x = _normal((2, 5, D), 1)
     w = draw_weights({"w_gate": (D, 24), "w_in": (D, 24), "w_out": (24, D)}, 1, scale=0.5)
-    result = student.run(swiglu_feed_forward, x, 24, w, uses=(_load,))
+    result = student.run(swiglu_feed_forward, x, 24, w, uses=(load_weights,))
     check_loaded(result["loaded"], w, "FeedForward(activation='swiglu')")
     x64 = x.astype(np.float64)
     gate, up = x64 @ w["w_gate"], x64 @ w["w_in"]
@@ -726,7 +504,7 @@ def test_cached_attention_mask_lets_each_query_see_up_to_its_own_position(studen
 def test_attention_with_a_cache_equals_full_attention(student):
     x = _normal((B, 6, D), 1)
     weights = _attention_weights(NH)
-    result = student.run(attention_session, NH, x, weights, cached=True, uses=(_load,))
+    result = student.run(attention_session, NH, x, weights, cached=True, uses=(load_weights,))
     check_loaded(result["loaded"], weights, f"MultiHeadSelfAttention(num_heads={NH})")
     _assert_attention(result["out"], x, weights, NH, what="attention in one pass over positions 0-5")
     assert_shape(np.zeros(result["cache_shape"]), (B, NH, 8, D // NH), "cached keys (B, nkv, C, hs)")
@@ -741,7 +519,7 @@ def test_attention_with_a_cache_equals_full_attention(student):
 def _check_cache_equals_recomputation(student, config, prompt_lengths):
     tokens = _tokens(B, C, seed=prompt_lengths[0])
     weights = draw_weights(model_weight_shapes(config), 1)
-    result = student.run(cache_session, config, weights, tokens, prompt_lengths, uses=(_load,))
+    result = student.run(cache_session, config, weights, tokens, prompt_lengths, uses=(load_weights,))
     check_loaded(result["loaded"], weights, "TransformerLanguageModel")
     assert_matches_model(result["full"], config, weights, tokens, f"a model of {config}")
     for prompt_length, steps in zip(prompt_lengths, result["runs"]):

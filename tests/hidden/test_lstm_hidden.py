@@ -3,44 +3,20 @@
 import numpy as np
 import pytest
 from checks import assert_close, assert_shape
-
-V, E, H = 11, 7, 5  # vocabulary, embedding width, hidden units
-B, T = 3, 6  # batch, time
-
-
-def _tokens(batch=B, time=T, seed=0):
-    """Returns int32 token ids of shape (batch, time)."""
-    return np.random.default_rng(seed).integers(0, V, size=(batch, time)).astype(np.int32)
-
-
-def _normal(shape, seed, scale=0.5):
-    return np.random.default_rng(seed).normal(0.0, scale, size=shape).astype(np.float32)
-
-
-def _random_states(num_layers, seed=4):
-    """Returns a non-zero state in the documented format: a list of (h, c) pairs of shape (B, H)."""
-    return [(_normal((B, H), seed + 2 * i), _normal((B, H), seed + 2 * i + 1)) for i in range(num_layers)]
-
-
-def assign_exactly(layer, slots, values):
-    """Helper sent with the probe: gives each documented weight of `layer` (`slots`: (name, variable) pairs) the
-    test's value; raises ValueError unless the layer holds exactly these weights, with these shapes."""
-    import numpy as np
-
-    held = list(layer.weights)
-    missing = [name for name, var in slots if not any(var is w for w in held)]
-    extra = [getattr(w, "path", getattr(w, "name", "?")) for w in held if not any(w is var for _, var in slots)]
-    if missing or extra or len(held) != len(slots):
-        raise ValueError(
-            f"expected {type(layer).__name__} to hold exactly its documented weights "
-            f"{[name for name, _ in slots]} as weights of the layer (created with add_weight); "
-            f"not weights of the layer: {missing}; weights not documented: {extra}"
-        )
-    for (name, var), value in zip(slots, values):
-        value = np.asarray(value, np.float32)
-        if tuple(var.shape) != value.shape:
-            raise ValueError(f"expected {name} of shape {value.shape}, got {tuple(var.shape)}")
-        var.assign(value)
+from reference_recurrent import (
+    B,
+    E,
+    H,
+    T,
+    V,
+    assign_exactly,
+    check_ran,
+    draw_tokens,
+    flat_weights,
+    lstm_weights,
+    random_states,
+    reference_lstm,
+)
 
 
 def lstm_session(sizes, num_layers, values, calls):
@@ -92,31 +68,10 @@ def lstm_session(sizes, num_layers, values, calls):
     return {"weights": [np.asarray(v) for _, v in slots], "results": results}
 
 
-def _weights(num_layers, seed=1):
-    """The weights the test gives the model (float32), drawn from N(0, 0.5^2)."""
-    rng = np.random.default_rng(seed)
-
-    def draw(*shape):
-        return rng.normal(0.0, 0.5, size=shape).astype(np.float32)
-
-    cells = [
-        {"kernel": draw(E if i == 0 else H, 4 * H), "recurrent_kernel": draw(H, 4 * H), "bias": draw(4 * H)}
-        for i in range(num_layers)
-    ]
-    return {"embedding": draw(V, E), "cells": cells, "output_kernel": draw(H, V), "output_bias": draw(V)}
-
-
-def _flat(weights):
-    arrays = [weights["embedding"]]
-    for cell in weights["cells"]:
-        arrays += [cell["kernel"], cell["recurrent_kernel"], cell["bias"]]
-    return arrays + [weights["output_kernel"], weights["output_bias"]]
-
-
 def _session(student, num_layers, calls):
     """Runs lstm_session with the test's weights; checks the weights read back; returns (results, weights)."""
-    weights = _weights(num_layers)
-    sent = _flat(weights)
+    weights = lstm_weights(num_layers)
+    sent = flat_weights(weights)[1]
     session = student.run(lstm_session, (V, E, H), num_layers, sent, calls, uses=(assign_exactly,))
     assert len(session["weights"]) == len(sent), (
         f"expected {len(sent)} weights read back, got {len(session['weights'])}"
@@ -127,11 +82,6 @@ def _session(student, num_layers, calls):
     return session["results"], weights
 
 
-def _ok(result, what):
-    assert "error" not in result, f"{what} raised {result.get('error')}: {result.get('message')}"
-    return result
-
-
 def _assert_states_close(states, expected, what, reference):
     assert len(states) == len(expected), f"expected {what} as a list of {len(expected)} (h, c) pairs, one per layer"
     for i, (pair, (h, c)) in enumerate(zip(states, expected)):
@@ -140,41 +90,18 @@ def _assert_states_close(states, expected, what, reference):
         assert_close(pair[1], c, f"{what}[{i}] c (reference: {reference})")
 
 
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def reference_lstm(weights, tokens, states=None):
-    """Returns (logits, final (h, c) per layer) of stacked LSTM layers holding `weights` (NumPy, float64)."""
-    x = weights["embedding"].astype(np.float64)[tokens]  # (B, T, E)
-    zeros = np.zeros((x.shape[0], H))
-    states = [(zeros, zeros)] * len(weights["cells"]) if states is None else states
-    final = []
-    for cell, (h, c) in zip(weights["cells"], states):
-        h, c, outputs = np.asarray(h, np.float64), np.asarray(c, np.float64), []
-        for t in range(x.shape[1]):
-            z = x[:, t] @ cell["kernel"] + h @ cell["recurrent_kernel"] + cell["bias"]
-            i, f, g, o = np.split(z, 4, axis=-1)
-            c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
-            h = _sigmoid(o) * np.tanh(c)
-            outputs.append(h)
-        x = np.stack(outputs, axis=1)
-        final.append((h, c))
-    return x @ weights["output_kernel"] + weights["output_bias"], final
-
-
 @pytest.mark.points(1)
 @pytest.mark.clause(
     "lstm.lstm_forward: outputs: float tensor of shape `(B, T, H)`; `outputs[:, t]` is h_t, after reading `inputs[:,",
     "lstm.lstm_forward: last_state: pair `(h_T, c_T)`, two float tensors of shape `(B, H)`, the state after the last",
 )
 def test_two_layers_match_stacked_keras_lstm(student):
-    tokens = _tokens()
-    start = _random_states(2)
+    tokens = draw_tokens()
+    start = random_states(2)
     results, w = _session(student, 2, [{"tokens": tokens, "states": start, "return_state": True}])
-    result = _ok(results[0], "a 2-layer model")
+    result = check_ran(results[0], "a 2-layer model")
     assert_shape(result["logits"], (B, T, V), "logits of a 2-layer model")
-    expected, expected_states = reference_lstm(w, tokens, start)
+    expected, expected_states, _ = reference_lstm(w, tokens, start)
     _assert_states_close(
         result["states"],
         expected_states,
@@ -189,7 +116,7 @@ def test_two_layers_match_stacked_keras_lstm(student):
 def test_one_token_at_a_time_with_carried_state_equals_one_pass(student):
     # How generation reads a sequence: one token per call, carrying the state returned by the previous call; with
     # the whole batch, then with a batch of one (how a single prompt is generated from).
-    tokens = _tokens()
+    tokens = draw_tokens()
     calls = []
     for batch in (B, 1):
         calls += [{"tokens": tokens[:batch], "states": None}]
@@ -199,11 +126,11 @@ def test_one_token_at_a_time_with_carried_state_equals_one_pass(student):
     for j, batch in enumerate((B, 1)):
         what = "" if batch == B else " (a batch of one)"
         first = j * (T + 1)
-        logits = _ok(results[first], f"model(tokens){what}")["logits"]
+        logits = check_ran(results[first], f"model(tokens){what}")["logits"]
         assert_shape(logits, (batch, T, V), f"logits of one pass{what}")
         steps = []
         for t in range(T):
-            step = _ok(results[first + t + 1], f"the one-token call of step {t}{what}")["logits"]
+            step = check_ran(results[first + t + 1], f"the one-token call of step {t}{what}")["logits"]
             assert_shape(step, (batch, 1, V), f"logits of a one-token call (step {t}){what}")
             steps.append(step)
         expected = reference_lstm(w, tokens[:batch])[0]
@@ -218,15 +145,15 @@ def test_one_token_at_a_time_with_carried_state_equals_one_pass(student):
 @pytest.mark.points(0.5)
 def test_compiled_call_matches_eager_call(student):
     # Training runs the model inside tf.function: the loop over time must trace into a graph and agree with eager.
-    tokens = _tokens()
-    start = _random_states(2)
+    tokens = draw_tokens()
+    start = random_states(2)
     calls = [
         {"tokens": tokens, "states": start, "return_state": True},
         {"tokens": tokens, "states": start, "compiled": True},
     ]
     results, w = _session(student, 2, calls)
-    eager, compiled = _ok(results[0], "the eager call"), _ok(results[1], "the call inside tf.function")
-    expected, expected_states = reference_lstm(w, tokens, start)
+    eager, compiled = check_ran(results[0], "the eager call"), check_ran(results[1], "the call inside tf.function")
+    expected, expected_states, _ = reference_lstm(w, tokens, start)
     assert_close(eager["logits"], expected, "logits of the eager call (reference: two stacked LSTMs)")
     assert_close(compiled["logits"], expected, "logits of the model inside tf.function (reference: two stacked LSTMs)")
     _assert_states_close(compiled["states"], expected_states, "final states inside tf.function", "two stacked LSTMs")
@@ -234,7 +161,7 @@ def test_compiled_call_matches_eager_call(student):
 
 @pytest.mark.points(0.5)
 def test_bad_input_raises_value_error_naming_the_shapes(student):
-    tokens = _tokens()
+    tokens = draw_tokens()
     calls = [
         {"tokens": tokens},
         {"tokens": tokens[0]},  # 1-D: the batch axis is missing
@@ -243,7 +170,7 @@ def test_bad_input_raises_value_error_naming_the_shapes(student):
         {"tokens": tokens, "states": [(np.zeros((B, H), np.float32), np.zeros((B, H - 1), np.float32))]},
     ]
     results, w = _session(student, 1, calls)
-    valid = _ok(results[0], "a valid call")["logits"]
+    valid = check_ran(results[0], "a valid call")["logits"]
     assert_shape(valid, (B, T, V), "logits of a valid call")
     assert_close(valid, reference_lstm(w, tokens)[0], "logits of a valid call (reference: an LSTM)")
     for result, what in zip(results[1:], ("1-D tokens", "float tokens", "ids outside [0, V)", "a bad state")):

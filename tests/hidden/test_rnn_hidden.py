@@ -3,39 +3,20 @@
 import numpy as np
 import pytest
 from checks import assert_close, assert_shape
-
-V, E, H = 11, 7, 5  # vocabulary, embedding width, hidden units
-B, T = 3, 6  # batch, time
-
-
-def _tokens(batch=B, time=T, seed=0):
-    """Returns int32 token ids of shape (batch, time)."""
-    return np.random.default_rng(seed).integers(0, V, size=(batch, time)).astype(np.int32)
-
-
-def _normal(shape, seed, scale=0.5):
-    return np.random.default_rng(seed).normal(0.0, scale, size=shape).astype(np.float32)
-
-
-def assign_exactly(layer, slots, values):
-    """Helper sent with the probe: gives each documented weight of `layer` (`slots`: (name, variable) pairs) the
-    test's value; raises ValueError unless the layer holds exactly these weights, with these shapes."""
-    import numpy as np
-
-    held = list(layer.weights)
-    missing = [name for name, var in slots if not any(var is w for w in held)]
-    extra = [getattr(w, "path", getattr(w, "name", "?")) for w in held if not any(w is var for _, var in slots)]
-    if missing or extra or len(held) != len(slots):
-        raise ValueError(
-            f"expected {type(layer).__name__} to hold exactly its documented weights "
-            f"{[name for name, _ in slots]} as weights of the layer (created with add_weight); "
-            f"not weights of the layer: {missing}; weights not documented: {extra}"
-        )
-    for (name, var), value in zip(slots, values):
-        value = np.asarray(value, np.float32)
-        if tuple(var.shape) != value.shape:
-            raise ValueError(f"expected {name} of shape {value.shape}, got {tuple(var.shape)}")
-        var.assign(value)
+from reference_recurrent import (
+    B,
+    E,
+    H,
+    T,
+    V,
+    assign_exactly,
+    check_ran,
+    draw_normal,
+    draw_tokens,
+    flat_weights,
+    reference_rnn,
+    rnn_weights,
+)
 
 
 def rnn_session(sizes, num_layers, values, calls):
@@ -75,32 +56,11 @@ def rnn_session(sizes, num_layers, values, calls):
     return {"weights": [np.asarray(v) for _, v in slots], "results": results}
 
 
-def _weights(num_layers, seed=1):
-    """The weights the test gives the model (float32), drawn from N(0, 0.5^2)."""
-    rng = np.random.default_rng(seed)
-
-    def draw(*shape):
-        return rng.normal(0.0, 0.5, size=shape).astype(np.float32)
-
-    cells = [
-        {"kernel": draw(E if i == 0 else H, H), "recurrent_kernel": draw(H, H), "bias": draw(H)}
-        for i in range(num_layers)
-    ]
-    return {"embedding": draw(V, E), "cells": cells, "output_kernel": draw(H, V), "output_bias": draw(V)}
-
-
-def _flat(weights):
-    arrays = [weights["embedding"]]
-    for cell in weights["cells"]:
-        arrays += [cell["kernel"], cell["recurrent_kernel"], cell["bias"]]
-    return arrays + [weights["output_kernel"], weights["output_bias"]]
-
-
 def _session(student, num_layers, calls):
     """Runs rnn_session with the test's weights; checks the weights read back; returns (results, weights)."""
-    weights = _weights(num_layers)
-    session = student.run(rnn_session, (V, E, H), num_layers, _flat(weights), calls, uses=(assign_exactly,))
-    sent = _flat(weights)
+    weights = rnn_weights(num_layers)
+    session = student.run(rnn_session, (V, E, H), num_layers, flat_weights(weights)[1], calls, uses=(assign_exactly,))
+    sent = flat_weights(weights)[1]
     assert len(session["weights"]) == len(sent), (
         f"expected {len(sent)} weights read back, got {len(session['weights'])}"
     )
@@ -110,38 +70,18 @@ def _session(student, num_layers, calls):
     return session["results"], weights
 
 
-def reference_rnn(weights, tokens, states=None):
-    """Returns (logits, final states) of stacked simple RNN layers holding `weights` (NumPy, float64)."""
-    x = weights["embedding"].astype(np.float64)[tokens]  # (B, T, E)
-    states = [np.zeros((x.shape[0], H))] * len(weights["cells"]) if states is None else states
-    final = []
-    for cell, h in zip(weights["cells"], states):
-        h, outputs = np.asarray(h, np.float64), []
-        for t in range(x.shape[1]):
-            h = np.tanh(x[:, t] @ cell["kernel"] + h @ cell["recurrent_kernel"] + cell["bias"])
-            outputs.append(h)
-        x = np.stack(outputs, axis=1)
-        final.append(h)
-    return x @ weights["output_kernel"] + weights["output_bias"], final
-
-
-def _ok(result, what):
-    assert "error" not in result, f"{what} raised {result.get('error')}: {result.get('message')}"
-    return result
-
-
 @pytest.mark.points(0.5)
 @pytest.mark.clause(
     "rnn.rnn_forward: outputs: float tensor of shape `(B, T, H)`; `outputs[:, t]` is h_t, the state after reading",
     "rnn.rnn_forward: h_last: float tensor of shape `(B, H)`, the state after the last step (equal to `outputs[:,",
 )
 def test_two_layers_match_stacked_keras_simple_rnn(student):
-    tokens = _tokens()
-    start = [_normal((B, H), seed=4), _normal((B, H), seed=5)]
+    tokens = draw_tokens()
+    start = [draw_normal((B, H), seed=4), draw_normal((B, H), seed=5)]
     results, w = _session(student, 2, [{"tokens": tokens, "states": start, "return_state": True}])
-    result = _ok(results[0], "a 2-layer model")
+    result = check_ran(results[0], "a 2-layer model")
     assert_shape(result["logits"], (B, T, V), "logits of a 2-layer model")
-    expected, expected_states = reference_rnn(w, tokens, start)
+    expected, expected_states, _ = reference_rnn(w, tokens, start)
     for i, h in enumerate(expected_states):
         assert_close(
             result["states"][i],
@@ -157,7 +97,7 @@ def test_two_layers_match_stacked_keras_simple_rnn(student):
 def test_one_token_at_a_time_with_carried_state_equals_one_pass(student):
     # How generation reads a sequence: one token per call, carrying the state returned by the previous call; with
     # the whole batch, then with a batch of one (how a single prompt is generated from).
-    tokens = _tokens()
+    tokens = draw_tokens()
     calls = []
     for batch in (B, 1):
         calls += [{"tokens": tokens[:batch], "states": None}]
@@ -167,11 +107,11 @@ def test_one_token_at_a_time_with_carried_state_equals_one_pass(student):
     for j, batch in enumerate((B, 1)):
         what = "" if batch == B else " (a batch of one)"
         first = j * (T + 1)
-        logits = _ok(results[first], f"model(tokens){what}")["logits"]
+        logits = check_ran(results[first], f"model(tokens){what}")["logits"]
         assert_shape(logits, (batch, T, V), f"logits of one pass{what}")
         steps = []
         for t in range(T):
-            step = _ok(results[first + t + 1], f"the one-token call of step {t}{what}")["logits"]
+            step = check_ran(results[first + t + 1], f"the one-token call of step {t}{what}")["logits"]
             assert_shape(step, (batch, 1, V), f"logits of a one-token call (step {t}){what}")
             steps.append(step)
         expected = reference_rnn(w, tokens[:batch])[0]
@@ -186,7 +126,7 @@ def test_one_token_at_a_time_with_carried_state_equals_one_pass(student):
 
 @pytest.mark.points(0.5)
 def test_bad_input_raises_value_error_naming_the_shapes(student):
-    tokens = _tokens()
+    tokens = draw_tokens()
     calls = [
         {"tokens": tokens},
         {"tokens": tokens[0]},  # 1-D: the batch axis is missing
@@ -195,7 +135,7 @@ def test_bad_input_raises_value_error_naming_the_shapes(student):
         {"tokens": tokens, "states": [np.zeros((B, H - 1), np.float32)]},
     ]
     results, w = _session(student, 1, calls)
-    valid = _ok(results[0], "a valid call")["logits"]
+    valid = check_ran(results[0], "a valid call")["logits"]
     assert_shape(valid, (B, T, V), "logits of a valid call")
     assert_close(valid, reference_rnn(w, tokens)[0], "logits of a valid call (reference: a simple RNN)")
     for result, what in zip(results[1:], ("1-D tokens", "float tokens", "ids outside [0, V)", "a bad state")):

@@ -246,6 +246,7 @@ def test_release_holds_the_stubbed_package_visible_tests_and_its_own_tooling(toy
         "assignment/beta.py",
         "tests/conftest.py",
         "tests/checks.py",
+        "tests/reference_beta.py",
         "tests/test_alpha.py",
         "tests/test_beta.py",
         "tests/test_beta_extensions.py",
@@ -495,12 +496,15 @@ def test_the_real_course_builds_a_release_and_a_bundle(tmp_path):
     build = release.build_student(REPO, tmp_path / "student", manifest=manifest)
     assert sum(len(r) for r in build.regions.values()) > 0
     assert not any(name.startswith("tests/hidden") for name in build.files)
+    shared = {"tests/checks.py", "tests/reference_transformer.py", "tests/reference_recurrent.py"}
+    assert shared <= set(build.files), f"the visible tests import them; missing: {sorted(shared - set(build.files))}"
     package = {
         p.relative_to(REPO).as_posix() for p in (REPO / "assignment").rglob("*.py") if "__pycache__" not in p.parts
     }
     assert package <= set(build.files), f"subpackages ship whole; missing: {sorted(package - set(build.files))}"
     autograder.build_autograder(REPO, tmp_path / "autograder", manifest=manifest, check_import=False)
     assert os.access(tmp_path / "autograder" / "run_autograder", os.X_OK)
+    assert all((tmp_path / "autograder" / name).is_file() for name in shared)
 
 
 def test_the_given_packages_ship_whole_in_the_release_and_the_bundle(toy, tmp_path):

@@ -166,13 +166,33 @@ import pytest
 def test_add_floats_hidden(student):
     assert student.call("alpha.add", 0.5, 0.25) == 0.75
 """,
+    "tests/reference_beta.py": """\
+\"\"\"Toy shared reference (as tests/reference_*.py): a reference and a probe helper the beta tests share.\"\"\"
+
+
+def reference_mean(xs):
+    return sum(xs) / len(xs)
+
+
+def call_mean(xs):
+    \"\"\"Probe helper, sent by source with `uses=`: beta.mean(xs).\"\"\"
+    from assignment import beta
+
+    return beta.mean(xs)
+""",
     "tests/test_beta.py": """\
 import pytest
+
+from reference_beta import call_mean, reference_mean
+
+
+def mean_of(xs):
+    return call_mean(xs)
 
 
 @pytest.mark.points(1)
 def test_mean(student):
-    assert student.call("beta.mean", [1, 2, 3]) == 2
+    assert student.run(mean_of, [1, 2, 3], uses=(call_mean,)) == reference_mean([1, 2, 3])
 
 
 @pytest.mark.points(1)
