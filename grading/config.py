@@ -18,7 +18,7 @@ PARTS = (
     Part("lstm", "2b", "LSTM cell and LSTM language model", 12),
     Part("sampling", "3", "greedy, temperature, top-k, top-p, generate", 20),
     Part("transformer", "4", "causal mask, attention, decoder-only transformer, KV cache", 25, bonus=20),
-    Part("train", "5", "the training loop: train_step, evaluate, checkpoints", 20),
+    Part("train", "5", "the training loop: train_step, evaluate, checkpoints, summaries, fit", 20),
 )
 
 # Limits, in seconds. Gradescope stops a run after 10 minutes by default: the grader must write results.json first.

@@ -141,7 +141,7 @@ def weighted_gradients(model_weights, inputs, labels, token_weights):
     return [d_table, np.einsum("btd,btv->dv", x, d_logits), d_logits.sum(axis=(0, 1))]
 
 
-@pytest.mark.points(1.5)
+@pytest.mark.points(1)
 @pytest.mark.clause(
     "train.evaluate: the sum over all batches of `sum(w * ce)`, divided by the sum over all batches of `sum(w)`",
     "train.evaluate: batches `(inputs, labels)` or `(inputs, labels, weights)`",

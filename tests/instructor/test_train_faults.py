@@ -72,6 +72,8 @@ BAD_TRAIN_FLAGS = [
     (["--beta2", "1"], "--beta2"),
     (["--eval-every", "0"], "--eval-every"),
     (["--save-every-minutes", "-1"], "--save-every-minutes"),
+    (["--save-every-steps", "-2"], "--save-every-steps"),
+    (["--log-every", "0"], "--log-every"),
     (["--model", "gru"], "--model"),
     (["--config", "huge"], "--config"),
     (["--steps", "ten"], "--steps"),
