@@ -807,6 +807,7 @@ SAVE_CASES = [
     (4, 100.0, None, 70.0, 3, 0.5),  # 30 s = 0.5 min, the first save
     (4, 99.75, None, 70.0, 3, 0.5),  # 29.75 s
     (100, 1e6 + 90.0, 40, 1e6, 1000, 1.5),  # a clock far from 0: 90 s = 1.5 min
+    (5, 130.0, 4, 120.0, 1, 0.0),  # every step
 ]
 
 
@@ -900,10 +901,14 @@ def fit_session(config, losses, val_losses, times, start=0, stop_after=None, fin
     root = tempfile.mkdtemp()
     step_var = tf.Variable(start, dtype=tf.int64)
     value = tf.Variable(float(start), dtype=tf.float64)
+    saves = tf.Variable(0, dtype=tf.int64)  # how many times run.save() was called, saved with each checkpoint
     best_val_loss = tf.Variable(math.inf, dtype=tf.float64)
     keep_all = dict(max_to_keep=None)
     latest = tf.train.CheckpointManager(
-        tf.train.Checkpoint(step=step_var, value=value), os.path.join(root, "ckpt"), checkpoint_name="ckpt", **keep_all
+        tf.train.Checkpoint(step=step_var, value=value, saves=saves),
+        os.path.join(root, "ckpt"),
+        checkpoint_name="ckpt",
+        **keep_all,
     )
     best = tf.train.CheckpointManager(
         tf.train.Checkpoint(step=step_var, value=value), os.path.join(root, "best"), checkpoint_name="best", **keep_all
@@ -977,6 +982,7 @@ def fit_session(config, losses, val_losses, times, start=0, stop_after=None, fin
             records.append([int(step), float(val_loss), float(val_perplexity), bool(best)])
 
         def save(self):
+            saves.assign_add(1)
             return latest.save(checkpoint_number=self.step)
 
     run = StandInRun()
@@ -1003,8 +1009,9 @@ def fit_session(config, losses, val_losses, times, start=0, stop_after=None, fin
         for path in tf.io.gfile.glob(os.path.join(root, folder, f"{name}-*.index")):
             prefix = path[: -len(".index")]
             reader = tf.train.load_checkpoint(prefix)
-            kept[int(prefix.rsplit("-", 1)[1])] = float(reader.get_tensor("value/.ATTRIBUTES/VARIABLE_VALUE"))
-        return sorted(kept.items())
+            count = int(reader.get_tensor("saves/.ATTRIBUTES/VARIABLE_VALUE")) if folder == "ckpt" else 0
+            kept[int(prefix.rsplit("-", 1)[1])] = (float(reader.get_tensor("value/.ATTRIBUTES/VARIABLE_VALUE")), count)
+        return sorted((step, *values) for step, values in kept.items())
 
     return {
         "logged": logged,
@@ -1089,22 +1096,26 @@ def check_fit(student, what, config, losses, val_losses, times, **kwargs):
         f"{what}: run.record(step, val_loss, val_perplexity, best) must end every evaluation, with best from "
         f"save_if_best: expected (step, val_loss, best) {want['evaluations']}, got {records}"
     )
-    saved_steps = [s for s, _ in got["ckpt"]]
+    saved_steps = [s for s, _, _ in got["ckpt"]]
     assert saved_steps == want["saves"], (
         f"{what}: checkpoints (run.save()) must be saved at every evaluation, whenever save_due says so (last_step "
         f"and last_time: the step and clock of the last save, or where the loop started) and after the last step; "
         f"expected steps {want['saves']}, fit saved {saved_steps}"
     )
-    for step, saved_value in got["ckpt"]:
+    for n, (step, saved_value, count) in enumerate(got["ckpt"], start=1):
         assert saved_value == step, (
             f"{what}: ckpt-{step} must hold the trained weights of step {step} (save outside "
             f"run.evaluation_weights()); it holds {saved_value:g}"
         )
-    assert [s for s, _ in got["best"]] == want["bests"], (
+        assert count == n, (
+            f"{what}: ckpt-{step} was written by save number {count}, expected {n}: save once per step, never twice "
+            f"at one step (after the loop, only when the last step was not just saved)"
+        )
+    assert [s for s, _, _ in got["best"]] == want["bests"], (
         f"{what}: the best checkpoint (save_if_best(run.best, ...)) must be saved at the evaluations that improve on "
-        f"the lowest validation loss, {want['bests']}; saved at {[s for s, _ in got['best']]}"
+        f"the lowest validation loss, {want['bests']}; saved at {[s for s, _, _ in got['best']]}"
     )
-    for step, saved_value in got["best"]:
+    for step, saved_value, _ in got["best"]:
         assert saved_value == -step, (
             f"{what}: best-{step} must hold the evaluation weights (save_if_best inside run.evaluation_weights()); "
             f"it holds {saved_value:g}, the trained weights are {step}"
@@ -1168,7 +1179,8 @@ def test_fit_keeps_the_best_evaluation_weights_and_ends_on_a_final_step(student)
 @pytest.mark.points(0.5)
 @pytest.mark.clause("train.fit: trains from `run.step` (0, or the step `restore_latest` resumed at)")
 def test_fit_resumes_at_the_restored_step(student):
-    config = dict(steps=20, log_every=3, eval_every=6, save_every_steps=5, save_every_minutes=0.5)
-    losses, val_losses, _ = _fit_data(20, 3)
-    clock = [5000.0 + 7.0 * i for i in range(21)]
-    check_fit(student, "resumed at step 8", config, losses, val_losses, clock, start=8)
+    # Resumed at step 300 of 314 (steps past 256 are new int objects each time: compare them with ==, not `is`).
+    config = dict(steps=314, log_every=3, eval_every=6, save_every_steps=5, save_every_minutes=0.5)
+    losses, val_losses, _ = _fit_data(314, 3)
+    clock = [5000.0 + 7.0 * i for i in range(315)]
+    check_fit(student, "resumed at step 300", config, losses, val_losses, clock, start=300)
