@@ -7,12 +7,22 @@ A tracker gets what the training loop measures, nothing else:
 `tf.summary`. `WandbTracker` (`python -m lmrun train --wandb`) sends the same scalars to W&B with the run's
 configuration, and the text samples as one `wandb.Table` (columns `step`, `tag`, `text`) that grows at each
 evaluation. W&B runs offline unless it is set up (`WANDB_MODE`, `WANDB_API_KEY` or `wandb login`): the run is
-written under `<run>/wandb/` and `close` says how to upload it (`wandb sync <folder>`). Nothing here reaches the
+written under `<run>/wandb/` and `close` says how to upload it (`wandb sync <folders>`). Nothing here reaches the
 network unless the user has set W&B up.
+
+The sessions of one run directory (a run resumed after Ctrl-C, a kill or a time budget) are one W&B run: its id is
+kept in `<run>/wandb-id.txt`, written once, and each session calls `wandb.init(id=..., resume="allow")`. Offline,
+each session writes its own `<run>/wandb/offline-run-<time>-<id>/`; `wandb sync` given all of them uploads them in
+order of start time into that one run. W&B drops a step lower than one it already has ("steps must be
+monotonically increasing"), and a resumed run restarts at its checkpoint, which may be earlier than the last step
+logged before a kill: so the tracker skips the steps up to the last one W&B has from earlier sessions (the server's
+`run.step` online; offline `<run>/wandb-step.txt`, the last step logged, rewritten atomically at each log).
 """
 
 import netrc
 import os
+import secrets
+import string
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -57,8 +67,49 @@ def wandb_configured() -> bool:
         return False
 
 
+ID_FILE = "wandb-id.txt"  # in the run directory: the W&B run id of all its sessions, written once
+STEP_FILE = "wandb-step.txt"  # in the run directory: the last step logged to W&B by any of its sessions
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # a kill leaves the old file or the new one, never half of one
+
+
+def new_run_id() -> str:
+    """A fresh W&B run id: 8 random lowercase letters and digits, as W&B makes them."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def wandb_run_id(run_dir, new_id: Callable[[], str] = new_run_id) -> str:
+    """The W&B run id of `run_dir`'s sessions: the one in `<run_dir>/wandb-id.txt`, else `new_id()`, written there
+    (atomically) for the next session. `--overwrite` deletes the run directory, so a new run gets a new id."""
+    path = Path(run_dir) / ID_FILE
+    if path.exists():
+        run_id = path.read_text().strip()
+        if run_id:
+            return run_id
+    run_id = new_id()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, run_id + "\n")
+    return run_id
+
+
+def last_logged_step(run_dir) -> int:
+    """The last step an earlier session of `run_dir` logged to W&B (`<run_dir>/wandb-step.txt`), or -1."""
+    try:
+        return int((Path(run_dir) / STEP_FILE).read_text())
+    except (OSError, ValueError):
+        return -1
+
+
 class WandbTracker:
     """A W&B run of a training run: the scalars, the configuration, and the samples as a `wandb.Table`.
+
+    Every session of a run directory logs to the same W&B run (the id in `<run_dir>/wandb-id.txt`, resumed with
+    `resume="allow"`), and only at steps after the last one logged by an earlier session: W&B would drop the lower
+    ones, and a resumed run repeats the steps between its checkpoint and the point it was stopped.
 
     Args:
         run_dir: the run directory; W&B writes its files under `<run_dir>/wandb/`.
@@ -74,25 +125,39 @@ class WandbTracker:
 
         self._wandb = wandb
         self.log_line = log
-        run_dir = Path(run_dir)
+        self.run_dir = run_dir = Path(run_dir)
         mode = os.environ.get("WANDB_MODE") or ("online" if wandb_configured() else "offline")
+        self.run_id = wandb_run_id(run_dir)
         self.run = wandb.init(
             dir=str(run_dir),
             project=project or os.environ.get("WANDB_PROJECT") or "lm-assignment",
             name=name or run_dir.name,
             config=dict(config),
             mode=mode,
+            id=self.run_id,
+            resume="allow",  # the same run as the earlier sessions of run_dir; a new one at the first
             reinit="finish_previous",
         )
         self.offline = mode == "offline"
+        # W&B's step of the next log is past what it has: the server's, online; offline it knows only this session
+        self.resume_after = max(last_logged_step(run_dir), self.run.step - 1)
+        self.last_step = self.resume_after
+        self.skipped: set[int] = set()
         self.rows: list[list] = []
 
     def log(self, step, scalars, texts=None):
+        step = int(step)
+        if step <= self.resume_after:  # logged by an earlier session, before the checkpoint this one resumed from
+            self.skipped.add(step)
+            return
         values = {k: float(v) for k, v in scalars.items()}
         if texts:
-            self.rows += [[int(step), tag, text] for tag, text in texts.items()]
+            self.rows += [[step, tag, text] for tag, text in texts.items()]
             values["samples"] = self._wandb.Table(columns=["step", "tag", "text"], data=[list(r) for r in self.rows])
-        self.run.log(values, step=int(step))
+        self.run.log(values, step=step)
+        if step > self.last_step:
+            self.last_step = step
+            _write_atomically(self.run_dir / STEP_FILE, f"{step}\n")
 
     def close(self):
         if self.run is None:
@@ -100,8 +165,19 @@ class WandbTracker:
         run, self.run = self.run, None
         folder = Path(run.dir).parent  # <run_dir>/wandb/offline-run-<time>-<id>
         run.finish()
+        if self.skipped:
+            self.log_line(
+                f"W&B: steps {min(self.skipped)}-{max(self.skipped)} ran again after the resume but were not "
+                f"logged again (W&B keeps the values logged before it); logged from step {self.resume_after + 1} on"
+            )
         if self.offline:
-            self.log_line(f"W&B ran offline into {folder}; to upload it: wandb login, then wandb sync {folder}")
+            sessions = sorted(folder.parent.glob(f"offline-run-*-{self.run_id}"))
+            if len(sessions) > 1:
+                paths = str(folder.parent / f"offline-run-*-{self.run_id}")
+                what = f"{len(sessions)} sessions of one W&B run (id {self.run_id}) into {folder.parent}"
+            else:
+                paths, what = str(folder), str(folder)
+            self.log_line(f"W&B ran offline: {what}; to upload it: wandb login, then wandb sync {paths}")
         else:
             self.log_line(f"W&B run: {run.url}")
 
