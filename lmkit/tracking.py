@@ -16,7 +16,8 @@ each session writes its own `<run>/wandb/offline-run-<time>-<id>/`; `wandb sync`
 order of start time into that one run. W&B drops a step lower than one it already has ("steps must be
 monotonically increasing"), and a resumed run restarts at its checkpoint, which may be earlier than the last step
 logged before a kill: so the tracker skips the steps up to the last one W&B has from earlier sessions (the server's
-`run.step` online; offline `<run>/wandb-step.txt`, the last step logged, rewritten atomically at each log).
+`run.step` online; the highest history step in the earlier sessions' `.wandb` files under `<run>/wandb/`, which is
+what `wandb sync` uploads: a session killed with SIGKILL may have logged steps that never reached its file).
 """
 
 import netrc
@@ -68,7 +69,6 @@ def wandb_configured() -> bool:
 
 
 ID_FILE = "wandb-id.txt"  # in the run directory: the W&B run id of all its sessions, written once
-STEP_FILE = "wandb-step.txt"  # in the run directory: the last step logged to W&B by any of its sessions
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -96,12 +96,49 @@ def wandb_run_id(run_dir, new_id: Callable[[], str] = new_run_id) -> str:
     return run_id
 
 
-def last_logged_step(run_dir) -> int:
-    """The last step an earlier session of `run_dir` logged to W&B (`<run_dir>/wandb-step.txt`), or -1."""
-    try:
-        return int((Path(run_dir) / STEP_FILE).read_text())
-    except (OSError, ValueError):
-        return -1
+def wandb_file_records(path) -> list:
+    """The records of a W&B run file (`<run>/wandb/*-<id>/run-<id>.wandb`, W&B's `Record` protocol buffers), up to
+    the first one that does not read back whole (the file of a killed session may end in the middle of one).
+
+    The layout: a 7-byte header (`:W&B`, a magic number, a version), then LevelDB-log records in blocks of 32 KiB,
+    each a 7-byte header (CRC, length, type: 1 full, 2 first, 3 middle, 4 last) and its data; a block's tail shorter
+    than a header is padding, and zeros end the file."""
+    from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        return []
+    at, records, pending = 7, [], b""
+    while at + 7 <= len(data):
+        left = 32768 - at % 32768
+        if left < 7:
+            at += left
+            continue
+        length, kind = int.from_bytes(data[at + 4 : at + 6], "little"), data[at + 6]
+        if kind not in (1, 2, 3, 4) or at + 7 + length > len(data):
+            break
+        pending += data[at + 7 : at + 7 + length]
+        at += 7 + length
+        if kind in (1, 4):
+            try:
+                records.append(wandb_internal_pb2.Record.FromString(pending))
+            except DecodeError:
+                break
+            pending = b""
+    return records
+
+
+def last_logged_step(run_dir, run_id: str) -> int:
+    """The highest step of the history W&B keeps for run `run_id` in `<run_dir>/wandb/` (the files of its earlier
+    sessions, offline or online), or -1."""
+    steps = [
+        record.history.step.num
+        for path in (Path(run_dir) / "wandb").glob(f"*-{run_id}/run-{run_id}.wandb")
+        for record in wandb_file_records(path)
+        if record.WhichOneof("record_type") == "history"
+    ]
+    return max(steps, default=-1)
 
 
 class WandbTracker:
@@ -125,9 +162,10 @@ class WandbTracker:
 
         self._wandb = wandb
         self.log_line = log
-        self.run_dir = run_dir = Path(run_dir)
+        run_dir = Path(run_dir)
         mode = os.environ.get("WANDB_MODE") or ("online" if wandb_configured() else "offline")
         self.run_id = wandb_run_id(run_dir)
+        logged = last_logged_step(run_dir, self.run_id)  # what the files of the earlier sessions hold
         self.run = wandb.init(
             dir=str(run_dir),
             project=project or os.environ.get("WANDB_PROJECT") or "lm-assignment",
@@ -139,9 +177,8 @@ class WandbTracker:
             reinit="finish_previous",
         )
         self.offline = mode == "offline"
-        # W&B's step of the next log is past what it has: the server's, online; offline it knows only this session
-        self.resume_after = max(last_logged_step(run_dir), self.run.step - 1)
-        self.last_step = self.resume_after
+        # W&B's next step is the server's, online; offline W&B knows only this session
+        self.resume_after = max(logged, self.run.step - 1)
         self.skipped: set[int] = set()
         self.rows: list[list] = []
 
@@ -155,9 +192,6 @@ class WandbTracker:
             self.rows += [[step, tag, text] for tag, text in texts.items()]
             values["samples"] = self._wandb.Table(columns=["step", "tag", "text"], data=[list(r) for r in self.rows])
         self.run.log(values, step=step)
-        if step > self.last_step:
-            self.last_step = step
-            _write_atomically(self.run_dir / STEP_FILE, f"{step}\n")
 
     def close(self):
         if self.run is None:
@@ -166,9 +200,11 @@ class WandbTracker:
         folder = Path(run.dir).parent  # <run_dir>/wandb/offline-run-<time>-<id>
         run.finish()
         if self.skipped:
+            low, high = min(self.skipped), max(self.skipped)
+            steps = f"step {low}" if low == high else f"steps {low}-{high}"
             self.log_line(
-                f"W&B: steps {min(self.skipped)}-{max(self.skipped)} ran again after the resume but were not "
-                f"logged again (W&B keeps the values logged before it); logged from step {self.resume_after + 1} on"
+                f"W&B: {steps} ran again after the resume but W&B already had them: they keep the values logged "
+                f"before it; this session logged from step {self.resume_after + 1} on"
             )
         if self.offline:
             sessions = sorted(folder.parent.glob(f"offline-run-*-{self.run_id}"))

@@ -230,7 +230,7 @@ def test_overwrite_starts_a_new_wandb_run(resumed_wandb_run, tmp_path):
 def test_a_resumed_session_logs_only_after_the_last_step_wandb_has(monkeypatch, tmp_path):
     """Killed after logging step 15 with its checkpoint at 10, the resumed session repeats steps 11-15: W&B drops a
     step lower than one it has, so the tracker logs from step 16 on, into the same run."""
-    from lmkit.tracking import WandbTracker
+    from lmkit.tracking import WandbTracker, last_logged_step
 
     for key, value in offline_env(tmp_path).items():
         if key.startswith("WANDB_"):
@@ -245,6 +245,8 @@ def test_a_resumed_session_logs_only_after_the_last_step_wandb_has(monkeypatch, 
         if step == 10:
             first.log(step, {"val/loss": 4.5})  # the evaluation, at the same step: one row
     first.close()
+    (folder,) = (run_dir / "wandb").glob("offline-run-*")
+    finished_wandb_records(folder)  # as when a session starts after the process of the one before has ended
     time.sleep(1)  # W&B names a session's folder by the second it started
     messages = []
     second = WandbTracker(run_dir, {"steps": 20}, log=messages.append)
@@ -259,3 +261,8 @@ def test_a_resumed_session_logs_only_after_the_last_step_wandb_has(monkeypatch, 
     assert sorted(rows_b) == [20], "a resumed session must not log again the steps W&B already has"
     assert rows_b[20]["train/loss"] == 2.0 and rows_b[20]["val/loss"] == 3.5
     assert any("wandb sync" in m and "offline-run-*-" in m for m in messages), messages
+    assert any("W&B: step 15 ran again" in m for m in messages), messages
+    # a killed session's file may end in the middle of a record: what reads back whole counts, the rest is ignored
+    (path,) = sorted((run_dir / "wandb").glob("offline-run-*"))[1].glob("run-*.wandb")
+    path.write_bytes(path.read_bytes()[:-50])
+    assert last_logged_step(run_dir, run_a.run_id) in (15, 20)
