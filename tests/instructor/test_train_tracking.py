@@ -230,7 +230,7 @@ def test_overwrite_starts_a_new_wandb_run(resumed_wandb_run, tmp_path):
 def test_a_resumed_session_logs_only_after_the_last_step_wandb_has(monkeypatch, tmp_path):
     """Killed after logging step 15 with its checkpoint at 10, the resumed session repeats steps 11-15: W&B drops a
     step lower than one it has, so the tracker logs from step 16 on, into the same run."""
-    from lmkit.tracking import WandbTracker, last_logged_step
+    from lmkit.tracking import WandbTracker
 
     for key, value in offline_env(tmp_path).items():
         if key.startswith("WANDB_"):
@@ -265,4 +265,6 @@ def test_a_resumed_session_logs_only_after_the_last_step_wandb_has(monkeypatch, 
     # a killed session's file may end in the middle of a record: what reads back whole counts, the rest is ignored
     (path,) = sorted((run_dir / "wandb").glob("offline-run-*"))[1].glob("run-*.wandb")
     path.write_bytes(path.read_bytes()[:-50])
+    from lmkit.tracking import last_logged_step
+
     assert last_logged_step(run_dir, run_a.run_id) in (15, 20)
