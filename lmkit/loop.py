@@ -1,9 +1,11 @@
-"""The training loop every language model shares: checkpoints that resume, tracking, a progress bar (given).
+"""What part 5's training loop drives: the model, optimizer, batches, trackers and checkpoints of a run (given).
 
-`train` calls part 5's functions, passed in as a `LoopFunctions` (`assignment.train.train` passes the student's
-`assignment.train.FUNCTIONS`): `train_step` and `evaluate`; `make_managers`, `restore_latest`, `save_due` and
-`save_if_best` through `lmkit.checkpoints.Checkpoints`; `write_summaries` through the TensorBoard tracker
-(`lmkit.tracking`). lmkit never imports `assignment`.
+`train` builds a session and hands it, as a `Run`, to part 5's loop, `fit(run, config)`; part 5's functions come in
+as a `LoopFunctions` (`assignment.train.train` passes the student's `assignment.train.FUNCTIONS`): `fit`,
+`train_step` (compiled by `Run.train_step`) and `evaluate` (which `fit` calls); `make_managers`, `restore_latest`,
+`save_due` and `save_if_best` through `lmkit.checkpoints.Checkpoints` and `fit`; `write_summaries` through the
+TensorBoard tracker (`lmkit.tracking`). Recovery, Ctrl-C, the progress bar and history stay here.
+lmkit never imports `assignment`.
 A run directory (`runs/<name>/`) holds everything a run needs to resume or to generate text:
     config.json      the model kind and config, the tokenizer kind, the corpus and the training settings
     tokenizer.json   the fitted tokenizer
@@ -11,6 +13,7 @@ A run directory (`runs/<name>/`) holds everything a run needs to resume or to ge
     best/            the checkpoint with the lowest validation loss so far
     logs/            TensorBoard event files
     wandb/           the W&B run, with `--wandb` (offline unless W&B is set up; `wandb sync` uploads it)
+    wandb-id.txt     the W&B run's id, so every session of the run directory logs to the same W&B run
     history.jsonl    one JSON line per evaluation (step, wall time, losses, bits/char, tokens/s), read by `compare`
 """
 
