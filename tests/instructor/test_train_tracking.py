@@ -13,32 +13,20 @@ from pathlib import Path
 import pytest
 from checks import summary_values
 
+from lmkit.tracking import last_logged_step, wandb_file_records
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wandb_records(path):
-    """The protocol-buffer records of a W&B run file (`run-<id>.wandb`): a 7-byte header (`:W&B`, a magic number,
-    a version), then LevelDB-log records in blocks of 32 KiB, each a 7-byte header (CRC, length, type: 1 full,
-    2 first, 3 middle, 4 last) and its data; a block's tail shorter than a header is padding."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = Path(path).read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B run file (starts {data[:7]!r})"
-    at, records, pending = 7, [], b""
-    while at + 7 <= len(data):
-        left = 32768 - at % 32768
-        if left < 7:
-            at += left
-            continue
-        length, kind = int.from_bytes(data[at + 4 : at + 6], "little"), data[at + 6]
-        if kind == 0:  # zero padding at the end of the file
-            break
-        pending += data[at + 7 : at + 7 + length]
-        at += 7 + length
-        if kind in (1, 4):
-            records.append(wandb_internal_pb2.Record.FromString(pending))
-            pending = b""
-    return records
+def history_rows(records):
+    """`{step: {key: value}}` of the history records of a W&B run file."""
+    rows = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "history":
+            row = rows.setdefault(r.history.step.num, {})
+            for item in r.history.item:
+                row[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return rows
 
 
 def offline_env(tmp):
@@ -79,7 +67,8 @@ def finished_wandb_records(folder, timeout=30):
     (run_file,) = Path(folder).glob("run-*.wandb")
     deadline = time.monotonic() + timeout
     while True:
-        records = wandb_records(run_file)
+        assert run_file.read_bytes()[:4] == b":W&B", f"{run_file} is not a W&B run file"
+        records = wandb_file_records(run_file)
         if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
             return records
         time.sleep(0.1)
@@ -92,13 +81,7 @@ def wandb_sessions(run_dir):
     for folder in sorted((Path(run_dir) / "wandb").glob("offline-run-*")):
         records = finished_wandb_records(folder)
         (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
-        rows = {}
-        for r in records:
-            if r.WhichOneof("record_type") == "history":
-                row = rows.setdefault(r.history.step.num, {})
-                for item in r.history.item:
-                    row[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-        sessions.append((run, rows))
+        sessions.append((run, history_rows(records)))
     return sessions
 
 
@@ -125,12 +108,7 @@ def test_wandb_offline_run_has_the_scalars_the_config_and_the_samples(wandb_run)
     saved = json.loads((run_dir / "config.json").read_text())
     assert config["model"] == saved["model"] and config["train"]["steps"] == 20, config.keys()
     assert config["model_config"] == json.loads(json.dumps(saved["model_config"]))
-    rows = {}
-    for r in records:
-        if r.WhichOneof("record_type") == "history":
-            row = rows.setdefault(r.history.step.num, {})
-            for item in r.history.item:
-                row[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    rows = history_rows(records)
     assert sorted(rows) == [5, 10, 15, 20], (sorted(rows), kinds)
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     for step in (5, 10, 15, 20):
@@ -265,6 +243,5 @@ def test_a_resumed_session_logs_only_after_the_last_step_wandb_has(monkeypatch, 
     # a killed session's file may end in the middle of a record: what reads back whole counts, the rest is ignored
     (path,) = sorted((run_dir / "wandb").glob("offline-run-*"))[1].glob("run-*.wandb")
     path.write_bytes(path.read_bytes()[:-50])
-    from lmkit.tracking import last_logged_step
 
     assert last_logged_step(run_dir, run_a.run_id) in (15, 20)
