@@ -312,7 +312,7 @@ class Checkpoints:
                 p.name.startswith(f"{name}-{step}.") for p in scan(directory, name)[1]
             ):
                 return self._save_failed(directory, name, error)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left" in str(error):
+        if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left" in str(error):
             return self._save_failed(self._root / "ckpt", "ckpt", error)
         return None
 

@@ -301,3 +301,33 @@ def test_samples_at_evaluations_only_when_asked(tmp_path, sample_at_eval, expect
         sample_fn=lambda m: calls.append(1) or "x",
     )
     assert len(calls) == expected
+
+
+def test_a_full_disk_during_fits_own_save_is_one_error_and_leaves_no_debris(tmp_path, monkeypatch):
+    """fit calls the managers' save itself (save_if_best's best.save); a save that a full disk breaks ends the run
+    with the CheckpointError that names the folder, and what it half-wrote is gone."""
+    import errno
+
+    from lmkit import loop
+    from lmkit.errors import CheckpointError
+
+    def save_if_best_on_a_full_disk(manager, val_loss, best_val_loss, step):
+        (tmp_path / "best" / f"best-{step}_temp").mkdir(parents=True)  # what an interrupted save leaves
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train, "save_if_best", save_if_best_on_a_full_disk)  # what fit calls
+    train_ids, val_ids = token_stream()
+    with pytest.raises(CheckpointError) as error:
+        loop.train(
+            BlocksLM,
+            train_ids,
+            val_ids,
+            config(steps=6, eval_every=3),
+            tmp_path,
+            functions=train.FUNCTIONS,
+            progress=False,
+            log=lambda line: None,
+        )
+    message = str(error.value)
+    assert "could not write checkpoint best-3" in message and str(tmp_path / "best") in message, message
+    assert "\n" not in message and not list((tmp_path / "best").glob("best-3*")), message
