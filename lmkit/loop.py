@@ -281,13 +281,12 @@ class _Session:
         log,
         stop,
         stop_at,
-        budget_start,
         chief,
     ):
         self.cfg, self.model, self.optimizer, self.ckpts = cfg, model, optimizer, ckpts
         self.strategy, self.tracker, self.history, self.bar = strategy, tracker, history, bar
         self.sample_fn, self.val_chars, self.val_ids = sample_fn, val_chars, val_ids
-        self.log_line, self.stop, self.stop_at, self.budget_start = log, stop, stop_at, budget_start
+        self.log_line, self.stop, self.stop_at = log, stop, stop_at
         self.user_train_step = train_step
         self.chief = chief
         self.forward = CompiledForward(model) if strategy is None else model
@@ -324,7 +323,7 @@ class _Session:
         if self.final_step is None:
             over_budget = (
                 self.cfg.time_budget_minutes
-                and time.perf_counter() - self.budget_start > 60 * self.cfg.time_budget_minutes
+                and time.perf_counter() - self.wall_start > 60 * self.cfg.time_budget_minutes
             )
             if step >= self.cfg.steps or over_budget:
                 self.final_step = step
@@ -496,7 +495,6 @@ def train(
         raise ValueError(f"--batch-size must be a multiple of the {replicas} replicas; got {cfg.batch_size}")
     chief = is_chief(strategy)
     run_dir.mkdir(parents=True, exist_ok=True)
-    budget_start = time.perf_counter()
 
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
@@ -595,7 +593,6 @@ def train(
                 log=log,
                 stop=stop,
                 stop_at=stop_at,
-                budget_start=budget_start,
                 chief=chief,
             )
             try:
