@@ -182,24 +182,61 @@ class _StopRequests:
 class Run:
     """One training session, as part 5's `fit` drives it: the given pieces of the loop.
 
-    `fit(run, config)` (the student's loop) calls these; what a course does not ask students to write stays here:
-    the compiled step and its XLA fallback, divergence checks, the progress bar, tokens/s, Ctrl-C and time budgets,
-    history.jsonl, bits per character, and a full disk turned into one clear error.
+    `fit(run, config)` (the student's loop) calls the public methods and attributes below; what a course does not
+    ask students to write stays here: the compiled step and its XLA fallback, divergence checks, the progress bar,
+    tokens/s, Ctrl-C and time budgets, history.jsonl, bits per character, and a full disk turned into one clear
+    error.
 
     Attributes:
+        config: the run's `TrainConfig`.
         step: the number of optimizer updates done so far (an int; the restored step when the session starts).
         latest, best: the two `tf.train.CheckpointManager`s of `make_managers` (`ckpt/` and `best/`).
         best_val_loss: float64 scalar `tf.Variable`, the lowest validation loss so far (saved in checkpoints).
         forward: the model to evaluate, `forward(inputs, training=False) -> logits (B, T, V)` (compiled).
     """
 
-    def __init__(self, config: TrainConfig, ckpts: Checkpoints, *, session: "_Session"):
-        self.config = config
-        self._ckpts = ckpts
-        self._session = session
-        self.latest, self.best = ckpts.latest, ckpts.best
-        self.best_val_loss = ckpts.best_val_loss
-        self.forward = session.forward
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        ckpts: Checkpoints,
+        *,
+        train_step: Callable,
+        train_ids: np.ndarray,
+        val_ids: np.ndarray,
+        strategy: tf.distribute.Strategy | None,
+        tracker: Trackers,
+        history: History,
+        bar,
+        stop: _StopRequests,
+        stop_at: int | None,
+        sample_fn: Callable[[keras.Model], str] | None,
+        val_chars: Callable[[int], float | None] | None,
+        chief: bool,
+        log: Callable[[str], None],
+    ):
+        cfg = self.config = config
+        self.latest, self.best, self.best_val_loss = ckpts.latest, ckpts.best, ckpts.best_val_loss
+        self.forward = CompiledForward(model) if strategy is None else model
+        self._model, self._optimizer, self._ckpts, self._train_step = model, optimizer, ckpts, train_step
+        self._strategy, self._tracker, self._history, self._bar = strategy, tracker, history, bar
+        self._stop, self._stop_at, self._sample_fn, self._val_chars = stop, stop_at, sample_fn, val_chars
+        self._val_ids, self._chief, self._log_line = val_ids, chief, log
+        stream = random_windows(train_ids, cfg.batch_size, cfg.seq_len, cfg.seed, start=int(ckpts.data_position))
+        if strategy is not None:
+            stream = strategy.experimental_distribute_dataset(stream)
+        self._iterator = iter(stream)
+        self._val_data = validation_batches(val_ids, cfg.seq_len, cfg.eval_batch_size, cfg.max_eval_batches)
+        self._full_val_data = validation_batches(val_ids, cfg.seq_len, cfg.eval_batch_size)
+        self._step_fn = self._compile(cfg.jit_compile and strategy is None)
+        self._window = [0.0, 0.0, 0, 0.0]  # loss, grad norm, steps, seconds since the last train_scalars()
+        self._train_loss = self._tokens_per_sec = None
+        self._final_step = None
+        self.speeds = []  # tokens/s of every logging window of this session (the first includes compiling)
+        self.records = []  # this session's evaluations (history.jsonl's lines)
+        self.out_of_time = False
+        self.wall_start, self.wall_base = time.perf_counter(), float(ckpts.wall_time)
 
     @property
     def step(self) -> int:
@@ -213,221 +250,152 @@ class Run:
         """Yields `(inputs, labels)`, int32 `(B, T)` each, one batch per step, until `step` reaches
         `config.steps`; it ends earlier after a final step (`is_final`), at `stop_at`, and raises
         `KeyboardInterrupt` on Ctrl-C or SIGTERM (the given code then saves a checkpoint)."""
-        return self._session.batches()
+        while self.step < self.config.steps and self._final_step is None:
+            if self._stop.requested:
+                raise KeyboardInterrupt
+            if self._stop_at is not None and self.step >= self._stop_at:
+                return
+            yield next(self._iterator)
 
     def train_step(self, inputs, labels) -> tuple[float, float]:
         """Runs part 5's `train_step` (compiled) on one batch; `step` goes up by one. Returns `(loss, grad_norm)`
         as Python floats; raises `Diverged` when either is NaN or infinite."""
-        return self._session.train_step(inputs, labels)
+        started = time.perf_counter()
+        try:
+            loss, grad_norm = self._step_fn(inputs, labels)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+            if not (self.config.jit_compile and self._strategy is None and "XLA" in str(error)):
+                raise
+            # e.g. a recurrent model's tf.while_loop without maximum_iterations: XLA cannot compile it, and
+            # nothing ran, so the same step runs again without XLA.
+            self._log_line(
+                f"XLA cannot compile this model's train step ({str(error).splitlines()[0][:100]}); "
+                f"running it without jit_compile"
+            )
+            self._step_fn = self._compile(jit_compile=False)
+            loss, grad_norm = self._step_fn(inputs, labels)
+        loss, grad_norm = float(loss), float(grad_norm)
+        elapsed = time.perf_counter() - started
+        ckpts = self._ckpts
+        ckpts.train_time.assign_add(elapsed)
+        ckpts.wall_time.assign(self.wall_base + time.perf_counter() - self.wall_start)
+        self._bar.update(1)
+        if not math.isfinite(loss) or not math.isfinite(grad_norm):
+            what = "training loss" if not math.isfinite(loss) else "gradient norm"
+            value = loss if not math.isfinite(loss) else grad_norm
+            raise Diverged(f"the {what} is {value} at step {self.step}", ckpts.last_saved_path())
+        w = self._window
+        w[0], w[1], w[2], w[3] = w[0] + loss, w[1] + grad_norm, w[2] + 1, w[3] + elapsed
+        return loss, grad_norm
 
     def is_final(self, step: int) -> bool:
         """True when `step` is this session's last: `config.steps`, or the time budget has run out. The last
         step is evaluated on the whole validation split, and `batches` yields nothing after it."""
-        return self._session.is_final(step)
+        cfg = self.config
+        if self._final_step is None:
+            budget = cfg.time_budget_minutes
+            over_budget = bool(budget) and time.perf_counter() - self.wall_start > 60 * budget
+            if step >= cfg.steps or over_budget:
+                self._final_step = step
+                self.out_of_time = over_budget and step < cfg.steps
+        return self._final_step == step
 
     def train_scalars(self) -> dict[str, float]:
         """The training scalars since the previous call, for `log`: `train/loss` and `train/grad_norm` (means
         over those steps), `train/perplexity`, `train/lr`, `train/tokens_per_sec`."""
-        return self._session.train_scalars()
+        loss_sum, norm_sum, steps, seconds = self._window
+        if not steps:
+            raise ValueError("train_scalars() needs at least one train_step since its previous call")
+        self._window = [0.0, 0.0, 0, 0.0]
+        self._train_loss = loss_sum / steps
+        self._tokens_per_sec = round(steps * self.config.batch_size * self.config.seq_len / seconds, 1)
+        self.speeds.append(self._tokens_per_sec)
+        self._bar.set_postfix(loss=f"{self._train_loss:.4f}", tok_s=f"{self._tokens_per_sec:,.0f}", refresh=False)
+        return {
+            "train/loss": self._train_loss,
+            "train/perplexity": math.exp(min(self._train_loss, 700)),
+            "train/grad_norm": norm_sum / steps,
+            "train/lr": float(self._optimizer.learning_rate),
+            "train/tokens_per_sec": self._tokens_per_sec,
+        }
 
     def log(self, step: int, scalars: dict[str, float], texts: dict[str, str] | None = None) -> None:
         """Records `scalars` and `texts` at `step` in every tracker: TensorBoard (through part 5's
         `write_summaries`) and, with `--wandb`, Weights & Biases."""
-        self._session.log(step, scalars, texts)
+        # TensorBoard's scalars are float32: a larger perplexity cannot be logged
+        capped = {k: min(v, MAX_LOGGED_PERPLEXITY) if "perplexity" in k else v for k, v in scalars.items()}
+        self._tracker.log(int(step), capped, texts)
 
     def evaluation_weights(self):
         """A context: inside it the model holds the weights to evaluate and to keep as the best checkpoint (they
         differ from the trained ones only for schedule-free AdamW); the trained weights come back on exit."""
-        return self._session.evaluation_weights()
+        return evaluation_weights(self._model, self._optimizer)
 
     def validation_data(self, final: bool = False):
         """The validation batches for `evaluate`: a capped number of them (`config.max_eval_batches`), or all of
         them when `final`."""
-        return self._session.validation_data(final)
+        return self._full_val_data if final else self._val_data
 
     def sample(self) -> str | None:
         """A text sample of the model (None when sampling is off), for the text summary `sample`."""
-        return self._session.sample()
+        if self._sample_fn is None or not self.config.sample_at_eval or not self._chief:
+            return None
+        return self._sample_fn(self._model)
 
     def record(self, step: int, val_loss: float, val_perplexity: float, best: bool) -> None:
         """Ends an evaluation: raises `Diverged` on a NaN validation loss, logs `val/bits_per_char` when the
         text's characters are known, appends the line of `history.jsonl` and prints the step's line."""
-        self._session.record(step, val_loss, val_perplexity, best)
+        step, val_loss, val_perplexity = int(step), float(val_loss), float(val_perplexity)
+        if not math.isfinite(val_loss):
+            raise Diverged(f"the validation loss is {val_loss} at step {step}", self._ckpts.last_saved_path())
+        val_bpc = self._bits_per_character(val_loss, final=self._final_step == step)
+        if val_bpc is not None:
+            self.log(step, {"val/bits_per_char": val_bpc})
+        record = dict(
+            step=step,
+            train_loss=self._train_loss,
+            val_loss=val_loss,
+            val_perplexity=val_perplexity,
+            val_bits_per_char=val_bpc,
+            train_time=round(float(self._ckpts.train_time), 3),
+            wall_time=round(float(self._ckpts.wall_time), 3),
+            tokens_per_sec=self._tokens_per_sec,
+            lr=float(self._optimizer.learning_rate),
+        )
+        self._history.append(record)
+        self.records.append(record)
+        train = f"train loss {self._train_loss:.4f}, " if self._train_loss is not None else ""
+        self._bar.write(
+            f"step {step}: {train}val loss {val_loss:.4f}, perplexity {val_perplexity:.2f}"
+            + (f", {val_bpc:.4f} bits/char" if val_bpc else "")
+            + (" (best)" if best else "")
+        )
 
     def save(self) -> str:
         """`latest.save(checkpoint_number=step)`, with a full disk turned into one clear error; returns the path."""
         return self._ckpts.save()
 
-
-class _Session:
-    """The state of one session behind `Run`: the compiled step, the windows of the scalars, the bar, history."""
-
-    def __init__(
-        self,
-        cfg,
-        model,
-        optimizer,
-        ckpts,
-        *,
-        strategy,
-        tracker,
-        history,
-        bar,
-        sample_fn,
-        val_chars,
-        val_ids,
-        train_ids,
-        train_step,
-        log,
-        stop,
-        stop_at,
-        chief,
-    ):
-        self.cfg, self.model, self.optimizer, self.ckpts = cfg, model, optimizer, ckpts
-        self.strategy, self.tracker, self.history, self.bar = strategy, tracker, history, bar
-        self.sample_fn, self.val_chars, self.val_ids = sample_fn, val_chars, val_ids
-        self.log_line, self.stop, self.stop_at = log, stop, stop_at
-        self.user_train_step = train_step
-        self.chief = chief
-        self.forward = CompiledForward(model) if strategy is None else model
-        stream = random_windows(train_ids, cfg.batch_size, cfg.seq_len, cfg.seed, start=int(ckpts.data_position))
-        if strategy is not None:
-            stream = strategy.experimental_distribute_dataset(stream)
-        self.iterator = iter(stream)
-        self.val_data = validation_batches(val_ids, cfg.seq_len, cfg.eval_batch_size, cfg.max_eval_batches)
-        self.full_val_data = validation_batches(val_ids, cfg.seq_len, cfg.eval_batch_size)
-        self.step_fn = self._compile(cfg.jit_compile and strategy is None)
-        self.window = [0.0, 0.0, 0, 0.0]  # loss, grad norm, steps, seconds
-        self.speeds = []  # tokens/s of every logging window of this session (the first includes compiling)
-        self.records = []  # this session's evaluations
-        self.out_of_time = False
-        self.final_step = None
-        self.wall_start, self.wall_base = time.perf_counter(), float(ckpts.wall_time)
-
     def _compile(self, jit_compile):
-        counters = (self.ckpts.step, self.ckpts.data_position)
+        counters = (self._ckpts.step, self._ckpts.data_position)
         return compile_train_step(
-            self.user_train_step, self.model, self.optimizer, self.cfg.clip_norm, counters, self.strategy, jit_compile
+            self._train_step,
+            self._model,
+            self._optimizer,
+            self.config.clip_norm,
+            counters,
+            self._strategy,
+            jit_compile,
         )
 
-    def batches(self):
-        cfg = self.cfg
-        while int(self.ckpts.step) < cfg.steps and self.final_step is None:
-            if self.stop.requested:
-                raise KeyboardInterrupt
-            if self.stop_at is not None and int(self.ckpts.step) >= self.stop_at:
-                return
-            yield next(self.iterator)
-
-    def is_final(self, step):
-        if self.final_step is None:
-            over_budget = (
-                self.cfg.time_budget_minutes
-                and time.perf_counter() - self.wall_start > 60 * self.cfg.time_budget_minutes
-            )
-            if step >= self.cfg.steps or over_budget:
-                self.final_step = step
-                self.out_of_time = bool(over_budget) and step < self.cfg.steps
-        return self.final_step == step
-
-    def train_step(self, inputs, labels):
-        started = time.perf_counter()
-        try:
-            loss, grad_norm = self.step_fn(inputs, labels)
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
-            if not (self.cfg.jit_compile and self.strategy is None and "XLA" in str(error)):
-                raise
-            # e.g. a recurrent model's tf.while_loop without maximum_iterations: XLA cannot compile it, and
-            # nothing ran, so the same step runs again without XLA.
-            self.log_line(
-                f"XLA cannot compile this model's train step ({str(error).splitlines()[0][:100]}); "
-                f"running it without jit_compile"
-            )
-            self.step_fn = self._compile(jit_compile=False)
-            loss, grad_norm = self.step_fn(inputs, labels)
-        loss, grad_norm = float(loss), float(grad_norm)
-        elapsed = time.perf_counter() - started
-        ckpts = self.ckpts
-        ckpts.train_time.assign_add(elapsed)
-        ckpts.wall_time.assign(self.wall_base + time.perf_counter() - self.wall_start)
-        self.bar.update(1)
-        if not math.isfinite(loss) or not math.isfinite(grad_norm):
-            what = "training loss" if not math.isfinite(loss) else "gradient norm"
-            value = loss if not math.isfinite(loss) else grad_norm
-            raise Diverged(f"the {what} is {value} at step {int(ckpts.step)}", ckpts.last_saved_path())
-        w = self.window
-        w[0], w[1], w[2], w[3] = w[0] + loss, w[1] + grad_norm, w[2] + 1, w[3] + elapsed
-        return loss, grad_norm
-
-    def train_scalars(self):
-        loss_sum, norm_sum, steps, seconds = self.window
-        if not steps:
-            raise ValueError("train_scalars() needs at least one train_step since its previous call")
-        self.window = [0.0, 0.0, 0, 0.0]
-        self.train_loss = loss_sum / steps
-        self.tokens_per_sec = round(steps * self.cfg.batch_size * self.cfg.seq_len / seconds, 1)
-        self.speeds.append(self.tokens_per_sec)
-        self.bar.set_postfix(loss=f"{self.train_loss:.4f}", tok_s=f"{self.tokens_per_sec:,.0f}", refresh=False)
-        return {
-            "train/loss": self.train_loss,
-            "train/perplexity": math.exp(min(self.train_loss, 700)),
-            "train/grad_norm": norm_sum / steps,
-            "train/lr": float(self.optimizer.learning_rate),
-            "train/tokens_per_sec": self.tokens_per_sec,
-        }
-
-    train_loss = tokens_per_sec = None
-
-    def log(self, step, scalars, texts=None):
-        # TensorBoard's scalars are float32: a larger perplexity cannot be logged
-        capped = {k: min(v, MAX_LOGGED_PERPLEXITY) if "perplexity" in k else v for k, v in scalars.items()}
-        self.tracker.log(int(step), capped, texts)
-
-    def evaluation_weights(self):
-        return evaluation_weights(self.model, self.optimizer)
-
-    def validation_data(self, final=False):
-        return self.full_val_data if final else self.val_data
-
-    def sample(self):
-        if self.sample_fn is None or not self.cfg.sample_at_eval or not self.chief:
-            return None
-        return self.sample_fn(self.model)
-
-    def bits_per_character(self, val_loss, final):
-        cfg = self.cfg
-        n = validation_tokens(len(self.val_ids), cfg.seq_len, cfg.eval_batch_size, 0 if final else cfg.max_eval_batches)
-        chars = self.val_chars(n) if self.val_chars is not None else None
+    def _bits_per_character(self, val_loss, final):
+        cfg = self.config
+        n = validation_tokens(
+            len(self._val_ids), cfg.seq_len, cfg.eval_batch_size, 0 if final else cfg.max_eval_batches
+        )
+        chars = self._val_chars(n) if self._val_chars is not None else None
         if not chars or not math.isfinite(val_loss):
             return None
         return round(bits_per_char(val_loss, n, chars), 6)
-
-    def record(self, step, val_loss, val_perplexity, best):
-        step, val_loss, val_perplexity = int(step), float(val_loss), float(val_perplexity)
-        if not math.isfinite(val_loss):
-            raise Diverged(f"the validation loss is {val_loss} at step {step}", self.ckpts.last_saved_path())
-        val_bpc = self.bits_per_character(val_loss, final=self.final_step == step)
-        if val_bpc is not None:
-            self.log(step, {"val/bits_per_char": val_bpc})
-        record = dict(
-            step=step,
-            train_loss=self.train_loss,
-            val_loss=val_loss,
-            val_perplexity=val_perplexity,
-            val_bits_per_char=val_bpc,
-            train_time=round(float(self.ckpts.train_time), 3),
-            wall_time=round(float(self.ckpts.wall_time), 3),
-            tokens_per_sec=self.tokens_per_sec,
-            lr=float(self.optimizer.learning_rate),
-        )
-        self.history.append(record)
-        self.records.append(record)
-        train = f"train loss {self.train_loss:.4f}, " if self.train_loss is not None else ""
-        self.bar.write(
-            f"step {step}: {train}val loss {val_loss:.4f}, perplexity {val_perplexity:.2f}"
-            + (f", {val_bpc:.4f} bits/char" if val_bpc else "")
-            + (" (best)" if best else "")
-        )
 
 
 def train(
@@ -576,27 +544,27 @@ def train(
     )
     try:
         with _StopRequests() as stop:
-            session = _Session(
+            run = Run(
                 cfg,
                 model,
                 optimizer,
                 ckpts,
+                train_step=functions.train_step,
+                train_ids=train_ids,
+                val_ids=val_ids,
                 strategy=strategy,
                 tracker=tracker,
                 history=history,
                 bar=bar,
-                sample_fn=sample_fn,
-                val_chars=val_chars,
-                val_ids=val_ids,
-                train_ids=train_ids,
-                train_step=functions.train_step,
-                log=log,
                 stop=stop,
                 stop_at=stop_at,
+                sample_fn=sample_fn,
+                val_chars=val_chars,
                 chief=chief,
+                log=log,
             )
             try:
-                functions.fit(Run(cfg, ckpts, session=session), cfg)
+                functions.fit(run, cfg)
             except (tf.errors.OpError, OSError) as error:
                 failed = ckpts.failed_save(error)  # a save of part 5's loop that a full disk (or else) broke
                 if failed is None:
@@ -613,17 +581,17 @@ def train(
         raise
     finally:
         bar.close()
-    ckpts.wall_time.assign(session.wall_base + time.perf_counter() - session.wall_start)
+    ckpts.wall_time.assign(run.wall_base + time.perf_counter() - run.wall_start)
     ckpts.close()
     tracker.close()
-    records = session.records
+    records = run.records
     record = records[-1] if records else None
     stopped = int(ckpts.step) < cfg.steps
     evaluated = record is not None and record["step"] == int(ckpts.step)
-    speeds = session.speeds
+    speeds = run.speeds
     result.update(
         stopped=stopped,
-        out_of_time=session.out_of_time,
+        out_of_time=run.out_of_time,
         step=int(ckpts.step),
         val_loss=record["val_loss"] if evaluated else None,
         val_perplexity=record["val_perplexity"] if evaluated else None,
