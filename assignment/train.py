@@ -297,7 +297,7 @@ def fit(run: loop.Run, config: TrainConfig) -> None:
     - one update: `run.train_step(inputs, labels)` (your `train_step`, compiled; `run.step` goes up by one), then
       `step = run.step`;
     - the step *evaluates* when `step` is a multiple of `config.eval_every` or when `run.is_final(step)` (the
-      session's last step; call it once per step, it also ends `run.batches()` after that step);
+      session's last step; call it at every step, as often as you like: `run.batches()` ends after that step);
     - every `config.log_every` steps, and at every evaluation: `run.log(step, run.train_scalars())`, the
       training scalars (`train/loss`, ...) averaged since the previous log;
     - at an evaluation, inside `with run.evaluation_weights():`, `evaluate(run.forward, run.validation_data(final=
