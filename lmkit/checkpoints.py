@@ -163,9 +163,10 @@ class Checkpoints:
     """The checkpoints of one run directory, through the two `tf.train.CheckpointManager`s of part 5.
 
     Part 5's functions (`functions`: `assignment.train.FUNCTIONS`) make the managers (`make_managers`), restore the
-    newest checkpoint (`restore_latest`), decide when a save is due (`save_due`) and keep the best model
-    (`save_if_best`); this class adds what a course does not ask for: recovery of damaged and partial checkpoints,
-    one clear error on a full disk, and the scratch directories of multi-worker runs.
+    newest checkpoint (`restore_latest`) and decide when a save is due (`save_due`, for `maybe_save`); part 5's
+    `fit` keeps the best model with `save_if_best` on `best`. This class adds what a course does not ask for:
+    recovery of damaged and partial checkpoints, one clear error on a full disk (`save`, `failed_save`), and the
+    scratch directories of multi-worker runs.
 
     `ckpt/` holds the latest `keep_last` checkpoints of everything a resumed run needs: the step, the model, the
     optimizer (its moments and its step count), the position in the data stream, the training time so far and
@@ -182,7 +183,7 @@ class Checkpoints:
         writer: False on the non-chief workers of a multi-worker run, which save to a scratch directory.
         log: where messages go (`print` by default).
         functions: part 5's functions (an `lmkit.loop.LoopFunctions`, or anything with the attributes
-            `make_managers`, `restore_latest`, `save_due` and `save_if_best`).
+            `make_managers`, `restore_latest` and `save_due`).
     """
 
     def __init__(
@@ -327,14 +328,6 @@ class Checkpoints:
             return self.save()
         return None
 
-    def save_if_best(self, val_loss: float) -> bool:
-        """Saves the model to `best/` and returns True if `val_loss` is the lowest seen; returns False otherwise
-        (part 5's `save_if_best`, with a full disk turned into one clear error)."""
-        try:
-            return bool(self.functions.save_if_best(self.best, float(val_loss), self.best_val_loss, int(self.step)))
-        except (tf.errors.OpError, OSError) as error:
-            raise self._save_failed(self._root / "best", "best", error) from None
-
     def close(self) -> None:
         """Deletes a non-chief worker's scratch directory."""
         if not self.writer:
@@ -343,11 +336,6 @@ class Checkpoints:
     def last_saved_path(self) -> str | None:
         """Returns the path of the newest checkpoint in `ckpt/`, or None."""
         return self.latest.latest_checkpoint
-
-    @property
-    def last_saved_step(self) -> int | None:
-        """The step of the last checkpoint this run saved or restored (None before either)."""
-        return self._last_saved_step
 
     @property
     def saved_steps(self) -> list[int]:

@@ -17,56 +17,21 @@ import math
 import numpy as np
 import pytest
 from checks import assert_close, assert_shape, summary_values
-
-V, T = 7, 5  # vocabulary size, sequence length
-NAMES = ("embedding", "kernel", "bias")  # the tiny model's weights, in the order the test sends them
-
+from reference_tiny import (
+    NAMES,
+    T,
+    V,
+    assert_weights_sent,
+    model_weights,
+    reference_gradients,
+    reference_logits,
+    reference_token_losses,
+    tiny_model,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Probes: they run where the student's code runs and return plain data (see grading/runtime/probes.py)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _tiny(weights, length, shift=0.0, gather=False):
-    """A built TinyLM holding exactly the test's `weights` (embedding (V, D), kernel (D, V), bias (V,)): the
-    embedding by a one-hot product -> a test layer that adds `shift` to every activation in training mode only ->
-    Dense(V), logits `(B, T, V)`. Returns `(model, variables)`, the variables in the order of `weights`.
-    Not a student model (a probe helper). The one-hot product makes the embedding's gradient a dense tensor; with
-    `gather`, the embedding is looked up with tf.gather as in real models, and its gradient is a tf.IndexedSlices
-    holding one row per token (a repeated token's rows are separate parts of one row of the dense gradient)."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    table, kernel, bias = (np.asarray(w, np.float32) for w in weights)
-    vocab, dim = table.shape
-
-    class TrainingShift(keras.layers.Layer):
-        """Adds `shift` to its input when called with training=True, nothing otherwise."""
-
-        def call(self, x, training=False):
-            return x + shift if training else x
-
-    class TinyLM(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.table = self.add_weight(name="embedding", shape=(vocab, dim), initializer="zeros")
-            self.shift = TrainingShift()
-            self.out = keras.layers.Dense(vocab)
-
-        def call(self, tokens, training=False):
-            if gather:
-                x = tf.gather(self.table, tokens)  # (B, T, D)
-            else:
-                x = tf.matmul(tf.one_hot(tokens, vocab), self.table)  # (B, T, D)
-            return self.out(self.shift(x, training=training))  # (B, T, V)
-
-    model = TinyLM()
-    model(tf.zeros((1, length), tf.int32))
-    variables = [model.table, model.out.kernel, model.out.bias]
-    for var, value in zip(variables, (table, kernel, bias)):
-        var.assign(value)  # test code, not the student's: the test's weights, by position
-    return model, variables
 
 
 def train_steps(model_kwargs, weights, inputs, labels, optimizer, learning_rate, clip_norm, steps=1, compiled=False):
@@ -79,7 +44,7 @@ def train_steps(model_kwargs, weights, inputs, labels, optimizer, learning_rate,
 
     from assignment import train
 
-    model, variables = _tiny(weights, **model_kwargs)
+    model, variables = tiny_model(weights, **model_kwargs)
     opt = getattr(keras.optimizers, optimizer)(learning_rate=learning_rate)
     before = [np.asarray(v) for v in variables]
 
@@ -112,7 +77,7 @@ def evaluate_on(model_kwargs, weights, tensors, batch_size):
 
     from assignment import train
 
-    model, variables = _tiny(weights, **model_kwargs)
+    model, variables = tiny_model(weights, **model_kwargs)
     before = [np.asarray(v) for v in variables]
     dataset = tf.data.Dataset.from_tensor_slices(tuple(tensors)).batch(batch_size)
     out = train.evaluate(model, dataset)
@@ -130,44 +95,6 @@ def batch(seed, size=3):
     inputs = rng.integers(0, V, (size, T)).astype(np.int32)
     labels = rng.integers(0, V, (size, T)).astype(np.int32)
     return inputs, labels
-
-
-def model_weights(seed, scale=1.0, dim=4):
-    """The tiny model's weights, drawn here: embedding (V, D) and kernel (D, V) ~ N(0, scale^2), bias ~ N(0, 0.01),
-    float32."""
-    rng = np.random.default_rng(1000 + seed)
-    table = rng.normal(0.0, scale, (V, dim))
-    kernel = rng.normal(0.0, scale, (dim, V))
-    bias = rng.normal(0.0, 0.1, (V,))
-    return [w.astype(np.float32) for w in (table, kernel, bias)]
-
-
-def reference_logits(weights, inputs, shift=0.0):
-    """The tiny model's logits `(B, T, V)` (with `shift` added to the embeddings: training mode), in float64."""
-    table, kernel, bias = (np.asarray(w, np.float64) for w in weights)
-    return (table[inputs] + shift) @ kernel + bias
-
-
-def reference_token_losses(weights, inputs, labels, shift=0.0):
-    """Returns -log softmax(logits)[label] for every token, `(B, T)`, in float64 NumPy."""
-    logits = reference_logits(weights, inputs, shift)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return -np.take_along_axis(log_probs, labels[..., None].astype(np.int64), axis=-1)[..., 0]  # (B, T)
-
-
-def reference_gradients(weights, inputs, labels, shift=0.0):
-    """Returns the gradients of the mean token cross-entropy with respect to (embedding, kernel, bias)."""
-    table, kernel, _ = (np.asarray(w, np.float64) for w in weights)
-    logits = reference_logits(weights, inputs, shift)
-    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probs /= probs.sum(axis=-1, keepdims=True)
-    d_logits = (probs - np.eye(V)[labels]) / labels.size  # (B, T, V)
-    x = table[inputs] + shift  # (B, T, D)
-    d_x = d_logits @ kernel.T  # (B, T, D)
-    d_table = np.zeros_like(table)
-    np.add.at(d_table, inputs, d_x)
-    return [d_table, np.einsum("btd,btv->dv", x, d_logits), d_logits.sum(axis=(0, 1))]
 
 
 def global_norm(arrays):
@@ -201,21 +128,10 @@ def adam_replay(weights, inputs, labels, learning_rate, clip_norm, steps):
     return losses, norms, after
 
 
-def assert_weights_sent(read_back, weights, when):
-    """The weights read back from the tiny model are exactly the ones the test sent."""
-    assert len(read_back) == len(weights), f"expected {len(weights)} weights read back {when}, got {len(read_back)}"
-    for name, got, sent in zip(NAMES, read_back, weights):
-        assert_shape(got, sent.shape, f"{name} read back {when}")
-        assert np.array_equal(np.asarray(got, np.float32), sent), (
-            f"the tiny model's {name} read back {when} is not the value the test gave it: the model must hold "
-            "exactly the weights the test sent until the student's code runs"
-        )
-
-
 def _steps(student, weights, inputs, labels, optimizer, lr, clip_norm, model_kwargs=None, **kwargs):
     model_kwargs = dict(length=T, **(model_kwargs or {}))
     result = student.run(
-        train_steps, model_kwargs, weights, inputs, labels, optimizer, lr, clip_norm, uses=(_tiny,), **kwargs
+        train_steps, model_kwargs, weights, inputs, labels, optimizer, lr, clip_norm, uses=(tiny_model,), **kwargs
     )
     assert_weights_sent(result["before"], weights, "before train_step")
     return result
@@ -413,7 +329,7 @@ def test_train_step_applies_small_gradients_unchanged(student):
 
 def _evaluate(student, weights, inputs, labels, batch_size):
     """The values train.evaluate returned on the tiny model holding `weights`, as [(type name, float or None)]."""
-    result = student.run(evaluate_on, dict(length=T), weights, [inputs, labels], batch_size, uses=(_tiny,))
+    result = student.run(evaluate_on, dict(length=T), weights, [inputs, labels], batch_size, uses=(tiny_model,))
     assert_weights_sent(result["before"], weights, "before evaluate")
     return result["values"]
 

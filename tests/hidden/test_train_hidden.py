@@ -4,47 +4,16 @@ validation losses in `save_if_best`."""
 import numpy as np
 import pytest
 from checks import assert_close
-
-V, T = 7, 5
-NAMES = ("embedding", "kernel", "bias")  # the tiny model's weights, in the order the test sends them
-
-
-def _tiny(weights, length, dropout=0.0, shift=0.0):
-    """A built TinyLM holding exactly the test's `weights` (embedding (V, D), kernel (D, V), bias (V,)): the
-    embedding by a one-hot product -> optional dropout -> a test layer that adds `shift` to every activation in
-    training mode only -> Dense(V), logits `(B, T, V)`. Returns `(model, variables)`, the variables in the order of
-    `weights` (a probe helper)."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    table, kernel, bias = (np.asarray(w, np.float32) for w in weights)
-    vocab, dim = table.shape
-
-    class TrainingShift(keras.layers.Layer):
-        """Adds `shift` to its input when called with training=True, nothing otherwise."""
-
-        def call(self, x, training=False):
-            return x + shift if training else x
-
-    class TinyLM(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.table = self.add_weight(name="embedding", shape=(vocab, dim), initializer="zeros")
-            self.drop = keras.layers.Dropout(dropout, seed=11)
-            self.shift = TrainingShift()
-            self.out = keras.layers.Dense(vocab)
-
-        def call(self, tokens, training=False):
-            x = tf.matmul(tf.one_hot(tokens, vocab), self.table)  # (B, T, D)
-            return self.out(self.shift(self.drop(x, training=training), training=training))  # (B, T, V)
-
-    model = TinyLM()
-    model(tf.zeros((1, length), tf.int32))
-    variables = [model.table, model.out.kernel, model.out.bias]
-    for var, value in zip(variables, (table, kernel, bias)):
-        var.assign(value)  # test code, not the student's: the test's weights, by position
-    return model, variables
+from reference_tiny import (
+    NAMES,
+    T,
+    V,
+    assert_weights_sent,
+    model_weights,
+    reference_gradients,
+    reference_token_losses,
+    tiny_model,
+)
 
 
 def evaluate_on(model_kwargs, weights, tensors, batch_size):
@@ -55,7 +24,7 @@ def evaluate_on(model_kwargs, weights, tensors, batch_size):
 
     from assignment import train
 
-    model, variables = _tiny(weights, **model_kwargs)
+    model, variables = tiny_model(weights, **model_kwargs)
     before = [np.asarray(v) for v in variables]
     dataset = tf.data.Dataset.from_tensor_slices(tuple(tensors)).batch(batch_size)
     loss, perplexity = train.evaluate(model, dataset)
@@ -73,7 +42,7 @@ def weighted_steps(model_kwargs, weights, inputs, label_sets, token_weights, lea
 
     results = []
     for labels in label_sets:
-        model, variables = _tiny(weights, **model_kwargs)
+        model, variables = tiny_model(weights, **model_kwargs)
         before = [np.asarray(v) for v in variables]
         loss, _ = train.train_step(
             model,
@@ -99,48 +68,6 @@ def padded_batch(seed, size=4):
     return inputs, labels, weights
 
 
-def model_weights(seed, dim=4):
-    """The tiny model's weights, drawn here: embedding (V, D) and kernel (D, V) ~ N(0, 1), bias ~ N(0, 0.01),
-    float32."""
-    rng = np.random.default_rng(2000 + seed)
-    return [
-        rng.normal(0.0, s, shape).astype(np.float32) for s, shape in ((1.0, (V, dim)), (1.0, (dim, V)), (0.1, (V,)))
-    ]
-
-
-def assert_weights_sent(read_back, weights, when):
-    """The weights read back from the tiny model are exactly the ones the test sent."""
-    assert len(read_back) == len(weights), f"expected {len(weights)} weights read back {when}, got {len(read_back)}"
-    for name, got, sent in zip(NAMES, read_back, weights):
-        assert np.shape(got) == sent.shape and np.array_equal(np.asarray(got, np.float32), sent), (
-            f"the tiny model's {name} read back {when} is not the value the test gave it: the model must hold "
-            "exactly the weights the test sent until the student's code runs"
-        )
-
-
-def token_losses(model_weights, inputs, labels):
-    """-log softmax(logits)[label] of the tiny model in inference mode, `(B, T)`, in float64."""
-    table, kernel, bias = (np.asarray(w, np.float64) for w in model_weights)
-    logits = table[inputs] @ kernel + bias
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return -np.take_along_axis(log_probs, labels[..., None].astype(np.int64), axis=-1)[..., 0]
-
-
-def weighted_gradients(model_weights, inputs, labels, token_weights):
-    """The gradients of sum(w * ce) / sum(w) with respect to (embedding, kernel, bias), in float64."""
-    table, kernel, bias = (np.asarray(w, np.float64) for w in model_weights)
-    x = table[inputs]  # (B, T, D)
-    logits = x @ kernel + bias
-    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probs /= probs.sum(axis=-1, keepdims=True)
-    w = np.asarray(token_weights, np.float64)
-    d_logits = (probs - np.eye(V)[labels]) * (w / w.sum())[..., None]  # (B, T, V)
-    d_table = np.zeros_like(table)
-    np.add.at(d_table, inputs, d_logits @ kernel.T)
-    return [d_table, np.einsum("btd,btv->dv", x, d_logits), d_logits.sum(axis=(0, 1))]
-
-
 @pytest.mark.points(1)
 @pytest.mark.clause(
     "train.evaluate: the sum over all batches of `sum(w * ce)`, divided by the sum over all batches of `sum(w)`",
@@ -148,17 +75,17 @@ def weighted_gradients(model_weights, inputs, labels, token_weights):
 )
 def test_evaluate_counts_only_weighted_tokens(student):
     inputs, labels, weights = padded_batch(0)
-    sent = model_weights(0)
+    sent = model_weights(1000 + 0)
     before, loss, perplexity = student.run(
         evaluate_on,
         dict(length=T),
         sent,
         [inputs, labels, weights],
         3,
-        uses=(_tiny,),  # batches of 3 and 1
+        uses=(tiny_model,),  # batches of 3 and 1
     )
     assert_weights_sent(before, sent, "before evaluate")
-    expected = (token_losses(sent, inputs, labels) * weights).sum() / weights.sum()
+    expected = (reference_token_losses(sent, inputs, labels) * weights).sum() / weights.sum()
     assert_close(
         loss,
         expected,
@@ -173,18 +100,20 @@ def test_evaluate_counts_only_weighted_tokens(student):
 @pytest.mark.clause("train.train_step: `sum(w * ce) / sum(w)` over the batch")
 def test_train_step_ignores_padding_tokens(student):
     inputs, labels, weights = padded_batch(1)
-    sent = model_weights(1)
-    (result,) = student.run(weighted_steps, dict(length=T), sent, inputs, [labels], weights, 0.1, 1.0, uses=(_tiny,))
+    sent = model_weights(1000 + 1)
+    (result,) = student.run(
+        weighted_steps, dict(length=T), sent, inputs, [labels], weights, 0.1, 1.0, uses=(tiny_model,)
+    )
     assert_weights_sent(result["before"], sent, "before train_step")
-    expected = (token_losses(sent, inputs, labels) * weights).sum() / weights.sum()
+    expected = (reference_token_losses(sent, inputs, labels) * weights).sum() / weights.sum()
     assert_close(result["loss"], expected, "train_step loss with sample_weight: sum(w * ce) / sum(w)", atol=1e-5)
 
     # Changing the labels of padding positions must change nothing: both updates are the test's own.
     relabelled = np.where(weights == 0, (labels + 3) % V, labels).astype(np.int32)
     results = student.run(
-        weighted_steps, dict(length=T), sent, inputs, [labels, relabelled], weights, 1.0, 100.0, uses=(_tiny,)
+        weighted_steps, dict(length=T), sent, inputs, [labels, relabelled], weights, 1.0, 100.0, uses=(tiny_model,)
     )
-    grads = weighted_gradients(sent, inputs, labels, weights)
+    grads = reference_gradients(sent, inputs, labels, token_weights=weights)
     assert sum(float(np.sum(g * g)) for g in grads) < 100.0**2  # the test's own premise: no clipping
     for result, what in zip(results, ("the labels", "labels changed at padding positions (weight 0)")):
         assert_weights_sent(result["before"], sent, "before train_step")
@@ -204,12 +133,12 @@ def test_train_step_ignores_padding_tokens(student):
 def test_evaluate_runs_the_model_in_inference_mode(student):
     # The tiny model holds dropout and a test layer that adds 1.5 to every activation in training mode only.
     inputs, labels, _ = padded_batch(2)
-    sent = model_weights(2)
+    sent = model_weights(1000 + 2)
     before, loss, _ = student.run(
-        evaluate_on, dict(length=T, dropout=0.5, shift=1.5), sent, [inputs, labels], 2, uses=(_tiny,)
+        evaluate_on, dict(length=T, dropout=0.5, shift=1.5), sent, [inputs, labels], 2, uses=(tiny_model,)
     )
     assert_weights_sent(before, sent, "before evaluate")
-    expected = token_losses(sent, inputs, labels).mean()  # training=False: no dropout, no shift
+    expected = reference_token_losses(sent, inputs, labels).mean()  # training=False: no dropout, no shift
     assert_close(
         loss,
         expected,

@@ -131,7 +131,7 @@ def test_best_checkpoint_keeps_the_lowest_validation_loss(tmp_path):
         ckpts.step.assign(step)
         for v in model.trainable_variables:
             v.assign(tf.fill(v.shape, float(step)))
-        improved = ckpts.save_if_best(val_loss)
+        improved = train.save_if_best(ckpts.best, val_loss, ckpts.best_val_loss, step)
         assert improved == (step in (1, 2, 4)), (step, val_loss)
         saved[step] = weights(model)
     assert tf.train.latest_checkpoint(str(tmp_path / "best")).endswith("best-4")
@@ -152,7 +152,7 @@ def test_generation_loads_the_best_checkpoint_through_restore_latest(tmp_path):
     ckpts.step.assign(7)
     for v in model.trainable_variables:
         v.assign(tf.fill(v.shape, 7.0))
-    assert ckpts.save_if_best(2.5)
+    assert train.save_if_best(ckpts.best, 2.5, ckpts.best_val_loss, 7)
     calls = []
 
     def restore_latest(manager):
